@@ -1,0 +1,1 @@
+"""COCO reading, the stage graph, derived targets, Ray and in-process execution, and the ``pipeline`` CLI."""

@@ -1,0 +1,1 @@
+"""The Y-MAP-Net student: model, target rendering, augmentation, loss, metrics, train/eval/predict."""

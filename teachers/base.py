@@ -1,0 +1,128 @@
+"""The teacher interface: a frozen spec, a callable batch -> per-image predictions, and a fingerprint.
+
+Every teacher maps a batch of full-resolution RGB uint8 images to raw predictions at the ORIGINAL image
+resolution; the pipeline maps them into store geometry. Output contract per task (keys of each per-image
+dict):
+
+- ``depth``:    ``depth`` float32 (H, W) (relative inverse depth, larger = nearer; or metres for metric
+                models), ``kind`` "relative" | "metric".
+- ``panoptic``: ``classes`` uint8 (H, W), contiguous COCO-panoptic ids 0..132 (``shards.taxonomy``),
+                255 = void.
+- ``text``:     ``polygons`` list of float32 (N, 2) arrays (x, y in original pixels), ``scores`` list of
+                float in [0, 1].
+- ``caption``:  ``captions`` list of str (one or more per image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+TASKS = ("depth", "panoptic", "text", "caption")
+
+
+class TeacherError(RuntimeError):
+    """A teacher cannot be built or run (bad checkpoint, missing extra, bad input); one clear line."""
+
+
+class MissingExtraError(TeacherError):
+    """An optional dependency of a teacher is not installed."""
+
+    def __init__(self, teacher: str, package: str, extra: str) -> None:
+        super().__init__(f"teacher {teacher!r} needs {package!r}: install it with "
+                         f"pip install 'ymap-distill[{extra}]'")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """What a teacher takes and gives; shown by ``pipeline teachers``."""
+
+    task: str  # one of TASKS
+    description: str
+    input: str = "RGB uint8 (H, W, 3), any size, one image per list entry"
+    input_size: str = "native"  # how the teacher resizes internally
+    outputs: Mapping[str, str] = field(default_factory=dict)  # key -> dtype/shape/units
+    units: str = ""
+    extra: str | None = None  # pip extra it needs, if any
+    needs_annotations: bool = False  # ground-truth teachers read the COCO record instead of pixels
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+
+
+@dataclass
+class TeacherInput:
+    """One image for a teacher: full-resolution RGB pixels plus the COCO record it came from."""
+
+    image: np.ndarray  # (H, W, 3) uint8 RGB, original resolution
+    image_id: int = -1
+    record: Mapping[str, Any] = field(default_factory=dict)  # COCO annotations (ground-truth teachers)
+
+
+class Teacher(ABC):
+    """Base class of every teacher. Subclasses set ``name`` and ``spec`` and implement ``predict``.
+
+    Args:
+        device: torch device string ("cpu", "cuda", "cuda:1").
+        dtype: "float32", "float16" or "bfloat16" (half precision only on GPU).
+        batch_size: images per model call inside ``__call__``.
+    """
+
+    name: ClassVar[str]
+    spec: ClassVar[TeacherSpec]
+
+    def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8) -> None:
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise TeacherError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+        if dtype != "float32" and not str(device).startswith("cuda"):
+            raise TeacherError(f"dtype {dtype} needs a CUDA device (got device={device!r})")
+        if batch_size < 1:
+            raise TeacherError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+
+    def __call__(self, inputs: Sequence[TeacherInput]) -> list[dict[str, Any]]:
+        """Predict every input, ``batch_size`` images per model call; one dict per input, in order."""
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(inputs), self.batch_size):
+            out.extend(self.predict(list(inputs[i:i + self.batch_size])))
+        return out
+
+    @abstractmethod
+    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        """Run the model on one batch (at most ``batch_size`` inputs)."""
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the output: model id and revision or weights sha256, parameters."""
+
+    def fingerprint(self) -> str:
+        """sha256 of the teacher name and ``identity()`` (canonical JSON); dtype is part of it."""
+        ident = {"teacher": self.name, "dtype": self.dtype, **self.identity()}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def sha256_of_path(path: str | os.PathLike) -> str:
+    """sha256 of a weights file, or of every file (name + bytes, sorted) of a model folder."""
+    h = hashlib.sha256()
+    if os.path.isdir(path):
+        for root, _dirs, files in sorted(os.walk(path)):
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                h.update(os.path.relpath(full, path).encode())
+                with open(full, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+    else:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
