@@ -1,0 +1,224 @@
+"""Joined streaming reader of a split: chosen columns read shard by shard in lockstep and joined by key.
+
+The reader is a chain of small generator stages, as in webdataset: shard list (seeded shuffle, or endless
+resampling) -> split by node (rank / world size) -> split by DataLoader worker -> open every chosen column
+of a shard and join their samples by key -> buffered sample shuffle -> decode with ``shards.codecs``.
+torch is never imported here: the DataLoader worker is detected only when torch is already loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from contextlib import ExitStack
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from shards.codecs import DECODERS, CodecError
+from shards.manifest import Manifest, StoreError
+from shards.schema import COLUMNS, MANIFEST_NAME, STORE_FORMAT
+from shards.streams import TarError, iter_samples, join, open_stream, read_bytes
+
+Raw = tuple[str, str, dict[str, bytes]]  # (shard, key, {ext: bytes}) of all chosen columns
+
+
+def load_manifest_at(root: str | os.PathLike, split: str) -> Manifest:
+    """Read ``<root>/<split>/manifest.json`` from a local path, fsspec URL or ``pipe:`` command.
+
+    Raises:
+        StoreError: the manifest is missing, corrupt or of another store format.
+    """
+    import json
+
+    location = join(root, split, MANIFEST_NAME)
+    try:
+        doc = json.loads(read_bytes(location))
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{location}: cannot read the manifest ({e}); is {root} a store with split {split!r}?") \
+            from None
+    manifest = Manifest.from_json(doc)
+    if manifest.format != STORE_FORMAT:
+        raise StoreError(f"{location}: store format {manifest.format!r} is not {STORE_FORMAT!r}")
+    return manifest
+
+
+def node_and_worker(rank: int | None = None, world_size: int | None = None) -> tuple[int, int, int, int]:
+    """``(rank, world_size, worker, num_workers)`` of the calling process.
+
+    rank / world size default to the RANK / WORLD_SIZE environment variables, else 0 / 1; the worker
+    comes from ``torch.utils.data.get_worker_info()`` when torch is loaded, else 0 / 1.
+    """
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    worker, num_workers = 0, 1
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None else None
+    if info is not None:
+        worker, num_workers = info.id, info.num_workers
+    return rank, world_size, worker, num_workers
+
+
+class StoreReader:
+    """Iterable over the joined samples of a split of the store.
+
+    Args:
+        root: the store root (local path, fsspec URL, or ``pipe:`` command template).
+        split: split name, e.g. ``"train2017"``.
+        columns: column names to read; ``None`` = every active column of the manifest.
+        shuffle: shuffle shards (per epoch) and samples (through a buffer).
+        seed: seed of every random choice; the same seed and epoch give the same order.
+        shuffle_buffer: samples held for the sample shuffle.
+        resampled: draw shards at random with replacement, forever (training); no node split needed.
+        rank, world_size: this node's share of the shards (default env RANK / WORLD_SIZE, else 0 / 1).
+        decode: decode members with ``shards.codecs``; ``False`` yields raw bytes.
+
+    Each sample is ``{"__key__": key, "__shard__": shard, ext: value, ...}`` with every member of the
+    chosen columns. Without resampling, every sample of the split is seen exactly once per epoch over all
+    ranks and DataLoader workers (shards are dealt round-robin, so ranks x workers > shards leaves some idle).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, columns: Sequence[str] | None = None, *,
+                 shuffle: bool = False, seed: int = 0, shuffle_buffer: int = 256, resampled: bool = False,
+                 rank: int | None = None, world_size: int | None = None, decode: bool = True) -> None:
+        self.root = str(root)
+        self.split = split
+        self.manifest = load_manifest_at(root, split)
+        active = self.manifest.columns
+        chosen = list(active) if columns is None else list(dict.fromkeys(columns))
+        for name in chosen:
+            if name not in COLUMNS:
+                raise StoreError(f"unknown column {name!r}; columns are: {', '.join(COLUMNS)}")
+            if name not in active:
+                raise StoreError(f"column {name!r} is not active in {join(root, split, MANIFEST_NAME)} "
+                                 f"(active: {', '.join(active) or 'none'}); build it first")
+        if not chosen:
+            raise StoreError(f"{join(root, split, MANIFEST_NAME)}: no active column to read")
+        self.columns = tuple(chosen)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_buffer = max(1, shuffle_buffer)
+        self.resampled = resampled
+        self.rank = rank
+        self.world_size = world_size
+        self.decode = decode
+        self.epoch = 0
+        self._exts = {c: frozenset(COLUMNS[c].exts) for c in self.columns}
+        self._decoders: dict[str, Callable[[bytes], Any]] = {
+            m.ext: DECODERS[m.codec] for c in self.columns for m in COLUMNS[c].members}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the shard and sample shuffles (and the resampling) for ``epoch``."""
+        self.epoch = epoch
+
+    def shard_location(self, column: str, shard: str) -> str:
+        """Where the tar of ``shard`` of the active version of ``column`` lives."""
+        return join(self.root, self.split, column, self.manifest.columns[column], f"{shard}.tar")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world_size, worker, num_workers = node_and_worker(self.rank, self.world_size)
+        stream: Iterable[Raw]
+        if self.resampled:
+            stream = self._join(self._resampled_shards(f"{self.seed}:{self.epoch}:{rank}:{worker}"))
+        else:
+            stream = self._join(self._shards(rank, world_size, worker, num_workers))
+        if self.shuffle:
+            stream = _buffer_shuffle(stream, self.shuffle_buffer,
+                                     random.Random(f"{self.seed}:{self.epoch}:{rank}:{worker}:samples"))
+        return self._decode(stream) if self.decode else self._raw(stream)
+
+    def _shards(self, rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
+        names = self.manifest.shard_names
+        if self.shuffle:  # same seed on every node and worker: all agree on the order before splitting
+            random.Random(f"{self.seed}:{self.epoch}:shards").shuffle(names)
+        return names[rank::world_size][worker::num_workers]
+
+    def _resampled_shards(self, seed: str) -> Iterator[str]:
+        names = self.manifest.shard_names
+        if not names:
+            raise StoreError(f"{join(self.root, self.split, MANIFEST_NAME)}: the split has no shards")
+        rng = random.Random(seed + ":resample")
+        while True:
+            yield rng.choice(names)
+
+    def _join(self, shards: Iterable[str]) -> Iterator[Raw]:
+        for shard in shards:
+            yield from self._join_shard(shard)
+
+    def _join_shard(self, shard: str) -> Iterator[Raw]:
+        """Read every chosen column of one shard in lockstep; keys must match sample by sample."""
+        with ExitStack() as stack:
+            iters = []
+            for c in self.columns:
+                location = self.shard_location(c, shard)
+                try:
+                    f = stack.enter_context(open_stream(location))
+                except OSError as e:
+                    raise StoreError(f"shard {shard} column {c!r}: cannot open {location} ({e})") from None
+                iters.append((c, iter_samples(f)))
+            first, *others = iters
+            n = 0
+            while True:
+                key, merged = self._next(shard, first, n)
+                if key is None:
+                    for c, it in others:
+                        extra, _ = self._next(shard, (c, it), n)
+                        if extra is not None:
+                            raise StoreError(f"shard {shard}: key mismatch, column {c!r} has extra key {extra} "
+                                             f"after column {first[0]!r} ended ({n} samples)")
+                    break
+                merged = dict(merged)
+                for c, it in others:
+                    other, members = self._next(shard, (c, it), n)
+                    if other != key:
+                        raise StoreError(f"shard {shard}: key mismatch at sample {n}, column {first[0]!r} has "
+                                         f"{key} but column {c!r} has {other or 'no more samples'}")
+                    merged.update(members)
+                n += 1
+                yield shard, key, merged
+
+    def _next(self, shard: str, col_it: tuple[str, Iterator[tuple[str, dict[str, bytes]]]],
+              n: int) -> tuple[str | None, dict[str, bytes]]:
+        """Next ``(key, members)`` of one column, or ``(None, {})`` at its end; damage is a StoreError."""
+        column, it = col_it
+        try:
+            key, members = next(it)
+        except StopIteration:
+            return None, {}
+        except (TarError, OSError) as e:
+            raise StoreError(f"shard {shard} column {column!r}: {e} (after {n} samples)") from None
+        if members.keys() != self._exts[column]:
+            raise StoreError(f"shard {shard} column {column!r} key {key}: members {sorted(members)}, "
+                             f"expected {sorted(self._exts[column])}")
+        return key, members
+
+    def _decode(self, stream: Iterable[Raw]) -> Iterator[dict[str, Any]]:
+        decoders = self._decoders
+        for shard, key, members in stream:
+            sample: dict[str, Any] = {"__key__": key, "__shard__": shard}
+            for ext, data in members.items():
+                try:
+                    sample[ext] = decoders[ext](data)
+                except CodecError as e:
+                    raise StoreError(f"shard {shard} key {key} member {ext}: {e}") from None
+            yield sample
+
+    @staticmethod
+    def _raw(stream: Iterable[Raw]) -> Iterator[dict[str, Any]]:
+        for shard, key, members in stream:
+            yield {"__key__": key, "__shard__": shard, **members}
+
+
+def _buffer_shuffle(stream: Iterable[Raw], size: int, rng: random.Random) -> Iterator[Raw]:
+    """Shuffle through a buffer of ``size`` samples (webdataset's scheme): yield a random one per arrival."""
+    buf: list[Raw] = []
+    for item in stream:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf

@@ -1,0 +1,199 @@
+"""Byte streams of a store wherever it lives (local path, fsspec URL, ``pipe:`` command) and a fast tar parser.
+
+The parser reads a tar as a stream of 512-byte blocks, checks every header's checksum and refuses a
+truncated archive, so a reader or a verifier sees a damaged shard as an error, never as fewer samples.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+_READ_BUFFER = 1 << 20
+
+
+class TarError(ValueError):
+    """A tar stream is damaged (bad header checksum, truncated member or missing end-of-archive)."""
+
+
+def is_url(root: str | os.PathLike) -> bool:
+    """True when ``root`` is a ``pipe:`` command or an fsspec URL rather than a local path."""
+    s = str(root)
+    return s.startswith("pipe:") or ("://" in s and not s.startswith("file://"))
+
+
+def join(root: str | os.PathLike, *parts: str) -> str:
+    """Location of ``parts`` below ``root`` (a path, a URL, or a ``pipe:`` command template).
+
+    Always join from the root: a ``pipe:`` template's ``{}`` is replaced by the relative path.
+    """
+    rel = "/".join(parts)
+    s = str(root)
+    if s.startswith("pipe:") and "{}" in s:
+        return s.replace("{}", rel)
+    if s.startswith("file://"):
+        s = s[len("file://"):]
+    return s.rstrip("/") + "/" + rel if s else rel
+
+
+def open_stream(location: str) -> BinaryIO:
+    """Open a location from :func:`join` for sequential binary reading.
+
+    ``pipe:CMD`` runs CMD in a shell and reads its stdout; a ``{}`` in CMD is where the path below the
+    store root goes (``pipe:curl -s https://host/store/{}``), otherwise the path is appended after a ``/``.
+    Other URLs go through fsspec; anything else is a local file.
+    """
+    if location.startswith("pipe:"):
+        return _PipeStream(location[len("pipe:"):])
+    if "://" in location:
+        import fsspec  # only for remote stores
+
+        return fsspec.open(location, "rb").open()
+    return open(location, "rb", buffering=_READ_BUFFER)
+
+
+def read_bytes(location: str) -> bytes:
+    """Read a whole (small) file, e.g. a manifest; a missing one raises FileNotFoundError."""
+    with open_stream(location) as f:
+        return f.read()
+
+
+def exists(location: str) -> bool:
+    """Whether a location can be opened (local paths are checked without reading)."""
+    if "://" not in location and not location.startswith("pipe:"):
+        return Path(location).exists()
+    try:
+        read_bytes(location)
+    except (OSError, FileNotFoundError):
+        return False
+    return True
+
+
+class _PipeStream(io.RawIOBase):
+    """stdout of a shell command; a non-zero exit after a full read is an OSError naming the command."""
+
+    def __init__(self, template: str) -> None:
+        super().__init__()
+        self.cmd = template
+        self._proc = subprocess.Popen(self.cmd, shell=True, stdout=subprocess.PIPE, bufsize=_READ_BUFFER)
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._proc.stdout.read() if n is None or n < 0 else self._proc.stdout.read(n)
+        if not data or (n is not None and 0 <= n and len(data) < n):
+            self._eof = True
+        return data
+
+    def readinto(self, b) -> int:  # pragma: no cover - read() is what the parser uses
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if not self._eof:
+            self._proc.kill()
+        self._proc.stdout.close()
+        rc = self._proc.wait()
+        super().close()
+        if self._eof and rc != 0:
+            raise FileNotFoundError(f"pipe:{self.cmd} exited with status {rc}")
+
+
+def _octal(field: bytes) -> int:
+    field = field.strip(b"\0 ")
+    return int(field, 8) if field else 0
+
+
+def iter_tar(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(member name, data)`` for every regular file of a tar stream, in order.
+
+    Understands ustar prefixes, GNU long names and pax ``path`` records; directories and other
+    entries are skipped. Raises TarError on a bad checksum, a short member or a missing end marker.
+    """
+    read = stream.read
+    long_name: str | None = None
+    offset = 0
+    while True:
+        header = read(BLOCK)
+        if len(header) < BLOCK:
+            raise TarError(f"truncated tar: archive ends at byte {offset + len(header)} without an end marker")
+        if header == _ZERO_BLOCK:
+            return
+        stored = _octal(header[148:156])
+        if stored != sum(header[:148]) + 256 + sum(header[156:]):
+            raise TarError(f"bad tar header checksum at byte {offset}")
+        size = _octal(header[124:136])
+        kind = header[156:157]
+        data = read(size)
+        pad = -size % BLOCK
+        if len(data) < size or (pad and len(read(pad)) < pad):
+            raise TarError(f"truncated tar: member at byte {offset} is cut short")
+        offset += BLOCK + size + pad
+        if kind in (b"0", b"\0", b"7"):
+            if long_name is not None:
+                name, long_name = long_name, None
+            else:
+                name = header[:100].split(b"\0", 1)[0].decode()
+                if header[257:262] == b"ustar" and header[345] != 0:
+                    name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
+            yield name, data
+        elif kind == b"L":
+            long_name = data.split(b"\0", 1)[0].decode()
+        elif kind == b"x":
+            long_name = _pax_path(data) or long_name
+
+
+def _pax_path(data: bytes) -> str | None:
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        record = data[space + 1: pos + length - 1]
+        pos += length
+        k, _, v = record.partition(b"=")
+        if k == b"path":
+            return v.decode()
+    return None
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``"dir/000000397133.depth.png" -> ("dir/000000397133", "depth.png")`` (webdataset's key rule)."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1:]
+
+
+def iter_samples(stream: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group consecutive tar members by key: yield ``(key, {ext: bytes})`` per sample.
+
+    A key that shows up again after another key (members not contiguous) raises TarError.
+    """
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    seen: set[str] = set()
+    for name, data in iter_tar(stream):
+        k, ext = split_name(name)
+        if k != key:
+            if key is not None:
+                yield key, members
+            if k in seen:
+                raise TarError(f"key {k} appears twice (members not contiguous)")
+            seen.add(k)
+            key, members = k, {}
+        if ext in members:
+            raise TarError(f"member {name} appears twice")
+        members[ext] = data
+    if key is not None:
+        yield key, members

@@ -1,0 +1,36 @@
+"""The store reader as a ``torch.utils.data.IterableDataset``; the only shards module that imports torch.
+
+``import shards`` never loads this module: import it where a DataLoader is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from torch.utils.data import IterableDataset
+
+from shards.manifest import Manifest
+from shards.reader import StoreReader
+
+
+class StoreDataset(IterableDataset):
+    """Wraps a :class:`StoreReader` for ``torch.utils.data.DataLoader`` (workers split shards themselves).
+
+    Args:
+        reader: the configured reader; it is pickled into workers without open files.
+    """
+
+    def __init__(self, reader: StoreReader) -> None:
+        super().__init__()
+        self.reader = reader
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.reader.manifest
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the reader's shuffling; call it before each epoch's ``iter(loader)``."""
+        self.reader.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.reader)
