@@ -8,7 +8,11 @@ from typing import Any
 from teachers.base import Teacher, TeacherError
 
 # name -> "module:Class". Kept as strings so that ``import teachers`` imports no model library.
-_TEACHERS: dict[str, str] = {}
+_TEACHERS: dict[str, str] = {
+    "depth-anything-v2": "teachers.depth_anything:DepthAnythingTeacher",
+    "panoptic-gt": "teachers.ground_truth:PanopticGroundTruth",
+    "caption-gt": "teachers.ground_truth:CaptionGroundTruth",
+}
 
 
 def register_teacher(name: str, target: str) -> None:
@@ -32,6 +36,29 @@ def teacher_class(name: str) -> type[Teacher]:
     return getattr(importlib.import_module(module), cls)
 
 
+def teacher_module(name: str) -> str:
+    """The module path ("teachers.depth_anything") that implements teacher ``name``."""
+    if name not in _TEACHERS:
+        raise TeacherError(f"unknown teacher {name!r}; teachers are: {', '.join(sorted(_TEACHERS))}")
+    return _TEACHERS[name].partition(":")[0]
+
+
 def create_teacher(name: str, **kwargs: Any) -> Teacher:
     """Build the teacher ``name`` with keyword arguments (device, dtype, batch_size, checkpoint, ...)."""
     return teacher_class(name)(**kwargs)
+
+
+def describe(task: str | None = None) -> str:
+    """A readable listing of every registered teacher with its spec (what ``pipeline teachers`` prints)."""
+    lines = []
+    for name in list_teachers(task):
+        spec = teacher_class(name).spec
+        lines.append(f"{name}  [{spec.task}]  {spec.description}")
+        lines.append(f"    input:   {spec.input}; size: {spec.input_size}")
+        for key, what in spec.outputs.items():
+            lines.append(f"    output:  {key}: {what}")
+        if spec.units:
+            lines.append(f"    units:   {spec.units}")
+        if spec.extra:
+            lines.append(f"    extra:   pip install 'ymap-distill[{spec.extra}]'")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Ground-truth teachers: COCO panoptic annotations and COCO human captions, read from the image's record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from shards.codecs import CodecError, decode_png
+from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
+from teachers.panoptic_ids import contiguous_from_coco_png
+
+
+class _GroundTruth(Teacher):
+    """A teacher that reads annotations instead of running a model; it takes no checkpoint."""
+
+    def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 64,
+                 checkpoint: str | None = None) -> None:
+        super().__init__(device=device, dtype=dtype, batch_size=batch_size)
+        if checkpoint is not None:
+            raise TeacherError(f"teacher {self.name!r} reads COCO annotations and takes no checkpoint")
+
+    def identity(self) -> dict[str, Any]:
+        return {"source": "coco-annotations", "version": 1}
+
+
+class PanopticGroundTruth(_GroundTruth):
+    """COCO panoptic ground truth (record["panoptic"] = {"file", "segments_info"}) as contiguous classes."""
+
+    name = "panoptic-gt"
+    spec = TeacherSpec(
+        task="panoptic",
+        description="COCO panoptic ground truth (splits that have panoptic annotations)",
+        input="COCO record with 'panoptic': {'file': PNG path, 'segments_info': [...]}",
+        outputs={"classes": "uint8 (H, W) contiguous class 0..132, 255 = void"},
+        units="class id",
+        needs_annotations=True,
+    )
+
+    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        return [{"classes": self._classes(inp)} for inp in inputs]
+
+    def _classes(self, inp: TeacherInput) -> np.ndarray:
+        pan = inp.record.get("panoptic")
+        if not pan:
+            raise TeacherError(f"image {inp.image_id} has no panoptic annotation; use a panoptic model "
+                               f"teacher for this split")
+        try:
+            with open(pan["file"], "rb") as f:
+                rgb = decode_png(f.read())
+        except (OSError, CodecError) as exc:
+            raise TeacherError(f"image {inp.image_id}: cannot read panoptic PNG {pan['file']!r} ({exc})") from exc
+        if rgb.ndim != 3 or rgb.shape[:2] != inp.image.shape[:2]:
+            raise TeacherError(f"image {inp.image_id}: panoptic PNG {pan['file']!r} has shape {rgb.shape}, "
+                               f"the image is {inp.image.shape[:2]}")
+        return contiguous_from_coco_png(rgb[..., :3], pan["segments_info"])
+
+
+class CaptionGroundTruth(_GroundTruth):
+    """COCO human captions (record["captions"], usually five per image)."""
+
+    name = "caption-gt"
+    spec = TeacherSpec(
+        task="caption",
+        description="COCO ground-truth captions (all human captions of the image)",
+        input="COCO record with 'captions': [str, ...]",
+        outputs={"captions": "list of str"},
+        units="text",
+        needs_annotations=True,
+    )
+
+    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        out = []
+        for inp in inputs:
+            captions = [str(c).strip() for c in inp.record.get("captions") or [] if str(c).strip()]
+            if not captions:
+                raise TeacherError(f"image {inp.image_id} has no caption annotation")
+            out.append({"captions": captions})
+        return out

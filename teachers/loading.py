@@ -1,0 +1,69 @@
+"""Shared loading helpers of the model teachers: optional imports, checkpoint identity, dtypes, load errors."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Any, Callable, TypeVar
+
+from teachers.base import MissingExtraError, TeacherError, sha256_of_path
+
+T = TypeVar("T")
+
+
+def require(module: str, teacher: str, extra: str) -> ModuleType:
+    """Import ``module`` or raise MissingExtraError naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(teacher, module.split(".")[0], extra) from exc
+
+
+def is_local(checkpoint: str) -> bool:
+    """True when ``checkpoint`` names an existing file or folder (else a hub id or URL)."""
+    return os.path.exists(os.path.expanduser(str(checkpoint)))
+
+
+def checkpoint_identity(checkpoint: str, revision: str | None = None) -> dict[str, Any]:
+    """Fingerprint part of a checkpoint: weights sha256 for local files/folders, id + revision otherwise.
+
+    Args:
+        checkpoint: a local file or folder, a hub model id or a URL.
+        revision: the hub revision (branch, tag or commit) the weights came from, if known.
+
+    Returns:
+        {"weights_sha256": ...} or {"model_id": ..., "revision": ...}.
+    """
+    if is_local(checkpoint):
+        return {"weights_sha256": sha256_of_path(os.path.expanduser(str(checkpoint)))}
+    return {"model_id": str(checkpoint), "revision": revision or "unpinned"}
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, prefixed with its type."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def load_or_fail(teacher: str, checkpoint: str, load: Callable[[], T]) -> T:
+    """Run ``load()``; any failure becomes one TeacherError line naming the teacher and checkpoint."""
+    try:
+        return load()
+    except TeacherError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every loader failure is reported the same way
+        raise TeacherError(f"teacher {teacher!r} cannot load checkpoint {checkpoint!r} "
+                           f"({first_line(exc)})") from exc
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype called ``name`` ("float32" | "float16" | "bfloat16")."""
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def hub_revision(model: Any, revision: str | None) -> str | None:
+    """The revision to fingerprint: the requested one, else the commit the hub cache resolved."""
+    return revision or getattr(getattr(model, "config", None), "_commit_hash", None)

@@ -1,0 +1,98 @@
+"""Tensor preprocessing shared by the model teachers: letterbox a list of images into one batch and back.
+
+Every image is resized (aspect kept) so that its long side is ``long_side`` and pasted top-left into a
+fixed ``canvas`` x ``canvas`` tensor. The canvas depends only on the teacher's parameters, never on
+the other images of the batch, so an image's prediction does not change with batch composition or
+batch size (which the fingerprint does not include).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Geometry of one letterboxed batch: the canvas side and each image's original and resized size."""
+
+    canvas: int
+    original: tuple[tuple[int, int], ...]  # (H, W) per image
+    resized: tuple[tuple[int, int], ...]  # (h, w) per image, pasted at the top-left of the canvas
+
+
+def resized_size(height: int, width: int, long_side: int, multiple: int = 1) -> tuple[int, int]:
+    """Size of an image whose long side is scaled to ``long_side``, each side rounded to ``multiple``."""
+    scale = long_side / max(height, width)
+    return tuple(max(multiple, int(round(s * scale / multiple)) * multiple)  # type: ignore[return-value]
+                 for s in (height, width))
+
+
+def canvas_size(long_side: int, multiple: int = 1) -> int:
+    """Side of the square canvas that holds any image resized by ``resized_size``."""
+    return int(math.ceil(long_side / multiple) * multiple)
+
+
+def letterbox_batch(images: Sequence[np.ndarray], long_side: int, *, multiple: int = 1, device: Any = "cpu",
+                    dtype: Any = None, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                    scale: float = 1 / 255, mode: str = "bilinear", channels: str = "RGB") -> tuple[Any, Letterbox]:
+    """Resize, normalise and pad RGB uint8 images into one (B, 3, canvas, canvas) tensor on ``device``.
+
+    Args:
+        images: (H, W, 3) uint8 RGB arrays of any sizes.
+        long_side: target length of each image's long side.
+        multiple: each resized side is rounded to a multiple of this (patch or stride size).
+        device: torch device of the batch (the resize runs there).
+        dtype: torch dtype of the batch (default float32).
+        mean: per-channel mean subtracted after ``scale``.
+        std: per-channel std divided by after the mean.
+        scale: factor applied to the 0..255 pixel values first.
+        mode: interpolation ("bilinear" or "bicubic", antialiased).
+        channels: "RGB" or "BGR" channel order of the batch.
+
+    Returns:
+        (batch, geometry); padding is 0 after normalisation.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    canvas = canvas_size(long_side, multiple)
+    batch = torch.zeros((len(images), 3, canvas, canvas), device=device, dtype=torch.float32)
+    mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
+    original, resized = [], []
+    for i, img in enumerate(images):
+        h0, w0 = img.shape[:2]
+        h, w = resized_size(h0, w0, long_side, multiple)
+        x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+        if channels == "BGR":
+            x = x.flip(1)
+        if (h, w) != (h0, w0):
+            x = F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True).clamp_(0, 255)
+        batch[i, :, :h, :w] = (x[0] * scale - mean_t) / std_t
+        original.append((int(h0), int(w0)))
+        resized.append((h, w))
+    if dtype is not None:
+        batch = batch.to(dtype)
+    return batch, Letterbox(canvas, tuple(original), tuple(resized))
+
+
+def unletterbox(maps: Any, geometry: Letterbox, index: int, mode: str = "bilinear") -> Any:
+    """Map one image's (C, h', w') prediction over the whole canvas back to its original (C, H, W).
+
+    The canvas map may have any resolution (e.g. 1/4 of the canvas); the valid region is scaled to the
+    original size exactly by resizing the whole map and cropping, so no sub-pixel offset is introduced.
+    """
+    import torch.nn.functional as F
+
+    (h0, w0), (h, w) = geometry.original[index], geometry.resized[index]
+    size = (int(round(geometry.canvas * h0 / h)), int(round(geometry.canvas * w0 / w)))  # canvas in original px
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    out = F.interpolate(maps[None].float(), size=size, mode=mode, **kwargs)[0]
+    return out[:, :h0, :w0]

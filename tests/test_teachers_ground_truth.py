@@ -1,0 +1,92 @@
+"""Panoptic id conversions and the ground-truth teachers (COCO panoptic PNG, COCO captions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shards.codecs import encode_png
+from shards.taxonomy import CLASS_BY_NAME, PANOPTIC_VOID, STUFF_CLASSES, THING_CLASSES
+from teachers import TeacherError, TeacherInput, create_teacher
+from teachers.panoptic_ids import contiguous_from_coco_png, contiguous_from_detectron2
+
+
+def _rgb_of(segment_id: int) -> list[int]:
+    return [segment_id % 256, (segment_id // 256) % 256, segment_id // 65536]
+
+
+def _coco_panoptic(h: int = 6, w: int = 8) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """A panoptic PNG with a person, sky, a segment of an unknown category and unlabeled pixels."""
+    ids = np.zeros((h, w), np.int64)
+    ids[:3, :4] = 70000  # needs all three bytes
+    ids[3:, :] = 300
+    ids[:3, 4:6] = 5
+    segments = [{"id": 70000, "category_id": 1}, {"id": 300, "category_id": 187}, {"id": 5, "category_id": 999}]
+    rgb = np.array([_rgb_of(int(i)) for i in ids.ravel()], np.uint8).reshape(h, w, 3)
+    expected = np.full((h, w), PANOPTIC_VOID, np.uint8)
+    expected[:3, :4] = CLASS_BY_NAME["person"].contiguous_id
+    expected[3:, :] = CLASS_BY_NAME["sky-other-merged"].contiguous_id
+    return rgb, segments, expected
+
+
+def test_contiguous_from_coco_png_maps_ids_and_voids_unknown() -> None:
+    rgb, segments, expected = _coco_panoptic()
+    out = contiguous_from_coco_png(rgb, segments)
+    assert out.dtype == np.uint8 and out.shape == expected.shape
+    np.testing.assert_array_equal(out, expected)
+    assert expected[3, 0] == 119  # sky-other-merged is contiguous id 119 in detectron2's order
+
+
+def test_contiguous_from_detectron2_separated_ids() -> None:
+    seg = np.array([[0, 1, 1], [2, 2, 3], [4, 4, 4]], np.int32)
+    info = [
+        {"id": 1, "isthing": True, "category_id": 0},  # person
+        {"id": 2, "isthing": True, "category_id": 79},  # toothbrush (last thing)
+        {"id": 3, "isthing": False, "category_id": 1},  # first stuff class (index 0 = "things")
+        {"id": 4, "isthing": False, "category_id": 53},  # last stuff class
+    ]
+    out = contiguous_from_detectron2(seg, info)
+    expected = np.array([[255, 0, 0],
+                         [THING_CLASSES[79].contiguous_id] * 2 + [STUFF_CLASSES[0].contiguous_id],
+                         [STUFF_CLASSES[52].contiguous_id] * 3], np.uint8)
+    np.testing.assert_array_equal(out, expected)
+    assert (expected[1, 2], expected[2, 0]) == (80, 132)
+
+
+def test_panoptic_gt_teacher_reads_record(tmp_path) -> None:
+    rgb, segments, expected = _coco_panoptic()
+    path = tmp_path / "000000000001.png"
+    path.write_bytes(encode_png(rgb))
+    teacher = create_teacher("panoptic-gt")
+    inp = TeacherInput(np.zeros((6, 8, 3), np.uint8), 1, {"panoptic": {"file": str(path), "segments_info": segments}})
+    (out,) = teacher([inp])
+    np.testing.assert_array_equal(out["classes"], expected)
+    assert teacher.spec.needs_annotations and teacher.spec.task == "panoptic"
+
+
+def test_panoptic_gt_errors_are_one_line(tmp_path) -> None:
+    teacher = create_teacher("panoptic-gt")
+    with pytest.raises(TeacherError, match="no panoptic annotation"):
+        teacher([TeacherInput(np.zeros((6, 8, 3), np.uint8), 7, {"panoptic": None})])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(TeacherError, match="cannot read panoptic PNG"):
+        teacher([TeacherInput(np.zeros((6, 8, 3), np.uint8), 7, {"panoptic": {"file": str(bad), "segments_info": []}})])
+    rgb, segments, _ = _coco_panoptic()
+    path = tmp_path / "ok.png"
+    path.write_bytes(encode_png(rgb))
+    with pytest.raises(TeacherError, match="has shape"):
+        teacher([TeacherInput(np.zeros((5, 8, 3), np.uint8), 7, {"panoptic": {"file": str(path), "segments_info": segments}})])
+    with pytest.raises(TeacherError, match="takes no checkpoint"):
+        create_teacher("panoptic-gt", checkpoint="x")
+
+
+def test_caption_gt_teacher() -> None:
+    teacher = create_teacher("caption-gt", batch_size=2)
+    inputs = [TeacherInput(np.zeros((4, 4, 3), np.uint8), i, {"captions": [f" A cat {i}. ", "", "A dog."]})
+              for i in range(3)]
+    out = teacher(inputs)
+    assert out == [{"captions": [f"A cat {i}.", "A dog."]} for i in range(3)]
+    with pytest.raises(TeacherError, match="no caption"):
+        teacher([TeacherInput(np.zeros((4, 4, 3), np.uint8), 9, {"captions": []})])
+    assert teacher.fingerprint() == create_teacher("caption-gt", batch_size=5).fingerprint()

@@ -1,0 +1,133 @@
+"""Every model teacher built tiny with random weights, saved in its real format and loaded back through the
+real loading path, run on a batch of differently sized real photos (scikit-image's bundled ones)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from skimage import data
+
+from teachers import TeacherError, TeacherInput, create_teacher, list_teachers
+from teachers.tiny import save_tiny_checkpoint
+
+#: The model teachers of this package with the small input sizes used here (the defaults are full size).
+CASES: dict[str, dict] = {
+    "depth-anything-v2": {"input_size": 126},
+}
+CASES = {name: kw for name, kw in CASES.items() if name in list_teachers()}
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    """Four real photos of different sizes and aspect ratios, downscaled 2x to keep the suite fast."""
+    return [im[::2, ::2].copy() for im in (data.astronaut(), data.coffee(), data.chelsea(), data.rocket())]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {name: save_tiny_checkpoint(name, root / name.replace("-", "_")) for name in CASES}
+
+
+@pytest.fixture(scope="module")
+def teachers(checkpoints) -> dict:
+    return {name: create_teacher(name, checkpoint=checkpoints[name], batch_size=4, **kw)
+            for name, kw in CASES.items()}
+
+
+def _check_output(name: str, spec_task: str, out: dict, image: np.ndarray) -> None:
+    h, w = image.shape[:2]
+    if spec_task == "depth":
+        assert set(out) == {"depth", "kind"} and out["kind"] in ("relative", "metric")
+        assert out["depth"].dtype == np.float32 and out["depth"].shape == (h, w)
+        assert np.isfinite(out["depth"]).all() and out["depth"].min() >= 0
+    elif spec_task == "panoptic":
+        assert set(out) == {"classes"}
+        assert out["classes"].dtype == np.uint8 and out["classes"].shape == (h, w)
+        values = np.unique(out["classes"])
+        assert ((values <= 132) | (values == 255)).all()
+    elif spec_task == "text":
+        assert set(out) == {"polygons", "scores"} and len(out["polygons"]) == len(out["scores"])
+        for poly, score in zip(out["polygons"], out["scores"]):
+            assert poly.dtype == np.float32 and poly.ndim == 2 and poly.shape[1] == 2
+            assert (poly >= 0).all() and (poly[:, 0] <= w).all() and (poly[:, 1] <= h).all()
+            assert 0.0 <= score <= 1.0
+    elif spec_task == "caption":
+        assert set(out) == {"captions"} and out["captions"]
+        assert all(isinstance(c, str) for c in out["captions"])
+    else:  # pragma: no cover - a new task needs its checks here
+        raise AssertionError(f"{name}: no output checks for task {spec_task}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_batch_outputs_follow_the_contract(name, teachers, images) -> None:
+    teacher = teachers[name]
+    outs = teacher([TeacherInput(im, i) for i, im in enumerate(images)])
+    assert len(outs) == len(images)
+    for out, image in zip(outs, images):
+        _check_output(name, teacher.spec.task, out, image)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_batched_equals_one_by_one(name, teachers, images) -> None:
+    teacher = teachers[name]
+    batched = teacher([TeacherInput(im, i) for i, im in enumerate(images)])
+    single = [teacher([TeacherInput(im, i)])[0] for i, im in enumerate(images)]
+    for b, s in zip(batched, single):
+        assert set(b) == set(s)
+        for key in b:
+            if isinstance(b[key], np.ndarray) and b[key].dtype.kind == "f":
+                np.testing.assert_allclose(b[key], s[key], rtol=1e-4, atol=1e-5 * max(1e-12, np.abs(s[key]).max()))
+            elif isinstance(b[key], np.ndarray):
+                assert (b[key] != s[key]).mean() < 1e-3, f"{name}: {key} differs batched vs one by one"
+            elif key == "polygons":
+                assert len(b[key]) == len(s[key])
+                for pb, ps in zip(b[key], s[key]):
+                    np.testing.assert_allclose(pb, ps, atol=1e-3)
+            elif key == "scores":
+                np.testing.assert_allclose(b[key], s[key], atol=1e-5)
+            else:
+                assert b[key] == s[key]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fingerprint_follows_parameters_and_weights(name, checkpoints, teachers, tmp_path) -> None:
+    teacher = teachers[name]
+    assert teacher.fingerprint() == create_teacher(name, checkpoint=checkpoints[name], batch_size=1,
+                                                   **CASES[name]).fingerprint()
+    other_weights = save_tiny_checkpoint(name, tmp_path / "other", seed=1)
+    assert create_teacher(name, checkpoint=other_weights, **CASES[name]).fingerprint() != teacher.fingerprint()
+    changed = {k: v * 2 if isinstance(v, int) else v for k, v in CASES[name].items()}
+    if changed != CASES[name]:
+        assert create_teacher(name, checkpoint=checkpoints[name], **changed).fingerprint() != teacher.fingerprint()
+
+
+def _truncate(path: str) -> None:
+    """Cut every weights file under ``path`` (a file or a folder) to half its size."""
+    files = [path] if os.path.isfile(path) else [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs
+                                                 if f.endswith((".safetensors", ".pth", ".pkl", ".onnx", ".bin"))]
+    assert files, f"no weights file under {path}"
+    for f in files:
+        size = os.path.getsize(f)
+        with open(f, "r+b") as fh:
+            fh.truncate(size // 2)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_wrong_or_truncated_checkpoint_is_one_clear_error(name, tmp_path) -> None:
+    ckpt = save_tiny_checkpoint(name, tmp_path / "cut")
+    _truncate(ckpt)
+    with pytest.raises(TeacherError) as err:
+        create_teacher(name, checkpoint=ckpt, **CASES[name])
+    assert name in str(err.value) and "\n" not in str(err.value)
+    wrong = tmp_path / ("wrong.pth" if os.path.isfile(ckpt) else "wrong")
+    if os.path.isfile(ckpt):
+        wrong.write_bytes(b"this is not a checkpoint")
+    else:
+        wrong.mkdir()
+        (wrong / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(TeacherError) as err:
+        create_teacher(name, checkpoint=str(wrong), **CASES[name])
+    assert "\n" not in str(err.value)

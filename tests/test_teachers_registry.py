@@ -1,0 +1,53 @@
+"""The teacher registry: names, unknown-name errors, specs, the describe() listing and tiny-checkpoint dispatch."""
+
+from __future__ import annotations
+
+import pytest
+
+from teachers import TeacherError, create_teacher, describe, list_teachers, teacher_class
+from teachers.base import TASKS
+from teachers.tiny import save_tiny_checkpoint
+
+C_TEACHERS = {"depth-anything-v2": "depth", "panoptic-gt": "panoptic", "caption-gt": "caption"}
+
+
+def test_registry_holds_the_teachers_with_their_tasks() -> None:
+    names = list_teachers()
+    assert names == sorted(names)
+    for name, task in C_TEACHERS.items():
+        assert name in names
+        cls = teacher_class(name)
+        assert cls.name == name and cls.spec.task == task
+    for task in TASKS:
+        assert all(teacher_class(n).spec.task == task for n in list_teachers(task))
+    assert set(list_teachers("depth")) >= {"depth-anything-v2"}
+
+
+def test_unknown_teacher_lists_valid_names() -> None:
+    with pytest.raises(TeacherError) as err:
+        create_teacher("no-such-teacher")
+    msg = str(err.value)
+    assert "no-such-teacher" in msg and "\n" not in msg
+    assert all(name in msg for name in list_teachers())
+
+
+def test_describe_renders_every_teacher_spec() -> None:
+    text = describe()
+    for name in list_teachers():
+        spec = teacher_class(name).spec
+        assert f"{name}  [{spec.task}]" in text
+        assert all(f"output:  {key}:" in text for key in spec.outputs)
+    assert describe("caption").count("[caption]") == len(list_teachers("caption"))
+
+
+def test_tiny_checkpoint_is_none_for_ground_truth(tmp_path) -> None:
+    assert save_tiny_checkpoint("caption-gt", tmp_path / "gt") is None
+    with pytest.raises(TeacherError, match="unknown teacher"):
+        save_tiny_checkpoint("nope", tmp_path)
+
+
+def test_bad_common_arguments_are_one_clear_error() -> None:
+    with pytest.raises(TeacherError, match="batch_size"):
+        create_teacher("caption-gt", batch_size=0)
+    with pytest.raises(TeacherError, match="CUDA"):
+        create_teacher("caption-gt", dtype="float16")
