@@ -1,0 +1,133 @@
+"""Post-processing of student outputs: peaks, PAF grouping, depth refinement, letterbox geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shards.taxonomy import JOINTS
+from student.postprocess import (Letterbox, depth_normals, find_peaks, group_people, normal_error, paf_scores,
+                                 refine_depth)
+from student.targets import TargetSizes, render_heatmaps, render_pafs
+
+# A standing person in a unit box (x, y), COCO-17 order.
+_POSE = np.array([
+    (0.50, 0.08), (0.55, 0.05), (0.45, 0.05), (0.60, 0.07), (0.40, 0.07),
+    (0.70, 0.24), (0.30, 0.24), (0.82, 0.40), (0.18, 0.40), (0.88, 0.55), (0.12, 0.55),
+    (0.62, 0.56), (0.38, 0.56), (0.64, 0.77), (0.36, 0.77), (0.65, 0.96), (0.35, 0.96),
+])
+
+
+def _person(x0: float, y0: float, w: float, h: float) -> np.ndarray:
+    kp = np.ones((len(JOINTS), 3), np.float32)
+    kp[:, 0] = x0 + _POSE[:, 0] * w
+    kp[:, 1] = y0 + _POSE[:, 1] * h
+    return kp
+
+
+def _two_people(size: int = 256) -> np.ndarray:
+    # non-integer positions, different sizes, one arm of each reaching towards the other
+    return np.stack([_person(20.3, 30.7, 90.0, 200.0), _person(118.6, 52.2, 80.0, 170.0)])
+
+
+def _rendered(keypoints: np.ndarray, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    radius, width = TargetSizes().at(None)
+    return render_heatmaps(keypoints, size, radius), render_pafs(keypoints, size, width)
+
+
+def test_grouping_recovers_two_rendered_people_within_one_pixel() -> None:
+    truth = _two_people()
+    heatmaps, pafs = _rendered(truth)
+    people = group_people(find_peaks(heatmaps), pafs)
+    assert len(people) == 2
+    found = sorted((p.keypoints for p in people), key=lambda kp: np.nanmean(kp[:, 0]))
+    for kp, expected in zip(found, truth):
+        assert np.all(kp[:, 2] > 0.9), "every joint is found with a near-peak score"
+        err = np.hypot(*(kp[:, :2] - expected[:, :2]).T)
+        assert err.max() <= 1.0, f"joint errors {np.round(err, 2)}"
+
+
+def test_grouping_with_missing_joints_and_a_lone_peak() -> None:
+    truth = _two_people()
+    truth[1, JOINTS.index("left_ankle"), 2] = 0  # not labelled: no blob, no PAF for its limb
+    heatmaps, pafs = _rendered(truth)
+    stray = render_heatmaps(np.array([[[230.5, 20.5, 1.0]] * len(JOINTS)], np.float32), 256, 8)
+    heatmaps = np.maximum(heatmaps, stray)  # a peak of every joint far from both people, with no PAF
+    people = group_people(find_peaks(heatmaps), pafs)
+    assert len(people) == 2  # the stray peaks connect to nothing (fewer than min_joints)
+    counts = sorted(int((p.keypoints[:, 2] > 0).sum()) for p in people)
+    assert counts == [16, 17]
+
+
+def test_peaks_nms_keeps_one_peak_per_blob() -> None:
+    heatmaps, _ = _rendered(_two_people())
+    peaks = find_peaks(heatmaps)
+    assert [len(p) for p in peaks] == [2] * len(JOINTS)
+    assert find_peaks(np.full((1, 32, 32), -1.0, np.float32))[0].shape == (0, 3)
+
+
+def test_paf_score_prefers_the_true_connection_and_respects_sign() -> None:
+    truth = _two_people()
+    _, pafs = _rendered(truth)
+    from shards.taxonomy import LIMBS
+
+    for k, limb in enumerate(LIMBS):
+        child, parent = truth[:, limb.child, :2], truth[:, limb.parent, :2]
+        score, agree = paf_scores(pafs[k], limb, child, parent)
+        assert np.all(np.diag(agree) >= 0.9), limb.name
+        assert np.all(agree[[0, 1], [1, 0]] < 0.8), limb.name  # cross-person links are rejected
+        flipped = type(limb)(limb.child, limb.parent, -limb.sign)
+        _, agree_flipped = paf_scores(pafs[k], flipped, child, parent)
+        assert np.all(np.diag(agree_flipped) < 0.8), f"{limb.name}: the sign matters"
+
+
+def _surface(size: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    d = 0.5 * xx + 0.3 * yy + 20.0 * np.exp(-((xx - size / 2) ** 2 + (yy - size / 2) ** 2) / 200.0)
+    return (0.1 + 0.8 * d / d.max()).astype(np.float32)
+
+
+def test_refinement_lowers_normal_error_of_noisy_depth() -> None:
+    clean = _surface()
+    normals = depth_normals(clean)
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.01, clean.shape), 0, 1).astype(np.float32)
+    before = normal_error(noisy, normals)
+    after = normal_error(refine_depth(noisy, normals), normals)
+    assert after < 0.2 * before, (before, after)
+
+
+def test_refinement_leaves_consistent_depth_unchanged() -> None:
+    clean = _surface()
+    refined = refine_depth(clean, depth_normals(clean))
+    np.testing.assert_allclose(refined, clean, atol=1e-6)
+
+
+def test_refinement_keeps_far_and_border_pixels_fixed() -> None:
+    clean = _surface()
+    normals = depth_normals(clean)
+    noisy = np.clip(clean + np.random.default_rng(1).normal(0, 0.01, clean.shape), 0, 1).astype(np.float32)
+    noisy[:, :10] = 0.02  # far: below the mask threshold
+    valid = np.ones_like(clean, bool)
+    valid[-8:] = False  # letterbox border
+    refined = refine_depth(noisy, normals, far=0.05, valid=valid)
+    np.testing.assert_array_equal(refined[:, :10], noisy[:, :10])
+    np.testing.assert_array_equal(refined[-8:], noisy[-8:])
+    assert np.abs(refined - noisy)[:-8, 10:].max() > 0
+
+
+@pytest.mark.parametrize(("w", "h"), [(640, 480), (427, 640), (256, 256), (100, 37)])
+def test_letterbox_maps_points_both_ways(w: int, h: int) -> None:
+    box = Letterbox.fit(w, h, 256)
+    pts = np.array([[0.0, 0.0], [w, h], [w * 0.3, h * 0.7]])
+    store = box.to_store(pts)
+    assert np.all(store >= 0) and np.all(store <= 256)
+    np.testing.assert_allclose(box.to_original(store), pts, atol=1e-9)
+    x0, y0 = box.offset
+    np.testing.assert_allclose(store[0], [x0, y0])
+    np.testing.assert_allclose(store[1], [x0 + box.resized[0], y0 + box.resized[1]])
+    image = np.full((h, w, 3), 200, np.uint8)
+    boxed = box.apply(image)
+    assert boxed.shape == (256, 256, 3)
+    assert int(boxed[box.valid_mask()].min()) == 200 and int(boxed[~box.valid_mask()].max(initial=0)) == 0
+    assert Letterbox.from_meta({"orig_size": [w, h], "size": 256, "offset": list(box.offset),
+                                "resized": list(box.resized), "scale": 256 / max(w, h)}) == box
