@@ -1,0 +1,165 @@
+"""DPText-DETR text-detection teacher: official detectron2-style checkpoints on a plain-PyTorch port.
+
+Loads ``model_final.pth``-style files (``{"model": state_dict}`` or a bare state dict, keys under
+``dptext_detr.``; the parameter names are listed in ``teachers.dptext_detr_model``) with strict key and
+shape matching, resizes like detectron2's test-time ``ResizeShortestEdge``, and returns per image the
+16-point polygons in original pixels with their scores (mean point logit, sigmoid, kept at >= threshold).
+A checkpoint may carry a ``"config"`` dict of ``DPTextConfig`` fields (the tiny test models do); without
+one the released R-50 sizes apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, sha256_of_path
+from teachers.dptext_detr_model import DPTextConfig, DPTextDETR
+from teachers.strict_load import load_strict, read_checkpoint
+
+DEFAULT_CHECKPOINT = "~/.cache/ymap-distill/dptext-detr/totaltext_final.pth"
+PREFIX = "dptext_detr."
+PIXEL_MEAN = (123.675, 116.280, 103.530)  # RGB, 0..255
+PIXEL_STD = (58.395, 57.120, 57.375)
+
+
+def resized_shape(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """detectron2's ResizeShortestEdge: shorter side to ``min_size``, longer side at most ``max_size``."""
+    scale = min_size / min(h, w)
+    nh, nw = (min_size, scale * w) if h < w else (scale * h, min_size)
+    if max(nh, nw) > max_size:
+        s = max_size / max(nh, nw)
+        nh, nw = nh * s, nw * s
+    return int(nh + 0.5), int(nw + 0.5)
+
+
+def load_dptext_detr(checkpoint: str | os.PathLike) -> tuple[DPTextDETR, DPTextConfig]:
+    """Build the model for a checkpoint file and load it strictly.
+
+    Args:
+        checkpoint: ``.pth`` (``{"model": ...}`` or bare state dict) or ``.safetensors`` file.
+
+    Returns:
+        The model in eval mode on the CPU and its configuration.
+    """
+    obj = read_checkpoint(checkpoint, "dptext-detr")
+    state = obj.get("model", obj)
+    if not isinstance(state, dict):
+        raise TeacherError(f"teacher 'dptext-detr': checkpoint {checkpoint}: 'model' is not a state dict")
+    fields = obj.get("config", {}) if "model" in obj else {}
+    try:
+        cfg = DPTextConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    except TypeError as exc:
+        raise TeacherError(f"teacher 'dptext-detr': checkpoint {checkpoint} has a bad config: {exc}") from None
+    model = DPTextDETR(cfg)
+    load_strict(model, state, prefix=PREFIX, source=str(checkpoint), teacher="dptext-detr")
+    return model.eval(), cfg
+
+
+def save_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny random DPText-DETR in the official checkpoint layout; returns the file path.
+
+    Args:
+        out_dir: folder to write ``dptext_detr_tiny.pth`` into (created if needed).
+        seed: torch seed of the random weights.
+
+    Returns:
+        The path to pass as ``checkpoint=``.
+    """
+    torch.manual_seed(seed)
+    cfg = DPTextConfig.tiny()
+    model = DPTextDETR(cfg)
+    for name, buf in model.named_buffers():  # non-trivial frozen statistics so a wrong load shows
+        if name.endswith("running_var"):
+            buf.uniform_(0.5, 1.5)
+        elif name.endswith("running_mean"):
+            buf.normal_(0.0, 0.1)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(str(out_dir), "dptext_detr_tiny.pth")
+    state = {PREFIX + k: v for k, v in model.state_dict().items()}
+    torch.save({"model": state, "config": asdict(cfg), "iteration": 0}, path)
+    return path
+
+
+class DPTextDETRTeacher(Teacher):
+    """DPText-DETR scene-text detector.
+
+    Args:
+        checkpoint: the official weights file (TotalText / CTW1500 / pretrain ``.pth``).
+        threshold: minimum score of a kept polygon (the official test threshold is 0.4).
+        min_size: test-time shorter side (official 1000).
+        max_size: test-time longer-side cap (official 1800).
+        device, dtype, batch_size: see ``Teacher``.
+    """
+
+    name = "dptext-detr"
+    spec = TeacherSpec(
+        task="text",
+        description="DPText-DETR (ResNet-50, deformable transformer, 16-point polygons), plain-PyTorch port",
+        input_size="shorter side 1000, longer side <= 1800 (detectron2 ResizeShortestEdge)",
+        outputs={"polygons": "list of float32 (16, 2) (x, y) in original pixels", "scores": "list of float 0..1"},
+        units="pixels",
+    )
+
+    def __init__(self, *, checkpoint: str | None = None, threshold: float = 0.4, min_size: int = 1000,
+                 max_size: int = 1800, device: str = "cpu", dtype: str = "float32", batch_size: int = 4) -> None:
+        super().__init__(device=device, dtype=dtype, batch_size=batch_size)
+        if not 0.0 <= threshold <= 1.0:
+            raise TeacherError(f"threshold must be in [0, 1], got {threshold}")
+        if min_size < 32 or max_size < min_size:
+            raise TeacherError(f"need 32 <= min_size <= max_size, got {min_size}, {max_size}")
+        self.checkpoint = os.path.expanduser(checkpoint or DEFAULT_CHECKPOINT)
+        if checkpoint is None and not os.path.isfile(self.checkpoint):
+            raise TeacherError(f"teacher 'dptext-detr': no checkpoint given and {self.checkpoint} does not exist; "
+                               "download a model_final.pth from github.com/ymy-k/DPText-DETR and pass checkpoint=")
+        self.threshold, self.min_size, self.max_size = threshold, min_size, max_size
+        self.model, self.cfg = load_dptext_detr(self.checkpoint)
+        self.model.to(device)
+        self._weights_sha = sha256_of_path(self.checkpoint)
+
+    def identity(self) -> dict[str, Any]:
+        return {"weights_sha256": self._weights_sha, "threshold": self.threshold, "min_size": self.min_size,
+                "max_size": self.max_size, "config": asdict(self.cfg)}
+
+    def _batch(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resize, normalise and zero-pad to one (B, 3, H, W) tensor plus its (B, H, W) padding mask."""
+        resized = []
+        for img in images:
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise TeacherError(f"teacher 'dptext-detr' needs (H, W, 3) uint8 RGB, got {img.dtype} {img.shape}")
+            nh, nw = resized_shape(img.shape[0], img.shape[1], self.min_size, self.max_size)
+            resized.append(np.array(Image.fromarray(img).resize((nw, nh), Image.BILINEAR)))
+        hmax, wmax = max(r.shape[0] for r in resized), max(r.shape[1] for r in resized)
+        batch = torch.zeros(len(resized), 3, hmax, wmax)
+        mask = torch.ones(len(resized), hmax, wmax, dtype=torch.bool)
+        mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
+        std = torch.tensor(PIXEL_STD).view(3, 1, 1)
+        for i, r in enumerate(resized):
+            h, w = r.shape[:2]
+            batch[i, :, :h, :w] = (torch.from_numpy(r).permute(2, 0, 1).float() - mean) / std
+            mask[i, :h, :w] = False
+        return batch.to(self.device), mask.to(self.device)
+
+    @torch.inference_mode()
+    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        images = [inp.image for inp in inputs]
+        batch, mask = self._batch(images)
+        autocast = (torch.autocast("cuda", dtype=getattr(torch, self.dtype)) if self.dtype != "float32"
+                    else contextlib.nullcontext())
+        with autocast:
+            logits, points = self.model(batch, mask)
+        scores = logits.float().mean(-1).sigmoid().cpu().numpy()  # (B, Q)
+        points = points.float().cpu().numpy()  # (B, Q, P, 2) in [0, 1] of the unpadded image
+        out = []
+        for img, sc, pts in zip(images, scores, points):
+            keep = sc >= self.threshold
+            size = np.array([img.shape[1], img.shape[0]], dtype=np.float32)
+            out.append({"polygons": [(p * size).astype(np.float32) for p in pts[keep]],
+                        "scores": [float(s) for s in sc[keep]]})
+        return out

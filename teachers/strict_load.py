@@ -1,0 +1,70 @@
+"""Safe checkpoint reading and strict state-dict loading with one clear error per problem."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from teachers.base import TeacherError
+
+
+def read_checkpoint(path: str | os.PathLike, teacher: str) -> dict[str, Any]:
+    """Read a ``.safetensors`` file or a torch file with ``weights_only=True`` (never unpickles code).
+
+    Args:
+        path: the weights file.
+        teacher: teacher name for the error message.
+
+    Returns:
+        The loaded object (a dict).
+    """
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {path} does not exist")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is one user-facing line
+        raise TeacherError(f"teacher {teacher!r}: cannot read checkpoint {path}: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(obj, dict):
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], *, prefix: str, source: str,
+                teacher: str) -> None:
+    """Load ``state`` into ``model`` requiring exactly the model's keys (each under ``prefix``) and shapes.
+
+    Args:
+        model: the module to fill.
+        state: the checkpoint's state dict.
+        prefix: prefix every checkpoint key carries ("" for none).
+        source: checkpoint path, for the error message.
+        teacher: teacher name, for the error message.
+    """
+    expected = {prefix + k: v for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if extra:
+        problems.append(f"unexpected key {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    if not problems:
+        for key, ref in expected.items():
+            got = state[key]
+            if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(ref.shape):
+                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+                problems.append(f"key {key!r} has shape {shape}, the model needs {tuple(ref.shape)}")
+                break
+    if problems:
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {source} does not match the model: "
+                           + "; ".join(problems))
+    model.load_state_dict({k[len(prefix):]: v for k, v in state.items()}, strict=True)

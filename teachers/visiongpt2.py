@@ -1,0 +1,187 @@
+"""VisionGPT2 caption teacher: the official ``captioner.pt`` state dict on a plain-PyTorch port.
+
+``checkpoint`` is the ``captioner.pt`` file (or ``.safetensors``), or a folder holding ``captioner.pt`` and
+optionally a ``config.json`` of ``VisionGPT2Config`` fields (sizes that differ from the release) and the
+tokenizer files. The state dict must match the model exactly (429 keys at full size). Images are resized to
+224x224 (bilinear, as albumentations' ``Resize``) and scaled to [-1, 1]; generation starts from GPT-2's
+``<|endoftext|>`` token and stops at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, sha256_of_path
+from teachers.strict_load import load_strict, read_checkpoint
+from teachers.visiongpt2_model import VisionGPT2, VisionGPT2Config
+
+DEFAULT_CHECKPOINT = "~/.cache/ymap-distill/visiongpt2/captioner.pt"
+WEIGHTS_NAME = "captioner.pt"
+CONFIG_NAME = "config.json"
+TINY_CORPUS = [
+    "a man riding a horse on a beach", "a cat sitting on a red chair", "two dogs playing with a ball",
+    "a plate of food on a wooden table", "a woman holding an umbrella in the rain", "a bus parked on a street",
+    "a person surfing a large wave", "a kitchen with a stove and a sink", "a group of people standing outside",
+]
+
+
+def _weights_and_config(checkpoint: str) -> tuple[str, VisionGPT2Config]:
+    """Resolve the weights file and the model sizes of a checkpoint file or folder."""
+    fields: dict[str, Any] = {}
+    if os.path.isdir(checkpoint):
+        weights = os.path.join(checkpoint, WEIGHTS_NAME)
+        cfg_path = os.path.join(checkpoint, CONFIG_NAME)
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as f:
+                fields = json.load(f)
+    else:
+        weights = checkpoint
+    try:
+        return weights, VisionGPT2Config(**fields)
+    except TypeError as exc:
+        raise TeacherError(f"teacher 'visiongpt2': bad {CONFIG_NAME} in {checkpoint}: {exc}") from None
+
+
+def load_visiongpt2(checkpoint: str | os.PathLike) -> tuple[VisionGPT2, VisionGPT2Config, str]:
+    """Build the model of a checkpoint file or folder and load its state dict strictly.
+
+    Args:
+        checkpoint: ``captioner.pt`` / ``.safetensors`` file, or a folder holding ``captioner.pt``.
+
+    Returns:
+        The model in eval mode on the CPU, its configuration and the weights file path.
+    """
+    weights, cfg = _weights_and_config(os.path.expanduser(str(checkpoint)))
+    state = read_checkpoint(weights, "visiongpt2")
+    model = VisionGPT2(cfg)
+    load_strict(model, state, prefix="", source=weights, teacher="visiongpt2")
+    return model.eval(), cfg, weights
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """GPT-2's tokenizer from a local folder or a hub id (from the local cache when offline)."""
+    from transformers import GPT2TokenizerFast
+
+    try:
+        return GPT2TokenizerFast.from_pretrained(name_or_path)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is one user-facing line
+        raise TeacherError(f"teacher 'visiongpt2': cannot load the GPT-2 tokenizer {name_or_path!r} "
+                           f"({type(exc).__name__}); pass tokenizer=<folder with vocab.json and merges.txt>") from None
+
+
+def save_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny random VisionGPT2 folder: ``captioner.pt``, ``config.json`` and a tiny byte-level BPE.
+
+    Args:
+        out_dir: folder to write into (created if needed).
+        seed: torch seed of the random weights.
+
+    Returns:
+        The folder, to pass as ``checkpoint=``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    os.makedirs(out_dir, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(TINY_CORPUS, trainer)
+    tok = GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>")
+    tok.save_pretrained(str(out_dir))
+    torch.manual_seed(seed)
+    cfg = VisionGPT2Config.tiny(vocab_size=len(tok))
+    torch.save(VisionGPT2(cfg).state_dict(), os.path.join(str(out_dir), WEIGHTS_NAME))
+    with open(os.path.join(str(out_dir), CONFIG_NAME), "w") as f:
+        json.dump(asdict(cfg), f, indent=1)
+    return str(out_dir)
+
+
+class VisionGPT2Teacher(Teacher):
+    """VisionGPT2 image captioner.
+
+    Args:
+        checkpoint: ``captioner.pt`` or a folder holding it (see the module docstring).
+        tokenizer: GPT-2 tokenizer folder or hub id; default: the checkpoint folder if it holds one, else "gpt2".
+        max_tokens: most tokens per caption (the official default is 50).
+        sample: sample with ``temperature`` instead of greedy decoding.
+        temperature: sampling temperature (> 0).
+        seed: seed of the sampling generator (reset per ``predict`` call, so results do not depend on order).
+        device, dtype, batch_size: see ``Teacher``.
+    """
+
+    name = "visiongpt2"
+    spec = TeacherSpec(
+        task="caption",
+        description="VisionGPT2 (ViT-B/16 + GPT-2 small with per-block cross-attention), plain-PyTorch port",
+        input_size="224x224 resize, mean/std 0.5",
+        outputs={"captions": "list of one str"},
+    )
+
+    def __init__(self, *, checkpoint: str | None = None, tokenizer: str | None = None, max_tokens: int = 50,
+                 sample: bool = False, temperature: float = 1.0, seed: int = 0, device: str = "cpu",
+                 dtype: str = "float32", batch_size: int = 16) -> None:
+        super().__init__(device=device, dtype=dtype, batch_size=batch_size)
+        if temperature <= 0:
+            raise TeacherError(f"temperature must be > 0, got {temperature}")
+        self.checkpoint = os.path.expanduser(checkpoint or DEFAULT_CHECKPOINT)
+        if checkpoint is None and not os.path.exists(self.checkpoint):
+            raise TeacherError(f"teacher 'visiongpt2': no checkpoint given and {self.checkpoint} does not exist; "
+                               "download captioner.pt of github.com/shreydan/VisionGPT2 and pass checkpoint=")
+        self.model, self.cfg, weights = load_visiongpt2(self.checkpoint)
+        if max_tokens < 1 or max_tokens + 1 > self.cfg.seq_len:
+            raise TeacherError(f"max_tokens must be in 1..{self.cfg.seq_len - 1}, got {max_tokens}")
+        if tokenizer is None:
+            has_tok = os.path.isdir(self.checkpoint) and os.path.isfile(os.path.join(self.checkpoint,
+                                                                                      "tokenizer.json"))
+            tokenizer = self.checkpoint if has_tok else "gpt2"
+        self.tokenizer_name = tokenizer
+        self.tokenizer = load_tokenizer(tokenizer)
+        if len(self.tokenizer) != self.cfg.vocab_size:
+            raise TeacherError(f"teacher 'visiongpt2': tokenizer {tokenizer!r} has {len(self.tokenizer)} tokens, "
+                               f"the model {self.cfg.vocab_size}")
+        self.eos_id = self.tokenizer.eos_token_id
+        self.bos_id = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_id
+        self.max_tokens, self.sample, self.temperature, self.seed = max_tokens, sample, temperature, seed
+        self.model.to(device)
+        self._weights_sha = sha256_of_path(weights)
+
+    def identity(self) -> dict[str, Any]:
+        ident = {"weights_sha256": self._weights_sha, "tokenizer": self.tokenizer_name,
+                 "max_tokens": self.max_tokens, "sample": self.sample, "config": asdict(self.cfg)}
+        if self.sample:
+            ident.update(temperature=self.temperature, seed=self.seed)
+        return ident
+
+    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+        """RGB uint8 images -> (B, 3, S, S) float in [-1, 1]."""
+        size = self.cfg.image_size
+        out = []
+        for img in images:
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise TeacherError(f"teacher 'visiongpt2' needs (H, W, 3) uint8 RGB, got {img.dtype} {img.shape}")
+            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+            out.append(torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1.0)
+        return torch.stack(out).to(self.device)
+
+    @torch.inference_mode()
+    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        images = self.preprocess([inp.image for inp in inputs])
+        gen = torch.Generator(device=self.device).manual_seed(self.seed) if self.sample else None
+        autocast = (torch.autocast("cuda", dtype=getattr(torch, self.dtype)) if self.dtype != "float32"
+                    else contextlib.nullcontext())
+        with autocast:
+            ids = self.model.generate(images, bos_id=self.bos_id, eos_id=self.eos_id, max_tokens=self.max_tokens,
+                                      sample=self.sample, temperature=self.temperature, generator=gen)
+        return [{"captions": [self.tokenizer.decode(row, skip_special_tokens=True).strip()]} for row in ids]
