@@ -1,0 +1,99 @@
+"""`student export`: write a trained student as ONNX (dynamic batch) and check it against PyTorch with onnxruntime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OPSET = 17  # LayerNormalization is a native operator from opset 17 on
+OUTPUTS = ("maps", "tokens")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``student export``."""
+    parser.add_argument("--checkpoint", required=True, help="student checkpoint to export")
+    parser.add_argument("--onnx", required=True, help="output .onnx file")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    parser.add_argument("--check-batch", type=int, default=2,
+                        help="batch size of the random input used to compare onnxruntime with PyTorch (0 skips)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |onnx - torch| difference")
+
+
+def export_onnx(model: torch.nn.Module, image_size: int, path: str | Path, opset: int = OPSET) -> Path:
+    """Export ``model`` (uint8 (B, 3, S, S) -> maps, tokens) to ONNX with a dynamic batch axis.
+
+    Args:
+        model: a student ``YMapNet``; put in eval mode here.
+        image_size: input side S.
+        path: output file.
+        opset: ONNX opset version.
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = _TupleOutputs(model.eval())
+    dummy = torch.zeros((1, 3, image_size, image_size), dtype=torch.uint8)
+    dynamic = {name: {0: "batch"} for name in ("images",) + OUTPUTS}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its own deprecation
+        torch.onnx.export(wrapped, (dummy,), str(path), input_names=["images"], output_names=list(OUTPUTS),
+                          dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+    return path
+
+
+def compare_onnx(model: torch.nn.Module, path: str | Path, image_size: int, batch: int = 2,
+                 seed: int = 0) -> dict[str, float]:
+    """Run PyTorch and onnxruntime on the same random uint8 batch.
+
+    Returns:
+        Largest absolute difference per output name.
+    """
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch, 3, image_size, image_size), dtype=np.uint8)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(images))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"images": images})))
+    return {name: float(np.abs(got[name] - expected[name].float().numpy()).max()) for name in OUTPUTS}
+
+
+class _TupleOutputs(torch.nn.Module):
+    """Wraps the model so ONNX sees the tuple (maps, tokens) and no optional heads."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(images)
+        return tuple(out[name] for name in OUTPUTS)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, then check onnxruntime against PyTorch; exit code 1 when they disagree."""
+    from student.checkpoint import load_checkpoint
+
+    if not Path(args.checkpoint).is_file():
+        print(f"error: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
+        return 2
+    model, cfg, _ = load_checkpoint(args.checkpoint, map_location="cpu")
+    path = export_onnx(model, cfg.image_size, args.onnx, args.opset)
+    print(f"wrote {path} (opset {args.opset}, input images uint8 (batch, 3, {cfg.image_size}, {cfg.image_size}))")
+    if args.check_batch <= 0:
+        return 0
+    diffs = compare_onnx(model, path, cfg.image_size, args.check_batch)
+    worst = max(diffs.values())
+    print("onnxruntime vs PyTorch, max |diff|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    if worst > args.atol:
+        print(f"error: ONNX output differs from PyTorch by {worst:.2e} > {args.atol:.0e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,71 @@
+"""`student export`: ONNX with a dynamic batch that matches PyTorch (onnxruntime)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from student import export
+from student.checkpoint import save_checkpoint
+from student.config import ModelConfig
+from student.model import YMapNet
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny()
+    model = YMapNet(cfg)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval-mode folding is exercised
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, cfg)
+    return str(path)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    export.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_onnx_matches_pytorch_for_several_batch_sizes(tiny_checkpoint: str, tmp_path) -> None:
+    from student.checkpoint import load_checkpoint
+
+    onnx_path = tmp_path / "model.onnx"
+    assert export.run(_parse(["--checkpoint", tiny_checkpoint, "--onnx", str(onnx_path)])) == 0
+    model, cfg, _ = load_checkpoint(tiny_checkpoint)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    assert inp.name == "images" and inp.type == "tensor(uint8)" and not isinstance(inp.shape[0], int)
+    rng = np.random.default_rng(1)
+    for batch in (1, 3):
+        images = rng.integers(0, 256, (batch, 3, cfg.image_size, cfg.image_size), dtype=np.uint8)
+        maps, tokens = session.run(["maps", "tokens"], {"images": images})
+        with torch.no_grad():
+            expected = model(torch.from_numpy(images))
+        assert maps.shape == (batch, 44, cfg.image_size, cfg.image_size) and tokens.shape == (batch, 8, 300)
+        assert np.abs(maps - expected["maps"].numpy()).max() <= 1e-4
+        assert np.abs(tokens - expected["tokens"].numpy()).max() <= 1e-4
+
+
+def test_compare_reports_a_broken_export(tiny_checkpoint: str, tmp_path) -> None:
+    from student.checkpoint import load_checkpoint
+
+    model, cfg, _ = load_checkpoint(tiny_checkpoint)
+    path = export.export_onnx(model, cfg.image_size, tmp_path / "m.onnx")
+    other = YMapNet(cfg).eval()  # different random weights
+    diffs = export.compare_onnx(other, path, cfg.image_size)
+    assert max(diffs.values()) > 1e-3
+
+
+def test_missing_checkpoint_is_a_usage_error(tmp_path) -> None:
+    assert export.run(_parse(["--checkpoint", str(tmp_path / "nope.pt"), "--onnx", str(tmp_path / "m.onnx")])) == 2
