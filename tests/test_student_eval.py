@@ -1,0 +1,102 @@
+"""`student eval`: HDM / MSE per modality and token cosines against the store's targets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from shards.synthetic import write_synthetic_store
+from student import eval as student_eval
+from student.checkpoint import save_checkpoint
+from student.config import ModelConfig
+from student.data import make_loader, open_split, to_device
+from student.metrics import HDM_THRESHOLDS
+from student.model import YMapNet
+
+SIZE = 64
+SPLIT = "val2017"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("store")
+    write_synthetic_store(root, SPLIT, num_samples=7, shard_size=3, size=SIZE, seed=3)
+    return str(root)
+
+
+class PerfectModel(torch.nn.Module):
+    """Returns, for each image of the store, exactly its targets (looked up by the image bytes)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__()
+        self.table = {}
+        for host in make_loader(open_split(root, SPLIT, train=False), 1, 0):
+            batch = to_device({k: v for k, v in host.items() if isinstance(v, torch.Tensor)}, torch.device("cpu"))
+            self.table[batch["images"][0].numpy().tobytes()] = (batch["targets"][0], batch["glove"][0])
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        found = [self.table[im.numpy().tobytes()] for im in images]
+        return {"maps": torch.stack([f[0] for f in found]), "tokens": torch.stack([f[1] for f in found])}
+
+
+def test_perfect_prediction_scores_hdm_one_and_mse_zero(store: str) -> None:
+    result = student_eval.evaluate(PerfectModel(store), store, SPLIT, batch_size=3, progress=False)
+    assert result["samples"] == 7
+    assert set(result["modalities"]) == set(student_eval.MODALITIES)
+    for name, row in result["modalities"].items():
+        for t in HDM_THRESHOLDS:
+            assert row[f"hdm@{t}"] == 1.0, (name, t)
+        assert row["mse"] == 0.0, name
+    cos = [c for c in result["tokens"]["cos"] if c is not None]
+    assert cos and all(abs(c - 1.0) < 1e-5 for c in cos)
+
+
+def test_limit_and_an_imperfect_model(store: str) -> None:
+    class Zero(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            b = images.shape[0]
+            return {"maps": torch.zeros(b, 44, SIZE, SIZE), "tokens": torch.full((b, 8, 300), 0.1)}
+
+    result = student_eval.evaluate(Zero(), store, SPLIT, limit=4, batch_size=3, progress=False)
+    assert result["samples"] == 4
+    joints = result["modalities"]["joints"]
+    # every target value lies within 1 of 0, so at T = 0.5 on the [0, 1] scale every pixel counts as a hit
+    assert joints["hdm@0.5"] == 1.0 and joints["hdm@0.1"] < 0.5
+    assert 0.5 < joints["mse"] <= 1.0  # the background of heatmaps is -1: squared error 1 there
+    hdms = [joints[f"hdm@{t}"] for t in HDM_THRESHOLDS]
+    assert hdms == sorted(hdms)
+
+
+def test_cli_writes_table_and_json(store: str, tmp_path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(image_size=SIZE)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, YMapNet(cfg), cfg)
+    parser = argparse.ArgumentParser()
+    student_eval.add_arguments(parser)
+    out = tmp_path / "eval.json"
+    args = parser.parse_args(["--checkpoint", str(ckpt), "--shards", store, "--split", SPLIT, "--limit", "5",
+                              "--json", str(out), "--no-progress"])
+    assert student_eval.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "HDM@0.1" in printed and "normals" in printed and "#8" in printed
+    doc = json.loads(out.read_text())
+    assert doc["samples"] == 5 and doc["split"] == SPLIT and len(doc["tokens"]["cos"]) == 8
+    for row in doc["modalities"].values():
+        assert 0.0 <= row["hdm@0.1"] <= row["hdm@0.8"] <= 1.0 and row["mse"] >= 0.0
+
+
+def test_cli_usage_errors(store: str, tmp_path) -> None:
+    cfg = ModelConfig.tiny(image_size=SIZE * 2)
+    ckpt = tmp_path / "big.pt"
+    save_checkpoint(ckpt, YMapNet(cfg), cfg)
+    parser = argparse.ArgumentParser()
+    student_eval.add_arguments(parser)
+    assert student_eval.run(parser.parse_args(["--checkpoint", str(ckpt), "--shards", store,
+                                               "--split", "train2017"])) == 2  # no such split
+    assert student_eval.run(parser.parse_args(["--checkpoint", str(ckpt), "--shards", store])) == 2  # sizes differ
+    assert student_eval.run(parser.parse_args(["--checkpoint", str(tmp_path / "none.pt"), "--shards", store,
+                                               "--split", SPLIT])) == 2
