@@ -1,0 +1,191 @@
+"""COCO 2017 reader: one ``ImageRecord`` per image id of a split, with persons, crowd regions, captions, panoptic.
+
+A split is ``<root>/<split>/`` (images) plus ``<root>/annotations/{instances,person_keypoints,captions}_<split>.json``
+and, optionally, ``panoptic_<split>.json`` with its PNG folder ``panoptic_<split>/``. Annotation files are
+parsed with pycocotools' index; a missing or malformed file ends in one :class:`CocoError` naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REQUIRED_KINDS = ("instances", "person_keypoints", "captions")
+PERSON_CATEGORY_ID = 1
+NUM_KEYPOINTS = 17
+
+
+class CocoError(RuntimeError):
+    """A COCO annotation file is missing or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """Everything the pipeline knows about one COCO image before any teacher runs.
+
+    Attributes:
+        image_id: COCO image id.
+        file_name: file name inside the split's image folder.
+        path: absolute path of the image file.
+        width: width recorded in the annotations.
+        height: height recorded in the annotations.
+        persons: non-crowd people, each ``{"keypoints": 17 x [x, y, v], "bbox": [x, y, w, h]}``.
+        crowd: crowd regions, each ``{"bbox": [...], "segmentation": RLE dict or list of polygons}``.
+        captions: the human captions.
+        panoptic: ``None`` or ``{"file": absolute PNG path, "segments_info": [...]}``.
+    """
+
+    image_id: int
+    file_name: str
+    path: str
+    width: int
+    height: int
+    persons: list[dict[str, Any]] = field(default_factory=list)
+    crowd: list[dict[str, Any]] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    panoptic: dict[str, Any] | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able dict of the record (what ground-truth teachers receive as ``TeacherInput.record``)."""
+        return {
+            "image_id": self.image_id, "file_name": self.file_name, "path": self.path,
+            "width": self.width, "height": self.height,
+            "persons": [dict(p) for p in self.persons], "crowd": [dict(c) for c in self.crowd],
+            "captions": list(self.captions),
+            "panoptic": None if self.panoptic is None else dict(self.panoptic),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "ImageRecord":
+        """Rebuild a record from :meth:`to_record`'s dict."""
+        return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
+
+
+def annotation_path(coco_root: str | Path, kind: str, split: str) -> Path:
+    """Path of ``annotations/<kind>_<split>.json``."""
+    return Path(coco_root) / "annotations" / f"{kind}_{split}.json"
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CocoError(f"COCO annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CocoError(f"COCO annotation file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise CocoError(f"COCO annotation file {path} is malformed: no 'images' list")
+    if not isinstance(data.get("annotations", []), list):
+        raise CocoError(f"COCO annotation file {path} is malformed: 'annotations' is not a list")
+    return data
+
+
+def _index(data: dict[str, Any], path: Path):
+    """Build pycocotools' index (quietly: it prints progress)."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    except (KeyError, TypeError) as e:
+        raise CocoError(f"COCO annotation file {path} is malformed: {type(e).__name__} {e}") from None
+    return coco
+
+
+def _person(ann: dict[str, Any], path: Path) -> dict[str, Any]:
+    kps = ann.get("keypoints") or [0] * (3 * NUM_KEYPOINTS)
+    if len(kps) != 3 * NUM_KEYPOINTS:
+        raise CocoError(f"COCO annotation file {path} is malformed: annotation {ann.get('id')} has "
+                        f"{len(kps)} keypoint values, expected {3 * NUM_KEYPOINTS}")
+    triples = [[float(kps[3 * i]), float(kps[3 * i + 1]), int(kps[3 * i + 2])] for i in range(NUM_KEYPOINTS)]
+    return {"keypoints": triples, "bbox": [float(v) for v in ann["bbox"]]}
+
+
+def load_split(coco_root: str | Path, split: str) -> list[ImageRecord]:
+    """Read every image of a COCO split with its annotations.
+
+    Args:
+        coco_root: folder holding ``<split>/`` and ``annotations/``.
+        split: e.g. ``"train2017"``.
+
+    Returns:
+        One record per image id listed in any of the split's annotation files, sorted by id. Images
+        without annotations are included with empty lists.
+
+    Raises:
+        CocoError: a required annotation file is missing or malformed (the message names it).
+    """
+    root = Path(coco_root).resolve()
+    image_dir = root / split
+    images: dict[int, dict[str, Any]] = {}
+    indexes = {}
+    for kind in REQUIRED_KINDS:
+        path = annotation_path(root, kind, split)
+        data = _load_json(path)
+        indexes[kind] = (_index(data, path), path)
+        for img in data["images"]:
+            try:
+                images.setdefault(int(img["id"]), img)
+                int(img["width"]), int(img["height"]), str(img["file_name"])
+            except (KeyError, TypeError, ValueError):
+                raise CocoError(f"COCO annotation file {path} is malformed: image entry {img!r:.80} "
+                                "needs id, file_name, width and height") from None
+
+    kp_coco, kp_path = indexes["person_keypoints"]
+    cap_coco, cap_path = indexes["captions"]
+    persons: dict[int, list] = {i: [] for i in images}
+    crowd: dict[int, list] = {i: [] for i in images}
+    captions: dict[int, list[str]] = {i: [] for i in images}
+    for image_id in images:
+        for ann in kp_coco.imgToAnns.get(image_id, []):
+            try:
+                if int(ann["category_id"]) != PERSON_CATEGORY_ID:
+                    continue
+                if ann.get("iscrowd", 0):
+                    crowd[image_id].append({"bbox": [float(v) for v in ann["bbox"]],
+                                            "segmentation": ann["segmentation"]})
+                else:
+                    persons[image_id].append(_person(ann, kp_path))
+            except (KeyError, TypeError, ValueError) as e:
+                raise CocoError(f"COCO annotation file {kp_path} is malformed: annotation "
+                                f"{ann.get('id')}: {type(e).__name__} {e}") from None
+        for ann in sorted(cap_coco.imgToAnns.get(image_id, []), key=lambda a: a["id"]):
+            try:
+                captions[image_id].append(str(ann["caption"]).strip())
+            except KeyError as e:
+                raise CocoError(f"COCO annotation file {cap_path} is malformed: annotation "
+                                f"{ann.get('id')} has no {e}") from None
+
+    panoptic = _load_panoptic(root, split)
+    return [
+        ImageRecord(
+            image_id=i, file_name=str(images[i]["file_name"]), path=str(image_dir / images[i]["file_name"]),
+            width=int(images[i]["width"]), height=int(images[i]["height"]),
+            persons=persons[i], crowd=crowd[i], captions=captions[i], panoptic=panoptic.get(i),
+        )
+        for i in sorted(images)
+    ]
+
+
+def _load_panoptic(root: Path, split: str) -> dict[int, dict[str, Any]]:
+    """Panoptic ground truth per image id, or nothing when the split has no panoptic json."""
+    path = annotation_path(root, "panoptic", split)
+    if not path.exists():
+        return {}
+    data = _load_json(path)
+    png_dir = root / "annotations" / f"panoptic_{split}"
+    out: dict[int, dict[str, Any]] = {}
+    for ann in data.get("annotations", []):
+        try:
+            out[int(ann["image_id"])] = {"file": str(png_dir / ann["file_name"]),
+                                         "segments_info": list(ann["segments_info"])}
+        except (KeyError, TypeError, ValueError) as e:
+            raise CocoError(f"COCO annotation file {path} is malformed: {type(e).__name__} {e}") from None
+    return out

@@ -1,0 +1,129 @@
+"""Robust image decoding for the base stage: EXIF orientation, grayscale, CMYK, PNG-in-.jpg, 16-bit PNG.
+
+Everything that cannot give an RGB image raises :class:`RejectedImage` with a short machine-readable
+reason (``missing``, ``empty``, ``truncated``, ``undecodable``) and a one-line detail.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+JPEG_MAGIC = b"\xff\xd8"
+JPEG_EOI = b"\xff\xd9"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EXIF_ORIENTATION = 0x0112
+
+
+class RejectedImage(Exception):
+    """An image the base stage cannot use; ``reason`` is one of missing, empty, truncated, undecodable,
+    size-mismatch."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """Read a file, rejecting a missing or empty one."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise RejectedImage("missing", f"image file not found: {path}") from None
+    except OSError as e:
+        raise RejectedImage("missing", f"cannot read {path}: {e.strerror or e}") from None
+    if not data:
+        raise RejectedImage("empty", f"image file is empty: {path}")
+    return data
+
+
+def decode_image_bytes(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode image bytes to RGB uint8 whatever the container says.
+
+    Args:
+        data: file content.
+        name: used in error messages.
+
+    Returns:
+        ``(oriented, raw)``: the (H, W, 3) uint8 RGB image with EXIF orientation applied, and the image as
+        stored before orientation (None when no orientation was applied).
+    """
+    if not data:
+        raise RejectedImage("empty", f"image file is empty: {name}")
+    if data.startswith(PNG_MAGIC):
+        return _decode_png(data, name), None
+    return _decode_pillow(data, name)
+
+
+def _decode_png(data: bytes, name: str) -> np.ndarray:
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        reason = "truncated" if b"IEND" not in data[-16:] else "undecodable"
+        raise RejectedImage(reason, f"PNG data cannot be decoded: {name}")
+    if arr.dtype == np.uint16:  # 16-bit PNG: keep the high byte, rounded
+        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise RejectedImage("undecodable", f"unsupported PNG sample type {arr.dtype}: {name}")
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.shape[2] == 4:  # BGRA: composite on black, the letterbox colour
+        alpha = arr[:, :, 3:4].astype(np.uint16)
+        arr = ((arr[:, :, :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+    return np.ascontiguousarray(arr[:, :, 2::-1])
+
+
+def _decode_pillow(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise RejectedImage("undecodable", f"not an image file: {name}") from None
+    except OSError as e:
+        raise RejectedImage("undecodable", f"cannot open image {name}: {e}") from None
+    orientation = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    if img.format == "JPEG" and img.mode in ("RGB", "L") and orientation == 1:
+        fast = _decode_simplejpeg(data)
+        if fast is not None:
+            return fast, None
+    try:
+        img.load()
+    except OSError as e:
+        truncated = "truncated" in str(e) or (img.format == "JPEG" and not data.rstrip(b"\0").endswith(JPEG_EOI))
+        raise RejectedImage("truncated" if truncated else "undecodable", f"{name}: {e}") from None
+    if img.format == "JPEG" and not data.rstrip(b"\0").endswith(JPEG_EOI):
+        raise RejectedImage("truncated", f"{name}: JPEG data ends before its end-of-image marker")
+    raw = _to_rgb(img)
+    if orientation == 1:
+        return raw, None
+    return _to_rgb(ImageOps.exif_transpose(img)), raw
+
+
+def _decode_simplejpeg(data: bytes) -> np.ndarray | None:
+    """libjpeg-turbo fast path; None sends the image to Pillow (which gives the precise error)."""
+    try:
+        import simplejpeg
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError:
+        return None
+
+
+def _to_rgb(img) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, np.uint32 if img.mode == "I" else np.uint16).astype(np.uint32)
+        gray = ((np.clip(arr, 0, 65535) + 128) // 257).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        from PIL import Image
+
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img.convert("RGBA"))
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), np.uint8))

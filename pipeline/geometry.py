@@ -1,0 +1,195 @@
+"""Letterbox geometry: fit an image into the S x S store square and map points and teacher maps both ways.
+
+Coordinates are continuous pixel coordinates (pixel ``i`` covers ``[i, i + 1)``, its centre is ``i + 0.5``),
+which is the convention OpenCV's resize follows, so points and resized pixels stay aligned exactly:
+``store = original * scale_axis + offset`` with ``scale_axis = resized / original`` per axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _cv2():
+    import cv2
+
+    cv2.setNumThreads(1)  # stages run many in parallel; OpenCV's own threads only contend
+    return cv2
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an ``orig_w x orig_h`` image lands inside the ``size x size`` store square (aspect kept, centred).
+
+    Attributes:
+        orig_w: original width in pixels.
+        orig_h: original height in pixels.
+        size: store side S.
+        resized_w: width of the image content inside the square.
+        resized_h: height of the image content inside the square.
+        offset_x: left border width (content starts at this column).
+        offset_y: top border height (content starts at this row).
+    """
+
+    orig_w: int
+    orig_h: int
+    size: int
+    resized_w: int
+    resized_h: int
+    offset_x: int
+    offset_y: int
+
+    @classmethod
+    def fit(cls, width: int, height: int, size: int) -> "Letterbox":
+        """Fit a ``width x height`` image into an ``size x size`` square, long side = size.
+
+        Args:
+            width: original width (> 0).
+            height: original height (> 0).
+            size: store side S (> 0).
+
+        Returns:
+            The letterbox geometry.
+        """
+        if width <= 0 or height <= 0 or size <= 0:
+            raise ValueError(f"letterbox needs positive sizes, got {width}x{height} -> {size}")
+        scale = size / max(width, height)
+        rw = min(size, max(1, round(width * scale)))
+        rh = min(size, max(1, round(height * scale)))
+        return cls(width, height, size, rw, rh, (size - rw) // 2, (size - rh) // 2)
+
+    @property
+    def scale(self) -> float:
+        """Nominal scale (store pixels per original pixel of the long side)."""
+        return self.size / max(self.orig_w, self.orig_h)
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        """Exact per-axis scale the content was resized with."""
+        return self.resized_w / self.orig_w, self.resized_h / self.orig_h
+
+    def to_meta(self) -> dict[str, Any]:
+        """The geometry fields of ``meta.json``."""
+        return {
+            "orig_size": [self.orig_w, self.orig_h],
+            "size": self.size,
+            "scale": self.scale,
+            "offset": [self.offset_x, self.offset_y],
+            "resized": [self.resized_w, self.resized_h],
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "Letterbox":
+        """Rebuild the geometry from a ``meta.json`` dict (as written by :meth:`to_meta`)."""
+        (w, h), size = meta["orig_size"], int(meta["size"])
+        box = cls.fit(int(w), int(h), size)
+        if "resized" in meta and "offset" in meta:
+            (rw, rh), (ox, oy) = meta["resized"], meta["offset"]
+            box = cls(int(w), int(h), size, int(rw), int(rh), int(ox), int(oy))
+        return box
+
+    def to_store(self, points: np.ndarray) -> np.ndarray:
+        """Map (N, 2) original-pixel (x, y) points into store pixels."""
+        p = np.asarray(points, np.float64).reshape(-1, 2)
+        sx, sy = self.scale_xy
+        return np.stack([p[:, 0] * sx + self.offset_x, p[:, 1] * sy + self.offset_y], axis=1)
+
+    def to_original(self, points: np.ndarray) -> np.ndarray:
+        """Map (N, 2) store-pixel (x, y) points back into original pixels (inverse of :meth:`to_store`)."""
+        p = np.asarray(points, np.float64).reshape(-1, 2)
+        sx, sy = self.scale_xy
+        return np.stack([(p[:, 0] - self.offset_x) / sx, (p[:, 1] - self.offset_y) / sy], axis=1)
+
+    def bbox_to_store(self, bbox: list[float]) -> list[float]:
+        """Map a COCO ``[x, y, w, h]`` box into store pixels."""
+        x, y, w, h = (float(v) for v in bbox)
+        sx, sy = self.scale_xy
+        return [x * sx + self.offset_x, y * sy + self.offset_y, w * sx, h * sy]
+
+    def valid_mask(self) -> np.ndarray:
+        """(S, S) bool mask, True on image content, False on the letterbox border."""
+        mask = np.zeros((self.size, self.size), bool)
+        mask[self.content] = True
+        return mask
+
+    @property
+    def content(self) -> tuple[slice, slice]:
+        """(rows, cols) slices of the image content inside the square."""
+        return (slice(self.offset_y, self.offset_y + self.resized_h),
+                slice(self.offset_x, self.offset_x + self.resized_w))
+
+    def _check_input(self, array: np.ndarray) -> None:
+        if array.shape[:2] != (self.orig_h, self.orig_w):
+            raise ValueError(f"expected an array of {self.orig_h}x{self.orig_w} (original image), "
+                             f"got shape {array.shape}")
+
+    def _paste(self, content: np.ndarray, fill: Any) -> np.ndarray:
+        out = np.full((self.size, self.size) + content.shape[2:], fill, content.dtype)
+        out[self.content] = content
+        return out
+
+
+def letterbox_image(image: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Resize an (H, W, C) or (H, W) image into the store square with a black border.
+
+    Area interpolation when shrinking (no aliasing), bilinear when enlarging.
+
+    Args:
+        image: original image, uint8.
+        box: its letterbox geometry.
+
+    Returns:
+        (S, S[, C]) array of the same dtype.
+    """
+    box._check_input(image)
+    return box._paste(_resize(image, box, continuous=True), 0)
+
+
+def map_labels(labels: np.ndarray, box: Letterbox, fill: int = 255) -> np.ndarray:
+    """Map a full-resolution label map (class ids) into store geometry with nearest-neighbour sampling.
+
+    Args:
+        labels: (H, W) integer labels at the original resolution.
+        box: the image's letterbox geometry.
+        fill: value of the letterbox border (255 = void for panoptic).
+
+    Returns:
+        (S, S) array of the labels' dtype.
+    """
+    box._check_input(labels)
+    return box._paste(_resize(labels, box, continuous=False), fill)
+
+
+def map_continuous(values: np.ndarray, box: Letterbox, fill: float = 0.0) -> np.ndarray:
+    """Map a full-resolution continuous map (depth, probabilities) into store geometry.
+
+    Area averaging when shrinking, bilinear when enlarging; the border gets ``fill``.
+
+    Args:
+        values: (H, W) map at the original resolution, any real dtype.
+        box: the image's letterbox geometry.
+        fill: value of the letterbox border.
+
+    Returns:
+        (S, S) float32 array.
+    """
+    box._check_input(values)
+    return box._paste(_resize(np.asarray(values, np.float32), box, continuous=True), np.float32(fill))
+
+
+def _resize(array: np.ndarray, box: Letterbox, continuous: bool) -> np.ndarray:
+    cv2 = _cv2()
+    dsize = (box.resized_w, box.resized_h)
+    if dsize == (box.orig_w, box.orig_h):
+        return np.ascontiguousarray(array)
+    if not continuous:
+        dtype = array.dtype
+        if dtype not in (np.uint8, np.uint16, np.int16, np.int32, np.float32):
+            array = array.astype(np.int32)  # OpenCV cannot resize 64-bit integers
+        out = cv2.resize(np.ascontiguousarray(array), dsize, interpolation=cv2.INTER_NEAREST_EXACT)
+        return out.astype(dtype, copy=False)
+    shrink = box.resized_w < box.orig_w
+    return cv2.resize(np.ascontiguousarray(array), dsize, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
