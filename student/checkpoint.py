@@ -1,0 +1,83 @@
+"""Student checkpoints: the model's weights and config plus training state, written atomically, loaded safely.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain Python values only (``model``, ``model_cfg`` and
+whatever extra the trainer adds: optimiser state, train config, epoch, step, loader position, metrics), so
+``torch.load(weights_only=True)`` reads it without unpickling arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from student.config import ModelConfig
+from student.model import YMapNet
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or not a student checkpoint; the message names the file."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> None:
+    """Write ``{"model": state_dict, "model_cfg": cfg, **extra}`` atomically (temporary file + rename).
+
+    Args:
+        path: destination file (``.pt``).
+        model: the network (a DDP wrapper is unwrapped).
+        cfg: its configuration.
+        **extra: tensors, state dicts and plain values (numbers, strings, lists, dicts) only.
+    """
+    model = getattr(model, "module", model)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"model": state, "model_cfg": cfg.to_dict(), **extra}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> tuple[YMapNet, ModelConfig, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: device for the tensors.
+
+    Returns:
+        (model with the weights loaded, in eval mode, its ModelConfig, the remaining entries).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or lacks the model / config entries.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for damaged or unsafe files
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") \
+            from None
+    if not isinstance(payload, dict) or "model" not in payload or "model_cfg" not in payload:
+        raise CheckpointError(f"{path}: not a student checkpoint (needs 'model' and 'model_cfg' entries)")
+    cfg = ModelConfig.from_dict(payload.pop("model_cfg"))
+    model = YMapNet(cfg)
+    try:
+        model.load_state_dict(payload.pop("model"))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the saved config ({str(e).splitlines()[0]})") from None
+    model.to(map_location)
+    model.eval()
+    return model, cfg, payload

@@ -1,0 +1,40 @@
+"""`student` command line: a table of subcommands, each module imported only when its command runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand -> module exposing ``add_arguments(parser)`` and ``run(args) -> int``
+COMMANDS = {"train": "student.train", "eval": "student.eval", "predict": "student.predict",
+            "export": "student.export"}
+HELP = {"train": "train the student on the store", "eval": "evaluate a checkpoint on a split",
+        "predict": "run a checkpoint on images or videos", "export": "export a checkpoint to ONNX"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``student``; returns the exit code (2 for usage errors)."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="student", description="Y-MAP-Net student: train, eval, predict, export")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    for name in COMMANDS:
+        sub.add_parser(name, help=HELP[name], add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv[:1] or ["--help"])  # prints help or the usage error (exit 0 / 2)
+        return 2
+    command = argv[0]
+    try:
+        module = importlib.import_module(COMMANDS[command])
+    except ModuleNotFoundError as e:
+        if e.name != COMMANDS[command]:
+            raise
+        print(f"student {command}: this installation has no {COMMANDS[command]} module", file=sys.stderr)
+        return 2
+    cmd_parser = argparse.ArgumentParser(prog=f"student {command}", description=HELP[command])
+    module.add_arguments(cmd_parser)
+    return int(module.run(cmd_parser.parse_args(argv[1:])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Training targets (DESIGN 5): store members <-> [-1, 1] maps, heatmap / PAF rendering, packing for the loader.
+
+Every channel index comes from ``shards.taxonomy``. On the host a sample's targets stay compact (int8 rendered
+pose maps, uint16 depth, uint8 normals / text / group labels); :func:`device_targets` assembles the float
+(B, 44, H, W) target on the device, one-hot groups included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import numpy as np
+
+from shards.taxonomy import CHANNELS, GROUPS, JOINT_RADIUS_OFFSET, JOINTS, LIMBS, NUM_CHANNELS, NUM_TOKENS, \
+    GLOVE_DIM
+
+REFERENCE_SIZE = 256  # target sizes of DESIGN 5.5 are in pixels of a 256-pixel store
+FLAT_NORMAL = (128, 128, 255)  # normals.png value of n = (0, 0, 1)
+
+
+@dataclass(frozen=True)
+class TargetSizes:
+    """Heatmap radius and PAF width as a function of the epoch (DESIGN 5.5).
+
+    ``radius`` and ``width`` are (start, final); both shrink by one every ``step_epochs`` epochs until final.
+    """
+
+    radius: tuple[int, int] = (23, 8)
+    width: tuple[int, int] = (6, 2)
+    step_epochs: int = 20
+
+    def at(self, epoch: int | None) -> tuple[int, int]:
+        """(heatmap base radius, PAF width) at ``epoch``; ``None`` = the final sizes (validation)."""
+        if epoch is None:
+            return self.radius[1], self.width[1]
+        steps = max(0, epoch) // max(1, self.step_epochs)
+        return max(self.radius[1], self.radius[0] - steps), max(self.width[1], self.width[0] - steps)
+
+
+@dataclass
+class StoreSample:
+    """One decoded store sample in store geometry (S x S), the unit augmentation works on.
+
+    ``keypoints`` is (P, 17, 3) float32 (x, y, v) in continuous store pixels (pixel i covers [i, i+1));
+    ``crowd`` is the (S, S) uint8 mask of crowd regions (1 = crowd), excluded from the pose loss.
+    """
+
+    key: str
+    image: np.ndarray  # (S, S, 3) uint8 RGB
+    depth: np.ndarray  # (S, S) uint16
+    normals: np.ndarray  # (S, S, 3) uint8
+    text: np.ndarray  # (S, S) uint8 0 / 255
+    groups: np.ndarray  # (S, S) uint8 0..10
+    keypoints: np.ndarray  # (P, 17, 3) float32
+    crowd: np.ndarray | None = None  # (S, S) uint8, None = no crowd region
+    glove: np.ndarray = field(default_factory=lambda: np.zeros((NUM_TOKENS, GLOVE_DIM), np.float16))
+    token_ids: tuple[int, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return self.image.shape[0]
+
+    def emptied(self, image: np.ndarray) -> "StoreSample":
+        """This sample with another image and background targets everywhere (for the random-noise image)."""
+        s = self.size
+        return replace(self, image=image, depth=np.zeros((s, s), np.uint16),
+                       normals=np.broadcast_to(np.array(FLAT_NORMAL, np.uint8), (s, s, 3)).copy(),
+                       text=np.zeros((s, s), np.uint8), groups=np.zeros((s, s), np.uint8),
+                       keypoints=np.zeros((0, len(JOINTS), 3), np.float32), crowd=None,
+                       glove=np.zeros_like(self.glove), token_ids=())
+
+
+def from_store(sample: Mapping[str, Any]) -> StoreSample:
+    """Build a :class:`StoreSample` from a decoded reader sample (members of base, depth, normals, text,
+    groups and tokens)."""
+    pose = sample["pose.json"]
+    return StoreSample(
+        key=str(sample["__key__"]), image=sample["jpg"], depth=sample["depth.png"], normals=sample["normals.png"],
+        text=sample["text.png"], groups=sample["groups.png"], keypoints=pose_keypoints(pose),
+        crowd=crowd_mask(pose, sample["jpg"].shape[0]) if pose.get("crowd") else None,
+        glove=np.asarray(sample["glove.npy"], np.float16),
+        token_ids=tuple(int(i) for i in sample["tokens.json"].get("ids", [])))
+
+
+def pose_keypoints(pose: Mapping[str, Any]) -> np.ndarray:
+    """(P, 17, 3) float32 keypoints of the persons of a ``pose.json`` dict."""
+    persons = [p["keypoints"] for p in pose.get("persons", [])]
+    if not persons:
+        return np.zeros((0, len(JOINTS), 3), np.float32)
+    return np.asarray(persons, np.float32).reshape(len(persons), len(JOINTS), 3)
+
+
+def crowd_mask(pose: Mapping[str, Any], size: int) -> np.ndarray:
+    """(S, S) uint8 mask of the crowd regions of a ``pose.json`` dict: 1 inside a crowd region, else 0.
+
+    A region's ``segmentation`` (store-size RLE dict or polygons ``[x0, y0, x1, y1, ...]`` in continuous
+    store pixels) is used when present, else its ``bbox``.
+    """
+    import cv2
+
+    mask = np.zeros((size, size), np.uint8)
+    for region in pose.get("crowd", []):
+        seg = region.get("segmentation")
+        if isinstance(seg, dict):
+            from pycocotools import mask as mask_utils
+
+            rle = {"size": list(seg["size"]), "counts": seg["counts"]}
+            if isinstance(rle["counts"], str):
+                rle["counts"] = rle["counts"].encode()
+            decoded = mask_utils.decode(rle)
+            if decoded.shape != mask.shape:
+                raise ValueError(f"crowd RLE of size {decoded.shape} in a {size}-pixel store")
+            mask |= decoded.astype(np.uint8)
+            continue
+        if seg:
+            polys = [np.asarray(p, np.float32).reshape(-1, 2) for p in seg if len(p) >= 6]
+        else:
+            x, y, w, h = (float(v) for v in region["bbox"])
+            polys = [np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)]
+        # fillPoly takes integer vertices with pixel centres at integers; ours are at i + 0.5
+        cv2.fillPoly(mask, [np.round(p - 0.5).astype(np.int32) for p in polys], 1)
+    return mask
+
+
+def _scaled(value: float, size: int) -> float:
+    return value * size / REFERENCE_SIZE
+
+
+def render_heatmaps(keypoints: np.ndarray, size: int, base_radius: float) -> np.ndarray:
+    """Joint heatmaps: a Gaussian blob (sigma = radius / 3, cut at the radius) per labelled joint, max-blended.
+
+    Args:
+        keypoints: (P, 17, 3) (x, y, v) in continuous store pixels; joints with v > 0 are drawn.
+        size: store side S.
+        base_radius: the schedule's base radius in 256-pixel units; the per-joint offset of
+            ``shards.taxonomy.JOINT_RADIUS_OFFSET`` is added, and the sum scaled to ``size``.
+
+    Returns:
+        (17, S, S) float32 in [-1, 1]: +1 at a joint's pixel, -1 on the background.
+    """
+    maps = np.full((len(JOINTS), size, size), -1.0, np.float32)
+    draw_heatmaps(maps, keypoints, base_radius, 1.0)
+    return maps
+
+
+def render_pafs(keypoints: np.ndarray, size: int, width: float) -> np.ndarray:
+    """Part affinity fields: per limb of ``shards.taxonomy.LIMBS``, a band along child -> parent.
+
+    Inside the band (distance to the segment <= width / 2, at least one pixel) the value ramps linearly from
+    -1 at the child to +1 at the parent, multiplied by the limb's sign (-1 for left limbs and limbs that end
+    at the nose); the background is -1; people are max-blended.
+
+    Args:
+        keypoints: (P, 17, 3) keypoints; a limb is drawn when both its joints have v > 0.
+        size: store side S.
+        width: band width in 256-pixel units, scaled to ``size``.
+
+    Returns:
+        (12, S, S) float32 in [-1, 1].
+    """
+    maps = np.full((len(LIMBS), size, size), -1.0, np.float32)
+    draw_pafs(maps, keypoints, width, 1.0)
+    return maps
+
+
+def draw_heatmaps(maps: np.ndarray, keypoints: np.ndarray, base_radius: float, unit: float) -> None:
+    """Max-blend the joint blobs of :func:`render_heatmaps` into ``maps`` (17, S, S), whose value ``unit``
+    stands for 1.0 (1.0 for float maps, 127 for int8 maps already filled with ``-unit``)."""
+    size = maps.shape[-1]
+    centres = np.arange(size, dtype=np.float32) + 0.5
+    for person in keypoints:
+        for j, (x, y, v) in enumerate(person):
+            if v <= 0:
+                continue
+            r = max(1.0, _scaled(base_radius + JOINT_RADIUS_OFFSET[j], size))
+            x0, x1 = max(0, int(x - r)), min(size, int(x + r) + 1)
+            y0, y1 = max(0, int(y - r)), min(size, int(y + r) + 1)
+            if x0 >= x1 or y0 >= y1:
+                continue
+            dx2 = (centres[x0:x1] - x) ** 2
+            dy2 = (centres[y0:y1] - y) ** 2
+            k = -4.5 / (r * r)  # sigma = r / 3
+            blob = np.outer(np.exp(dy2 * k), np.exp(dx2 * k))  # separable Gaussian
+            blob[dy2[:, None] + dx2[None, :] > r * r] = 0.0
+            _blend(maps[j, y0:y1, x0:x1], blob * 2.0 - 1.0, unit)
+
+
+def draw_pafs(maps: np.ndarray, keypoints: np.ndarray, width: float, unit: float) -> None:
+    """Max-blend the limb bands of :func:`render_pafs` into ``maps`` (12, S, S) (``unit`` as in
+    :func:`draw_heatmaps`)."""
+    size = maps.shape[-1]
+    half = max(1.0, _scaled(width, size) / 2)
+    centres = np.arange(size, dtype=np.float32) + 0.5
+    for person in keypoints:
+        for k, limb in enumerate(LIMBS):
+            a, b = person[limb.child], person[limb.parent]
+            if a[2] <= 0 or b[2] <= 0:
+                continue
+            ab = b[:2] - a[:2]
+            length2 = float(ab @ ab)
+            if length2 < 1e-6:
+                continue
+            x0 = max(0, int(min(a[0], b[0]) - half))
+            x1 = min(size, int(max(a[0], b[0]) + half) + 1)
+            y0 = max(0, int(min(a[1], b[1]) - half))
+            y1 = min(size, int(max(a[1], b[1]) + half) + 1)
+            if x0 >= x1 or y0 >= y1:
+                continue
+            px = centres[None, x0:x1] - a[0]  # (1, w)
+            py = centres[y0:y1, None] - a[1]  # (h, 1)
+            t = np.clip((px * ab[0] + py * ab[1]) / length2, 0.0, 1.0)  # (h, w)
+            d2 = (px - t * ab[0]) ** 2 + (py - t * ab[1]) ** 2
+            ramp = np.where(d2 <= half * half, limb.sign * (2.0 * t - 1.0), -1.0)
+            _blend(maps[k, y0:y1, x0:x1], ramp, unit)
+
+
+def _blend(window: np.ndarray, values: np.ndarray, unit: float) -> None:
+    """``window = max(window, values * unit)`` in the window's dtype (rounded for integer maps)."""
+    scaled = values * unit
+    if window.dtype.kind == "i":
+        scaled = np.rint(scaled)
+    np.maximum(window, scaled.astype(window.dtype), out=window)
+
+
+def pack_targets(sample: StoreSample, base_radius: float, paf_width: float,
+                 multihot_vocab: int = 0) -> dict[str, np.ndarray]:
+    """Render and pack one sample's targets into the compact host format of the loader.
+
+    Args:
+        sample: the (augmented) sample.
+        base_radius: heatmap base radius (see :class:`TargetSizes`).
+        paf_width: PAF band width.
+        multihot_vocab: vocabulary size of the multi-hot target; 0 = no multi-hot target.
+
+    Returns:
+        ``image`` (3, S, S) uint8, ``pose`` (29, S, S) int8 (joints then PAFs), ``pose_mask`` (S, S) uint8,
+        ``depth`` (S, S) uint16, ``normals`` (3, S, S) uint8, ``text`` (S, S) uint8, ``groups`` (S, S)
+        uint8 labels, ``glove`` (8, 300) float16 and, when asked, ``multihot`` (V,) uint8.
+    """
+    s = sample.size
+    pose = np.full((len(JOINTS) + len(LIMBS), s, s), -127, np.int8)
+    draw_heatmaps(pose[:len(JOINTS)], sample.keypoints, base_radius, 127.0)
+    draw_pafs(pose[len(JOINTS):], sample.keypoints, paf_width, 127.0)
+    out = {
+        "image": np.ascontiguousarray(sample.image.transpose(2, 0, 1)),
+        "pose": pose,
+        "pose_mask": np.ones((s, s), np.uint8) if sample.crowd is None else 1 - sample.crowd,
+        "depth": np.ascontiguousarray(sample.depth),
+        "normals": np.ascontiguousarray(sample.normals.transpose(2, 0, 1)),
+        "text": np.ascontiguousarray(sample.text),
+        "groups": np.ascontiguousarray(sample.groups),
+        "glove": np.asarray(sample.glove, np.float16),
+    }
+    if multihot_vocab:
+        hot = np.zeros(multihot_vocab, np.uint8)
+        ids = [i for i in sample.token_ids if 0 <= i < multihot_vocab]
+        hot[ids] = 1
+        out["multihot"] = hot
+    return out
+
+
+# --- store values <-> [-1, 1] (numpy; used by the loader's device step and by evaluation) ---
+
+def depth_to_target(depth: np.ndarray) -> np.ndarray:
+    """uint16 depth (0..65535, larger = nearer) -> float32 in [-1, 1]."""
+    return depth.astype(np.float32) / 32767.5 - 1.0
+
+
+def target_to_depth(target: np.ndarray) -> np.ndarray:
+    """[-1, 1] depth map -> uint16 store depth."""
+    return np.clip(np.rint((np.asarray(target, np.float32) + 1.0) * 32767.5), 0, 65535).astype(np.uint16)
+
+
+def normals_to_target(normals: np.ndarray) -> np.ndarray:
+    """(S, S, 3) uint8 normals -> (3, S, S) float32 in [-1, 1]."""
+    return normals.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
+
+
+def target_to_normals(target: np.ndarray) -> np.ndarray:
+    """(3, S, S) [-1, 1] normals -> (S, S, 3) uint8 store normals."""
+    n = np.clip(np.rint((np.asarray(target, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(n.transpose(1, 2, 0))
+
+
+def text_to_target(text: np.ndarray) -> np.ndarray:
+    """uint8 text mask (0 / 255) -> float32 -1 / +1."""
+    return np.where(text > 127, 1.0, -1.0).astype(np.float32)
+
+
+def target_to_text(target: np.ndarray) -> np.ndarray:
+    """[-1, 1] text map -> uint8 mask 0 / 255 (positive = text)."""
+    return np.where(np.asarray(target) > 0, 255, 0).astype(np.uint8)
+
+
+def groups_to_target(groups: np.ndarray) -> np.ndarray:
+    """(S, S) uint8 group labels (0 = unlabeled, 1..10) -> (10, S, S) one-hot float32 in {-1, +1}."""
+    values = np.arange(1, len(GROUPS) + 1, dtype=groups.dtype)[:, None, None]
+    return np.where(groups[None] == values, 1.0, -1.0).astype(np.float32)
+
+
+def target_to_groups(target: np.ndarray) -> np.ndarray:
+    """(10, S, S) group maps -> (S, S) uint8 labels: argmax + 1 where the best map is positive, else 0."""
+    target = np.asarray(target)
+    best = target.argmax(axis=0)
+    return np.where(target.max(axis=0) > 0, best + 1, 0).astype(np.uint8)
+
+
+def device_targets(batch: Mapping[str, Any]) -> Any:
+    """Assemble the float (B, 44, S, S) target in [-1, 1] from a collated host batch already on the device.
+
+    Args:
+        batch: tensors ``pose`` (B, 29, S, S) int8, ``depth`` (B, S, S) uint16, ``normals`` (B, 3, S, S)
+            uint8, ``text`` (B, S, S) uint8, ``groups`` (B, S, S) uint8.
+
+    Returns:
+        (B, 44, S, S) float32 tensor in channel order of ``shards.taxonomy.CHANNELS``.
+    """
+    import torch
+
+    pose = batch["pose"]
+    b, _, h, w = pose.shape
+    out = torch.empty((b, NUM_CHANNELS, h, w), dtype=torch.float32, device=pose.device)
+    out[:, CHANNELS["joints"].start:CHANNELS["pafs"].stop] = pose.float() / 127.0
+    # uint16 tensors support few ops: go through int32
+    out[:, CHANNELS["depth"].slice] = (batch["depth"].to(torch.int32).float() / 32767.5 - 1.0)[:, None]
+    out[:, CHANNELS["normals"].slice] = batch["normals"].float() / 127.5 - 1.0
+    out[:, CHANNELS["text"].slice] = torch.where(batch["text"] > 127, 1.0, -1.0)[:, None]
+    values = torch.arange(1, len(GROUPS) + 1, device=pose.device, dtype=batch["groups"].dtype)
+    out[:, CHANNELS["groups"].slice] = torch.where(batch["groups"][:, None] == values[None, :, None, None],
+                                                   1.0, -1.0)
+    return out

@@ -1,0 +1,290 @@
+"""`student train`: one readable training loop for Y-MAP-Net on the store (DESIGN 6).
+
+Adam with a linear learning-rate decay, a fixed number of steps per epoch over an endless resampled
+stream, validation on the val split every epoch, early stopping, checkpoints with everything needed to
+resume exactly (model, optimiser, config, epoch, step, loader position, metrics), TensorBoard, a progress bar,
+optional bf16 autocast and single-node multi-GPU with torchrun (DDP; ranks read different shards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shards.manifest import StoreError
+from student.augment import AugmentConfig
+from student.checkpoint import CheckpointError, save_checkpoint
+from student.config import ModelConfig, TrainConfig
+from student.data import StudentDataset, make_loader, open_split, to_device
+from student.loss import LossGains, compute_loss
+from student.metrics import MetricSums, image_panel
+from student.model import YMapNet
+from student.targets import TargetSizes
+
+
+def lr_at(cfg: TrainConfig, epoch: float) -> float:
+    """Learning rate at a (fractional) epoch: linear from ``lr`` to ``lr_final`` over ``lr_decay_epochs``."""
+    frac = min(1.0, epoch / cfg.lr_decay_epochs) if cfg.lr_decay_epochs > 0 else 1.0
+    return cfg.lr + (cfg.lr_final - cfg.lr) * frac
+
+
+def setup_device(name: str) -> tuple[torch.device, int, int]:
+    """(device, rank, world size); starts the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world
+
+
+def model_config(cfg: TrainConfig, store_size: int) -> ModelConfig:
+    """The network for ``cfg.model`` at the store's image size."""
+    if cfg.model == "tiny":
+        return ModelConfig.tiny(store_size)
+    if cfg.model != "paper":
+        raise ValueError(f"unknown model {cfg.model!r}; use paper or tiny")
+    return replace(ModelConfig.paper(), image_size=store_size)
+
+
+def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, device: torch.device,
+             world: int) -> tuple[dict[str, float], torch.Tensor | None]:
+    """One pass over the validation split (at most ``cfg.val_steps`` batches); returns (metrics, image panel)."""
+    model.eval()
+    sums, panel = MetricSums(device), None
+    loader = make_loader(dataset, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda")
+    gains = LossGains(**{k[5:]: v for k, v in cfg.to_dict().items() if k.startswith("gain_")})
+    with torch.no_grad():
+        for i, host in enumerate(loader):
+            if cfg.val_steps and i >= cfg.val_steps:
+                break
+            batch = to_device(host, device)
+            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp == "bf16"):
+                out = model(batch["images"])
+            loss, _ = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
+                                   batch.get("multihot"), gains)
+            sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"], loss)
+            if panel is None:
+                panel = image_panel(batch["images"], out["maps"], batch["targets"])
+    if world > 1:
+        torch.distributed.all_reduce(sums.sums)
+    return sums.compute(), panel
+
+
+def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None = None) -> dict[str, Any]:
+    """Train (or resume) a student; the Python API behind ``student train``.
+
+    Args:
+        cfg: the run's configuration.
+        resume: a checkpoint of an earlier run to continue from (its loader position included).
+        stop_at_step: save a checkpoint and return once this global step is reached (as an interrupt does).
+
+    Returns:
+        ``{"losses": [train loss of every step run here], "epochs": epochs completed, "best": best val loss,
+        "val": last validation metrics, "checkpoint": path of the last checkpoint}``.
+
+    Raises:
+        StoreError: the store lacks a split or a needed column.
+        CheckpointError: ``resume`` cannot be loaded.
+    """
+    device, rank, world = setup_device(cfg.device)
+    main = rank == 0
+    out_dir = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    sizes = TargetSizes(cfg.heatmap_radius, cfg.paf_width, cfg.size_step_epochs)
+    train_ds = open_split(cfg.shards, cfg.train_split, train=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+                          sizes=sizes, augment=AugmentConfig() if cfg.augment else None)
+    val_ds = open_split(cfg.shards, cfg.val_split, train=False, sizes=sizes)
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "position": {"epoch": 0, "batch": 0}, "best": math.inf,
+                             "stale": 0, "metrics": {}}
+    if resume:
+        payload = _load_resume(resume, device)
+        model_cfg = ModelConfig.from_dict(payload["model_cfg"])
+        state.update({k: payload[k] for k in state})
+    else:
+        model_cfg = model_config(cfg, train_ds.manifest.size)
+    if model_cfg.image_size != train_ds.manifest.size:
+        raise StoreError(f"store {cfg.shards} has {train_ds.manifest.size}-pixel images but the model expects "
+                         f"{model_cfg.image_size}")
+    if model_cfg.multihot_vocab:
+        train_ds.transform.multihot_vocab = val_ds.transform.multihot_vocab = model_cfg.multihot_vocab
+    model = YMapNet(model_cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if resume:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    gains = LossGains(**{k[5:]: v for k, v in cfg.to_dict().items() if k.startswith("gain_")})
+    steps_per_epoch = cfg.steps_per_epoch or max(1, train_ds.manifest.num_samples // (cfg.batch_size * world))
+
+    writer = None
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "train_config.json").write_text(json.dumps(
+            {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "parameters": model.parameter_counts()}, indent=1))
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out_dir / "tb"))
+    losses: list[float] = []
+
+    def checkpoint(name: str) -> Path:
+        path = out_dir / name
+        if main:
+            save_checkpoint(path, model, model_cfg, optimizer=optimizer.state_dict(), train_cfg=cfg.to_dict(),
+                            **state)
+        return path
+
+    last = out_dir / "last.pt"
+    for epoch in range(state["epoch"], cfg.epochs):
+        train_ds.set_epoch(epoch)
+        loader = make_loader(train_ds, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda")
+        batches = iter(loader)
+        skip = state["position"]["batch"] if state["position"]["epoch"] == epoch else 0
+        for _ in range(skip):  # resume inside an epoch: replay the stream up to the saved position
+            next(batches)
+        net.train()
+        bar = _progress(cfg, main, steps_per_epoch, skip, epoch)
+        tick = time.perf_counter()
+        try:
+            for b in range(skip, steps_per_epoch):
+                if stop_at_step is not None and state["step"] >= stop_at_step:
+                    raise KeyboardInterrupt
+                batch = to_device(next(batches), device)
+                lr = lr_at(cfg, state["step"] / steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                torch.manual_seed(cfg.seed * 1_000_003 + state["step"] * world + rank)  # dropout, resumable
+                with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp == "bf16"):
+                    out = net(batch["images"])
+                loss, parts = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
+                                           batch.get("multihot"), gains)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                state["step"] += 1
+                state["position"] = {"epoch": epoch, "batch": b + 1}
+                losses.append(loss.item())
+                now = time.perf_counter()
+                rate = batch["images"].shape[0] * world / max(now - tick, 1e-9)
+                tick = now
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{rate:.1f}")
+                bar.update(1)
+                if writer is not None:
+                    writer.add_scalar("train/loss", losses[-1], state["step"])
+                    writer.add_scalar("train/lr", lr, state["step"])
+                    writer.add_scalar("train/samples_per_s", rate, state["step"])
+                    for name, value in parts.items():
+                        writer.add_scalar(f"train/{name}", value.item(), state["step"])
+        except KeyboardInterrupt:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            last = checkpoint("last.pt")
+            return {"losses": losses, "epochs": epoch, "best": state["best"], "val": state["metrics"],
+                    "checkpoint": str(last), "interrupted": True}
+        bar.close()
+
+        metrics, panel = evaluate(net, val_ds, cfg, device, world)
+        state.update(epoch=epoch + 1, position={"epoch": epoch + 1, "batch": 0}, metrics=metrics)
+        improved = metrics["loss"] < state["best"]
+        state["best"], state["stale"] = (metrics["loss"], 0) if improved else (state["best"], state["stale"] + 1)
+        if writer is not None:
+            for name, value in metrics.items():
+                writer.add_scalar(f"val/{name}", value, epoch + 1)
+            if panel is not None:
+                writer.add_image("val/panel", panel, epoch + 1)
+        if main:
+            print(f"epoch {epoch + 1}: val loss {metrics['loss']:.4f} (best {state['best']:.4f}), "
+                  f"joints hdm@0.1 {metrics['joints/hdm@0.1']:.3f}, tokens cos {metrics['tokens/cos']:.3f}",
+                  file=sys.stderr)
+        last = checkpoint("last.pt")
+        if improved:
+            checkpoint("best.pt")
+        if state["stale"] > cfg.patience:
+            break
+    if writer is not None:
+        writer.close()
+    return {"losses": losses, "epochs": state["epoch"], "best": state["best"], "val": state["metrics"],
+            "checkpoint": str(last), "interrupted": False}
+
+
+def _load_resume(path: str, device: torch.device) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such checkpoint to resume from")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types for damaged or unsafe files
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(e).__name__})") from None
+    needed = ("model", "model_cfg", "optimizer", "train_cfg", "epoch", "step", "position", "best", "stale", "metrics")
+    missing = [k for k in needed if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
+    return payload
+
+
+def _progress(cfg: TrainConfig, main: bool, total: int, initial: int, epoch: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                disable=not (cfg.progress and main), dynamic_ncols=True, file=sys.stderr)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``student train``; each overrides the default (or, with ``--resume``, the saved config)."""
+    s = argparse.SUPPRESS
+    parser.add_argument("--shards", default=s, help="store root (default shards)")
+    parser.add_argument("--train-split", default=s, help="training split (default train2017)")
+    parser.add_argument("--val-split", default=s, help="validation split (default val2017)")
+    parser.add_argument("--out", default=s, help="run folder for checkpoints and TensorBoard (default runs/student)")
+    parser.add_argument("--model", choices=("paper", "tiny"), default=s, help="network size (default paper)")
+    parser.add_argument("--epochs", type=int, default=s, help="maximum epochs (default 250)")
+    parser.add_argument("--steps-per-epoch", type=int, default=s, help="batches per epoch (default: one pass)")
+    parser.add_argument("--val-steps", type=int, default=s, help="validation batches per epoch (default: all)")
+    parser.add_argument("--batch-size", type=int, default=s, help="batch size per process (default 32)")
+    parser.add_argument("--lr", type=float, default=s, help="initial learning rate (default 2.4e-4)")
+    parser.add_argument("--lr-final", type=float, default=s, help="learning rate after the decay (default 1e-4)")
+    parser.add_argument("--lr-decay-epochs", type=int, default=s, help="epochs of linear decay (default 100)")
+    parser.add_argument("--patience", type=int, default=s, help="early-stopping patience in epochs (default 65)")
+    parser.add_argument("--workers", type=int, default=s, help="DataLoader workers (default 4)")
+    parser.add_argument("--seed", type=int, default=s, help="seed of shuffling, augmentation and init (default 0)")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=s, help="disable augmentation")
+    parser.add_argument("--amp", choices=("none", "bf16"), default=s, help="autocast dtype (default none)")
+    parser.add_argument("--device", default=s, help="cpu, cuda, cuda:1, ... (default auto)")
+    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=s,
+                        help="do not write TensorBoard logs")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=s,
+                        help="no progress bar")
+    parser.add_argument("--resume", help="checkpoint to continue from (its config is the base of this run's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``student train``; user errors end in one line and exit code 2."""
+    flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    try:
+        base = TrainConfig()
+        if args.resume:
+            base = TrainConfig.from_dict(_load_resume(args.resume, torch.device("cpu"))["train_cfg"])
+        cfg = replace(base, **flags)
+        result = train(cfg, resume=args.resume)
+    except (StoreError, CheckpointError, ValueError) as e:
+        print(f"student train: {e}", file=sys.stderr)
+        return 2
+    state = "interrupted" if result["interrupted"] else "done"
+    print(json.dumps({"state": state, "epochs": result["epochs"], "best_val_loss": result["best"],
+                      "checkpoint": result["checkpoint"]}))
+    return 130 if result["interrupted"] else 0
