@@ -1,0 +1,336 @@
+"""``build_targets(config)``: plan the (stage, shard) units of a split, run the unfinished ones, activate
+complete columns in the manifest, and write rejected.jsonl and build-report.json (DESIGN 3 and 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from shards.atomic import atomic_write_bytes, atomic_write_json, locked
+from shards.layout import column_dir, manifest_path
+from shards.manifest import Manifest, ShardEntry, activate_column, load_manifest, save_manifest, StoreError
+from shards.schema import BUILD_REPORT_NAME, REJECTED_NAME, VOCAB_NAME
+from shards.writer import ColumnWriter
+
+from pipeline.executors import Executor, make_executor
+from pipeline.plan import BuildError, Plan, prepare
+from pipeline.progress import Progress
+from pipeline.stages import STAGES, stage as get_stage
+from pipeline.units import UnitResult, decode_unit, derived_unit, read_rejected, teacher_unit, vocab_unit
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Every setting of ``pipeline build-targets`` with its default (CLI flags and config-file keys alike).
+
+    Teacher ``*_params`` are extra constructor keywords of that teacher (they enter its fingerprint).
+    """
+
+    coco_root: str = "data/coco"
+    split: str = "train2017"
+    out: str = "shards"
+    stages: tuple[str, ...] = ()  # empty: every stage; else these stages and their dependants
+    force: bool = False  # rebuild the chosen stages' units even when finished
+    executor: str = "ray"  # ray | local
+    ray_address: str | None = None  # None: RAY_ADDRESS, else start a local cluster
+    num_cpus: int | None = None  # CPUs of a local Ray cluster started here
+    size: int = 256  # store size S
+    shard_size: int = 1000
+    batch_size: int = 8  # images per teacher call
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"
+    depth_teacher: str = "depth-anything-v2"
+    depth_checkpoint: str | None = None
+    depth_params: Mapping[str, Any] = field(default_factory=dict)
+    panoptic_teacher: str = "detectron2-panoptic-fpn"
+    panoptic_checkpoint: str | None = None
+    panoptic_params: Mapping[str, Any] = field(default_factory=dict)
+    text_teacher: str = "dptext-detr"
+    text_checkpoint: str | None = None
+    text_params: Mapping[str, Any] = field(default_factory=dict)
+    caption_teacher: str = "visiongpt2"
+    caption_checkpoint: str | None = None
+    caption_params: Mapping[str, Any] = field(default_factory=dict)
+    normals_scale: float = 240.0
+    vocab_size: int = 2048
+    glove: str = "glove-wiki-gigaword-300"  # GloVe text file, or gensim model name
+    vocab_split: str = "train2017"  # the split whose captions make the vocabulary; others reuse its vocab.json
+    gpus_per_teacher: float | None = None  # None: 1 if the Ray cluster has GPUs, else 0
+    cpus_per_teacher: float = 0.0
+    actors_per_teacher: int = 1
+    max_inflight_shards: int = 4  # decoded shards alive at once (bounds memory)
+    retries: int = 3
+    progress: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stages"] = list(self.stages)
+        return {k: dict(v) if isinstance(v, Mapping) else v for k, v in d.items()}
+
+
+@dataclass
+class StageStats:
+    """Counters of one stage in one run (a row of the summary table and of build-report.json)."""
+
+    fingerprint: str
+    units: int = 0
+    run: int = 0
+    skipped: int = 0
+    failed: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    rejected: int = 0
+    active: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["images_per_s"] = round(self.images / self.seconds, 2) if self.seconds > 0 else None
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict[str, Any]:
+    """Build (or finish) every requested column of a split; safe to re-run and to kill at any time.
+
+    Args:
+        config: the build settings.
+        executor: run units here instead of the executor ``config.executor`` names (tests, benchmarks).
+
+    Returns:
+        The build report (also written to ``<out>/<split>/build-report.json``); ``report["ok"]`` is False when
+        some unit failed for good.
+
+    Raises:
+        BuildError: bad input found before any work (missing COCO root, unknown split or teacher, a checkpoint
+            that does not load, no vocabulary for a non-train split); one line.
+    """
+    plan = prepare(config)
+    ex = executor or make_executor(config.executor, address=config.ray_address, num_cpus=config.num_cpus,
+                                   gpus_per_teacher=config.gpus_per_teacher,
+                                   cpus_per_teacher=config.cpus_per_teacher,
+                                   actors_per_teacher=config.actors_per_teacher, retries=config.retries)
+    if ex.name == "local":
+        built = plan.teachers
+    else:  # actors load their own copy; free the one loaded here for fingerprinting
+        built = {}
+        plan.teachers.clear()
+    try:
+        ex.start({s: plan.factories[s] for s in plan.teacher_stages_to_run()}, built)
+        return _Run(plan, ex).run()
+    finally:
+        ex.close()
+
+
+class _Run:
+    """The scheduler of one build: submits ready units, bounded, and records what finishes."""
+
+    def __init__(self, plan: Plan, ex: Executor) -> None:
+        self.plan, self.ex = plan, ex
+        self.cfg = plan.config
+        self.split_path = str(plan.split_path)
+        self.stats = {s: StageStats(plan.fps[s], units=len(plan.shards)) for s in plan.run_stages}
+        self.done = {s: set(plan.shards) - plan.pending[s] for s in plan.run_stages}
+        self.failed: dict[str, set[str]] = {s: set() for s in plan.run_stages}
+        self.failures: list[dict[str, Any]] = []
+        self.inflight: dict[Any, tuple[str, str, str]] = {}  # handle -> (kind, stage, shard)
+        self.decoded: dict[str, Any] = {}  # shard -> handle of its Decoded
+        self.teacher_left: dict[str, int] = {}  # shard -> teacher units still running on it
+        self.vocab_path: str | None = plan.vocab_path
+        self.vocab_started = False
+        self.estimated: dict[str, set[str]] = {}  # stage -> shards whose image count includes rejected ids
+        for s in plan.run_stages:
+            self.stats[s].skipped = len(self.done[s])
+
+    # ---- readiness -------------------------------------------------------------------------------
+    def _stage_done(self, s: str, shard: str) -> bool:
+        return s not in self.plan.run_stages or shard in self.done[s]
+
+    def _derived_ready(self) -> list[tuple[str, str]]:
+        ready = []
+        for s in self.plan.run_stages:
+            st = get_stage(s)
+            if st.kind != "derived":
+                continue
+            if s == "tokens" and self.vocab_path is None:
+                continue
+            for shard in sorted(self.plan.pending[s]):
+                if all(self._stage_done(i, shard) for i in st.inputs):
+                    ready.append((s, shard))
+        return ready
+
+    # ---- submission ------------------------------------------------------------------------------
+    def _submit_shard(self, shard: str) -> None:
+        p = self.plan
+        teachers = [s for s in p.run_stages if get_stage(s).kind == "teacher" and shard in p.pending[s]]
+        write_base = "base" in p.run_stages and shard in p.pending["base"]
+        stats, data = self.ex.submit(decode_unit, shard, p.records[shard], self.cfg.size, self.split_path,
+                                     p.fps["base"], p.specs["base"], write_base, num_returns=2)
+        self.inflight[stats] = ("base" if write_base else "decode", "base", shard)
+        if write_base:
+            p.pending["base"].discard(shard)
+        if teachers:
+            self.decoded[shard] = data
+            self.teacher_left[shard] = len(teachers)
+        for s in teachers:
+            p.pending[s].discard(shard)
+            h = self.ex.submit_teacher(s, teacher_unit, s, self.split_path, p.fps[s], p.specs[s], shard, data)
+            self.inflight[h] = ("teacher", s, shard)
+
+    def _submit_derived(self, s: str, shard: str) -> None:
+        p = self.plan
+        parent = get_stage(s).inputs[0]
+        vocab = self.vocab_path if s == "tokens" else None
+        h = self.ex.submit(derived_unit, s, self.split_path, p.fps[s], p.specs[s], shard, parent, p.fps[parent],
+                           p.fps["base"], vocab)
+        p.pending[s].discard(shard)
+        self.inflight[h] = ("derived", s, shard)
+
+    def _maybe_submit_vocab(self) -> None:
+        p = self.plan
+        if self.vocab_started or self.vocab_path is not None or "tokens" not in p.run_stages:
+            return
+        if not p.pending["tokens"]:
+            return
+        if not all(self._stage_done("caption", shard) for shard in p.shards):
+            return
+        self.vocab_started = True
+        out = str(column_dir(p.split_path, "tokens", p.fps["tokens"]) / VOCAB_NAME)
+        h = self.ex.submit(vocab_unit, self.split_path, p.fps["caption"], list(p.shards), self.cfg.glove,
+                           self.cfg.vocab_size, out)
+        self.inflight[h] = ("vocab", "tokens", "")
+
+    # ---- results ---------------------------------------------------------------------------------
+    def _finish(self, handle: Any, progress: Progress) -> None:
+        kind, s, shard = self.inflight.pop(handle)
+        self._release(kind, shard)
+        try:
+            result = self.ex.result(handle)
+        except Exception as e:  # recorded; the rest of the build goes on
+            if kind == "decode":  # pixels for teachers only: their own units fail and are recorded
+                return
+            self.failures.append({"stage": s, "shard": shard or None, "error": f"{type(e).__name__}: {e}"})
+            if kind != "vocab":
+                self.failed[s].add(shard)
+                self.stats[s].failed += 1
+            return
+        if kind == "vocab":
+            self.vocab_path = result
+        elif kind != "decode":
+            self._record(result, progress)
+
+    def _release(self, kind: str, shard: str) -> None:
+        if kind == "teacher":
+            self.teacher_left[shard] -= 1
+            if self.teacher_left[shard] == 0:
+                del self.teacher_left[shard], self.decoded[shard]
+
+    def _record(self, result: UnitResult, progress: Progress) -> None:
+        st = self.stats[result.stage]
+        self.done[result.stage].add(result.shard)
+        st.run += 1
+        st.images += result.images
+        st.seconds += result.seconds
+        st.rejected += len(result.rejected)
+        progress.update(result.stage, result.images + len(result.rejected))
+        for other, shards in self.estimated.items():  # their bars counted this shard's rejected images too
+            if result.rejected and result.shard in shards:
+                progress.shrink(other, len(result.rejected))
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        p, t0 = self.plan, time.perf_counter()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        shard_queue = [sh for sh in p.shards if any(
+            sh in p.pending[s] for s in p.run_stages if get_stage(s).kind in ("base", "teacher"))]
+        limit = max(1, self.cfg.max_inflight_shards)
+        known = ColumnWriter(p.split_path, "base", p.fps["base"]).records()  # sample counts of finished base shards
+        self.estimated = {s: {sh for sh in p.pending[s] if sh not in known} for s in p.run_stages if s != "base"}
+        totals = {s: (len(p.pending[s]), sum(known[sh].count if sh in known and s != "base" else len(p.records[sh])
+                                             for sh in p.pending[s])) for s in p.run_stages}
+        with Progress(totals, enabled=self.cfg.progress) as progress:
+            while True:
+                while shard_queue and self._live_shards() < limit:
+                    self._submit_shard(shard_queue.pop(0))
+                derived_slots = 2 * limit - sum(1 for k, _, _ in self.inflight.values() if k == "derived")
+                for s, shard in self._derived_ready()[:max(0, derived_slots)]:
+                    self._submit_derived(s, shard)
+                self._maybe_submit_vocab()
+                if not self.inflight:
+                    break
+                for handle in self.ex.wait(list(self.inflight), timeout=0.5):
+                    self._finish(handle, progress)
+        return self._conclude(started, time.perf_counter() - t0)
+
+    def _live_shards(self) -> int:
+        decoding = {sh for k, _, sh in self.inflight.values() if k == "decode"}
+        return len(decoding | set(self.decoded))
+
+    def _conclude(self, started: str, wall: float) -> dict[str, Any]:
+        p, cfg = self.plan, self.cfg
+        for s in p.run_stages:  # units never submitted because an input failed
+            for shard in sorted(p.pending[s]):
+                self.failures.append({"stage": s, "shard": shard, "error": "not run: an input unit failed"})
+        manifest = None
+        if all(self._stage_done("base", sh) for sh in p.shards):
+            manifest = self._write_manifest()
+            for s in p.run_stages:
+                if len(self.done[s]) == len(p.shards) and manifest.columns.get(s) != p.fps[s]:
+                    manifest = activate_column(p.split_path, s, p.fps[s])
+                    if s == "tokens":
+                        self._publish_vocab()
+        columns = manifest.columns if manifest else {}
+        for s, st in self.stats.items():
+            st.active = columns.get(s)
+        samples = manifest.num_samples if manifest else None
+        rejected = manifest.rejected if manifest else None
+        report = {
+            "split": cfg.split, "started": started, "wall_seconds": round(wall, 3),
+            "executor": self.ex.name, "ok": not self.failures,
+            "samples": samples, "rejected": rejected, "image_ids": sum(len(r) for r in p.records.values()),
+            "stages": {s: st.to_json() for s, st in self.stats.items()},
+            "failures": self.failures, "config": cfg.to_json(),
+        }
+        p.split_path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(p.split_path / BUILD_REPORT_NAME, report)
+        return report
+
+    def _write_manifest(self) -> Manifest:
+        """Create or refresh the manifest from the finished base shards; rewrite rejected.jsonl."""
+        p, cfg = self.plan, self.cfg
+        records = ColumnWriter(p.split_path, "base", p.fps["base"]).records()
+        shards = [ShardEntry(sh, records[sh].count) for sh in p.shards]
+        rejected = sorted((line for sh in p.shards for line in read_rejected(p.split_path, p.fps["base"], sh)),
+                          key=lambda r: r["id"])
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode()
+        path = manifest_path(p.split_path)
+        with locked(path):
+            try:
+                m = load_manifest(p.split_path)
+            except StoreError:
+                m = None
+            if m is None or m.columns.get("base") != p.fps["base"] or m.shards != shards:
+                m = Manifest(split=cfg.split, size=cfg.size, shard_size=cfg.shard_size, shards=shards)
+            m.rejected = len(rejected)
+            m.config = cfg.to_json()
+            save_manifest(p.split_path, m)
+        rejected_file = p.split_path / REJECTED_NAME
+        if not rejected_file.exists() or rejected_file.read_bytes() != text:
+            atomic_write_bytes(rejected_file, text)
+        return m
+
+    def _publish_vocab(self) -> None:
+        """Copy the vocabulary the active tokens column was built with to ``<split>/vocab.json``."""
+        src = Path(self.vocab_path) if self.vocab_path else None
+        dst = self.plan.split_path / VOCAB_NAME
+        if src is None or src.resolve() == dst.resolve():
+            return
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+

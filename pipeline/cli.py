@@ -1,0 +1,181 @@
+"""The ``pipeline`` command: build-targets, status, teachers, make-demo. It only parses and calls.
+
+Settings resolve as defaults < ``--config FILE`` (JSON or TOML, keys = BuildConfig fields) < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.build import BuildConfig
+from pipeline.plan import BuildError
+from pipeline.stages import STAGES, TEACHER_STAGES
+
+DEFAULTS = BuildConfig()
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_build_flags(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS  # unset flags stay absent, so a config file's values are not overridden
+    p.add_argument("--config", help="JSON or TOML file of BuildConfig fields (flags override it)")
+    p.add_argument("--coco-root", dest="coco_root", default=S, help=f"COCO 2017 root (default {DEFAULTS.coco_root})")
+    p.add_argument("--split", default=S, help=f"split to build (default {DEFAULTS.split})")
+    p.add_argument("--out", default=S, help=f"store root (default {DEFAULTS.out})")
+    p.add_argument("--stages", default=S, type=lambda t: tuple(s for s in t.split(",") if s),
+                   help=f"comma-separated stages (and their dependants) to build; stages: "
+                        f"{','.join(s.name for s in STAGES)}")
+    p.add_argument("--size", type=int, default=S, help=f"store size S (default {DEFAULTS.size})")
+    p.add_argument("--shard-size", dest="shard_size", type=int, default=S,
+                   help=f"samples per shard (default {DEFAULTS.shard_size})")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=S,
+                   help=f"images per teacher call (default {DEFAULTS.batch_size})")
+    p.add_argument("--device", default=S, help=f"teacher device: auto, cpu, cuda, cuda:N (default {DEFAULTS.device})")
+    p.add_argument("--dtype", default=S, help=f"teacher dtype (default {DEFAULTS.dtype})")
+    for s in TEACHER_STAGES:
+        p.add_argument(f"--{s}-teacher", dest=f"{s}_teacher", default=S,
+                       help=f"{s} teacher (default {getattr(DEFAULTS, f'{s}_teacher')}; see `pipeline teachers`)")
+        p.add_argument(f"--{s}-checkpoint", dest=f"{s}_checkpoint", default=S,
+                       help=f"{s} teacher weights: hub id, folder or file (default: its published weights)")
+        p.add_argument(f"--{s}-param", dest=f"{s}_params", type=_param, action="append", default=S,
+                       metavar="KEY=VALUE", help=f"extra {s} teacher parameter (repeatable; VALUE as JSON)")
+    p.add_argument("--normals-scale", dest="normals_scale", type=float, default=S,
+                   help=f"depth scale of the normals stage (default {DEFAULTS.normals_scale})")
+    p.add_argument("--vocab-size", dest="vocab_size", type=int, default=S,
+                   help=f"vocabulary size (default {DEFAULTS.vocab_size})")
+    p.add_argument("--glove", default=S, help=f"GloVe text file or gensim name (default {DEFAULTS.glove})")
+    p.add_argument("--vocab-split", dest="vocab_split", default=S,
+                   help=f"split whose captions make the vocabulary (default {DEFAULTS.vocab_split})")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS
+    p.add_argument("--force", action="store_true", default=S, help="rebuild finished units of the chosen stages")
+    p.add_argument("--executor", choices=("ray", "local"), default=S, help=f"default {DEFAULTS.executor}")
+    p.add_argument("--ray-address", dest="ray_address", default=S,
+                   help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
+    p.add_argument("--num-cpus", dest="num_cpus", type=int, default=S, help="CPUs of a local Ray cluster")
+    p.add_argument("--gpus-per-teacher", dest="gpus_per_teacher", type=float, default=S,
+                   help="GPUs per teacher actor, fractional allowed (default: 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-teacher", dest="cpus_per_teacher", type=float, default=S,
+                   help=f"CPUs reserved per teacher actor (default {DEFAULTS.cpus_per_teacher})")
+    p.add_argument("--actors-per-teacher", dest="actors_per_teacher", type=int, default=S,
+                   help=f"actors per teacher pool (default {DEFAULTS.actors_per_teacher})")
+    p.add_argument("--max-inflight-shards", dest="max_inflight_shards", type=int, default=S,
+                   help=f"decoded shards in flight at once (default {DEFAULTS.max_inflight_shards})")
+    p.add_argument("--retries", type=int, default=S, help=f"retries of a failed unit (default {DEFAULTS.retries})")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bars")
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise BuildError(f"config file {path!r} does not exist")
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(p.read_text())
+        return json.loads(p.read_text())
+    except (ValueError, ImportError) as e:
+        raise BuildError(f"config file {path!r} cannot be read: {e}") from None
+
+
+def resolve_config(args: argparse.Namespace) -> BuildConfig:
+    """BuildConfig from defaults < config file < flags."""
+    values: dict[str, Any] = {}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
+    if getattr(args, "config", None):
+        values.update(_read_config_file(args.config))
+    values.update(flags)
+    fields = {f.name for f in dataclasses.fields(BuildConfig)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise BuildError(f"unknown setting(s) {', '.join(unknown)}; settings are BuildConfig fields")
+    for s in TEACHER_STAGES:
+        key = f"{s}_params"
+        if isinstance(values.get(key), list):
+            values[key] = dict(values[key])
+    if isinstance(values.get("stages"), (list, str)):
+        stages = values["stages"]
+        values["stages"] = tuple(stages.split(",") if isinstance(stages, str) else stages)
+    return BuildConfig(**values)
+
+
+def _build_targets(args: argparse.Namespace) -> int:
+    from pipeline.build import build_targets
+    from pipeline.progress import summary_table
+
+    config = resolve_config(args)
+    report = build_targets(config)
+    print(summary_table(report))
+    return 0 if report["ok"] else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipeline.status import format_status, split_status
+
+    print(format_status(split_status(resolve_config(args))))
+    return 0
+
+
+def _teachers(args: argparse.Namespace) -> int:
+    from teachers.registry import describe
+
+    print(describe(args.task))
+    return 0
+
+
+def _make_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import make_demo
+
+    print(make_demo(args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description="Build the teacher-target store of COCO splits.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build-targets", help="run the teachers and derived stages over a split")
+    _add_build_flags(p)
+    _add_run_flags(p)
+    p.set_defaults(func=_build_targets)
+    p = sub.add_parser("status", help="active and requested version of every column of a split")
+    _add_build_flags(p)
+    p.set_defaults(func=_status)
+    p = sub.add_parser("teachers", help="list the registered teachers with their specs")
+    p.add_argument("--task", default=None, help="only teachers of this task")
+    p.set_defaults(func=_teachers)
+    p = sub.add_parser("make-demo", help="write the small demo COCO root")
+    p.add_argument("--out", default="data/demo", help="folder to create (default data/demo)")
+    p.set_defaults(func=_make_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pipeline`` command; returns the exit code (2 = bad input, 1 = some unit failed)."""
+    args = build_parser().parse_args(argv)
+    func = args.func
+    del args.func
+    try:
+        return func(args)
+    except BuildError as e:
+        print(f"pipeline: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

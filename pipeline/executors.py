@@ -1,0 +1,253 @@
+"""Where units run: in-process (``local``) or on a Ray cluster (``ray``), behind one small interface.
+
+The build submits plain functions from ``pipeline.units``; a teacher unit gets the teacher instance its
+executor holds (loaded once per process or actor) as first argument. Handles returned by ``submit`` may be
+passed as arguments of later submissions (Ray resolves them where the unit runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherFactory:
+    """How to build a teacher inside a worker: its class and constructor keywords."""
+
+    cls: type
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Any:
+        kwargs = dict(self.kwargs)
+        if kwargs.get("device") == "auto":
+            kwargs["device"] = resolve_device("auto")
+        return self.cls(**kwargs)
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when this process sees a GPU, else ``"cpu"``; other values pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Executor(ABC):
+    """Runs units; the build only ever calls these methods."""
+
+    name: str
+
+    @abstractmethod
+    def start(self, teachers: Mapping[str, TeacherFactory], built: Mapping[str, Any] | None = None) -> None:
+        """Make the teachers of the given stages ready (``built`` = instances already loaded here)."""
+
+    @abstractmethod
+    def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
+        """Run ``fn(*args)`` as a CPU unit; returns a handle (a list of ``num_returns`` handles if > 1)."""
+
+    @abstractmethod
+    def submit_teacher(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(teacher_of_stage, *args)`` where the stage's teacher lives; returns a handle."""
+
+    @abstractmethod
+    def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
+        """Handles among ``handles`` that are finished (at least one unless ``timeout`` passes)."""
+
+    @abstractmethod
+    def result(self, handle: Any) -> Any:
+        """The value of a finished handle; raises the unit's exception if it failed for good."""
+
+    def close(self) -> None:
+        """Release workers and teachers."""
+
+
+class _Done:
+    """A finished local unit: its value or its exception."""
+
+    __slots__ = ("value", "error")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+
+
+class LocalExecutor(Executor):
+    """Runs every unit at once in this process (same unit code as Ray); retries a failing unit.
+
+    Args:
+        retries: extra attempts of a unit that raised.
+    """
+
+    name = "local"
+
+    def __init__(self, retries: int = 3) -> None:
+        self.retries = retries
+        self.teachers: dict[str, Any] = {}
+
+    def start(self, teachers: Mapping[str, TeacherFactory], built: Mapping[str, Any] | None = None) -> None:
+        built = built or {}
+        for stage, factory in teachers.items():
+            self.teachers[stage] = built[stage] if stage in built else factory.build()
+
+    def _run(self, fn: Callable[..., Any], args: Sequence[Any]) -> _Done:
+        for arg in args:
+            if isinstance(arg, _Done) and arg.error is not None:
+                return _Done(error=arg.error)
+        args = [a.value if isinstance(a, _Done) else a for a in args]
+        for attempt in range(self.retries + 1):
+            try:
+                return _Done(fn(*args))
+            except Exception as e:  # a failed unit is reported, not fatal to the build
+                if attempt == self.retries:
+                    return _Done(error=e)
+                log.warning("unit %s failed (%s), retrying", getattr(fn, "__name__", fn), e)
+        raise AssertionError("unreachable")
+
+    def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
+        done = self._run(fn, args)
+        if num_returns == 1:
+            return done
+        if done.error is not None:
+            return [_Done(error=done.error) for _ in range(num_returns)]
+        return [_Done(v) for v in done.value]
+
+    def submit_teacher(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._run(fn, (self.teachers[stage], *args))
+
+    def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
+        return list(handles)
+
+    def result(self, handle: Any) -> Any:
+        if handle.error is not None:
+            raise handle.error
+        return handle.value
+
+    def close(self) -> None:
+        self.teachers.clear()
+
+
+class RayExecutor(Executor):
+    """Teachers in Ray actor pools (model loaded once per actor), every other unit a Ray CPU task.
+
+    Args:
+        address: cluster to join (``ray://...``, ``host:port`` or ``auto``); ``None`` uses ``RAY_ADDRESS`` or
+            starts a local cluster.
+        num_cpus: CPUs of a local cluster started here (``None`` = all).
+        gpus_per_teacher: GPUs per teacher actor, fractional allowed; ``None`` = 1 if the cluster has GPUs,
+            else 0 (CPU-only clusters work).
+        cpus_per_teacher: CPUs reserved per teacher actor (0 keeps actors from starving CPU tasks).
+        actors_per_teacher: actors in each teacher's pool.
+        retries: retries of a failed task; restarts of a dead actor and retries of its calls.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 gpus_per_teacher: float | None = None, cpus_per_teacher: float = 0.0,
+                 actors_per_teacher: int = 1, retries: int = 3) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.num_cpus = num_cpus
+        self.gpus_per_teacher = gpus_per_teacher
+        self.cpus_per_teacher = cpus_per_teacher
+        self.actors_per_teacher = actors_per_teacher
+        self.retries = retries
+        self.pools: dict[str, list[Any]] = {}
+        self.load: dict[Any, int] = {}  # actor -> calls in flight
+        self.owner: dict[Any, Any] = {}  # teacher call handle -> actor
+        self._remote: dict[Callable[..., Any], Any] = {}
+        self._started_here = False
+
+    def start(self, teachers: Mapping[str, TeacherFactory], built: Mapping[str, Any] | None = None) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+            if self.address:
+                kwargs["address"] = self.address
+            elif self.num_cpus is not None:
+                kwargs["num_cpus"] = self.num_cpus
+            ray.init(**kwargs)
+            self._started_here = True
+        gpus = self.gpus_per_teacher
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        worker = ray.remote(_TeacherWorker).options(
+            num_gpus=gpus, num_cpus=self.cpus_per_teacher,
+            max_restarts=self.retries, max_task_retries=self.retries)
+        for stage, factory in teachers.items():
+            self.pools[stage] = [worker.remote(factory) for _ in range(self.actors_per_teacher)]
+            for actor in self.pools[stage]:
+                self.load[actor] = 0
+
+    def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
+        import ray
+
+        if fn not in self._remote:
+            self._remote[fn] = ray.remote(fn)
+        remote = self._remote[fn].options(num_returns=num_returns, max_retries=self.retries,
+                                          retry_exceptions=True)
+        return remote.remote(*args)
+
+    def submit_teacher(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        actor = min(self.pools[stage], key=lambda a: self.load[a])
+        ref = actor.run.options(retry_exceptions=True).remote(fn, *args)
+        self.load[actor] += 1
+        self.owner[ref] = actor
+        return ref
+
+    def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
+        import ray
+
+        done, _ = ray.wait(list(handles), num_returns=1, timeout=timeout, fetch_local=False)
+        if done:  # collect everything else that is already finished too
+            more, _ = ray.wait(list(handles), num_returns=len(handles), timeout=0, fetch_local=False)
+            done = more or done
+        for ref in done:
+            actor = self.owner.pop(ref, None)
+            if actor is not None:
+                self.load[actor] -= 1
+        return done
+
+    def result(self, handle: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(handle)
+        except ray.exceptions.RayTaskError as e:  # re-raise the unit's own exception
+            cause = e.as_instanceof_cause()
+            raise cause from None
+
+    def close(self) -> None:
+        import ray
+
+        for pool in self.pools.values():
+            for actor in pool:
+                ray.kill(actor)
+        self.pools.clear()
+        if self._started_here:
+            ray.shutdown()
+
+
+class _TeacherWorker:
+    """The body of a teacher actor: builds the teacher once, then runs teacher units with it."""
+
+    def __init__(self, factory: TeacherFactory) -> None:
+        self.teacher = factory.build()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.teacher, *args)
+
+
+def make_executor(name: str, **options: Any) -> Executor:
+    """Build the executor called ``name`` ("ray" or "local") with its options."""
+    if name == "local":
+        return LocalExecutor(retries=options.get("retries", 3))
+    if name == "ray":
+        return RayExecutor(**options)
+    raise ValueError(f"unknown executor {name!r}; use ray or local")

@@ -1,0 +1,188 @@
+"""Planning a build before any work: check the inputs, load the teachers, fingerprint every stage, cut the
+split into shards and find the unfinished (stage, shard) units."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shards.layout import column_dir, split_dir
+from shards.manifest import StoreError, load_manifest
+from shards.schema import VOCAB_NAME, shard_name
+from shards.writer import ColumnWriter
+
+from pipeline.executors import TeacherFactory
+from pipeline.stages import STAGES, TEACHER_STAGES, ancestors, dependants, fingerprint, resolve_specs, stage
+from pipeline.units import rejected_path
+
+if TYPE_CHECKING:
+    from pipeline.build import BuildConfig
+
+EXECUTORS = ("ray", "local")
+
+
+class BuildError(ValueError):
+    """Bad input a user can fix (path, split, teacher, checkpoint, flag); the message is one line."""
+
+
+@dataclass
+class Plan:
+    """Everything a build needs to run: shards, fingerprints, unfinished units, teachers."""
+
+    config: "BuildConfig"
+    split_path: Path
+    shards: list[str]  # shard names in order
+    records: dict[str, list[Any]]  # shard -> its ImageRecords (every image id of the split, sorted)
+    specs: dict[str, dict[str, Any]]
+    fps: dict[str, str]
+    run_stages: list[str]  # stages this build works on, in graph order
+    pending: dict[str, set[str]]  # stage -> shards still to write
+    active: dict[str, str]  # the manifest's active fingerprints before the build
+    factories: dict[str, TeacherFactory] = field(default_factory=dict)
+    teachers: dict[str, Any] = field(default_factory=dict)  # stage -> teacher loaded while planning
+    vocab_path: str | None = None  # vocabulary of the tokens stage when it already exists
+
+    def teacher_stages_to_run(self) -> list[str]:
+        return [s for s in self.run_stages if stage(s).kind == "teacher" and self.pending[s]]
+
+
+def available_splits(coco_root: Path) -> list[str]:
+    """Splits with a captions annotation file under ``coco_root/annotations``."""
+    ann = coco_root / "annotations"
+    return sorted(p.name[len("captions_"):-len(".json")] for p in ann.glob("captions_*.json")) if ann.is_dir() else []
+
+
+def check_inputs(config: "BuildConfig") -> Path:
+    """The cheap checks: flags, COCO root, split. Returns the resolved COCO root."""
+    if config.executor not in EXECUTORS:
+        raise BuildError(f"unknown executor {config.executor!r}; use one of {', '.join(EXECUTORS)}")
+    for name, value in (("size", config.size), ("shard-size", config.shard_size), ("batch-size", config.batch_size)):
+        if int(value) < 1:
+            raise BuildError(f"--{name} must be >= 1, got {value}")
+    for s in config.stages:
+        if s not in {st.name for st in STAGES}:
+            raise BuildError(f"unknown stage {s!r}; stages are: {', '.join(st.name for st in STAGES)}")
+    root = Path(config.coco_root).expanduser()
+    if not root.is_dir():
+        raise BuildError(f"COCO root {str(root)!r} does not exist; pass --coco-root DIR "
+                         f"(a folder holding annotations/ and the split's image folder)")
+    splits = available_splits(root)
+    if config.split not in splits:
+        raise BuildError(f"split {config.split!r} not found under {str(root)!r} "
+                         f"(no annotations/captions_{config.split}.json); splits there: {', '.join(splits) or 'none'}")
+    return root
+
+
+def teacher_choice(config: "BuildConfig", s: str) -> tuple[str, str | None, dict[str, Any]]:
+    """(teacher name, checkpoint, extra parameters) configured for teacher stage ``s``."""
+    return getattr(config, f"{s}_teacher"), getattr(config, f"{s}_checkpoint"), dict(getattr(config, f"{s}_params"))
+
+
+def load_teachers(config: "BuildConfig", stages: list[str]) -> tuple[dict[str, TeacherFactory], dict[str, Any]]:
+    """Check every configured teacher name, then load the teachers of ``stages`` (their fingerprints need it)."""
+    from teachers.base import TeacherError
+    from teachers.registry import list_teachers, teacher_class
+
+    known = list_teachers()
+    for s in TEACHER_STAGES:
+        name = teacher_choice(config, s)[0]
+        if name not in known:
+            raise BuildError(f"unknown {s} teacher {name!r} (--{s}-teacher); teachers are: {', '.join(known)}")
+    factories, built = {}, {}
+    for s in stages:
+        name, checkpoint, params = teacher_choice(config, s)
+        try:
+            cls = teacher_class(name)
+        except (TeacherError, ImportError) as e:
+            raise BuildError(f"{s} teacher {name!r} cannot be imported: {e}") from None
+        if cls.spec.task != stage(s).task:
+            raise BuildError(f"teacher {name!r} is a {cls.spec.task} teacher, not a {s} one; "
+                             f"{s} teachers are: {', '.join(list_teachers(s))}")
+        kwargs = {"device": config.device, "dtype": config.dtype, "batch_size": config.batch_size, **params}
+        if checkpoint is not None:
+            kwargs["checkpoint"] = checkpoint
+        factories[s] = TeacherFactory(cls, kwargs)
+        try:
+            built[s] = factories[s].build()
+        except TeacherError as e:
+            raise BuildError(f"{s} teacher {name!r}: {e}") from None
+        except TypeError as e:  # an unknown --*-param keyword
+            raise BuildError(f"{s} teacher {name!r} does not take these parameters {sorted(params)}: {e}") from None
+    return factories, built
+
+
+def _file_sha256(path: str) -> str:
+    from shards.writer import file_sha256
+
+    return file_sha256(path)
+
+
+def tokens_params(config: "BuildConfig", store_root: Path) -> tuple[dict[str, Any], str | None]:
+    """Parameters of the tokens stage and, for a split that reuses another's vocabulary, its path."""
+    if config.split != config.vocab_split:
+        vocab = split_dir(store_root, config.vocab_split) / VOCAB_NAME
+        if not vocab.is_file():
+            raise BuildError(f"{config.split} reuses the vocabulary of {config.vocab_split}, but {vocab} does not "
+                             f"exist; build --split {config.vocab_split} first (or set --vocab-split)")
+        return {"vocab_sha256": _file_sha256(str(vocab))}, str(vocab)
+    glove = config.glove
+    if os.path.isfile(glove):
+        glove_id = f"sha256:{_file_sha256(glove)}"
+    elif os.sep in glove or glove.endswith((".txt", ".gz", ".bin")):
+        raise BuildError(f"GloVe file {glove!r} does not exist; pass --glove FILE (GloVe text format) "
+                         f"or a gensim model name")
+    else:
+        glove_id = f"gensim:{glove}"
+    return {"vocab_size": int(config.vocab_size), "glove": glove_id, "stopwords": "default"}, None
+
+
+def prepare(config: "BuildConfig") -> Plan:
+    """Check the inputs and plan the build; raises BuildError (one line) before any unit runs."""
+    from pipeline.coco import CocoError, load_split
+
+    root = check_inputs(config)
+    try:
+        records = load_split(root, config.split)
+    except CocoError as e:
+        raise BuildError(str(e)) from None
+    chosen = dependants(config.stages) if config.stages else [s.name for s in STAGES]
+    needed = set(chosen) | set(ancestors(chosen))
+    factories, built = load_teachers(config, [s for s in TEACHER_STAGES if s in needed])
+
+    store_root = Path(config.out)
+    split_path = split_dir(store_root, config.split)
+    derived: dict[str, dict[str, Any]] = {"normals": {"scale": float(config.normals_scale)}, "groups": {}}
+    vocab_path = None
+    if "tokens" in needed:
+        derived["tokens"], vocab_path = tokens_params(config, store_root)
+    teacher_ids = {s: (teacher_choice(config, s)[0], t.fingerprint()) for s, t in built.items()}
+    specs = resolve_specs(config.size, config.shard_size, teacher_ids, derived)
+    fps = {s: fingerprint(spec) for s, spec in specs.items()}
+
+    try:
+        active = dict(load_manifest(split_path).columns)
+    except StoreError:
+        active = {}
+    run_stages = [s.name for s in STAGES if s.name in chosen or (s.name in needed and active.get(s.name) != fps[s.name])]
+
+    ids = records  # already sorted by image id
+    shards, by_shard = [], {}
+    for k in range(0, max(1, (len(ids) + config.shard_size - 1) // config.shard_size)):
+        name = shard_name(config.split, k)
+        shards.append(name)
+        by_shard[name] = ids[k * config.shard_size:(k + 1) * config.shard_size]
+
+    pending: dict[str, set[str]] = {}
+    for s in run_stages:
+        writer = ColumnWriter(split_path, s, fps[s])
+        forced = config.force and s in chosen
+        pending[s] = {sh for sh in shards if forced or not writer.is_done(sh)
+                      or (s == "base" and not rejected_path(split_path, fps[s], sh).is_file())}
+    if "tokens" in run_stages and vocab_path is None:
+        existing = column_dir(split_path, "tokens", fps["tokens"]) / VOCAB_NAME
+        if existing.is_file() and not (config.force and "tokens" in chosen):
+            vocab_path = str(existing)
+    return Plan(config, split_path, shards, by_shard, specs, fps, run_stages, pending, active,
+                factories, built, vocab_path)

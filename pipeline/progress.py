@@ -1,0 +1,71 @@
+"""What a build shows a person: one progress bar per stage (units, images, rate, ETA) and a summary table."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+
+class Progress:
+    """tqdm bars, one per stage with work to do; counts images, shows units done in the postfix.
+
+    Args:
+        totals: stage -> (units to run, images in those units).
+        enabled: False draws nothing (tests, benchmarks).
+    """
+
+    def __init__(self, totals: Mapping[str, tuple[int, int]], enabled: bool = True) -> None:
+        self.totals = dict(totals)
+        self.units = {s: 0 for s in totals}
+        self.bars: dict[str, Any] = {}
+        if enabled:
+            from tqdm import tqdm
+
+            width = max((len(s) for s in totals), default=8)
+            for pos, (s, (units, images)) in enumerate(t for t in totals.items() if t[1][0] > 0):
+                self.bars[s] = tqdm(total=images, desc=s.ljust(width), unit="img", position=pos,
+                                    dynamic_ncols=True, file=sys.stderr, leave=True)
+                self.bars[s].set_postfix_str(f"0/{units} units")
+
+    def update(self, stage: str, images: int) -> None:
+        """One unit of ``stage`` finished after handling ``images`` images."""
+        self.units[stage] = self.units.get(stage, 0) + 1
+        bar = self.bars.get(stage)
+        if bar is not None:
+            bar.update(images)
+            bar.set_postfix_str(f"{self.units[stage]}/{self.totals[stage][0]} units")
+
+    def shrink(self, stage: str, images: int) -> None:
+        """``images`` fewer images than planned reach ``stage`` (rejected by the base stage)."""
+        bar = self.bars.get(stage)
+        if bar is not None:
+            bar.total -= images
+            bar.refresh()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def summary_table(report: Mapping[str, Any]) -> str:
+    """The end-of-build table: per stage images, busy seconds, images/s, units run/skipped/failed, rejected."""
+    head = ("stage", "images", "busy s", "img/s", "run", "skipped", "failed", "rejected", "active")
+    rows = [head]
+    for name, st in report["stages"].items():
+        rate = st.get("images_per_s")
+        rows.append((name, str(st["images"]), f"{st['seconds']:.1f}", "-" if rate is None else f"{rate:.1f}",
+                     str(st["run"]), str(st["skipped"]), str(st["failed"]), str(st["rejected"]),
+                     (st.get("active") or "-")[:12]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    tail = (f"{report['split']}: {report['samples']} samples, {report['rejected']} rejected, "
+            f"{report['image_ids']} image ids, {report['wall_seconds']:.1f} s on {report['executor']}")
+    if report["failures"]:
+        first = report["failures"][0]
+        tail += f"; {len(report['failures'])} unit(s) failed, first {first['stage']} {first['shard']}: {first['error']}"
+    return "\n".join(lines + [tail])

@@ -1,0 +1,58 @@
+"""``pipeline status``: for each stage of a split, the active and the requested column version and how many
+shards are done, stale or missing."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from shards.writer import ColumnWriter
+
+from pipeline.plan import prepare
+from pipeline.stages import STAGES
+
+if TYPE_CHECKING:
+    from pipeline.build import BuildConfig
+
+
+def split_status(config: "BuildConfig") -> dict[str, Any]:
+    """Status of every stage of ``config.split`` against the versions ``config`` asks for.
+
+    A shard is *done* when the requested version holds it (record, size and sha256 valid), *stale* when only
+    the active, older version holds it, else *missing*.
+
+    Returns:
+        {"split", "shards", "stages": [{"stage", "active", "requested", "done", "stale", "missing", "state"}]}.
+    """
+    plan = prepare(dataclasses.replace(config, stages=(), force=False))
+    rows = []
+    for s in (st.name for st in STAGES):
+        requested, active = plan.fps[s], plan.active.get(s)
+        new = ColumnWriter(plan.split_path, s, requested)
+        old = ColumnWriter(plan.split_path, s, active) if active and active != requested else None
+        done = stale = 0
+        for shard in plan.shards:
+            if new.is_done(shard):
+                done += 1
+            elif old is not None and old.is_done(shard, check_sha256=False):
+                stale += 1
+        if active == requested:
+            state = "current"
+        elif active is None:
+            state = "partial" if done else "not built"
+        else:
+            state = "stale"
+        rows.append({"stage": s, "active": active, "requested": requested, "done": done, "stale": stale,
+                     "missing": len(plan.shards) - done - stale, "state": state})
+    return {"split": config.split, "shards": len(plan.shards), "stages": rows}
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A readable table of ``split_status``'s result."""
+    head = ("stage", "state", "active", "requested", "done", "stale", "missing")
+    rows = [head] + [(r["stage"], r["state"], (r["active"] or "-")[:12], r["requested"][:12], str(r["done"]),
+                      str(r["stale"]), str(r["missing"])) for r in status["stages"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([f"{status['split']}: {status['shards']} shards"] + lines)

@@ -1,0 +1,221 @@
+"""The units of work of a build, one function per kind of (stage, shard) unit; executors run them anywhere.
+
+Every unit reads its inputs (COCO files, or an input column's shard from the store), writes exactly one
+shard of one column version with ``shards.writer.ColumnWriter`` and returns a small ``UnitResult``; big data
+(the full-resolution images a shard's teachers need) travels only as the ``Decoded`` object of a decode unit.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from shards.atomic import atomic_write_json
+from shards.codecs import decode_member
+from shards.layout import column_dir, shard_path
+from shards.manifest import read_json
+from shards.schema import column as get_column
+from shards.schema import key_of
+from shards.writer import ColumnWriter
+
+from pipeline.stages import derived_members, teacher_members
+from pipeline.stages import stage as get_stage
+
+
+@dataclass
+class UnitResult:
+    """What the driver learns from a finished unit."""
+
+    stage: str
+    shard: str
+    images: int  # samples written
+    seconds: float  # time spent inside the unit
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # base units only
+    written: bool = True  # False for a decode unit that only fed teachers
+
+
+@dataclass
+class Decoded:
+    """A shard's decoded images for its teacher units: keys, base meta and full-resolution inputs."""
+
+    shard: str
+    keys: list[str]
+    metas: list[dict[str, Any]]
+    inputs: list[Any]  # teachers.base.TeacherInput, one per key
+
+
+def rejected_path(split_path: str | os.PathLike, base_fp: str, shard: str) -> Path:
+    """Where a base unit records the images of its shard it rejected (written before the shard itself)."""
+    return column_dir(split_path, "base", base_fp) / f"{shard}.rejected.json"
+
+
+def read_rejected(split_path: str | os.PathLike, base_fp: str, shard: str) -> list[dict[str, Any]]:
+    """The rejected lines a finished base unit recorded."""
+    return list(read_json(rejected_path(split_path, base_fp, shard)))
+
+
+def decode_unit(shard: str, records: Sequence[Any], size: int, split_path: str, base_fp: str,
+                base_spec: Mapping[str, Any], write_base: bool) -> tuple[UnitResult, Decoded]:
+    """Decode a shard's images; write the base shard when asked; return the teachers' inputs.
+
+    Args:
+        shard: shard name.
+        records: the shard's ``pipeline.coco.ImageRecord``s, sorted by id.
+        size: store size S.
+        split_path: the split folder of the store.
+        base_fp: base column fingerprint.
+        base_spec: base stage spec (saved in column.json).
+        write_base: write the base shard (False when it is already finished and only teachers need pixels).
+
+    Returns:
+        (result, decoded): the base unit's result and the decoded images of the non-rejected ids.
+    """
+    from pipeline.samples import RejectedImage, base_sample
+    from teachers.base import TeacherInput
+
+    t0 = time.perf_counter()
+    samples, rejected, metas, inputs = [], [], [], []
+    for rec in records:
+        try:
+            members, rgb = base_sample(rec, size)
+        except RejectedImage as e:
+            rejected.append({"id": int(rec.image_id), "file_name": rec.file_name, "reason": e.reason,
+                             "detail": str(e)})
+            continue
+        key = key_of(int(rec.image_id))
+        samples.append((key, members))
+        metas.append(members["meta.json"])
+        inputs.append(TeacherInput(image=rgb, image_id=int(rec.image_id), record=rec.to_record()))
+    if write_base:
+        # The rejected list lands first: a finished base shard always has it, so a resumed run can rebuild
+        # rejected.jsonl without decoding again.
+        atomic_write_json(rejected_path(split_path, base_fp, shard), rejected)
+        ColumnWriter(split_path, "base", base_fp, base_spec).write_shard(shard, samples)
+    result = UnitResult("base", shard, len(samples), time.perf_counter() - t0, rejected, written=write_base)
+    return result, Decoded(shard, [k for k, _ in samples], metas, inputs)
+
+
+def teacher_unit(teacher: Any, stage: str, split_path: str, fp: str, spec: Mapping[str, Any], shard: str,
+                 decoded: Decoded) -> UnitResult:
+    """Run a teacher over a decoded shard and write the stage's column shard.
+
+    Args:
+        teacher: a ``teachers.base.Teacher`` (held by the executor, loaded once).
+        stage: the teacher stage.
+        split_path: the split folder of the store.
+        fp: the stage fingerprint.
+        spec: the stage spec.
+        shard: shard name.
+        decoded: the shard's ``Decoded``.
+
+    Returns:
+        The unit's result.
+    """
+    t0 = time.perf_counter()
+    preds = teacher(decoded.inputs) if decoded.inputs else []
+    if len(preds) != len(decoded.inputs):
+        raise RuntimeError(f"teacher {teacher.name!r} returned {len(preds)} predictions for "
+                           f"{len(decoded.inputs)} images of {shard}")
+    samples = [(key, teacher_members(stage, pred, meta, teacher.name))
+               for key, pred, meta in zip(decoded.keys, preds, decoded.metas)]
+    ColumnWriter(split_path, stage, fp, spec).write_shard(shard, samples)
+    return UnitResult(stage, shard, len(samples), time.perf_counter() - t0)
+
+
+def read_column_shard(split_path: str | os.PathLike, column: str, fp: str, shard: str,
+                      exts: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Decode the samples of one shard of one column version, in tar order.
+
+    Args:
+        split_path: the split folder of the store.
+        column: column name.
+        fp: column version.
+        shard: shard name.
+        exts: members to decode (default: all).
+
+    Returns:
+        [(key, {ext: decoded value})].
+    """
+    col = get_column(column)
+    path = shard_path(column_dir(split_path, column, fp), shard)
+    samples: list[tuple[str, dict[str, Any]]] = []
+    with tarfile.open(path, mode="r") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, ext = info.name.partition(".")
+            if not samples or samples[-1][0] != key:
+                samples.append((key, {}))
+            if exts is None or ext in exts:
+                samples[-1][1][ext] = decode_member(col.member(ext), tar.extractfile(info).read())
+    return samples
+
+
+def derived_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], shard: str, parent: str,
+                 parent_fp: str, base_fp: str, vocab_path: str | None = None) -> UnitResult:
+    """Compute a derived column shard from its input column's shard on disk.
+
+    Args:
+        stage: the derived stage.
+        split_path: the split folder of the store.
+        fp: the stage fingerprint.
+        spec: the stage spec (its ``params`` are the stage parameters).
+        shard: shard name.
+        parent: the input column.
+        parent_fp: the input column version.
+        base_fp: the base column version (read for meta.json by stages that need it).
+        vocab_path: the split vocabulary (tokens only).
+
+    Returns:
+        The unit's result.
+    """
+    t0 = time.perf_counter()
+    vocab = None
+    if vocab_path is not None:
+        from shards.vocab import Vocabulary
+
+        vocab = Vocabulary.load(vocab_path)
+    parents = read_column_shard(split_path, parent, parent_fp, shard)
+    metas: list[Any] = [None] * len(parents)
+    if get_stage(stage).reads_meta:
+        base = read_column_shard(split_path, "base", base_fp, shard, exts=("meta.json",))
+        if [k for k, _ in base] != [k for k, _ in parents]:
+            raise RuntimeError(f"{shard}: {parent} and base hold different keys")
+        metas = [m["meta.json"] for _, m in base]
+    samples = [(key, derived_members(stage, members, spec["params"], vocab, meta))
+               for (key, members), meta in zip(parents, metas)]
+    ColumnWriter(split_path, stage, fp, spec).write_shard(shard, samples)
+    return UnitResult(stage, shard, len(samples), time.perf_counter() - t0)
+
+
+def vocab_unit(split_path: str, caption_fp: str, shards: Sequence[str], glove: str, size: int,
+               out_path: str) -> str:
+    """Build the split vocabulary from every caption of a caption column version and save it atomically.
+
+    Args:
+        split_path: the split folder of the store.
+        caption_fp: the caption column version to read.
+        shards: every shard of the split.
+        glove: GloVe text file or gensim model name.
+        size: vocabulary size.
+        out_path: where vocab.json goes.
+
+    Returns:
+        ``out_path``.
+    """
+    from pipeline.samples import build_vocabulary, load_glove
+
+    captions = (members["caption.json"] for shard in shards
+                for _key, members in read_column_shard(split_path, "caption", caption_fp, shard))
+    vocab = build_vocabulary(captions, load_glove(glove), size=size)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    vocab.save(tmp)
+    os.replace(tmp, out)
+    return str(out)
+

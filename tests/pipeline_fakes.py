@@ -1,0 +1,65 @@
+"""Identity-cost teachers for the build tests: they count their calls and derive outputs from the pixels."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from teachers.base import Teacher, TeacherInput, TeacherSpec
+
+CALLS: dict[str, int] = {}  # teacher name -> images predicted in this process
+
+
+class _Fake(Teacher):
+    task: ClassVar[str]
+
+    def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
+                 checkpoint: str | None = None, gain: float = 1.0) -> None:
+        super().__init__(device=device, dtype=dtype, batch_size=batch_size)
+        self.checkpoint = checkpoint
+        self.gain = gain
+
+    def identity(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "gain": self.gain}
+
+    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        CALLS[self.name] = CALLS.get(self.name, 0) + len(inputs)
+        return [self.one(inp) for inp in inputs]
+
+
+class FakeDepth(_Fake):
+    name = "fake-depth"
+    spec = TeacherSpec(task="depth", description="mean of RGB times gain")
+
+    def one(self, inp: TeacherInput) -> dict[str, Any]:
+        return {"depth": inp.image.astype(np.float32).mean(axis=2) * self.gain + 1.0, "kind": "relative"}
+
+
+class FakePanoptic(_Fake):
+    name = "fake-panoptic"
+    spec = TeacherSpec(task="panoptic", description="red channel modulo 133")
+
+    def one(self, inp: TeacherInput) -> dict[str, Any]:
+        return {"classes": (inp.image[..., 0] % 133).astype(np.uint8)}
+
+
+class FakeText(_Fake):
+    name = "fake-text"
+    spec = TeacherSpec(task="text", description="one box in the image centre")
+
+    def one(self, inp: TeacherInput) -> dict[str, Any]:
+        h, w = inp.image.shape[:2]
+        box = np.array([[w / 4, h / 4], [w / 2, h / 4], [w / 2, h / 2], [w / 4, h / 2]], np.float32)
+        return {"polygons": [box], "scores": [0.9]}
+
+
+class FakeCaption(_Fake):
+    name = "fake-caption"
+    spec = TeacherSpec(task="caption", description="the COCO captions")
+
+    def one(self, inp: TeacherInput) -> dict[str, Any]:
+        return {"captions": list(inp.record.get("captions") or ["a picture"])}
+
+
+FAKES = {cls.name: f"{__name__}:{cls.__name__}" for cls in (FakeDepth, FakePanoptic, FakeText, FakeCaption)}
