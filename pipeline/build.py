@@ -314,11 +314,14 @@ class _Run:
                 m = load_manifest(p.split_path)
             except StoreError:
                 m = None
+            before = m.to_json() if m is not None else None
             if m is None or m.columns.get("base") != p.fps["base"] or m.shards != shards:
                 m = Manifest(split=cfg.split, size=cfg.size, shard_size=cfg.shard_size, shards=shards)
             m.rejected = len(rejected)
-            m.config = cfg.to_json()
-            save_manifest(p.split_path, m)
+            if self.stats and any(st.run for st in self.stats.values()):
+                m.config = cfg.to_json()  # the settings of the last build that wrote something
+            if m.to_json() != before:
+                save_manifest(p.split_path, m)
         rejected_file = p.split_path / REJECTED_NAME
         if not rejected_file.exists() or rejected_file.read_bytes() != text:
             atomic_write_bytes(rejected_file, text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,16 +16,18 @@ class _Fake(Teacher):
     task: ClassVar[str]
 
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
-                 checkpoint: str | None = None, gain: float = 1.0) -> None:
+                 checkpoint: str | None = None, gain: float = 1.0, delay: float = 0.0) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         self.checkpoint = checkpoint
         self.gain = gain
+        self.delay = delay  # seconds per image; does not change the output, so not part of identity()
 
     def identity(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "gain": self.gain}
 
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
         CALLS[self.name] = CALLS.get(self.name, 0) + len(inputs)
+        time.sleep(self.delay * len(inputs))
         return [self.one(inp) for inp in inputs]
 
 
@@ -63,3 +66,11 @@ class FakeCaption(_Fake):
 
 
 FAKES = {cls.name: f"{__name__}:{cls.__name__}" for cls in (FakeDepth, FakePanoptic, FakeText, FakeCaption)}
+
+
+def register() -> None:
+    """Add the fakes to this process's teacher registry."""
+    from teachers.registry import register_teacher
+
+    for name, target in FAKES.items():
+        register_teacher(name, target)

@@ -1,0 +1,170 @@
+"""build_targets in-process on the demo split: completeness, resume, single-stage re-runs, failures, status."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+import pipeline_fakes
+from pipeline.build import BuildConfig, build_targets
+from pipeline.status import split_status
+from pipeline_store_checks import check_split, snapshot, tar_files
+from shards.manifest import load_manifest
+from shards.schema import COLUMNS
+from teachers import registry
+
+
+@pytest.fixture()
+def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    for name, target in pipeline_fakes.FAKES.items():
+        monkeypatch.setitem(registry._TEACHERS, name, target)
+    pipeline_fakes.CALLS.clear()
+    return pipeline_fakes.CALLS
+
+
+def make_config(demo_root: Path, out: Path, **kw) -> BuildConfig:
+    base = dict(coco_root=str(demo_root), split="train2017", out=str(out), executor="local", size=64, shard_size=4,
+                device="cpu", progress=False, depth_teacher="fake-depth", panoptic_teacher="fake-panoptic",
+                text_teacher="fake-text", caption_teacher="fake-caption",
+                glove=str(demo_root / "glove" / "glove.demo.300d.txt"))
+    return BuildConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def built(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One complete build of the demo train split, shared read-only by several tests."""
+    pipeline_fakes.register()
+    out = tmp_path_factory.mktemp("store")
+    report = build_targets(make_config(demo_root, out))
+    return out, report
+
+
+def test_build_is_complete_and_accounts_for_every_image(built, demo_root: Path) -> None:
+    out, report = built
+    counts = check_split(out, demo_root, "train2017")
+    assert report["ok"] and not report["failures"]
+    assert counts["rejected"] >= 1  # the demo ships bad files; they must be lines, not silent drops
+    assert report["samples"] == counts["samples"] and report["rejected"] == counts["rejected"]
+    assert report["image_ids"] == counts["samples"] + counts["rejected"]
+    n_shards = len(load_manifest(out / "train2017").shards)
+    for stage, st in report["stages"].items():
+        assert (st["run"], st["skipped"], st["failed"], st["images"]) == (n_shards, 0, 0, counts["samples"]), stage
+    on_disk = json.loads((out / "train2017" / "build-report.json").read_text())
+    assert on_disk["stages"] == report["stages"]
+    vocab = json.loads((out / "train2017" / "vocab.json").read_text())
+    assert vocab["words"], "the train split publishes its vocabulary"
+
+
+def test_rerun_skips_every_finished_unit(built, demo_root: Path, fakes: dict[str, int], tmp_path: Path) -> None:
+    out, _ = built
+    before = snapshot(out / "train2017", skip=("build-report.json",))
+    report = build_targets(make_config(demo_root, out))
+    assert fakes == {}  # no teacher predicted anything
+    assert all(st["run"] == 0 and st["skipped"] == st["units"] for st in report["stages"].values())
+    assert snapshot(out / "train2017", skip=("build-report.json",)) == before
+
+
+def test_changing_depth_parameters_reruns_depth_and_normals_only(built, demo_root: Path, fakes: dict[str, int],
+                                                                 tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "store"
+    shutil.copytree(built[0], out, copy_function=shutil.copy2)
+    split = out / "train2017"
+    old = load_manifest(split).columns
+    untouched = snapshot(split, skip=("depth", "normals", "manifest.json", "build-report.json"))
+    report = build_targets(make_config(demo_root, out, depth_params={"gain": 2.0}))
+    new = load_manifest(split).columns
+    assert {c for c in COLUMNS if new[c] != old[c]} == {"depth", "normals"}
+    assert {s for s, st in report["stages"].items() if st["run"]} == {"depth", "normals"}
+    assert all(st["skipped"] == st["units"] for s, st in report["stages"].items() if s not in ("depth", "normals"))
+    n_samples = report["samples"]
+    assert fakes == {"fake-depth": n_samples}  # no other teacher was called
+    assert snapshot(split, skip=("depth", "normals", "manifest.json", "build-report.json")) == untouched
+    assert (split / "depth" / old["depth"]).is_dir()  # the old version stays until gc
+    check_split(out, demo_root, "train2017")
+
+
+def test_stages_flag_with_force_rebuilds_that_stage_and_dependants(built, demo_root: Path, fakes: dict[str, int],
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "store"
+    shutil.copytree(built[0], out, copy_function=shutil.copy2)
+    split = out / "train2017"
+    tars = tar_files(split)
+    report = build_targets(make_config(demo_root, out, stages=("caption",), force=True))
+    assert set(report["stages"]) == {"caption", "tokens"}
+    assert all(st["run"] == st["units"] and st["skipped"] == 0 for st in report["stages"].values())
+    assert fakes == {"fake-caption": report["samples"]}
+    assert tar_files(split) == tars  # deterministic: the rebuilt shards have the same bytes
+
+
+def test_failed_unit_blocks_activation_and_a_rerun_finishes(demo_root: Path, fakes: dict[str, int],
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real_predict = pipeline_fakes.FakeText.predict
+
+    def broken(self, inputs):
+        calls["n"] += 1
+        if any(inp.image_id == 632 for inp in inputs):
+            raise RuntimeError("text model crashed")
+        return real_predict(self, inputs)
+
+    monkeypatch.setattr(pipeline_fakes.FakeText, "predict", broken)
+    out = tmp_path / "store"
+    report = build_targets(make_config(demo_root, out, retries=1))
+    assert not report["ok"]
+    assert [(f["stage"], "crashed" in f["error"]) for f in report["failures"]] == [("text", True)]
+    assert report["stages"]["text"]["failed"] == 1
+    active = load_manifest(out / "train2017").columns
+    assert "text" not in active and set(active) == set(COLUMNS) - {"text"}
+    monkeypatch.setattr(pipeline_fakes.FakeText, "predict", real_predict)
+    again = build_targets(make_config(demo_root, out))
+    assert again["ok"] and {s for s, st in again["stages"].items() if st["run"]} == {"text"}
+    assert (again["stages"]["text"]["run"], again["stages"]["text"]["skipped"]) == (1, len(load_manifest(out / "train2017").shards) - 1)
+    check_split(out, demo_root, "train2017")
+
+
+def test_retry_recovers_a_flaky_unit(demo_root: Path, fakes: dict[str, int], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    state = {"failed": False}
+    real_predict = pipeline_fakes.FakeDepth.predict
+
+    def flaky(self, inputs):
+        if not state["failed"]:
+            state["failed"] = True
+            raise RuntimeError("transient")
+        return real_predict(self, inputs)
+
+    monkeypatch.setattr(pipeline_fakes.FakeDepth, "predict", flaky)
+    report = build_targets(make_config(demo_root, tmp_path / "store", stages=("depth",)))
+    assert report["ok"] and state["failed"] and report["stages"]["depth"]["failed"] == 0
+    # --stages depth on an empty store also builds what depth reads (base), and nothing else
+    assert set(load_manifest(tmp_path / "store" / "train2017").columns) == {"base", "depth", "normals"}
+    assert set(fakes) == {"fake-depth"}
+
+
+def test_val_split_reuses_train_vocabulary(built, demo_root: Path, fakes: dict[str, int], tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "store"
+    shutil.copytree(built[0], out, copy_function=shutil.copy2)
+    report = build_targets(make_config(demo_root, out, split="val2017"))
+    assert report["ok"]
+    check_split(out, demo_root, "val2017")
+    assert (out / "val2017" / "vocab.json").read_bytes() == (out / "train2017" / "vocab.json").read_bytes()
+
+
+def test_status_reports_done_stale_and_missing(built, demo_root: Path, fakes: dict[str, int]) -> None:
+    out, _ = built
+    cfg = make_config(demo_root, out)
+    rows = {r["stage"]: r for r in split_status(cfg)["stages"]}
+    n = len(load_manifest(out / "train2017").shards)
+    assert all(r["state"] == "current" and r["done"] == n and r["missing"] == 0 for r in rows.values())
+    rows = {r["stage"]: r for r in split_status(dataclasses.replace(cfg, normals_scale=100.0))["stages"]}
+    assert rows["normals"]["state"] == "stale" and (rows["normals"]["done"], rows["normals"]["stale"]) == (0, n)
+    assert rows["depth"]["state"] == "current"
