@@ -39,7 +39,8 @@ def canvas_size(long_side: int, multiple: int = 1) -> int:
     return int(math.ceil(long_side / multiple) * multiple)
 
 
-def letterbox_batch(images: Sequence[np.ndarray], long_side: int, *, multiple: int = 1, device: Any = "cpu",
+def letterbox_batch(images: Sequence[np.ndarray], long_side: int, *, multiple: int = 1,
+                    canvas_multiple: int | None = None, device: Any = "cpu",
                     dtype: Any = None, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                     scale: float = 1 / 255, mode: str = "bilinear", channels: str = "RGB") -> tuple[Any, Letterbox]:
     """Resize, normalise and pad RGB uint8 images into one (B, 3, canvas, canvas) tensor on ``device``.
@@ -47,7 +48,8 @@ def letterbox_batch(images: Sequence[np.ndarray], long_side: int, *, multiple: i
     Args:
         images: (H, W, 3) uint8 RGB arrays of any sizes.
         long_side: target length of each image's long side.
-        multiple: each resized side is rounded to a multiple of this (patch or stride size).
+        multiple: each resized side is rounded to a multiple of this (patch size).
+        canvas_multiple: the canvas side is a multiple of this (backbone stride; default ``multiple``).
         device: torch device of the batch (the resize runs there).
         dtype: torch dtype of the batch (default float32).
         mean: per-channel mean subtracted after ``scale``.
@@ -62,7 +64,7 @@ def letterbox_batch(images: Sequence[np.ndarray], long_side: int, *, multiple: i
     import torch
     import torch.nn.functional as F
 
-    canvas = canvas_size(long_side, multiple)
+    canvas = canvas_size(long_side, canvas_multiple or multiple)
     batch = torch.zeros((len(images), 3, canvas, canvas), device=device, dtype=torch.float32)
     mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
@@ -96,3 +98,22 @@ def unletterbox(maps: Any, geometry: Letterbox, index: int, mode: str = "bilinea
     kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     out = F.interpolate(maps[None].float(), size=size, mode=mode, **kwargs)[0]
     return out[:, :h0, :w0]
+
+
+def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int], *, device: Any = "cpu", dtype: Any = None,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 scale: float = 1 / 255, mode: str = "bilinear") -> Any:
+    """Resize every RGB uint8 image to ``size`` (H, W), aspect not kept, normalise, stack to (B, 3, H, W)."""
+    import torch
+    import torch.nn.functional as F
+
+    mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    rows = []
+    for img in images:
+        x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True).clamp_(0, 255)
+        rows.append(x)
+    batch = (torch.cat(rows) * scale - mean_t) / std_t
+    return batch.to(dtype) if dtype is not None else batch

@@ -10,7 +10,12 @@ from teachers.base import Teacher, TeacherError
 # name -> "module:Class". Kept as strings so that ``import teachers`` imports no model library.
 _TEACHERS: dict[str, str] = {
     "depth-anything-v2": "teachers.depth_anything:DepthAnythingTeacher",
+    "dptext-detr": "teachers.dptext_detr:DPTextDETRTeacher",
+    "visiongpt2": "teachers.visiongpt2:VisionGPT2Teacher",
+    "detectron2-panoptic-fpn": "teachers.detectron2_panoptic:PanopticFPNTeacher",
+    "mask2former": "teachers.mask2former:Mask2FormerTeacher",
     "panoptic-gt": "teachers.ground_truth:PanopticGroundTruth",
+    "vit-gpt2": "teachers.vit_gpt2:ViTGPT2Teacher",
     "caption-gt": "teachers.ground_truth:CaptionGroundTruth",
 }
 

@@ -1,8 +1,8 @@
 """VisionGPT2 caption teacher: the official ``captioner.pt`` state dict on a plain-PyTorch port.
 
-``checkpoint`` is the ``captioner.pt`` file (or ``.safetensors``), or a folder holding ``captioner.pt`` and
-optionally a ``config.json`` of ``VisionGPT2Config`` fields (sizes that differ from the release) and the
-tokenizer files. The state dict must match the model exactly (429 keys at full size). Images are resized to
+``checkpoint`` is the ``captioner.pt`` file (or ``.safetensors``), or a folder holding ``captioner.pt`` (or
+``captioner.safetensors``), optionally a ``config.json`` of ``VisionGPT2Config`` fields (sizes that differ
+from the release) and optionally the tokenizer files. The state dict must match the model exactly (429 keys at full size). Images are resized to
 224x224 (bilinear, as albumentations' ``Resize``) and scaled to [-1, 1]; generation starts from GPT-2's
 ``<|endoftext|>`` token and stops at it.
 """
@@ -25,6 +25,7 @@ from teachers.visiongpt2_model import VisionGPT2, VisionGPT2Config
 
 DEFAULT_CHECKPOINT = "~/.cache/ymap-distill/visiongpt2/captioner.pt"
 WEIGHTS_NAME = "captioner.pt"
+SAFETENSORS_NAME = "captioner.safetensors"
 CONFIG_NAME = "config.json"
 TINY_CORPUS = [
     "a man riding a horse on a beach", "a cat sitting on a red chair", "two dogs playing with a ball",
@@ -37,7 +38,9 @@ def _weights_and_config(checkpoint: str) -> tuple[str, VisionGPT2Config]:
     """Resolve the weights file and the model sizes of a checkpoint file or folder."""
     fields: dict[str, Any] = {}
     if os.path.isdir(checkpoint):
-        weights = os.path.join(checkpoint, WEIGHTS_NAME)
+        weights = os.path.join(checkpoint, SAFETENSORS_NAME)
+        if not os.path.isfile(weights):
+            weights = os.path.join(checkpoint, WEIGHTS_NAME)
         cfg_path = os.path.join(checkpoint, CONFIG_NAME)
         if os.path.isfile(cfg_path):
             with open(cfg_path) as f:

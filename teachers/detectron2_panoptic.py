@@ -1,0 +1,199 @@
+"""Panoptic teacher: detectron2's Panoptic FPN (model-zoo config), batched, as contiguous 0..132 class maps.
+
+Checkpoints load through detectron2's ``DetectionCheckpointer`` (name matching, legacy conversions,
+incompatible-key report) but are READ safely: ``.pth`` files with ``torch.load(weights_only=True)``,
+legacy model-zoo ``.pkl`` pickles with an unpickler that admits only numpy arrays and plain containers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from typing import Any, Sequence
+
+from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, sha256_of_path
+from teachers.loading import load_or_fail, require
+from teachers.panoptic_ids import contiguous_from_detectron2
+from teachers.preprocess import letterbox_batch
+
+DEFAULT_CONFIG = "COCO-PanopticSegmentation/panoptic_fpn_R_101_3x.yaml"
+#: The model-zoo weights of DEFAULT_CONFIG (downloaded and cached by detectron2's PathManager).
+DEFAULT_CHECKPOINT = ("https://dl.fbaipublicfiles.com/detectron2/COCO-PanopticSegmentation/"
+                      "panoptic_fpn_R_101_3x/139514519/model_final_cafdb1.pkl")
+FOLDER_CONFIG = "config.yaml"
+FOLDER_WEIGHTS = ("model_final.pth", "model_final.pkl")
+STRIDE = 32
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Unpickler for legacy model-zoo ``.pkl`` weights: numpy arrays and plain containers only."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only numpy arrays are allowed)")
+        return super().find_class(module, name)
+
+
+def read_weights(path: str) -> dict[str, Any]:
+    """Read a detectron2 checkpoint file safely into the dict ``DetectionCheckpointer._load_model`` takes."""
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            data = _NumpyUnpickler(f, encoding="latin1").load()
+        if "model" in data and "__author__" in data:  # detectron2 model-zoo format
+            return data
+        data = data.get("blobs", data)  # Caffe2 / Detectron1 format
+        return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")},
+                "__author__": "Caffe2", "matching_heuristics": True}
+    import torch
+
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict):
+        raise TeacherError(f"{path} holds a {type(data).__name__}, not a state dict")
+    return data if "model" in data else {"model": data}
+
+
+def _resolve(checkpoint: str, config_file: str) -> tuple[str, str, bool]:
+    """(weights path or URL, config path or model-zoo name, config is a local file) of a checkpoint argument."""
+    if os.path.isdir(checkpoint):
+        found = [w for w in FOLDER_WEIGHTS if os.path.isfile(os.path.join(checkpoint, w))]
+        if not os.path.isfile(os.path.join(checkpoint, FOLDER_CONFIG)) or len(found) != 1:
+            raise TeacherError(f"teacher {PanopticFPNTeacher.name!r}: checkpoint folder {checkpoint!r} must hold {FOLDER_CONFIG} and one of "
+                               f"{', '.join(FOLDER_WEIGHTS)}")
+        return os.path.join(checkpoint, found[0]), os.path.join(checkpoint, FOLDER_CONFIG), True
+    return checkpoint, config_file, os.path.isfile(config_file)
+
+
+class PanopticFPNTeacher(Teacher):
+    """Detectron2 Panoptic FPN; each image's panoptic segments painted with their contiguous class.
+
+    Args:
+        checkpoint: weights file (``.pth`` / model-zoo ``.pkl``) or URL used with ``config_file``, or a
+            folder holding ``config.yaml`` and ``model_final.pth`` (or ``.pkl``), as detectron2 training writes.
+        config_file: model-zoo config name or a yaml path (ignored for a checkpoint folder).
+        opts: extra config overrides, detectron2 style ("KEY", "VALUE", ...).
+        input_size: long side of the model input (1067 gives 4:3 images the model zoo's 800-pixel test size).
+        device, dtype, batch_size: see ``Teacher``; float16/bfloat16 run under CUDA autocast.
+    """
+
+    name = "detectron2-panoptic-fpn"
+    spec = TeacherSpec(
+        task="panoptic",
+        description="Detectron2 Panoptic FPN (model zoo COCO-PanopticSegmentation/panoptic_fpn_R_101_3x)",
+        input_size="long side -> input_size, letterboxed on a square canvas (multiple of 32), bilinear, "
+                   "BGR, the config's pixel mean/std",
+        outputs={"classes": "uint8 (H, W) contiguous class 0..132, 255 = void, original resolution"},
+        units="class id",
+        extra="detectron2",
+    )
+
+    def __init__(self, *, checkpoint: str = DEFAULT_CHECKPOINT, config_file: str = DEFAULT_CONFIG,
+                 opts: Sequence[str] = (), input_size: int = 1067, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int = 4) -> None:
+        super().__init__(device=device, dtype=dtype, batch_size=batch_size)
+        if input_size < STRIDE:
+            raise TeacherError(f"input_size must be >= {STRIDE}, got {input_size}")
+        require("detectron2", self.name, "detectron2")
+        from detectron2.checkpoint import DetectionCheckpointer
+        from detectron2.modeling import build_model
+        from detectron2.utils.file_io import PathManager
+
+        self.checkpoint = str(checkpoint)
+        self.input_size = int(input_size)
+        weights, config, local_config = _resolve(self.checkpoint, config_file)
+        self.cfg = load_or_fail(self.name, self.checkpoint, lambda: self._config(config, local_config, opts))
+        path = load_or_fail(self.name, self.checkpoint, lambda: PathManager.get_local_path(weights))
+        state = load_or_fail(self.name, self.checkpoint, lambda: read_weights(path))
+        self.model = build_model(self.cfg).eval()
+        incompatible = load_or_fail(self.name, self.checkpoint,
+                                    lambda: DetectionCheckpointer(self.model)._load_model(state))
+        bad = list(incompatible.missing_keys) + [k for k, *_ in incompatible.incorrect_shapes]
+        if bad:
+            raise TeacherError(f"teacher {self.name!r}: checkpoint {self.checkpoint!r} does not fit the config "
+                               f"({len(bad)} missing or mis-shaped weights, e.g. {bad[0]})")
+        self._identity = {"weights_sha256": sha256_of_path(path), "input_size": self.input_size,
+                          "config_sha256": hashlib.sha256(self.cfg.dump().encode()).hexdigest()}
+
+    def _config(self, config: str, local_config: bool, opts: Sequence[str]) -> Any:
+        from detectron2 import model_zoo
+        from detectron2.config import get_cfg
+
+        cfg = get_cfg()
+        cfg.merge_from_file(config if local_config else model_zoo.get_config_file(config))
+        cfg.merge_from_list(list(opts))
+        cfg.MODEL.DEVICE = str(self.device)
+        cfg.MODEL.WEIGHTS = ""
+        if (cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES) != (80, 54):
+            raise TeacherError(f"config {config!r} is not a COCO panoptic model (needs 80 thing and 54 stuff "
+                               f"classes, has {cfg.MODEL.ROI_HEADS.NUM_CLASSES} and {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES})")
+        cfg.freeze()
+        return cfg
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        import contextlib
+
+        import torch
+        from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
+        from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+        from detectron2.structures import ImageList
+
+        m = self.model
+        half = self.dtype != "float32"
+        autocast = torch.autocast("cuda", dtype=getattr(torch, self.dtype)) if half else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            x, geo = letterbox_batch([i.image for i in inputs], self.input_size, canvas_multiple=STRIDE,
+                                     device=self.device, mean=self.cfg.MODEL.PIXEL_MEAN, std=self.cfg.MODEL.PIXEL_STD,
+                                     scale=1.0, mode="bilinear", channels=self.cfg.INPUT.FORMAT)
+            images = ImageList(x, list(geo.resized))  # valid sizes: proposals and crops use them
+            features = m.backbone(images.tensor)
+            sem_segs, _ = m.sem_seg_head(features, None)
+            proposals, _ = m.proposal_generator(images, features, None)
+            detections, _ = m.roi_heads(images, features, proposals, None)
+            outs = []
+            for i, (sem, det) in enumerate(zip(sem_segs, detections)):
+                h, w = geo.original[i]
+                sem = sem_seg_postprocess(sem.float(), geo.resized[i], h, w)
+                det = detector_postprocess(det, h, w)
+                seg, info = combine_semantic_and_instance_outputs(
+                    det, sem.argmax(dim=0), m.combine_overlap_thresh, m.combine_stuff_area_thresh,
+                    m.combine_instances_score_thresh)
+                outs.append({"classes": contiguous_from_detectron2(seg, info)})
+        return outs
+
+
+def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
+    """Save a tiny random Panoptic FPN (the model-zoo config with ResNet-18 and narrow heads) as a folder.
+
+    Writes ``config.yaml`` and ``model_final.pth`` (a ``{"model": state_dict}``, as detectron2 saves);
+    returns the folder, a valid ``checkpoint=``.
+    """
+    import torch
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file(DEFAULT_CONFIG))
+    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+                         "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+                         "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+                         "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
+                         # few detections, all of them painted (random scores never pass the 0.5 default)
+                         "TEST.DETECTIONS_PER_IMAGE", "8", "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0",
+                         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+                         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192"])
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, FOLDER_CONFIG), "w") as f:
+        f.write(cfg.dump())
+    torch.save({"model": model.state_dict()}, os.path.join(out_dir, FOLDER_WEIGHTS[0]))
+    return str(out_dir)
+
