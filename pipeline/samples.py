@@ -8,6 +8,7 @@ returned members with ``shards.codecs`` and writes them. ``meta`` is always the 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -100,7 +101,10 @@ def _crowd_to_store(crowd: Mapping[str, Any], box: Letterbox) -> dict[str, Any]:
             rle = mask_utils.frPyObjects(rle, box.orig_h, box.orig_w)
         elif isinstance(rle["counts"], str):
             rle["counts"] = rle["counts"].encode()
-        mask = map_labels(mask_utils.decode(rle).astype(np.uint8), box, fill=0)
+        with warnings.catch_warnings():  # pycocotools' decode trips numpy 2's copy-keyword deprecation
+            warnings.simplefilter("ignore", DeprecationWarning)
+            decoded = mask_utils.decode(rle)
+        mask = map_labels(decoded.astype(np.uint8), box, fill=0)
         out = mask_utils.encode(np.asfortranarray(mask))
         segmentation: Any = {"size": [int(s) for s in out["size"]], "counts": out["counts"].decode()}
     else:  # polygons [x0, y0, x1, y1, ...]

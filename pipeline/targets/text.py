@@ -13,7 +13,8 @@ def rasterise_polygons(polygons: Sequence[np.ndarray], size: int) -> np.ndarray:
     """Fill polygons into an (size, size) uint8 mask.
 
     Coordinates are continuous store pixels (pixel i covers [i, i + 1)). Three or more points fill a
-    polygon, two points draw a 1-pixel line, one point marks its pixel; points outside are clipped.
+    polygon (every pixel whose centre is inside, plus OpenCV's rounding rim of at most one pixel), two
+    points draw a 1-pixel line, one point marks its pixel; points outside are clipped.
 
     Args:
         polygons: (N, 2) float arrays of (x, y).
