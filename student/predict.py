@@ -1,0 +1,251 @@
+"""`student predict`: run a trained student on images, folders and videos; write panels and JSON results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from shards.schema import VOCAB_NAME
+from shards.taxonomy import CHANNELS, JOINTS
+from shards.vocab import DEFAULT_DECODE_THRESHOLD, Vocabulary, decode_glove
+from student import panels
+from student.postprocess import Letterbox, Person, find_peaks, group_people, refine_depth
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+@dataclass
+class Prediction:
+    """Everything predicted for one image, in store geometry unless said otherwise."""
+
+    image: np.ndarray  # (S, S, 3) uint8 letterboxed input
+    geometry: Letterbox
+    maps: np.ndarray  # (44, S, S) float32 in [-1, 1]
+    depth: np.ndarray  # (S, S) float32 in [0, 1], refined when refinement is on
+    people: list[Person]
+    words: list[tuple[str, float] | None] | None  # None without a vocabulary
+
+    def to_json(self) -> dict:
+        """People (keypoints in original-image pixels) and words, for programs."""
+        return {
+            "size": list(self.geometry.orig_size),
+            "joints": list(JOINTS),
+            "people": [p.to_json(self.geometry) for p in self.people],
+            "words": None if self.words is None else [
+                None if w is None else {"word": w[0], "score": round(w[1], 4)} for w in self.words],
+        }
+
+    def panel(self, tile: int = 256) -> np.ndarray:
+        """The (2 * tile, 4 * tile, 3) uint8 RGB panel of this prediction."""
+        return panels.render_panel(self.image, self.maps, self.depth, self.people, self.words, tile)
+
+
+class Predictor:
+    """Letterbox -> student -> post-processing, for one image or a batch.
+
+    Args:
+        model: a ``YMapNet``.
+        image_size: the model's input side S.
+        vocab: caption vocabulary for decoding tokens, or None.
+        device: torch device string.
+        refine: run the depth refinement of DESIGN 5.2.
+        peak_threshold: minimum joint score (0..1).
+        word_threshold: minimum cosine similarity of a decoded word.
+    """
+
+    def __init__(self, model: torch.nn.Module, image_size: int, vocab: Vocabulary | None = None,
+                 device: str = "cpu", refine: bool = True, peak_threshold: float = 0.5,
+                 word_threshold: float = DEFAULT_DECODE_THRESHOLD) -> None:
+        self.model = model.to(device).eval()
+        self.size = image_size
+        self.vocab = vocab
+        self.device = device
+        self.refine = refine
+        self.peak_threshold = peak_threshold
+        self.word_threshold = word_threshold
+
+    def __call__(self, image: np.ndarray) -> Prediction:
+        """Predict one (h, w, 3) uint8 RGB image."""
+        return self.predict_batch([image])[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Predict a list of (h, w, 3) uint8 RGB images of any sizes."""
+        boxes = [Letterbox.fit(im.shape[1], im.shape[0], self.size) for im in images]
+        boxed = np.stack([box.apply(im) for box, im in zip(boxes, images)])  # (B, S, S, 3)
+        batch = torch.from_numpy(boxed).permute(0, 3, 1, 2).contiguous().to(self.device)
+        out = self.model(batch)
+        maps = out["maps"].float().cpu().numpy()  # (B, 44, S, S)
+        tokens = out["tokens"].float().cpu().numpy()  # (B, 8, 300)
+        return [self._post(im, box, m, t) for im, box, m, t in zip(boxed, boxes, maps, tokens)]
+
+    def _post(self, image: np.ndarray, box: Letterbox, maps: np.ndarray, tokens: np.ndarray) -> Prediction:
+        peaks = find_peaks(maps[CHANNELS["joints"].slice], threshold=self.peak_threshold)
+        people = group_people(peaks, maps[CHANNELS["pafs"].slice])
+        depth = (maps[CHANNELS["depth"].start] + 1.0) * 0.5  # [-1, 1] -> [0, 1], larger = nearer
+        if self.refine:
+            depth = refine_depth(depth, maps[CHANNELS["normals"].slice], valid=box.valid_mask())
+        words = None if self.vocab is None else decode_glove(tokens, self.vocab, self.word_threshold)
+        return Prediction(image, box, maps, depth.astype(np.float32), people, words)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files to predict: images and videos as given, folders expanded (sorted, not recursive)."""
+    out = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS + VIDEO_EXTS)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"input {name} does not exist")
+    return out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as (h, w, 3) uint8 RGB (grey and alpha images converted)."""
+    import cv2
+
+    data = np.fromfile(str(path), np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise ValueError(f"{path} is not a readable image")
+    return bgr[..., ::-1].copy()
+
+
+def video_frames(path: Path) -> tuple[float, Iterator[np.ndarray]]:
+    """Frames per second and an iterator of (h, w, 3) uint8 RGB frames of a video file."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"{path} is not a readable video")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    return
+                yield bgr[..., ::-1].copy()
+        finally:
+            cap.release()
+
+    return fps, frames()
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 array as PNG."""
+    import cv2
+
+    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+        raise OSError(f"could not write {path}")
+
+
+def predict_video(predictor: Predictor, path: Path, out_dir: Path, tile: int) -> tuple[Path, list[dict]]:
+    """Predict every frame of a video; write its panels as an MP4; return the path and per-frame JSON."""
+    import cv2
+
+    fps, frames = video_frames(path)
+    target = out_dir / f"{path.stem}.panel.mp4"
+    writer, results = None, []
+    try:
+        for frame in frames:
+            pred = predictor(frame)
+            panel = pred.panel(tile)
+            if writer is None:
+                writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                         (panel.shape[1], panel.shape[0]))
+            writer.write(np.ascontiguousarray(panel[..., ::-1]))
+            results.append(pred.to_json())
+    finally:
+        if writer is not None:
+            writer.release()
+    if not results:
+        raise ValueError(f"{path} has no readable frames")
+    return target, results
+
+
+def find_vocabulary(args: argparse.Namespace, extra: dict) -> Vocabulary | None:
+    """The vocabulary from ``--vocab``, else ``--shards``, else the store the checkpoint was trained on."""
+    if args.vocab:
+        return Vocabulary.load(args.vocab)
+    candidates = []
+    if args.shards:
+        candidates.append(Path(args.shards) / args.split / VOCAB_NAME)
+    train = extra.get("train_cfg") or {}
+    if isinstance(train, dict) and train.get("shards"):
+        candidates.append(Path(train["shards"]) / train.get("train_split", "train2017") / VOCAB_NAME)
+    for path in candidates:
+        if path.is_file():
+            return Vocabulary.load(path)
+    return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``student predict``."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, video files")
+    parser.add_argument("--checkpoint", required=True, help="student checkpoint")
+    parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    parser.add_argument("--json", action="store_true", help="also write <name>.json with people and words")
+    parser.add_argument("--vocab", help="vocab.json for decoding caption tokens (default: from --shards or "
+                                        "the checkpoint's training store)")
+    parser.add_argument("--shards", help="store whose <split>/vocab.json to use")
+    parser.add_argument("--split", default="train2017", help="split of --shards holding vocab.json")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--no-refine", action="store_true", help="skip the depth refinement")
+    parser.add_argument("--tile", type=int, default=256, help="side of each panel tile in pixels")
+    parser.add_argument("--joint-threshold", type=float, default=0.5, help="minimum joint peak score 0..1")
+    parser.add_argument("--word-threshold", type=float, default=DEFAULT_DECODE_THRESHOLD,
+                        help="minimum cosine similarity of a decoded word")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every input; exit code 2 on a missing checkpoint or input."""
+    from student.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        inputs = expand_inputs(args.inputs)
+        model, cfg, extra = load_checkpoint(args.checkpoint, map_location=args.device)
+        vocab = find_vocabulary(args, extra)
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not inputs:
+        print("error: no images or videos among the inputs", file=sys.stderr)
+        return 2
+    if vocab is None:
+        print("note: no vocabulary found (use --vocab vocab.json); caption words are not decoded", file=sys.stderr)
+    predictor = Predictor(model, cfg.image_size, vocab, args.device, not args.no_refine, args.joint_threshold,
+                          args.word_threshold)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in inputs:
+        try:
+            if path.suffix.lower() in VIDEO_EXTS:
+                target, result = predict_video(predictor, path, out_dir, args.tile)
+                doc: dict | list = {"frames": result}
+            else:
+                pred = predictor(read_image(path))
+                target = out_dir / f"{path.stem}.panel.png"
+                write_png(target, pred.panel(args.tile))
+                doc = pred.to_json()
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            (out_dir / f"{path.stem}.json").write_text(json.dumps(doc, indent=1))
+        print(f"{path} -> {target}")
+    return 1 if failed else 0

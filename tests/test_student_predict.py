@@ -1,0 +1,140 @@
+"""`student predict`: panels and JSON for a real photo, a folder and a video, with a tiny random checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from shards.taxonomy import CHANNELS, GLOVE_DIM, JOINTS, NUM_TOKENS
+from shards.vocab import Vocabulary
+from student.checkpoint import save_checkpoint
+from student.cli import main
+from student.config import ModelConfig
+from student.model import YMapNet
+from student.postprocess import Letterbox
+from student.predict import Predictor, read_image
+from student.targets import TargetSizes, render_heatmaps, render_pafs
+
+SIZE = 64
+WORDS = ["astronaut", "flag", "woman", "space", "suit", "smiling"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(image_size=SIZE)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, YMapNet(cfg), cfg)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def vocab_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(len(WORDS), GLOVE_DIM)).astype(np.float32)
+    scale = float(1 / np.abs(raw).max())
+    path = tmp_path_factory.mktemp("vocab") / "vocab.json"
+    Vocabulary(WORDS, [60, 50, 40, 30, 20, 10], scale, raw * scale).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import cv2
+    from skimage import data
+
+    image = data.astronaut()[:, 40:480]  # 512 x 440: not square, so the letterbox has a border
+    path = tmp_path_factory.mktemp("photos") / "astronaut.jpg"
+    cv2.imwrite(str(path), image[..., ::-1].copy())
+    return str(path)
+
+
+def test_predict_photo_writes_panel_and_json(checkpoint: str, vocab_path: str, astronaut: str, tmp_path) -> None:
+    import cv2
+
+    out = tmp_path / "out"
+    rc = main(["predict", "--checkpoint", checkpoint, astronaut, "--out", str(out), "--json", "--vocab", vocab_path,
+               "--word-threshold", "-1"])
+    assert rc == 0
+    panel = read_image(out / "astronaut.panel.png")
+    assert panel.shape == (2 * 256, 4 * 256, 3)
+    photo = read_image(astronaut)
+    # the first tile is the 64-pixel letterboxed input shown 4x: black bars left and right, the photo between
+    box = Letterbox.fit(photo.shape[1], photo.shape[0], SIZE)
+    bar = box.offset[0] * 256 // SIZE
+    assert bar > 0 and panel[128, : bar - 3].max() < 30
+    expected = cv2.resize(box.apply(photo), (256, 256), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(panel[40:256, bar + 4:256 - bar - 4].astype(int) - expected[40:, bar + 4:256 - bar - 4]).mean() < 3
+    doc = json.loads((out / "astronaut.json").read_text())
+    assert doc["size"] == [440, 512] and doc["joints"] == list(JOINTS)
+    assert len(doc["words"]) == NUM_TOKENS
+    for w in doc["words"]:  # threshold -1: every non-empty slot decodes to a vocabulary word
+        assert w is None or (w["word"] in WORDS and -1.0 <= w["score"] <= 1.0)
+    for person in doc["people"]:
+        assert len(person["keypoints"]) == len(JOINTS) and all(len(k) == 3 for k in person["keypoints"])
+
+
+def test_json_people_are_in_original_pixels(checkpoint: str) -> None:
+    """A model that outputs rendered maps of a known person: JSON keypoints land on the person in the photo."""
+    from student.checkpoint import load_checkpoint
+
+    model, cfg, _ = load_checkpoint(checkpoint)
+    photo = np.zeros((300, 200, 3), np.uint8)  # letterboxed into 64 x 64 with side bars
+    box = Letterbox.fit(200, 300, SIZE)
+    # a standing person in the photo (x, y as fractions of a box at (50, 30) of 100 x 240 pixels), COCO order
+    pose = np.array([(0.50, 0.08), (0.55, 0.05), (0.45, 0.05), (0.60, 0.07), (0.40, 0.07), (0.70, 0.24),
+                     (0.30, 0.24), (0.82, 0.40), (0.18, 0.40), (0.88, 0.55), (0.12, 0.55), (0.62, 0.56),
+                     (0.38, 0.56), (0.64, 0.77), (0.36, 0.77), (0.65, 0.96), (0.35, 0.96)])
+    in_photo = np.array([50.0, 30.0]) + pose * [100.0, 240.0]
+    truth = np.ones((1, len(JOINTS), 3), np.float32)
+    truth[0, :, :2] = box.to_store(in_photo)
+    radius, width = TargetSizes().at(None)
+
+    class Rendered(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            maps = -torch.ones(images.shape[0], 44, SIZE, SIZE)
+            maps[:, CHANNELS["joints"].slice] = torch.from_numpy(render_heatmaps(truth, SIZE, radius))
+            maps[:, CHANNELS["pafs"].slice] = torch.from_numpy(render_pafs(truth, SIZE, width))
+            return {"maps": maps, "tokens": torch.zeros(images.shape[0], NUM_TOKENS, GLOVE_DIM)}
+
+    pred = Predictor(Rendered(), cfg.image_size, refine=False)(photo)
+    doc = pred.to_json()
+    assert len(doc["people"]) == 1
+    got = np.array([k[:2] for k in doc["people"][0]["keypoints"]], float)
+    expected = in_photo
+    # 1 store pixel is 300 / 64 = 4.7 original pixels
+    assert np.abs(got - expected).max() <= 300 / SIZE
+
+
+def test_predict_folder_and_video(checkpoint: str, tmp_path) -> None:
+    import cv2
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(folder / "a.png"), rng.integers(0, 256, (50, 80, 3), dtype=np.uint8))
+    writer = cv2.VideoWriter(str(folder / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 72))
+    for _ in range(3):
+        writer.write(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8))
+    writer.release()
+    (folder / "notes.txt").write_text("not an input")
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", checkpoint, str(folder), "--out", str(out), "--json",
+                 "--tile", "128"]) == 0
+    assert read_image(out / "a.panel.png").shape == (256, 512, 3)
+    doc = json.loads((out / "clip.json").read_text())
+    assert len(doc["frames"]) == 3 and all(f["words"] is None and f["size"] == [96, 72] for f in doc["frames"])
+    cap = cv2.VideoCapture(str(out / "clip.panel.mp4"))
+    frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (256, 512, 3) and frames == 3
+
+
+def test_usage_errors(checkpoint: str, tmp_path) -> None:
+    assert main(["predict", "--checkpoint", checkpoint, str(tmp_path / "missing.jpg")]) == 2
+    assert main(["predict", "--checkpoint", str(tmp_path / "none.pt"), str(tmp_path)]) == 2
+    assert main(["predict", "--checkpoint", checkpoint, str(tmp_path)]) == 2  # empty folder
