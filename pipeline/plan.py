@@ -98,8 +98,8 @@ def load_teachers(config: "BuildConfig", stages: list[str]) -> tuple[dict[str, T
         except (TeacherError, ImportError) as e:
             raise BuildError(f"{s} teacher {name!r} cannot be imported: {e}") from None
         if cls.spec.task != stage(s).task:
-            raise BuildError(f"teacher {name!r} is a {cls.spec.task} teacher, not a {s} one; "
-                             f"{s} teachers are: {', '.join(list_teachers(s))}")
+            raise BuildError(f"teacher {name!r} is a {cls.spec.task} teacher, not a {s} one "
+                             f"(see `pipeline teachers --task {s}`)")
         kwargs = {"device": config.device, "dtype": config.dtype, "batch_size": config.batch_size, **params}
         if checkpoint is not None:
             kwargs["checkpoint"] = checkpoint

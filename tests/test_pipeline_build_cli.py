@@ -1,0 +1,106 @@
+"""The ``pipeline`` CLI: bad input is one line and exit 2 before any work; config precedence; listings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import pipeline_fakes
+from pipeline.cli import build_parser, main, resolve_config
+from shards.manifest import load_manifest
+from teachers import registry
+from teachers.registry import list_teachers
+
+FAKE_FLAGS = ["--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic", "--text-teacher", "fake-text",
+              "--caption-teacher", "fake-caption"]
+
+
+@pytest.fixture()
+def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, target in pipeline_fakes.FAKES.items():
+        monkeypatch.setitem(registry._TEACHERS, name, target)
+
+
+def run_bad(argv: list[str], capsys: pytest.CaptureFixture[str], out: Path) -> str:
+    code = main(["build-targets", "--executor", "local", "--no-progress", "--out", str(out), "--device", "cpu", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "\n" not in err and err.startswith("pipeline: error: "), err
+    assert not out.exists(), "no work may start on bad input"
+    return err
+
+
+def test_missing_coco_root(tmp_path: Path, capsys) -> None:
+    err = run_bad(["--coco-root", str(tmp_path / "nowhere")], capsys, tmp_path / "out")
+    assert "COCO root" in err and "nowhere" in err and "--coco-root" in err
+
+
+def test_unknown_split(demo_root: Path, tmp_path: Path, capsys) -> None:
+    err = run_bad(["--coco-root", str(demo_root), "--split", "train2099"], capsys, tmp_path / "out")
+    assert "'train2099'" in err and "train2017" in err and "val2017" in err
+
+
+def test_unknown_teacher(demo_root: Path, tmp_path: Path, capsys, fakes) -> None:
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--panoptic-teacher", "segment-everything"],
+                  capsys, tmp_path / "out")
+    assert "'segment-everything'" in err and "mask2former" in err
+
+
+def test_teacher_of_the_wrong_task(demo_root: Path, tmp_path: Path, capsys, fakes) -> None:
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--depth-teacher", "caption-gt"], capsys, tmp_path / "out")
+    assert "caption teacher, not a depth one" in err
+
+
+def test_checkpoint_that_does_not_load(demo_root: Path, tmp_path: Path, capsys, fakes) -> None:
+    bad = tmp_path / "broken-depth"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    (bad / "model.safetensors").write_bytes(b"\0" * 64)
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--depth-teacher", "depth-anything-v2",
+                   "--depth-checkpoint", str(bad)], capsys, tmp_path / "out")
+    assert "depth-anything-v2" in err and "broken-depth" in err
+
+
+def test_unknown_stage_and_teacher_parameter(demo_root: Path, tmp_path: Path, capsys, fakes) -> None:
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--stages", "depth,nromals"], capsys, tmp_path / "out")
+    assert "'nromals'" in err
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--depth-param", "colour=3"], capsys, tmp_path / "out")
+    assert "fake-depth" in err and "colour" in err
+
+
+def test_config_precedence_defaults_file_flags(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "build.json"
+    cfg_file.write_text(json.dumps({"shard_size": 3, "size": 48, "depth_params": {"gain": 2}, "stages": ["depth"]}))
+    args = build_parser().parse_args(["build-targets", "--config", str(cfg_file), "--size", "64",
+                                      "--text-param", "threshold=0.5", "--text-param", "name=x"])
+    del args.func
+    cfg = resolve_config(args)
+    assert (cfg.shard_size, cfg.size, cfg.batch_size) == (3, 64, 8)  # file, flag, default
+    assert dict(cfg.depth_params) == {"gain": 2} and dict(cfg.text_params) == {"threshold": 0.5, "name": "x"}
+    assert cfg.stages == ("depth",)
+    cfg_file.write_text(json.dumps({"shard_sise": 3}))
+    args = build_parser().parse_args(["build-targets", "--config", str(cfg_file)])
+    del args.func
+    with pytest.raises(ValueError, match="shard_sise"):
+        resolve_config(args)
+
+
+def test_teachers_lists_the_registry(capsys) -> None:
+    assert main(["teachers"]) == 0
+    out = capsys.readouterr().out
+    for name in list_teachers():
+        assert name in out
+
+
+def test_build_and_status_commands(demo_root: Path, tmp_path: Path, capsys, fakes) -> None:
+    flags = ["--coco-root", str(demo_root), "--out", str(tmp_path / "out"), "--size", "64", "--shard-size", "8",
+             "--device", "cpu", *FAKE_FLAGS]
+    assert main(["build-targets", "--executor", "local", "--no-progress", "--stages", "text", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "text" in out and "base" in out and "rejected" in out
+    assert set(load_manifest(tmp_path / "out" / "train2017").columns) == {"base", "text"}
+    assert main(["status", *flags]) == 0
+    lines = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[3:]}
+    assert lines["text"] == "current" and lines["base"] == "current" and lines["depth"] == "not"
