@@ -80,12 +80,13 @@ class _TupleOutputs(torch.nn.Module):
 
 def run(args: argparse.Namespace) -> int:
     """Export, then check onnxruntime against PyTorch; exit code 1 when they disagree."""
-    from student.checkpoint import load_checkpoint
+    from student.checkpoint import CheckpointError, load_checkpoint
 
-    if not Path(args.checkpoint).is_file():
-        print(f"error: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
+    try:
+        model, cfg, _ = load_checkpoint(args.checkpoint, map_location="cpu")
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    model, cfg, _ = load_checkpoint(args.checkpoint, map_location="cpu")
     path = export_onnx(model, cfg.image_size, args.onnx, args.opset)
     print(f"wrote {path} (opset {args.opset}, input images uint8 (batch, 3, {cfg.image_size}, {cfg.image_size}))")
     if args.check_batch <= 0:
