@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, ClassVar
 
@@ -16,16 +17,21 @@ class _Fake(Teacher):
     task: ClassVar[str]
 
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
-                 checkpoint: str | None = None, gain: float = 1.0, delay: float = 0.0) -> None:
+                 checkpoint: str | None = None, gain: float = 1.0, delay: float = 0.0,
+                 die_once: str | None = None) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         self.checkpoint = checkpoint
         self.gain = gain
         self.delay = delay  # seconds per image; does not change the output, so not part of identity()
+        self.die_once = die_once  # a marker file: the first process to predict creates it and dies
 
     def identity(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "gain": self.gain}
 
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        if self.die_once is not None and not os.path.exists(self.die_once):
+            open(self.die_once, "w").close()
+            os._exit(1)  # a crashed worker, as an out-of-memory kill would leave it
         CALLS[self.name] = CALLS.get(self.name, 0) + len(inputs)
         time.sleep(self.delay * len(inputs))
         return [self.one(inp) for inp in inputs]
