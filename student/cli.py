@@ -21,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in COMMANDS:
         sub.add_parser(name, help=HELP[name], add_help=False)
     if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv[:1] or ["--help"])  # prints help or the usage error (exit 0 / 2)
+        try:
+            parser.parse_args(argv[:1] or ["--help"])  # prints the help or the usage error
+        except SystemExit as e:
+            return int(e.code or 0) if argv else 2
         return 2
     command = argv[0]
     try:
@@ -33,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cmd_parser = argparse.ArgumentParser(prog=f"student {command}", description=HELP[command])
     module.add_arguments(cmd_parser)
-    return int(module.run(cmd_parser.parse_args(argv[1:])))
+    try:
+        args = cmd_parser.parse_args(argv[1:])
+    except SystemExit as e:  # --help (0) or a usage error (2)
+        return int(e.code or 0)
+    return int(module.run(args))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ pose maps, uint16 depth, uint8 normals / text / group labels); :func:`device_tar
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -115,11 +116,14 @@ def crowd_mask(pose: Mapping[str, Any], size: int) -> np.ndarray:
             continue
         if seg:
             polys = [np.asarray(p, np.float32).reshape(-1, 2) for p in seg if len(p) >= 6]
-        else:
+            # fillPoly takes integer vertices with pixel centres at integers (ours are at i + 0.5) and
+            # fills the boundary too: the region grows by at most one pixel, harmless for an ignore mask
+            cv2.fillPoly(mask, [np.round(p - 0.5).astype(np.int32) for p in polys], 1)
+        else:  # pixels whose centre lies in the box
             x, y, w, h = (float(v) for v in region["bbox"])
-            polys = [np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)]
-        # fillPoly takes integer vertices with pixel centres at integers; ours are at i + 0.5
-        cv2.fillPoly(mask, [np.round(p - 0.5).astype(np.int32) for p in polys], 1)
+            c0, c1 = max(0, math.ceil(x - 0.5)), max(0, math.ceil(x + w - 0.5))
+            r0, r1 = max(0, math.ceil(y - 0.5)), max(0, math.ceil(y + h - 0.5))
+            mask[r0:r1, c0:c1] = 1
     return mask
 
 

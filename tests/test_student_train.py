@@ -1,0 +1,150 @@
+"""The student's loader, metrics and training loop: host dtypes, exact resume, CLI errors, TensorBoard output."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shards.synthetic import write_synthetic_store
+from student import cli
+from student.config import TrainConfig
+from student.data import make_loader, open_split
+from student.metrics import MetricSums, hdm, token_cosine
+from student.train import lr_at, train
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("student_store")
+    write_synthetic_store(root, "train2017", 24, 8, size=SIZE, seed=0)
+    write_synthetic_store(root, "val2017", 8, 4, size=SIZE, seed=1)
+    return root
+
+
+@pytest.fixture()
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cfg(store: Path, out: Path, **kw) -> TrainConfig:
+    base = TrainConfig(shards=str(store), out=str(out), model="tiny", epochs=2, steps_per_epoch=3, batch_size=4,
+                       workers=0, lr=1e-3, tensorboard=False, progress=False, shuffle_buffer=8)
+    return replace(base, **kw)
+
+
+def test_loader_keeps_compact_host_dtypes_through_workers(store: Path) -> None:
+    dataset = open_split(store, "train2017", train=True, seed=0, multihot_vocab=16)
+    dataset.set_epoch(0)
+    batch = next(iter(make_loader(dataset, batch_size=4, workers=1)))
+    expected = {"image": torch.uint8, "pose": torch.int8, "pose_mask": torch.uint8, "depth": torch.uint16,
+                "normals": torch.uint8, "text": torch.uint8, "groups": torch.uint8, "glove": torch.float16,
+                "multihot": torch.uint8}
+    assert {k: v.dtype for k, v in batch.items() if isinstance(v, torch.Tensor)} == expected
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["pose"].shape == (4, 29, SIZE, SIZE)
+    assert len(batch["key"]) == 4
+
+
+def test_validation_stream_is_one_ordered_pass_with_final_sizes(store: Path) -> None:
+    dataset = open_split(store, "val2017", train=False)
+    keys = [s["key"] for s in dataset]
+    assert keys == sorted(keys) and len(keys) == 8
+    assert dataset.transform.augment is None and dataset.transform.epoch is None
+
+
+def test_metrics_values() -> None:
+    pred = torch.full((1, 44, 2, 2), -1.0)
+    target = torch.full((1, 44, 2, 2), -1.0)
+    target[0, :, 0, 0] = 1.0  # off by 1.0 on the [0, 1] scale at one pixel of four
+    pred[0, :, 0, 1] = -0.5  # off by 0.25 at another
+    assert hdm(pred, target, 0.1).item() == pytest.approx(0.5)
+    assert hdm(pred, target, 0.3).item() == pytest.approx(0.75)
+    tokens = torch.zeros(2, 8, 300)
+    glove = torch.zeros(2, 8, 300)
+    tokens[:, 0], glove[:, 0] = 1.0, 0.5  # same direction
+    tokens[0, 1, :150], glove[0, 1, 150:] = 1.0, 0.5  # orthogonal; slot 1 of sample 1 is empty
+    glove[1, 2, 0] = 0.5  # near zero (mean square <= 0.003): an empty slot
+    cos_sum, count = token_cosine(tokens, glove)
+    assert count[:2].tolist() == [2, 1] and cos_sum[:2].tolist() == pytest.approx([2.0, 0.0])
+    sums = MetricSums()
+    sums.update(pred, target, tokens, glove, torch.tensor(3.0))
+    m = sums.compute()
+    assert m["joints/hdm@0.1"] == pytest.approx(0.5) and m["depth/hdm@0.8"] == pytest.approx(0.75)
+    assert m["joints/mse"] == pytest.approx((4.0 + 0.25) / 4)
+    assert m["tokens/cos0"] == pytest.approx(1.0) and m["tokens/cos1"] == pytest.approx(0.0)
+    assert math.isnan(m["tokens/cos2"])
+    assert m["loss"] == 3.0
+
+
+def test_learning_rate_decays_linearly() -> None:
+    cfg = TrainConfig()
+    assert lr_at(cfg, 0) == pytest.approx(2.4e-4)
+    assert lr_at(cfg, 50) == pytest.approx(1.7e-4)
+    assert lr_at(cfg, 100) == pytest.approx(1.0e-4) and lr_at(cfg, 240) == pytest.approx(1.0e-4)
+
+
+def test_stopped_and_resumed_run_follows_the_uninterrupted_loss_curve(store: Path, tmp_path: Path,
+                                                                      one_thread) -> None:
+    full = train(_cfg(store, tmp_path / "full"))
+    assert len(full["losses"]) == 6 and full["epochs"] == 2 and not full["interrupted"]
+    first = train(_cfg(store, tmp_path / "split"), stop_at_step=4)  # stops inside the second epoch
+    assert first["interrupted"] and len(first["losses"]) == 4
+    rest = train(_cfg(store, tmp_path / "split"), resume=str(tmp_path / "split" / "last.pt"))
+    assert len(rest["losses"]) == 2 and rest["epochs"] == 2
+    assert np.allclose(first["losses"] + rest["losses"], full["losses"], rtol=1e-5, atol=1e-6)
+    assert full["losses"][0] != full["losses"][3]  # the curve really moves
+    assert rest["best"] == pytest.approx(full["best"], rel=1e-5)
+    payload = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    assert payload["epoch"] == 2 and payload["step"] == 6 and payload["position"] == {"epoch": 2, "batch": 0}
+    assert payload["train_cfg"]["model"] == "tiny" and "joints/hdm@0.1" in payload["metrics"]
+    assert set(payload["optimizer"]) == {"state", "param_groups"}
+
+
+def test_cli_trains_writes_tensorboard_and_resumes(store: Path, tmp_path: Path, capsys, one_thread) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--shards", str(store), "--model", "tiny", "--epochs", "1", "--steps-per-epoch", "2",
+            "--batch-size", "2", "--workers", "0", "--out", str(out), "--no-progress", "--val-steps", "1"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["state"] == "done" and result["epochs"] == 1
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["train"]["steps_per_epoch"] == 2 and saved["parameters"]["total"] > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb")).Reload()
+    assert len(events.Scalars("train/loss")) == 2 and len(events.Scalars("val/loss")) == 1
+    assert events.Tags()["images"] == ["val/panel"]
+    # resuming with a larger epoch budget continues from epoch 1 with the saved settings
+    assert cli.main(["train", "--resume", str(out / "last.pt"), "--epochs", "2", "--no-tensorboard"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs"] == 2
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 4
+
+
+def test_cli_errors_are_one_line(store: Path, tmp_path: Path, capsys) -> None:
+    base = ["train", "--model", "tiny", "--workers", "0", "--out", str(tmp_path / "run")]
+    assert cli.main(base + ["--shards", str(store), "--train-split", "train2099"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train2099" in err
+    broken = tmp_path / "broken"
+    write_synthetic_store(broken, "train2017", 4, 4, size=SIZE)
+    manifest = broken / "train2017" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    del doc["columns"]["depth"], doc["columns"]["groups"]
+    manifest.write_text(json.dumps(doc))
+    assert cli.main(base + ["--shards", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lacks column(s) depth, groups" in err
+    assert cli.main(base + ["--shards", str(store), "--resume", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+    assert cli.main(["bogus"]) == 2
