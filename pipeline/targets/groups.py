@@ -30,4 +30,8 @@ def groups_from_classes(classes: np.ndarray) -> np.ndarray:
     classes = np.asarray(classes)
     if classes.dtype != np.uint8:
         raise ValueError(f"class map must be uint8 contiguous ids, got {classes.dtype}")
+    if classes.ndim == 2 and classes.size:
+        import cv2
+
+        return cv2.LUT(classes, _LUT)  # several times faster than numpy fancy indexing
     return _LUT[classes]

@@ -32,12 +32,19 @@ def normals_from_depth(depth_u16: np.ndarray, scale: float = DEFAULT_NORMALS_SCA
     out = np.empty(depth_u16.shape + (3,), np.uint8)
     out[...] = (128, 128, 255)  # flat normal (0, 0, 1)
     rows, cols = _content_slices(valid, depth_u16.shape)
-    d = depth_u16[rows, cols].astype(np.float32) * np.float32(scale / DEPTH_MAX)
-    gx = cv2.Sobel(d, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
-    gy = cv2.Sobel(d, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
-    inv = 1.0 / (np.sqrt(gx * gx + gy * gy + 1.0) + 1e-8)
-    n = np.stack([gx * inv, gy * inv, inv], axis=-1)
-    out[rows, cols] = np.clip(np.rint((n + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    d = depth_u16[rows, cols].astype(np.float32)  # unsigned -> float first: no wrap-around edge
+    if d.size == 0:
+        return out
+    k = float(scale) / DEPTH_MAX  # D = depth * scale / 65535, folded into the Sobel
+    gx = cv2.Sobel(d, cv2.CV_32F, 1, 0, ksize=3, scale=k, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.Sobel(d, cv2.CV_32F, 0, 1, ksize=3, scale=k, borderType=cv2.BORDER_REPLICATE)
+    norm = cv2.sqrt(cv2.add(cv2.add(cv2.multiply(gx, gx), cv2.multiply(gy, gy)), 1.0))
+    half = cv2.divide(127.5, cv2.add(norm, 1e-8))  # 127.5 / (|(gx, gy, 1)| + 1e-8)
+    # round((n + 1) * 127.5) = round(n * 127.5 + 127.5), saturated to uint8 by OpenCV
+    x = cv2.add(cv2.multiply(gx, half), 127.5, dtype=cv2.CV_8U)
+    y = cv2.add(cv2.multiply(gy, half), 127.5, dtype=cv2.CV_8U)
+    z = cv2.add(half, 127.5, dtype=cv2.CV_8U)
+    out[rows, cols] = cv2.merge([x, y, z])
     return out
 
 
