@@ -210,6 +210,8 @@ def _shrink_two_pass(array: np.ndarray, box: Letterbox, k: int) -> np.ndarray:
     if pad_y or pad_x:  # the fast path needs exact multiples; replicated edge pixels fill the last block
         array = cv2.copyMakeBorder(array, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
     inter = cv2.resize(array, ((w + pad_x) // k, (h + pad_y) // k), interpolation=cv2.INTER_AREA)
+    if not (pad_x or pad_y) and inter.shape[:2] == (box.resized_h, box.resized_w):
+        return inter  # an exact integer factor: nothing left to do
     ax, ay = w / k / box.resized_w, h / k / box.resized_h
     # destination pixel centre -> source pixel centre (OpenCV puts centres on integers)
     m = np.array([[ax, 0.0, 0.5 * ax - 0.5], [0.0, ay, 0.5 * ay - 0.5]])

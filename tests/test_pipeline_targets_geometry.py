@@ -84,3 +84,15 @@ def test_wrong_input_size_is_refused() -> None:
         map_labels(np.zeros((10, 10), np.uint8), Letterbox.fit(20, 10, 32))
     with pytest.raises(ValueError):
         Letterbox.fit(0, 10, 32)
+
+
+@pytest.mark.parametrize(("w", "h"), [(640, 480), (640, 427), (1024, 768), (1030, 500)])
+def test_fast_shrink_stays_close_to_a_plain_area_resize(w: int, h: int) -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 2)
+    box = Letterbox.fit(w, h, 256)
+    ours = letterbox_image(image, box)[box.content].astype(np.float64)
+    ref = cv2.resize(image, (box.resized_w, box.resized_h), interpolation=cv2.INTER_AREA).astype(np.float64)
+    assert np.abs(ours - ref).mean() < 2.5  # grey levels, on a fine noise texture (worst case)
