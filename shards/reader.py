@@ -149,48 +149,42 @@ class StoreReader:
     def _join_shard(self, shard: str) -> Iterator[Raw]:
         """Read every chosen column of one shard in lockstep; keys must match sample by sample."""
         with ExitStack() as stack:
-            iters = []
+            columns = []
             for c in self.columns:
                 location = self.shard_location(c, shard)
                 try:
                     f = stack.enter_context(open_stream(location))
                 except OSError as e:
                     raise StoreError(f"shard {shard} column {c!r}: cannot open {location} ({e})") from None
-                iters.append((c, iter_samples(f)))
-            first, *others = iters
+                columns.append((c, iter_samples(f), self._exts[c]))
             n = 0
             while True:
-                key, merged = self._next(shard, first, n)
-                if key is None:
-                    for c, it in others:
-                        extra, _ = self._next(shard, (c, it), n)
-                        if extra is not None:
-                            raise StoreError(f"shard {shard}: key mismatch, column {c!r} has extra key {extra} "
-                                             f"after column {first[0]!r} ended ({n} samples)")
-                    break
-                merged = dict(merged)
-                for c, it in others:
-                    other, members = self._next(shard, (c, it), n)
+                key, merged = self._next(shard, columns[0], n)
+                for c, it, exts in columns[1:]:
+                    other, members = self._next(shard, (c, it, exts), n)
                     if other != key:
-                        raise StoreError(f"shard {shard}: key mismatch at sample {n}, column {first[0]!r} has "
-                                         f"{key} but column {c!r} has {other or 'no more samples'}")
+                        raise StoreError(f"shard {shard}: key mismatch at sample {n}, column {columns[0][0]!r} has "
+                                         f"{key or 'no more samples'} but column {c!r} has {other or 'no more samples'}")
                     merged.update(members)
+                if key is None:
+                    return
                 n += 1
                 yield shard, key, merged
 
-    def _next(self, shard: str, col_it: tuple[str, Iterator[tuple[str, dict[str, bytes]]]],
+    @staticmethod
+    def _next(shard: str, column: tuple[str, Iterator[tuple[str, dict[str, bytes]]], frozenset[str]],
               n: int) -> tuple[str | None, dict[str, bytes]]:
         """Next ``(key, members)`` of one column, or ``(None, {})`` at its end; damage is a StoreError."""
-        column, it = col_it
+        name, it, exts = column
         try:
             key, members = next(it)
         except StopIteration:
             return None, {}
         except (TarError, OSError) as e:
-            raise StoreError(f"shard {shard} column {column!r}: {e} (after {n} samples)") from None
-        if members.keys() != self._exts[column]:
-            raise StoreError(f"shard {shard} column {column!r} key {key}: members {sorted(members)}, "
-                             f"expected {sorted(self._exts[column])}")
+            raise StoreError(f"shard {shard} column {name!r}: {e} (after {n} samples)") from None
+        if members.keys() != exts:
+            raise StoreError(f"shard {shard} column {name!r} key {key}: members {sorted(members)}, "
+                             f"expected {sorted(exts)}")
         return key, members
 
     def _decode(self, stream: Iterable[Raw]) -> Iterator[dict[str, Any]]:
