@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline.coco import load_split
 from shards.manifest import load_manifest
 from shards.schema import COLUMNS, key_of
+from shards.verify import verify_split
 
 
 def tar_keys(path: Path) -> list[str]:
@@ -19,7 +20,9 @@ def tar_keys(path: Path) -> list[str]:
 
 
 def check_split(store: Path, coco_root: Path, split: str) -> dict[str, int]:
-    """Assert the split is fully built; returns {"samples": n, "rejected": m}."""
+    """Assert the split is fully built and passes ``shards verify``; returns {"samples": n, "rejected": m}."""
+    verified = verify_split(store, split)
+    assert verified.ok, [str(f) for f in verified.faults[:3]]
     split_path = store / split
     m = load_manifest(split_path)
     assert set(m.columns) == set(COLUMNS), f"active columns {sorted(m.columns)}"

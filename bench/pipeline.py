@@ -1,0 +1,189 @@
+"""Benchmark of ``build-targets``: the whole build with identity-cost teachers, in-process and on Ray with 1
+and 2 workers, next to a bare decode+resize loop over the same files, in one run.
+
+The demo images are resized to 640x480 and repeated to ``--images`` files of a synthetic COCO split. Every
+figure is measured here, in this run; the last line is one JSON object.
+
+    python bench/pipeline.py [--images 300] [--shard-size 25] [--skip-ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# Run as a script, this file's folder comes first on sys.path and its name would hide the pipeline package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+
+from teachers.base import Teacher, TeacherInput, TeacherSpec  # noqa: E402
+
+
+class _Identity(Teacher):
+    """A teacher that costs nothing beyond touching its input: the build's own work is what is measured."""
+
+    def identity(self) -> dict[str, Any]:
+        return {"bench": 1}
+
+    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        return [self.one(inp) for inp in inputs]
+
+
+class BenchDepth(_Identity):
+    name = "bench-depth"
+    spec = TeacherSpec(task="depth", description="green channel as depth")
+
+    def one(self, inp: TeacherInput) -> dict[str, Any]:
+        return {"depth": inp.image[..., 1], "kind": "relative"}
+
+
+class BenchPanoptic(_Identity):
+    name = "bench-panoptic"
+    spec = TeacherSpec(task="panoptic", description="red channel modulo 133")
+
+    def one(self, inp: TeacherInput) -> dict[str, Any]:
+        return {"classes": inp.image[..., 0] % np.uint8(133)}
+
+
+class BenchText(_Identity):
+    name = "bench-text"
+    spec = TeacherSpec(task="text", description="one fixed box")
+
+    def one(self, inp: TeacherInput) -> dict[str, Any]:
+        return {"polygons": [np.array([[10, 10], [200, 10], [200, 60], [10, 60]], np.float32)], "scores": [0.9]}
+
+
+class BenchCaption(_Identity):
+    name = "bench-caption"
+    spec = TeacherSpec(task="caption", description="the COCO captions")
+
+    def one(self, inp: TeacherInput) -> dict[str, Any]:
+        return {"captions": list(inp.record.get("captions") or ["a photo"])}
+
+
+BENCH_TEACHERS = (BenchDepth, BenchPanoptic, BenchText, BenchCaption)
+
+
+def make_bench_root(demo: Path, root: Path, n: int) -> list[Path]:
+    """A COCO-style split ``train2017`` of ``n`` 640x480 JPEGs cycling through the demo's good images."""
+    import cv2
+
+    from pipeline.coco import load_split
+    from pipeline.samples import RejectedImage, decode_image
+
+    sources = []
+    for rec in load_split(demo, "train2017"):
+        try:
+            sources.append((cv2.resize(decode_image(rec.path), (640, 480), interpolation=cv2.INTER_AREA),
+                            rec.captions or ["a photo"]))
+        except RejectedImage:
+            continue
+    (root / "train2017").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images, captions, files = [], [], []
+    for i in range(n):
+        rgb, caps = sources[i % len(sources)]
+        path = root / "train2017" / f"{i + 1:012d}.jpg"
+        cv2.imwrite(str(path), rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        files.append(path)
+        images.append({"id": i + 1, "file_name": path.name, "width": 640, "height": 480})
+        captions += [{"id": len(captions) + 1, "image_id": i + 1, "caption": c} for c in caps]
+    person = [{"id": 1, "name": "person", "supercategory": "person"}]
+    for kind, anns in (("instances", []), ("person_keypoints", []), ("captions", captions)):
+        doc = {"images": images, "annotations": anns, **({} if kind == "captions" else {"categories": person})}
+        (root / "annotations" / f"{kind}_train2017.json").write_text(json.dumps(doc))
+    return files
+
+
+def bare_loop(files: list[Path], size: int) -> float:
+    """Seconds to read, decode and resize every file to the store's letterbox width: the floor to beat."""
+    import cv2
+    import simplejpeg
+
+    t0 = time.perf_counter()
+    for path in files:
+        rgb = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="RGB")
+        h, w = rgb.shape[:2]
+        s = size / max(h, w)
+        cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+    return time.perf_counter() - t0
+
+
+def timed_build(config: Any, executor: Any = None) -> tuple[float, dict[str, Any]]:
+    from pipeline.build import build_targets
+
+    t0 = time.perf_counter()
+    report = build_targets(config, executor=executor)
+    seconds = time.perf_counter() - t0
+    if not report["ok"]:
+        raise SystemExit(f"bench build failed: {report['failures'][:1]}")
+    return seconds, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--shard-size", type=int, default=50)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--skip-ray", action="store_true")
+    args = parser.parse_args()
+
+    from pipeline.build import BuildConfig
+    from pipeline.demo import make_demo
+    from teachers.registry import register_teacher
+
+    for cls in BENCH_TEACHERS:
+        register_teacher(cls.name, f"{__name__}:{cls.__name__}")
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    demo = make_demo(work / "demo")
+    root = work / "coco"
+    files = make_bench_root(demo, root, args.images)
+    base = BuildConfig(coco_root=str(root), split="train2017", size=args.size, shard_size=args.shard_size,
+                       device="cpu", progress=False, glove=str(demo / "glove" / "glove.demo.300d.txt"),
+                       depth_teacher="bench-depth", panoptic_teacher="bench-panoptic", text_teacher="bench-text",
+                       caption_teacher="bench-caption")
+    n = args.images
+    bare_loop(files[:20], args.size)  # warm the page cache and the codecs
+    bare = bare_loop(files, args.size)
+    local_s, report = timed_build(BuildConfig(**{**base.__dict__, "out": str(work / "local"), "executor": "local"}))
+    rows = [("bare decode+resize", bare, n / bare), ("build, in-process", local_s, n / local_s)]
+    result: dict[str, Any] = {"images": n, "size": args.size, "shard_size": args.shard_size,
+                              "bare_ms_per_image": round(1000 * bare / n, 2),
+                              "inprocess_ms_per_image": round(1000 * local_s / n, 2),
+                              "inprocess_over_bare": round(local_s / bare, 2), "target_inprocess_over_bare": 3.0,
+                              "stage_busy_s": {s: st["seconds"] for s, st in report["stages"].items()}}
+    if not args.skip_ray:
+        import ray
+
+        from pipeline.executors import RayExecutor
+
+        ray_s = {}
+        for workers in (1, 2):
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
+            try:  # the cluster start (seconds) is left out; actor start-up is inside the timing
+                cfg = BuildConfig(**{**base.__dict__, "out": str(work / f"ray{workers}"), "executor": "ray"})
+                ray_s[workers], _ = timed_build(cfg, RayExecutor(retries=1))
+            finally:
+                ray.shutdown()
+            rows.append((f"build, Ray {workers} worker(s)", ray_s[workers], n / ray_s[workers]))
+        result.update({
+            "ray1_ms_per_image": round(1000 * ray_s[1] / n, 2), "ray2_ms_per_image": round(1000 * ray_s[2] / n, 2),
+            "ray1_over_inprocess": round(ray_s[1] / local_s, 2), "target_ray1_over_inprocess": 1.25,
+            "ray2_speedup_over_ray1": round(ray_s[1] / ray_s[2], 2), "target_ray2_speedup": 1.6,
+        })
+    print(f"{'run':<26}{'seconds':>10}{'images/s':>10}{'ms/image':>10}")
+    for name, secs, rate in rows:
+        print(f"{name:<26}{secs:>10.2f}{rate:>10.1f}{1000 * secs / n:>10.2f}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    main()

@@ -1,0 +1,28 @@
+"""docker-compose.yml: a Ray head, GPU workers with an NVIDIA reservation, shared volumes, loopback-only ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_file_describes_the_cluster() -> None:
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = doc["services"]
+    assert {"ray-head", "ray-worker", "pipeline"} <= set(services)
+    assert "--head" in services["ray-head"]["command"]
+    assert "ray-head:6379" in services["ray-worker"]["command"]
+    devices = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    mounts = {name: {v.split("}:")[1].split(":")[0] for v in svc["volumes"]} for name, svc in services.items()}
+    for name, targets in mounts.items():
+        assert {"/data/coco", "/data/shards", "/models"} <= targets, name  # the same paths in every container
+    for svc in services.values():
+        for port in svc.get("ports", []):
+            assert port.startswith("${BIND:-127.0.0.1}:"), port
+    job = services["pipeline"]
+    assert job["command"][0] == "build-targets" and "exec pipeline" in job["entrypoint"][2]
+    assert (ROOT / job.get("build", doc["x-node"]["build"])["dockerfile"]).is_file()
