@@ -116,6 +116,14 @@ class StoreReader:
         """Where the tar of ``shard`` of the active version of ``column`` lives."""
         return join(self.root, self.split, column, self.manifest.columns[column], f"{shard}.tar")
 
+    def read_shard(self, shard: str) -> Iterator[dict[str, Any]]:
+        """Every sample of one shard in stored order (no splitting, no shuffling), decoded per ``decode``."""
+        if shard not in self.manifest.shard_names:
+            raise StoreError(f"no shard {shard!r} in split {self.split!r} "
+                             f"({len(self.manifest.shards)} shards: {', '.join(self.manifest.shard_names[:3])}...)")
+        stream = self._join_shard(shard)
+        return self._decode(stream) if self.decode else self._raw(stream)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world_size, worker, num_workers = node_and_worker(self.rank, self.world_size)
         stream: Iterable[Raw]

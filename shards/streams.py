@@ -139,7 +139,8 @@ def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[st
         data = read(size)
         pad = -size % BLOCK
         if len(data) < size or (pad and len(read(pad)) < pad):
-            raise TarError(f"truncated tar: member at byte {offset} is cut short")
+            name = header[:100].split(b"\0", 1)[0].decode(errors="replace")
+            raise TarError(f"truncated tar: member {name} at byte {offset} is cut short")
         offset += BLOCK + size + pad
         if kind in (b"0", b"\0", b"7"):
             if long_name is not None:

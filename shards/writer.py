@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Iterable, Mapping
 
 from shards.atomic import atomic_write_json, fsync_dir, locked
 from shards.codecs import encode_sample
@@ -50,8 +50,18 @@ def tar_bytes(samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> tuple[bytes
     Keys must be strictly increasing; members of a key are written in sorted order.
     """
     buf = io.BytesIO()
+    keys = write_tar(buf, samples)
+    return buf.getvalue(), keys
+
+
+def write_tar(fileobj: BinaryIO, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> list[str]:
+    """Stream a deterministic tar of already-encoded samples into ``fileobj``; returns the keys in order.
+
+    Keys must be strictly increasing and contain no dot; members of a key are written in sorted order
+    with fixed mtime, mode, uid and gid, so the same samples always give the same bytes.
+    """
     keys: list[str] = []
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key, members in samples:
             if "." in key:
                 raise ValueError(f"key {key!r} contains a dot")
@@ -67,7 +77,7 @@ def tar_bytes(samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> tuple[bytes
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue(), keys
+    return keys
 
 
 class ColumnWriter:

@@ -1,0 +1,149 @@
+"""The ``shards`` command: ``info``, ``verify``, ``show``, ``gc`` and ``export`` on a store split.
+
+Errors a user can cause end in one line on stderr: exit 2 for usage errors (bad flag, no such store,
+split, column or key), exit 1 when ``verify`` finds a fault (naming shard, column and key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from shards.codecs import CodecError
+from shards.layout import column_dir, column_record_path, split_dir
+from shards.manifest import StoreError, load_manifest, read_json
+from shards.schema import VOCAB_NAME
+
+PROG = "shards"
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its arguments (exit 2)."""
+
+
+def _info(args: argparse.Namespace) -> int:
+    path = split_dir(args.shards, args.split)
+    m = load_manifest(path)
+    vocab = path / VOCAB_NAME
+    words = len(read_json(vocab).get("words", [])) if vocab.exists() else 0
+    rows = []
+    for column, fp in m.columns.items():
+        records = read_json(column_record_path(column_dir(path, column, fp))).get("shards", {})
+        done = [records[s] for s in m.shard_names if s in records]
+        nbytes = sum(r["bytes"] for r in done)
+        others = sorted(p.name[:12] for p in (path / column).iterdir() if p.is_dir() and p.name != fp)
+        rows.append({"column": column, "version": fp, "shards": len(done), "samples": sum(r["count"] for r in done),
+                     "bytes": nbytes, "bytes_per_sample": nbytes / max(1, m.num_samples), "inactive": others})
+    if args.json:
+        print(json.dumps({"split": m.split, "size": m.size, "shard_size": m.shard_size,
+                          "num_samples": m.num_samples, "shards": len(m.shards), "rejected": m.rejected,
+                          "vocab_words": words, "columns": rows}, indent=1))
+        return 0
+    print(f"{path}: {m.num_samples} samples in {len(m.shards)} shards (shard size {m.shard_size}), "
+          f"store size {m.size}x{m.size}, {m.rejected} rejected, vocab.json: "
+          + (f"{words} words" if vocab.exists() else "none"))
+    print(f"{'column':10s} {'version':12s} {'shards':>9s} {'samples':>8s} {'MiB':>9s} {'KiB/sample':>10s}  inactive")
+    for r in rows:
+        print(f"{r['column']:10s} {r['version'][:12]:12s} {r['shards']:>4d}/{len(m.shards):<4d} {r['samples']:>8d} "
+              f"{r['bytes'] / 2**20:9.2f} {r['bytes_per_sample'] / 1024:10.1f}  {', '.join(r['inactive']) or '-'}")
+    total = sum(r["bytes"] for r in rows)
+    print(f"{'total':10s} {'':12s} {'':9s} {'':8s} {total / 2**20:9.2f} {total / max(1, m.num_samples) / 1024:10.1f}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from shards.verify import verify_split
+
+    report = verify_split(args.shards, args.split, args.columns, decode=not args.no_decode)
+    if not report.ok:
+        print(f"{PROG} verify: {report.faults[0]}", file=sys.stderr)
+        return 1
+    print(f"OK: {report.shards} shards x {len(report.columns)} columns ({', '.join(report.columns)}), "
+          f"{report.samples} samples")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from shards.show import normalize_key, show_sample
+
+    try:
+        key = normalize_key(args.key)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out = args.out or Path(f"show-{key}.png")
+    print(show_sample(args.shards, args.split, key, out))
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from shards.gc import collect_garbage
+
+    result = collect_garbage(args.shards, args.split, dry_run=args.dry_run, min_age_s=args.min_age)
+    verb = "would remove" if args.dry_run else "removed"
+    for p in result.removed:
+        print(f"{verb} {p}")
+    for p in result.kept_recent:
+        print(f"kept {p} (modified less than {args.min_age:g} s ago: a build may be writing it; --min-age 0 removes it)")
+    print(f"{verb} {len(result.removed)} inactive version(s), {result.bytes / 2**20:.1f} MiB")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from shards.export import export_webdataset
+
+    result = export_webdataset(args.shards, args.split, args.out, args.columns)
+    print(f"wrote {len(result.paths)} tars, {result.samples} samples, to {args.out}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Inspect and maintain the training store.")
+    p.add_argument("--shards", default="shards", metavar="ROOT", help="store root (default: shards)")
+    p.add_argument("--split", default="train2017", help="split (default: train2017)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+        "info": (_info, "columns, versions, counts and bytes per sample"),
+        "verify": (_verify, "check every shard: sha256, counts, aligned keys, decodable members"),
+        "show": (_show, "write a PNG contact sheet of one sample"),
+        "gc": (_gc, "remove inactive column versions"),
+        "export": (_export, "pack the active columns into one single-tar-per-shard WebDataset"),
+    }
+    parsers = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in commands.items()}
+    for name, sp in parsers.items():
+        sp.set_defaults(func=commands[name][0])
+    parsers["info"].add_argument("--json", action="store_true", help="print JSON")
+    parsers["verify"].add_argument("--columns", nargs="+", default=None, help="columns to check (default: active)")
+    parsers["verify"].add_argument("--no-decode", action="store_true", help="skip decoding members (faster)")
+    parsers["show"].add_argument("key", help="sample key or COCO image id, e.g. 397133")
+    parsers["show"].add_argument("--out", type=Path, default=None, help="PNG path (default: show-<key>.png)")
+    parsers["gc"].add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    parsers["gc"].add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
+                               help="keep versions modified more recently (default 3600: a build may be writing)")
+    parsers["export"].add_argument("--out", type=Path, required=True, help="output folder for the tars")
+    parsers["export"].add_argument("--columns", nargs="+", default=None, help="columns (default: all active)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``shards`` command; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except (StoreError, CodecError, FileNotFoundError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

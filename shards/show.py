@@ -1,0 +1,213 @@
+"""Contact sheet of one sample of the store: image with keypoints and skeleton, depth, normals, panoptic,
+groups, text and the caption with its token words, as one PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shards.codecs import encode_png
+from shards.manifest import StoreError
+from shards.reader import StoreReader
+from shards.schema import KEY_DIGITS, VOCAB_NAME
+from shards.streams import iter_tar, join, open_stream, read_bytes, split_name
+from shards.taxonomy import GROUPS, JOINTS, LIMBS, PANOPTIC_CLASSES, PANOPTIC_VOID
+
+TILE_MIN = 256  # tiles are drawn at least this large so labels stay readable
+_GROUP_COLORS = np.array([(0, 0, 0), (220, 20, 60), (0, 0, 142), (165, 42, 42), (255, 179, 0), (153, 69, 1),
+                          (183, 130, 88), (206, 186, 171), (102, 102, 156), (116, 112, 0), (107, 142, 35)],
+                         np.uint8)  # index = groups.png value (0 = unlabeled)
+_PANOPTIC_COLORS = np.zeros((256, 3), np.uint8)
+for _c in PANOPTIC_CLASSES:
+    _PANOPTIC_COLORS[_c.contiguous_id] = _c.color
+
+
+def normalize_key(key: str | int) -> str:
+    """Accept ``397133`` or ``"000000397133"``; raise ValueError for anything else."""
+    s = str(key).strip()
+    if not s.isdigit() or len(s) > KEY_DIGITS:
+        raise ValueError(f"sample key {key!r} is not a COCO image id (up to {KEY_DIGITS} digits)")
+    return s.zfill(KEY_DIGITS)
+
+
+def find_sample(root: str | os.PathLike, split: str, key: str | int) -> dict[str, Any]:
+    """Decoded sample ``key`` with every active column (binary search over the shards' first keys).
+
+    Raises:
+        StoreError: no such key in the split.
+    """
+    key = normalize_key(key)
+    reader = StoreReader(root, split)
+    names = reader.manifest.shard_names
+    base = reader.columns[0]
+
+    def first_key(shard: str) -> str:
+        with open_stream(reader.shard_location(base, shard)) as f:
+            for name, _ in iter_tar(f):
+                return split_name(name)[0]
+        return ""
+
+    lo, hi = 0, len(names) - 1  # find the last shard whose first key <= key
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if first_key(names[mid]) <= key:
+            lo = mid
+        else:
+            hi = mid - 1
+    if names:
+        for sample in reader.read_shard(names[lo]):
+            if sample["__key__"] == key:
+                return sample
+    raise StoreError(f"no sample with key {key} in split {split!r} of {root}")
+
+
+def load_vocab_words(root: str | os.PathLike, split: str) -> list[str] | None:
+    """The ``words`` list of the split's ``vocab.json``, or None when there is none."""
+    try:
+        return list(json.loads(read_bytes(join(root, split, VOCAB_NAME)))["words"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+def _label(tile: np.ndarray, text: str) -> np.ndarray:
+    cv2 = _cv2()
+    cv2.rectangle(tile, (0, 0), (8 + 9 * len(text), 20), (0, 0, 0), -1)
+    cv2.putText(tile, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return tile
+
+
+def _fit(img: np.ndarray, tile: int, nearest: bool = False) -> np.ndarray:
+    cv2 = _cv2()
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.shape[0] == tile:
+        return img.copy()  # tiles are drawn on: never alias the sample's arrays
+    return cv2.resize(img, (tile, tile), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+
+
+def _missing(tile: int, what: str) -> np.ndarray:
+    return _label(np.full((tile, tile, 3), 64, np.uint8), f"no {what}")
+
+
+def _pose_tile(s: dict[str, Any], tile: int) -> np.ndarray:
+    cv2 = _cv2()
+    img = _fit(s["jpg"], tile)
+    f = tile / s["jpg"].shape[0]
+    pose = s.get("pose.json") or {}
+    for region in pose.get("crowd", []):
+        if "bbox" in region:
+            x, y, w, h = (v * f for v in region["bbox"])
+            cv2.rectangle(img, (int(x), int(y)), (int(x + w), int(y + h)), (255, 255, 0), 1)
+    for person in pose.get("persons", []):
+        kp = np.asarray(person["keypoints"], np.float32).reshape(len(JOINTS), 3)
+        pts = [(int(round(x * f)), int(round(y * f))) for x, y, _ in kp]
+        for limb in LIMBS:
+            if kp[limb.child, 2] > 0 and kp[limb.parent, 2] > 0:
+                side = JOINTS[limb.child].split("_")[0]  # left limbs cyan, right orange, to the nose white
+                color = (255, 255, 255) if JOINTS[limb.parent] == "nose" else \
+                    (0, 220, 255) if side == "left" else (255, 150, 0)
+                cv2.line(img, pts[limb.child], pts[limb.parent], color, 2, cv2.LINE_AA)
+        for p, v in zip(pts, kp[:, 2]):
+            if v > 0:
+                cv2.circle(img, p, 3, (0, 255, 0) if v == 2 else (255, 255, 0), -1, cv2.LINE_AA)
+    return _label(img, f"image + {len(pose.get('persons', []))} people")
+
+
+def _depth_tile(s: dict[str, Any], tile: int) -> np.ndarray:
+    cv2 = _cv2()
+    depth = s["depth.png"]
+    valid = depth > 0
+    colored = cv2.applyColorMap((depth >> 8).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1].copy()
+    colored[~valid] = 0
+    kind = (s.get("depth.json") or {}).get("kind", "depth")
+    return _label(_fit(colored, tile), f"depth ({kind}, near = red)")
+
+
+def _text_tile(s: dict[str, Any], tile: int) -> np.ndarray:
+    cv2 = _cv2()
+    base = s["jpg"] if "jpg" in s else np.zeros(s["text.png"].shape + (3,), np.uint8)
+    img = (base.astype(np.float32) * 0.4).astype(np.uint8)
+    img[s["text.png"] > 0] = (255, 255, 0)
+    img = _fit(img, tile)
+    f = tile / base.shape[0]
+    for poly in (s.get("text.json") or {}).get("polygons", []):
+        pts = (np.asarray(poly, np.float32) * f).round().astype(np.int32)
+        cv2.polylines(img, [pts], True, (255, 0, 255), 1, cv2.LINE_AA)
+    return _label(img, f"text ({len((s.get('text.json') or {}).get('polygons', []))} regions)")
+
+
+def _groups_tile(s: dict[str, Any], tile: int) -> np.ndarray:
+    cv2 = _cv2()
+    groups = s["groups.png"]
+    img = _fit(_GROUP_COLORS[np.minimum(groups, len(_GROUP_COLORS) - 1)], tile, nearest=True)
+    present = [v for v in np.unique(groups) if 0 < v <= len(GROUPS)]
+    for i, v in enumerate(present):
+        y = tile - 8 - 14 * (len(present) - 1 - i)
+        cv2.rectangle(img, (4, y - 10), (14, y), tuple(int(c) for c in _GROUP_COLORS[v]), -1)
+        cv2.putText(img, GROUPS[v - 1], (18, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return _label(img, "groups")
+
+
+def _caption_lines(s: dict[str, Any], words: list[str] | None) -> list[str]:
+    meta = s.get("meta.json") or {}
+    lines = [f"key {s['__key__']}  shard {s['__shard__']}  file {meta.get('file_name', '?')}  "
+             f"orig {meta.get('orig_size', '?')}"]
+    cap = s.get("caption.json")
+    if cap is not None:
+        texts = cap.get("captions") or ([cap["text"]] if "text" in cap else [])
+        for t in texts[:2]:
+            lines += textwrap.wrap(f"caption ({cap.get('source', '?')}): {t}", 90)
+    ids = (s.get("tokens.json") or {}).get("ids")
+    if ids is not None:
+        if words:
+            toks = [words[i] if 0 <= i < len(words) else f"#{i}?" for i in ids]
+        else:
+            toks = [f"#{i}" for i in ids]
+        lines += textwrap.wrap("tokens: " + " ".join(toks) + ("" if words else "  (no vocab.json)"), 90)
+    return lines
+
+
+def contact_sheet(sample: dict[str, Any], vocab_words: list[str] | None = None) -> np.ndarray:
+    """Draw one decoded sample as a (H, W, 3) uint8 RGB contact sheet; absent columns get grey tiles."""
+    cv2 = _cv2()
+    size = next((v.shape[0] for v in sample.values() if isinstance(v, np.ndarray) and v.ndim >= 2), TILE_MIN)
+    tile = max(size, TILE_MIN)
+    s = sample
+    tiles = [
+        _pose_tile(s, tile) if "jpg" in s else _missing(tile, "image"),
+        _depth_tile(s, tile) if "depth.png" in s else _missing(tile, "depth"),
+        _label(_fit(s["normals.png"], tile), "normals") if "normals.png" in s else _missing(tile, "normals"),
+        _label(_fit(_PANOPTIC_COLORS[s["panoptic.png"]], tile, nearest=True),
+               f"panoptic ({len(set(np.unique(s['panoptic.png'])) - {PANOPTIC_VOID})} classes)")
+        if "panoptic.png" in s else _missing(tile, "panoptic"),
+        _groups_tile(s, tile) if "groups.png" in s else _missing(tile, "groups"),
+        _text_tile(s, tile) if "text.png" in s else _missing(tile, "text"),
+    ]
+    grid = np.vstack([np.hstack(tiles[:3]), np.hstack(tiles[3:])])
+    lines = _caption_lines(s, vocab_words)
+    band = np.full((12 + 20 * len(lines), grid.shape[1], 3), 24, np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(band, line, (8, 22 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([grid, band])
+
+
+def show_sample(root: str | os.PathLike, split: str, key: str | int, out: str | os.PathLike) -> Path:
+    """Find sample ``key`` and write its contact sheet PNG to ``out``; returns the path."""
+    sample = find_sample(root, split, key)
+    sheet = contact_sheet(sample, load_vocab_words(root, split))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(encode_png(sheet))
+    return out

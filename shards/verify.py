@@ -1,0 +1,202 @@
+"""Store verification: every shard of every active column against its record, the base keys and the schema.
+
+Checks, shard by shard and column by column: the file exists with the recorded size and sha256, the tar
+parses (header checksums, no truncation), each sample has exactly the column's members, the keys equal
+the base column's keys in order, the count matches the manifest, and every member decodes to the
+schema's dtype and shape. The first fault is reported with its shard, column and (where known) key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from shards.codecs import CodecError, decode_member
+from shards.layout import column_dir, column_record_path, shard_path, split_dir
+from shards.manifest import Manifest, StoreError, load_manifest, read_json
+from shards.schema import COLUMNS, resolve_shape
+from shards.streams import TarError, iter_samples
+from shards.writer import file_sha256
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One problem found in the store."""
+
+    shard: str
+    column: str
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"shard {self.shard} column {self.column!r}" + (f" key {self.key}" if self.key else "")
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_split` looked at, and the faults it found (the first one first)."""
+
+    shards: int = 0
+    samples: int = 0
+    columns: tuple[str, ...] = ()
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+
+def verify_split(root: str | os.PathLike, split: str, columns: Sequence[str] | None = None, *,
+                 decode: bool = True, first_only: bool = True,
+                 progress: Callable[[str], None] | None = None) -> VerifyReport:
+    """Verify the active columns of a local split.
+
+    Args:
+        root: local store root.
+        split: split name.
+        columns: columns to check (default: every active column); the base keys are always read.
+        decode: also decode every member and check dtype and shape against the schema.
+        first_only: stop at the first fault.
+        progress: called with each shard name as it is checked.
+
+    Returns:
+        The report; ``report.faults[0]`` is the first fault.
+
+    Raises:
+        StoreError: there is no manifest (not a store, or a wrong split).
+    """
+    path = split_dir(root, split)
+    manifest = load_manifest(path)
+    chosen = list(manifest.columns) if columns is None else list(columns)
+    report = VerifyReport(columns=tuple(chosen))
+    for name in chosen:
+        if name not in manifest.columns:
+            report.faults.append(Fault("-", name, None, "column is not active in the manifest"))
+            return report
+    records = {}
+    for name in chosen:
+        rec, fault = _column_records(path, manifest, name)
+        if fault:
+            report.faults.append(fault)
+            if first_only:
+                return report
+        records[name] = rec
+    base_first = ["base"] + [c for c in chosen if c != "base"] if "base" in manifest.columns else chosen
+    for entry in manifest.shards:
+        if progress:
+            progress(entry.name)
+        base_keys: list[str] | None = None
+        for name in base_first:
+            keys, faults = _check_shard(path, manifest, name, entry.name, entry.count, records.get(name),
+                                        base_keys, decode and name in chosen)
+            if name == "base":
+                base_keys = keys
+            if name in chosen:
+                report.faults += faults
+                if faults and first_only:
+                    return report
+        report.shards += 1
+        report.samples += entry.count
+    return report
+
+
+def _column_records(path: Path, manifest: Manifest, column: str) -> tuple[dict[str, Any], Fault | None]:
+    """The shard records of the active version of ``column``, or a fault when they are missing."""
+    fp = manifest.columns[column]
+    record_path = column_record_path(column_dir(path, column, fp))
+    try:
+        doc = read_json(record_path)
+    except StoreError as e:
+        return {}, Fault("-", column, None, str(e))
+    if doc.get("fingerprint") != fp:
+        return {}, Fault("-", column, None, f"{record_path} is for fingerprint {doc.get('fingerprint')!r}, "
+                                            f"the manifest says {fp!r}")
+    return doc.get("shards", {}), None
+
+
+def _check_shard(path: Path, manifest: Manifest, column: str, shard: str, count: int,
+                 records: dict[str, Any] | None, base_keys: list[str] | None,
+                 decode: bool) -> tuple[list[str], list[Fault]]:
+    """Check one shard of one column; returns (its keys, faults)."""
+    file = shard_path(column_dir(path, column, manifest.columns[column]), shard)
+    faults: list[Fault] = []
+
+    def fault(message: str, key: str | None = None) -> tuple[list[str], list[Fault]]:
+        if changed:
+            message = f"sha256 differs from column.json; {message}"
+        faults.append(Fault(shard, column, key, message))
+        return keys, faults
+
+    keys: list[str] = []
+    changed = False
+    if not file.is_file():
+        return fault(f"shard file {file} is missing")
+    rec = (records or {}).get(shard)
+    if records is not None and rec is None:
+        return fault("no record in column.json (the shard was never finished)")
+    changed = records is not None and (file.stat().st_size != rec["bytes"] or file_sha256(file) != rec["sha256"])
+    col = COLUMNS[column]
+    exts = set(col.exts)
+    try:
+        for key, members in _samples(file):
+            n = len(keys)
+            keys.append(key)
+            if set(members) != exts:
+                missing, extra = sorted(exts - set(members)), sorted(set(members) - exts)
+                return fault(f"members {sorted(members)}: missing {missing}, unexpected {extra}", key)
+            if base_keys is not None and (n >= len(base_keys) or base_keys[n] != key):
+                expected = base_keys[n] if n < len(base_keys) else "no more samples"
+                if key in base_keys[n:]:
+                    return fault(f"missing key {expected} (base has it at sample {n}; this column jumps to {key})",
+                                 expected)
+                return fault(f"misaligned keys at sample {n}: base has {expected}, this column has {key}", key)
+            if decode:
+                for ext, data in members.items():
+                    problem = _member_problem(col.member(ext), data, manifest.size)
+                    if problem:
+                        return fault(f"member {ext}: {problem}", key)
+    except TarError as e:
+        return fault(f"{e} (after {len(keys)} whole samples)", _key_in(str(e)))
+    if base_keys is not None and len(keys) < len(base_keys):
+        return fault(f"missing key {base_keys[len(keys)]} (the column ends after {len(keys)} samples)",
+                     base_keys[len(keys)])
+    if len(keys) != count:
+        return fault(f"{len(keys)} samples, the manifest says {count}")
+    if changed:
+        return fault("yet every member parses and decodes: the bytes changed inside a member's data")
+    if records is not None and rec["count"] != len(keys):
+        return fault(f"{len(keys)} samples, column.json says {rec['count']}")
+    return keys, faults
+
+
+def _key_in(message: str) -> str | None:
+    """The sample key inside a TarError message naming a member (``member <key>.<ext>``), if any."""
+    _, found, rest = message.partition("member ")
+    return rest.split(".", 1)[0] if found else None
+
+
+def _samples(file: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    with open(file, "rb") as f:
+        yield from iter_samples(f, check_headers=True)
+
+
+def _member_problem(member, data: bytes, size: int) -> str | None:
+    """Why a member's bytes are not what the schema says, or None."""
+    try:
+        value = decode_member(member, data)
+    except CodecError as e:
+        return f"does not decode ({e})"
+    if member.dtype is None or member.codec == "json":
+        return None
+    if not isinstance(value, np.ndarray):
+        return f"decodes to {type(value).__name__}, not an array"
+    if value.dtype != np.dtype(member.dtype):
+        return f"dtype {value.dtype}, expected {member.dtype}"
+    if member.shape is not None and value.shape != resolve_shape(member.shape, size):
+        return f"shape {value.shape}, expected {resolve_shape(member.shape, size)}"
+    return None
