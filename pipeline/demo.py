@@ -23,6 +23,7 @@ from pipeline.targets.tokens import tokenise
 from shards.taxonomy import CLASS_BY_NAME, JOINTS, PANOPTIC_CLASSES
 
 GLOVE_FILE = "glove/glove.demo.300d.txt"
+MARKER = "DEMO.txt"  # make_demo only replaces folders of a root that carries this file
 GLOVE_DIM = 300
 #: Caption words left out of the demo GloVe file on purpose: they must be dropped as "no vector".
 OMITTED_GLOVE_WORDS = ("crema", "kickstand")
@@ -69,13 +70,20 @@ def make_demo(out_dir: str | Path) -> Path:
 
     Args:
         out_dir: target folder; its ``train2017``, ``val2017``, ``annotations`` and ``glove`` subfolders are
-            replaced.
+            replaced when an earlier ``make_demo`` wrote them (never those of another COCO tree).
 
     Returns:
         The root path.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds such folders that make_demo did not write.
     """
     root = Path(out_dir)
-    for sub in ("train2017", "val2017", "annotations", "glove"):
+    subfolders = ("train2017", "val2017", "annotations", "glove")
+    if not (root / MARKER).is_file() and any((root / sub).exists() for sub in subfolders):
+        raise FileExistsError(f"{root} already holds a COCO-like tree that make_demo did not write; "
+                              "choose an empty --out folder")
+    for sub in subfolders:
         shutil.rmtree(root / sub, ignore_errors=True)
     (root / "annotations").mkdir(parents=True)
     all_captions: list[str] = []
@@ -89,6 +97,7 @@ def make_demo(out_dir: str | Path) -> Path:
             all_captions.extend(scene.captions)
         builder.write()
     _write_glove(root / GLOVE_FILE, all_captions)
+    (root / MARKER).write_text("written by pipeline.demo.make_demo; rebuilt in place on every run\n")
     return root
 
 

@@ -98,3 +98,11 @@ def test_glove_file_covers_caption_words_except_the_omitted(demo_root: Path) -> 
     assert not set(OMITTED_GLOVE_WORDS) & words
     first = (demo_root / "glove" / "glove.demo.300d.txt").read_text().splitlines()[0].split(" ")
     assert len(first) == 301
+
+
+def test_demo_refuses_to_overwrite_another_coco_tree(tmp_path: Path) -> None:
+    (tmp_path / "train2017").mkdir()
+    (tmp_path / "train2017" / "000000000001.jpg").write_bytes(b"real data")
+    with pytest.raises(FileExistsError, match="did not write"):
+        make_demo(tmp_path)
+    assert (tmp_path / "train2017" / "000000000001.jpg").read_bytes() == b"real data"
