@@ -92,6 +92,10 @@ def test_decoding_odd_inputs(tmp_path: Path) -> None:
     (tmp_path / "g.png").write_bytes(encode_png(gray16))
     out = decode_image(tmp_path / "g.png")
     assert np.array_equal(out[..., 1], (gray16 // 257).astype(np.uint8))
+    (tmp_path / "cut.png").write_bytes(encode_png(gray16)[:-20])
+    with pytest.raises(RejectedImage) as err:
+        decode_image(tmp_path / "cut.png")
+    assert err.value.reason == "truncated"
     (tmp_path / "junk.jpg").write_bytes(b"this is not an image")
     with pytest.raises(RejectedImage) as err:
         decode_image(tmp_path / "junk.jpg")
