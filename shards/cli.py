@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -69,10 +70,17 @@ def _verify(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from shards.show import normalize_key, show_sample
 
-    try:
-        key = normalize_key(args.key)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    if args.key is None:  # the split's first sample
+        from shards.reader import StoreReader
+
+        reader = StoreReader(args.shards, args.split, ["base"] if "base" in load_manifest(
+            split_dir(args.shards, args.split)).columns else None, decode=False)
+        key = next(iter(reader.read_shard(reader.manifest.shard_names[0])))["__key__"]
+    else:
+        try:
+            key = normalize_key(args.key)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     out = args.out or Path(f"show-{key}.png")
     print(show_sample(args.shards, args.split, key, out))
     return 0
@@ -122,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["info"].add_argument("--json", action="store_true", help="print JSON")
     parsers["verify"].add_argument("--columns", nargs="+", default=None, help="columns to check (default: active)")
     parsers["verify"].add_argument("--no-decode", action="store_true", help="skip decoding members (faster)")
-    parsers["show"].add_argument("key", help="sample key or COCO image id, e.g. 397133")
+    parsers["show"].add_argument("key", nargs="?", default=None,
+                                 help="sample key or COCO image id, e.g. 397133 (default: the first sample)")
     parsers["show"].add_argument("--out", type=Path, default=None, help="PNG path (default: show-<key>.png)")
     parsers["gc"].add_argument("--dry-run", action="store_true", help="only list what would be removed")
     parsers["gc"].add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
@@ -143,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, CodecError, FileNotFoundError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":

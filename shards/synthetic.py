@@ -215,3 +215,24 @@ def write_synthetic_store(root: str | os.PathLike, split: str, num_samples: int,
     for c, writer in writers.items():
         manifest = activate_column(split_path, c, writer.fingerprint)
     return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shards.synthetic --out ROOT``: write a synthetic split (for trying the tools)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m shards.synthetic", description=main.__doc__)
+    p.add_argument("--out", required=True, help="store root")
+    p.add_argument("--split", default="train2017")
+    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--shard-size", type=int, default=50)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    m = write_synthetic_store(a.out, a.split, a.samples, a.shard_size, a.size, a.seed)
+    print(f"wrote {m.num_samples} samples in {len(m.shards)} shards to {Path(a.out) / a.split}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
