@@ -177,7 +177,12 @@ def predict_video(predictor: Predictor, path: Path, out_dir: Path, tile: int) ->
 
 
 def find_vocabulary(args: argparse.Namespace, extra: dict) -> Vocabulary | None:
-    """The vocabulary from ``--vocab``, else ``--shards``, else the store the checkpoint was trained on."""
+    """The vocabulary from ``--vocab``, else ``--shards``, else the store the checkpoint was trained on.
+
+    Raises:
+        ValueError: ``--vocab`` names a missing or malformed file (a store's vocabulary that does not load is
+            skipped with a note instead).
+    """
     if args.vocab:
         return Vocabulary.load(args.vocab)
     candidates = []
@@ -188,7 +193,10 @@ def find_vocabulary(args: argparse.Namespace, extra: dict) -> Vocabulary | None:
         candidates.append(Path(train["shards"]) / train.get("train_split", "train2017") / VOCAB_NAME)
     for path in candidates:
         if path.is_file():
-            return Vocabulary.load(path)
+            try:
+                return Vocabulary.load(path)
+            except ValueError as e:
+                print(f"note: skipping {e}", file=sys.stderr)
     return None
 
 
