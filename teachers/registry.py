@@ -15,6 +15,7 @@ _TEACHERS: dict[str, str] = {
     "detectron2-panoptic-fpn": "teachers.detectron2_panoptic:PanopticFPNTeacher",
     "mask2former": "teachers.mask2former:Mask2FormerTeacher",
     "panoptic-gt": "teachers.ground_truth:PanopticGroundTruth",
+    "rapidocr": "teachers.rapidocr_text:RapidOCRTeacher",
     "vit-gpt2": "teachers.vit_gpt2:ViTGPT2Teacher",
     "caption-gt": "teachers.ground_truth:CaptionGroundTruth",
 }

@@ -19,6 +19,7 @@ CASES: dict[str, dict] = {
     # threshold 0 keeps every query, so random weights still exercise the panoptic merge
     "mask2former": {"input_size": 128, "score_threshold": 0.0},
     "vit-gpt2": {"num_beams": 2, "max_length": 8},
+    "rapidocr": {"input_size": 128},
 }
 CASES = {name: kw for name, kw in CASES.items() if name in list_teachers()}
 
