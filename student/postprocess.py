@@ -24,9 +24,9 @@ _NOSE = JOINTS.index("nose")
 class Letterbox:
     """Where an original image sits inside the square store image, as the store's base stage puts it.
 
-    The same convention as the pipeline (student may not import it): continuous pixel coordinates (pixel
-    ``i`` covers ``[i, i + 1)``), ``store = original * resized / original_size + offset`` per axis, content
-    resized with area interpolation when shrinking and bilinear when enlarging, black border.
+    The same convention as the pipeline's base stage (which student may not import): continuous pixel
+    coordinates (pixel ``i`` covers ``[i, i + 1)``), ``store = original * resized / original_size + offset``
+    per axis, black border.
     """
 
     orig_size: tuple[int, int]  # (w, h) of the original image
@@ -66,18 +66,43 @@ class Letterbox:
         return mask
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        """Letterbox an (h, w[, C]) uint8 image of ``orig_size`` into (S, S[, C]) with a black border."""
+        """Letterbox an (h, w[, C]) uint8 image of ``orig_size`` into (S, S[, C]) with a black border.
+
+        Resizes exactly as the store's base stage does (a test compares the two pixel for pixel): area
+        averaging by the integer factor k = floor(original / resized) when k >= 2, then bilinear to the exact
+        size; a plain area (shrink) or bilinear (enlarge) resize otherwise.
+        """
         import cv2
 
         if image.shape[:2] != (self.orig_size[1], self.orig_size[0]):
             raise ValueError(f"expected an image of {self.orig_size[0]}x{self.orig_size[1]}, got {image.shape}")
         out = np.zeros((self.size, self.size) + image.shape[2:], image.dtype)
+        image = np.ascontiguousarray(image)
+        k = min(self.orig_size[0] // self.resized[0], self.orig_size[1] // self.resized[1])
         if self.resized == self.orig_size:
             out[self.content] = image
+        elif k >= 2:
+            out[self.content] = self._shrink_two_pass(image, k)
         else:
             interp = cv2.INTER_AREA if self.resized[0] < self.orig_size[0] else cv2.INTER_LINEAR
-            out[self.content] = cv2.resize(np.ascontiguousarray(image), self.resized, interpolation=interp)
+            out[self.content] = cv2.resize(image, self.resized, interpolation=interp)
         return out
+
+    def _shrink_two_pass(self, image: np.ndarray, k: int) -> np.ndarray:
+        import cv2
+
+        h, w = image.shape[:2]
+        pad_y, pad_x = -h % k, -w % k
+        if pad_y or pad_x:  # the integer area pass needs exact multiples: replicate the edge
+            image = cv2.copyMakeBorder(image, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
+        inter = cv2.resize(image, ((w + pad_x) // k, (h + pad_y) // k), interpolation=cv2.INTER_AREA)
+        rw, rh = self.resized
+        if not (pad_x or pad_y) and inter.shape[:2] == (rh, rw):
+            return inter
+        ax, ay = w / k / rw, h / k / rh
+        m = np.array([[ax, 0.0, 0.5 * ax - 0.5], [0.0, ay, 0.5 * ay - 0.5]])  # destination -> source centres
+        return cv2.warpAffine(inter, m, (rw, rh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
 
     def _scale_xy(self) -> np.ndarray:
         return np.asarray(self.resized, np.float64) / np.asarray(self.orig_size, np.float64)

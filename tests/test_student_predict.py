@@ -140,13 +140,14 @@ def test_usage_errors(checkpoint: str, tmp_path) -> None:
     assert main(["predict", "--checkpoint", checkpoint, str(tmp_path)]) == 2  # empty folder
 
 
-@pytest.mark.parametrize(("w", "h"), [(640, 480), (333, 500), (64, 64), (40, 30)])
-def test_letterbox_matches_the_store(w: int, h: int) -> None:
+@pytest.mark.parametrize(("w", "h", "size"), [(640, 480, 256), (640, 480, 64), (333, 500, 64), (64, 64, 64),
+                                             (40, 30, 64), (1000, 700, 256), (701, 333, 256)])
+def test_letterbox_matches_the_store(w: int, h: int, size: int) -> None:
     """predict letterboxes exactly like the store's base stage (pipeline.geometry), pixel for pixel."""
     from pipeline.geometry import Letterbox as StoreLetterbox, letterbox_image
 
     image = np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    ours, theirs = Letterbox.fit(w, h, SIZE), StoreLetterbox.fit(w, h, SIZE)
+    ours, theirs = Letterbox.fit(w, h, size), StoreLetterbox.fit(w, h, size)
     assert ours == Letterbox.from_meta(theirs.to_meta())
     np.testing.assert_array_equal(ours.apply(image), letterbox_image(image, theirs))
     pts = np.array([[3.25, 7.5], [w - 1.0, h / 2]])
