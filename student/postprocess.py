@@ -142,27 +142,29 @@ def find_peaks(heatmaps: np.ndarray, threshold: float = 0.5, radius: int = 4,
         local_max = (score >= cv2.dilate(score, kernel)) & (score >= threshold)
         ys, xs = np.nonzero(local_max)
         order = np.argsort(-score[ys, xs], kind="stable")
-        kept: list[tuple[float, float, float]] = []
+        kept: list[tuple[int, int]] = []
         for y, x in zip(ys[order], xs[order]):  # plateaus leave several equal maxima: keep one
-            cx, cy = _centroid(score, int(x), int(y))
-            if all((cx + 0.5 - kx) ** 2 + (cy + 0.5 - ky) ** 2 >= radius * radius for kx, ky, _ in kept):
-                kept.append((cx + 0.5, cy + 0.5, float(score[y, x])))
+            if all((x - kx) ** 2 + (y - ky) ** 2 >= radius * radius for kx, ky in kept):
+                kept.append((int(x), int(y)))
                 if len(kept) == max_peaks:
                     break
-        out.append(np.asarray(kept, np.float64).reshape(-1, 3))
+        rows = [(*_centroid(score, x, y), float(score[y, x])) for x, y in kept]
+        out.append(np.asarray(rows, np.float64).reshape(-1, 3))
     return out
 
 
 def _centroid(score: np.ndarray, x: int, y: int) -> tuple[float, float]:
+    """Continuous (x, y) of a peak: the 3x3 score-weighted centroid of pixel centres (i + 0.5)."""
     h, w = score.shape
     y0, y1, x0, x1 = max(0, y - 1), min(h, y + 2), max(0, x - 1), min(w, x + 2)
     patch = score[y0:y1, x0:x1].astype(np.float64)
-    weights = np.clip(patch - patch.min(), 0, None)
+    weights = patch - patch.min()
     total = weights.sum()
     if total <= 0:
-        return float(x), float(y)
-    gy, gx = np.mgrid[y0:y1, x0:x1]
-    return float((weights * gx).sum() / total), float((weights * gy).sum() / total)
+        return x + 0.5, y + 0.5
+    cx = (weights.sum(axis=0) * np.arange(x0, x1)).sum() / total
+    cy = (weights.sum(axis=1) * np.arange(y0, y1)).sum() / total
+    return float(cx) + 0.5, float(cy) + 0.5
 
 
 # --- grouping -----------------------------------------------------------------------------------------------
