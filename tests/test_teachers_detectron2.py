@@ -1,0 +1,78 @@
+"""Detectron2 Panoptic FPN checkpoint formats: model-zoo .pkl read safely, hostile pickles and misfits refused."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from teachers import TeacherError, TeacherInput, create_teacher
+from teachers.tiny import save_tiny_checkpoint
+
+NAME = "detectron2-panoptic-fpn"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return save_tiny_checkpoint(NAME, tmp_path_factory.mktemp("d2") / "pth")
+
+
+def _pkl_folder(tiny: str, dest, payload: object) -> str:
+    os.makedirs(dest)
+    shutil.copy(os.path.join(tiny, "config.yaml"), dest)
+    with open(os.path.join(dest, "model_final.pkl"), "wb") as f:
+        pickle.dump(payload, f)
+    return str(dest)
+
+
+def test_model_zoo_pkl_gives_the_same_predictions_as_pth(tiny, tmp_path) -> None:
+    state = torch.load(os.path.join(tiny, "model_final.pth"), weights_only=True)["model"]
+    zoo = {"model": {k: v.numpy() for k, v in state.items()}, "__author__": "Detectron2 Model Zoo"}
+    pkl = _pkl_folder(tiny, tmp_path / "pkl", zoo)
+    image = [TeacherInput(data.chelsea()[::2, ::2].copy())]
+    a = create_teacher(NAME, checkpoint=tiny, input_size=128)(image)[0]["classes"]
+    b = create_teacher(NAME, checkpoint=pkl, input_size=128)(image)[0]["classes"]
+    np.testing.assert_array_equal(a, b)
+    assert len(np.unique(a)) > 1
+
+
+class _Hostile:
+    def __reduce__(self):
+        return (os.system, ("touch HACKED",))
+
+
+def test_hostile_pickle_is_refused_without_running_it(tiny, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    pkl = _pkl_folder(tiny, tmp_path / "evil", {"model": {"x": _Hostile()}, "__author__": "x"})
+    with pytest.raises(TeacherError, match="refusing to unpickle"):
+        create_teacher(NAME, checkpoint=pkl)
+    assert not (tmp_path / "HACKED").exists()
+
+
+def test_checkpoint_that_does_not_fit_the_config(tiny, tmp_path) -> None:
+    state = torch.load(os.path.join(tiny, "model_final.pth"), weights_only=True)["model"]
+    dest = tmp_path / "partial"
+    os.makedirs(dest)
+    shutil.copy(os.path.join(tiny, "config.yaml"), dest)
+    torch.save({"model": {k: v for k, v in state.items() if not k.startswith("sem_seg_head")}},
+               dest / "model_final.pth")
+    with pytest.raises(TeacherError, match="missing or mis-shaped weights"):
+        create_teacher(NAME, checkpoint=str(dest))
+
+
+def test_folder_without_config_is_one_clear_error(tmp_path) -> None:
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    with pytest.raises(TeacherError, match="config.yaml"):
+        create_teacher(NAME, checkpoint=str(tmp_path))
+
+
+def test_config_overrides_change_the_fingerprint(tiny) -> None:
+    base = create_teacher(NAME, checkpoint=tiny, input_size=128)
+    other = create_teacher(NAME, checkpoint=tiny, input_size=128,
+                           opts=("MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", "0.3"))
+    assert base.fingerprint() != other.fingerprint()
