@@ -94,14 +94,28 @@ def _read_config_file(path: str) -> dict[str, Any]:
         raise BuildError(f"config file {path!r} cannot be read: {e}") from None
 
 
-def resolve_config(args: argparse.Namespace) -> BuildConfig:
-    """BuildConfig from defaults < config file < flags."""
-    values: dict[str, Any] = {}
+def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildConfig:
+    """BuildConfig from defaults < config file < flags.
+
+    With ``last_build`` the settings the split's manifest recorded go between the defaults and the file, so
+    ``pipeline status`` compares against what the last build asked for unless told otherwise.
+    """
+    fields = {f.name for f in dataclasses.fields(BuildConfig)}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
+    values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(_read_config_file(args.config))
     values.update(flags)
-    fields = {f.name for f in dataclasses.fields(BuildConfig)}
+    if last_build:
+        from shards.layout import split_dir
+        from shards.manifest import StoreError, load_manifest
+
+        where = {k: values.get(k, getattr(DEFAULTS, k)) for k in ("out", "split")}
+        try:
+            recorded = load_manifest(split_dir(where["out"], where["split"])).config
+        except StoreError:
+            recorded = {}
+        values = {**{k: v for k, v in recorded.items() if k in fields}, **values}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise BuildError(f"unknown setting(s) {', '.join(unknown)}; settings are BuildConfig fields")
@@ -128,7 +142,7 @@ def _build_targets(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from pipeline.status import format_status, split_status
 
-    print(format_status(split_status(resolve_config(args))))
+    print(format_status(split_status(resolve_config(args, last_build=True))))
     return 0
 
 

@@ -23,8 +23,8 @@ class Progress:
 
             width = max((len(s) for s in totals), default=8)
             for pos, (s, (units, images)) in enumerate(t for t in totals.items() if t[1][0] > 0):
-                self.bars[s] = tqdm(total=images, desc=s.ljust(width), unit="img", position=pos,
-                                    dynamic_ncols=True, file=sys.stderr, leave=True)
+                self.bars[s] = tqdm(total=images, desc=s.ljust(width), unit="img", position=pos, dynamic_ncols=True,
+                                    file=sys.stderr, leave=True, disable=None)  # None: off when not a terminal
                 self.bars[s].set_postfix_str(f"0/{units} units")
 
     def update(self, stage: str, images: int) -> None:
