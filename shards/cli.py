@@ -94,7 +94,8 @@ def _gc(args: argparse.Namespace) -> int:
     for p in result.removed:
         print(f"{verb} {p}")
     for p in result.kept_recent:
-        print(f"kept {p} (modified less than {args.min_age:g} s ago: a build may be writing it; --min-age 0 removes it)")
+        print(f"kept {p} (modified less than {args.min_age:g} s ago: a build may be writing it; "
+              "--min-age 0 removes it)")
     print(f"{verb} {len(result.removed)} inactive version(s), {result.bytes / 2**20:.1f} MiB")
     return 0
 

@@ -171,8 +171,9 @@ class StoreReader:
                 for c, it, exts in columns[1:]:
                     other, members = self._next(shard, (c, it, exts), n)
                     if other != key:
-                        raise StoreError(f"shard {shard}: key mismatch at sample {n}, column {columns[0][0]!r} has "
-                                         f"{key or 'no more samples'} but column {c!r} has {other or 'no more samples'}")
+                        raise StoreError(f"shard {shard}: key mismatch at sample {n}, column {columns[0][0]!r} "
+                                         f"has {key or 'no more samples'} but column {c!r} has "
+                                         f"{other or 'no more samples'}")
                     merged.update(members)
                 if key is None:
                     return

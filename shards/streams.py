@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-from pathlib import Path
 from typing import BinaryIO, Iterator
 
 BLOCK = 512
@@ -61,17 +60,6 @@ def read_bytes(location: str) -> bytes:
     """Read a whole (small) file, e.g. a manifest; a missing one raises FileNotFoundError."""
     with open_stream(location) as f:
         return f.read()
-
-
-def exists(location: str) -> bool:
-    """Whether a location can be opened (local paths are checked without reading)."""
-    if "://" not in location and not location.startswith("pipe:"):
-        return Path(location).exists()
-    try:
-        read_bytes(location)
-    except (OSError, FileNotFoundError):
-        return False
-    return True
 
 
 class _PipeStream(io.RawIOBase):

@@ -17,7 +17,7 @@ import numpy as np
 from shards.atomic import atomic_write_json
 from shards.manifest import Manifest, ShardEntry, activate_column, save_manifest
 from shards.schema import COLUMNS, VOCAB_NAME, key_of, shard_name
-from shards.taxonomy import CLASS_BY_NAME, GLOVE_DIM, GROUPS, JOINTS, MAX_TOKEN_IDS, NUM_TOKENS, PANOPTIC_VOID
+from shards.taxonomy import CLASS_BY_NAME, GLOVE_DIM, GROUPS, MAX_TOKEN_IDS, NUM_TOKENS, PANOPTIC_VOID
 from shards.writer import ColumnWriter
 
 _ORIG_SIZES = ((640, 480), (480, 640), (640, 427), (500, 375), (427, 640), (640, 640))
@@ -42,13 +42,14 @@ def _vocabulary(seed: int) -> tuple[list[str], list[int], float, np.ndarray]:
     counts = sorted((int(c) for c in rng.integers(50, 5000, len(words))), reverse=True)
     raw = rng.normal(0.0, 0.4, (len(words), GLOVE_DIM)).astype(np.float32)
     scale = float(1.0 / np.abs(raw).max())
-    return words, counts, scale, raw * scale
+    return words, counts, scale, (raw * scale).round(6).astype(np.float32)  # as stored in vocab.json
 
 
 def write_vocab_json(split_path: str | os.PathLike, seed: int = 0) -> dict[str, Any]:
     """Write the synthetic ``vocab.json`` (DESIGN 5.4 format of ``shards.vocab``) beside the manifest; returns it."""
     words, counts, scale, vectors = _vocabulary(seed)
-    doc = {"format": "ymap-vocab/1", "dim": GLOVE_DIM, "words": words, "counts": counts, "scale": scale, "vectors": vectors.round(6).tolist()}
+    doc = {"format": "ymap-vocab/1", "dim": GLOVE_DIM, "words": words, "counts": counts, "scale": scale,
+           "vectors": vectors.tolist()}
     atomic_write_json(Path(split_path) / VOCAB_NAME, doc)
     return doc
 
