@@ -54,13 +54,11 @@ def test_teacher_of_the_wrong_task(demo_root: Path, tmp_path: Path, capsys, fake
 
 
 def test_checkpoint_that_does_not_load(demo_root: Path, tmp_path: Path, capsys, fakes) -> None:
-    bad = tmp_path / "broken-depth"
-    bad.mkdir()
-    (bad / "config.json").write_text("{not json")
-    (bad / "model.safetensors").write_bytes(b"\0" * 64)
-    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--depth-teacher", "depth-anything-v2",
-                   "--depth-checkpoint", str(bad)], capsys, tmp_path / "out")
-    assert "depth-anything-v2" in err and "broken-depth" in err
+    bad = tmp_path / "broken-det.onnx"
+    bad.write_bytes(b"not an onnx model")
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--text-teacher", "rapidocr",
+                   "--text-checkpoint", str(bad)], capsys, tmp_path / "out")
+    assert "rapidocr" in err and "broken-det.onnx" in err
 
 
 def test_unknown_stage_and_teacher_parameter(demo_root: Path, tmp_path: Path, capsys, fakes) -> None:
