@@ -35,18 +35,18 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: list[tuple[int, int]], s
     sizes = [h * w for h, w in spatial_shapes]
     value_list = value.split(sizes, dim=1)
     grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
-    sampled = []
+    # (N, Q, M, L, P) -> (N*M, 1, Q, L, P)
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, q, levels, points).to(value.dtype)
+    out = value.new_zeros(n * m, d, q)
     for lvl, (h, w) in enumerate(spatial_shapes):
         # (N, H*W, M, D) -> (N*M, D, H, W)
         value_l = value_list[lvl].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
         # (N, Q, M, P, 2) -> (N*M, Q, P, 2)
         grid_l = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        # (N*M, D, Q, P)
-        sampled.append(F.grid_sample(value_l, grid_l.to(value_l.dtype), mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))
-    # (N, Q, M, L, P) -> (N*M, 1, Q, L*P)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, q, levels * points)
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights.to(value.dtype)).sum(-1)  # (N*M, D, Q)
+        sampled = F.grid_sample(value_l, grid_l.to(value_l.dtype), mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (N*M, D, Q, P)
+        # accumulate level by level: never holds the (N*M, D, Q, L*P) samples of all levels at once
+        out += (sampled * weights[:, :, :, lvl]).sum(-1)
     return out.view(n, m * d, q).transpose(1, 2).contiguous()
 
 

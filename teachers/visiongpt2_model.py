@@ -108,8 +108,8 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         t_q, t_k = q.shape[2], k.shape[2]
-        # queries are the last t_q positions of t_k: row i sees keys up to t_k - t_q + i
-        allowed = self.mask[0, 0, t_k - t_q:t_k, :t_k].bool()
+        # queries are the last t_q positions of t_k: row i sees keys up to t_k - t_q + i (one new query sees all)
+        allowed = self.mask[0, 0, t_k - t_q:t_k, :t_k].bool() if t_q > 1 else None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.c_proj(_merge(out)), (k, v)
 
