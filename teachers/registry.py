@@ -12,8 +12,6 @@ _TEACHERS: dict[str, str] = {
     "depth-anything-v2": "teachers.depth_anything:DepthAnythingTeacher",
     "dptext-detr": "teachers.dptext_detr:DPTextDETRTeacher",
     "visiongpt2": "teachers.visiongpt2:VisionGPT2Teacher",
-    "dptext-detr": "teachers.dptext_detr:DPTextDETRTeacher",
-    "visiongpt2": "teachers.visiongpt2:VisionGPT2Teacher",
     "detectron2-panoptic-fpn": "teachers.detectron2_panoptic:PanopticFPNTeacher",
     "mask2former": "teachers.mask2former:Mask2FormerTeacher",
     "panoptic-gt": "teachers.ground_truth:PanopticGroundTruth",
