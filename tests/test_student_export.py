@@ -37,13 +37,19 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_onnx_matches_pytorch_for_several_batch_sizes(tiny_checkpoint: str, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    onnx_path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert export.run(_parse(["--checkpoint", tiny_checkpoint, "--onnx", str(onnx_path)])) == 0
+    return str(onnx_path)
+
+
+def test_onnx_matches_pytorch_for_several_batch_sizes(tiny_checkpoint: str, exported: str) -> None:
     from student.checkpoint import load_checkpoint
 
-    onnx_path = tmp_path / "model.onnx"
-    assert export.run(_parse(["--checkpoint", tiny_checkpoint, "--onnx", str(onnx_path)])) == 0
+    onnx_path = exported
     model, cfg, _ = load_checkpoint(tiny_checkpoint)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
     assert inp.name == "images" and inp.type == "tensor(uint8)" and not isinstance(inp.shape[0], int)
     rng = np.random.default_rng(1)
@@ -57,13 +63,10 @@ def test_onnx_matches_pytorch_for_several_batch_sizes(tiny_checkpoint: str, tmp_
         assert np.abs(tokens - expected["tokens"].numpy()).max() <= 1e-4
 
 
-def test_compare_reports_a_broken_export(tiny_checkpoint: str, tmp_path) -> None:
-    from student.checkpoint import load_checkpoint
-
-    model, cfg, _ = load_checkpoint(tiny_checkpoint)
-    path = export.export_onnx(model, cfg.image_size, tmp_path / "m.onnx")
+def test_compare_reports_a_broken_export(exported: str) -> None:
+    cfg = ModelConfig.tiny()
     other = YMapNet(cfg).eval()  # different random weights
-    diffs = export.compare_onnx(other, path, cfg.image_size)
+    diffs = export.compare_onnx(other, exported, cfg.image_size)
     assert max(diffs.values()) > 1e-3
 
 
