@@ -104,6 +104,19 @@ def test_key_mismatch_fails_naming_shard_and_keys(tmp_path: Path, store: Path) -
     msg = str(e.value)
     assert "train2017-000001" in msg and keys[2] in msg and wrong in msg and "\n" not in msg
 
+    short = ColumnWriter(split, "caption", "short")  # shard 1 lacks its last key
+    for name in m.shard_names:
+        rows = [s["__key__"] for s in StoreReader(tmp_path / "s", SPLIT, ["base"]) if s["__shard__"] == name]
+        short.write_shard(name, [(k, {"caption.json": {"captions": ["x"], "source": "t"}})
+                                 for k in (rows[:-1] if name == m.shard_names[1] else rows)])
+    m.columns["caption"] = "short"
+    save_manifest(split, m)
+    with pytest.raises(StoreError, match=f"at sample 3, column 'caption' has no more samples but column 'base' "
+                                         f"has {keys[3]}"):
+        list(StoreReader(tmp_path / "s", SPLIT, ["caption", "base"]))
+    with pytest.raises(StoreError, match=f"column 'base' has {keys[3]} but column 'caption' has no more samples"):
+        list(StoreReader(tmp_path / "s", SPLIT, ["base", "caption"]))
+
 
 def test_truncated_shard_fails_loudly(tmp_path: Path, store: Path) -> None:
     shutil.copytree(store, tmp_path / "s")
@@ -175,3 +188,5 @@ def test_pipe_and_fsspec_urls(store: Path) -> None:
     assert via_fsspec.manifest.num_samples == 26
     with pytest.raises(StoreError, match="cannot read the manifest"):
         StoreReader("memory://nowhere", SPLIT)
+    with pytest.raises(StoreError, match="exited with status 1"):
+        StoreReader(f"pipe:cat {store}/nothing-here/{{}} 2>/dev/null", SPLIT)
