@@ -99,6 +99,19 @@ def _full_rapidocr(out: str) -> None:
     return None  # the detector shipped in the package is the full-size model
 
 
+def _full_dptext_detr(out: str) -> str:
+    from teachers.dptext_detr import save_random_checkpoint
+
+    return save_random_checkpoint(out)  # released R-50 sizes
+
+
+def _full_visiongpt2(out: str) -> str:
+    from teachers.visiongpt2 import save_random_checkpoint
+    from teachers.visiongpt2_model import VisionGPT2Config
+
+    return save_random_checkpoint(out, VisionGPT2Config())  # ViT-B/16 + GPT-2 small, 50257-token tokenizer
+
+
 @dataclass(frozen=True)
 class Case:
     """One teacher of the benchmark: tiny and full-size construction."""
@@ -118,6 +131,8 @@ CASES: tuple[Case, ...] = (
     Case("mask2former", {"input_size": 640}, _full_mask2former, {}, "Swin-L: about 3 images/s on an A100"),
     Case("rapidocr", {"input_size": 640}, _full_rapidocr, {}, "about 0.5 s/image on this machine's CPU"),
     Case("vit-gpt2", {"num_beams": 4, "max_length": 16}, _full_vit_gpt2, {}, ""),
+    Case("dptext-detr", {"min_size": 640}, _full_dptext_detr, {}, "official test size: shorter side 1000"),
+    Case("visiongpt2", {"max_tokens": 16}, _full_visiongpt2, {}, "50 tokens, KV cache"),
 )
 
 

@@ -62,18 +62,19 @@ def load_dptext_detr(checkpoint: str | os.PathLike) -> tuple[DPTextDETR, DPTextC
     return model.eval(), cfg
 
 
-def save_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0) -> str:
-    """Write a tiny random DPText-DETR in the official checkpoint layout; returns the file path.
+def save_random_checkpoint(out_dir: str | os.PathLike, cfg: DPTextConfig | None = None, seed: int = 0) -> str:
+    """Write a random DPText-DETR in the official checkpoint layout (plus its ``"config"``); returns the path.
 
     Args:
-        out_dir: folder to write ``dptext_detr_tiny.pth`` into (created if needed).
+        out_dir: folder to write ``dptext_detr_random.pth`` into (created if needed).
+        cfg: model sizes; default the released ones.
         seed: torch seed of the random weights.
 
     Returns:
         The path to pass as ``checkpoint=``.
     """
     torch.manual_seed(seed)
-    cfg = DPTextConfig.tiny()
+    cfg = cfg or DPTextConfig()
     model = DPTextDETR(cfg)
     for name, buf in model.named_buffers():  # non-trivial frozen statistics so a wrong load shows
         if name.endswith("running_var"):
@@ -81,10 +82,15 @@ def save_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0) -> str:
         elif name.endswith("running_mean"):
             buf.normal_(0.0, 0.1)
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(str(out_dir), "dptext_detr_tiny.pth")
+    path = os.path.join(str(out_dir), "dptext_detr_random.pth")
     state = {PREFIX + k: v for k, v in model.state_dict().items()}
     torch.save({"model": state, "config": asdict(cfg), "iteration": 0}, path)
     return path
+
+
+def save_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny random DPText-DETR (``DPTextConfig.tiny()``) for tests; returns the ``checkpoint=`` path."""
+    return save_random_checkpoint(out_dir, DPTextConfig.tiny(), seed)
 
 
 class DPTextDETRTeacher(Teacher):

@@ -80,11 +80,15 @@ def load_tokenizer(name_or_path: str) -> Any:
                            f"({type(exc).__name__}); pass tokenizer=<folder with vocab.json and merges.txt>") from None
 
 
-def save_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0) -> str:
-    """Write a tiny random VisionGPT2 folder: ``captioner.pt``, ``config.json`` and a tiny byte-level BPE.
+def save_random_checkpoint(out_dir: str | os.PathLike, cfg: VisionGPT2Config | None = None, seed: int = 0) -> str:
+    """Write a random VisionGPT2 folder: ``captioner.pt``, ``config.json`` and a byte-level BPE tokenizer.
+
+    The tokenizer is trained on a few captions; for a vocabulary larger than that (the released 50257) it is
+    padded with filler tokens.
 
     Args:
         out_dir: folder to write into (created if needed).
+        cfg: model sizes; default ``VisionGPT2Config.tiny`` sized to the trained tokenizer.
         seed: torch seed of the random weights.
 
     Returns:
@@ -97,18 +101,26 @@ def save_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0) -> str:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(TINY_CORPUS, trainer)
     tok = GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                             unk_token="<|endoftext|>")
+    cfg = cfg or VisionGPT2Config.tiny(vocab_size=len(tok))
+    if cfg.vocab_size < len(tok):
+        raise ValueError(f"vocab_size must be at least {len(tok)}, got {cfg.vocab_size}")
+    tok.add_tokens([f"<w{i}>" for i in range(cfg.vocab_size - len(tok))])
     tok.save_pretrained(str(out_dir))
     torch.manual_seed(seed)
-    cfg = VisionGPT2Config.tiny(vocab_size=len(tok))
     torch.save(VisionGPT2(cfg).state_dict(), os.path.join(str(out_dir), WEIGHTS_NAME))
     with open(os.path.join(str(out_dir), CONFIG_NAME), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
     return str(out_dir)
+
+
+def save_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny random VisionGPT2 folder for tests; returns the ``checkpoint=`` folder."""
+    return save_random_checkpoint(out_dir, None, seed)
 
 
 class VisionGPT2Teacher(Teacher):
