@@ -368,44 +368,42 @@ def refine_depth(depth: np.ndarray, normals: np.ndarray, *, iterations: int = 35
     if not mask.any():
         return np.asarray(depth, np.float32).copy()
     step = alpha * scale
-    error = _weighted_error(d, target, mask)
+    w = mask.astype(np.float32)
+    error, terms = _consistency(d, target, w)
     for _ in range(iterations):
-        grad = _error_gradient(d, target, mask)
+        grad = _error_gradient(terms, w)
         peak = float(np.abs(grad).max())
         if peak == 0.0:
             break
         while step > 1e-6 * scale:
             trial = d - (step / peak) * grad
-            trial_error = _weighted_error(trial, target, mask)
+            trial_error, trial_terms = _consistency(trial, target, w)
             if trial_error < error:
                 break
             step *= 0.5
         else:
             break
-        d, error = trial, trial_error
+        d, error, terms = trial, trial_error, trial_terms
     original = np.asarray(depth, np.float32)
     return np.where(mask, np.clip(d / np.float32(scale), 0.0, 1.0), original)
 
 
-def _weighted_error(d: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
-    gx, gy = _sobel(d)
-    m = np.sqrt(gx * gx + gy * gy + 1.0)
-    sq = (target[0] - gx / m) ** 2 + (target[1] - gy / m) ** 2 + (target[2] - 1.0 / m) ** 2
-    return float(sq[mask].sum())
-
-
-def _error_gradient(d: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _consistency(d: np.ndarray, target: np.ndarray, w: np.ndarray) -> tuple[float, tuple[np.ndarray, ...]]:
+    """Masked error sum |delta|^2 of depth ``d`` and the terms its gradient needs (Gx, Gy, M, delta)."""
     gx, gy = _sobel(d)
     m = np.sqrt(gx * gx + gy * gy + 1.0)
     dx, dy, dz = target[0] - gx / m, target[1] - gy / m, target[2] - 1.0 / m  # delta of DESIGN 5.2
+    return float(((dx * dx + dy * dy + dz * dz) * w).sum()), (gx, gy, m, dx, dy, dz)
+
+
+def _error_gradient(terms: tuple[np.ndarray, ...], w: np.ndarray) -> np.ndarray:
+    """d error / d D through n = (Gx, Gy, 1) / M and the Sobel operator; zero off the mask."""
+    gx, gy, m, dx, dy, dz = terms
     dot = (dx * gx + dy * gy + dz) / m ** 3
-    w = mask.astype(np.float32)
     ex = -2.0 * w * (dx / m - dot * gx)  # d error / d Gx
     ey = -2.0 * w * (dy / m - dot * gy)
     # Sobel is anti-symmetric, so its adjoint is minus itself (with a zero border).
-    grad = -(_sobel_zero(ex, 1, 0) + _sobel_zero(ey, 0, 1))
-    grad[~mask] = 0.0
-    return grad
+    return -(_sobel_zero(ex, 1, 0) + _sobel_zero(ey, 0, 1)) * w
 
 
 def _sobel_zero(a: np.ndarray, dx: int, dy: int) -> np.ndarray:

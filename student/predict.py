@@ -152,12 +152,11 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def predict_video(predictor: Predictor, path: Path, out_dir: Path, tile: int) -> tuple[Path, list[dict]]:
-    """Predict every frame of a video; write its panels as an MP4; return the path and per-frame JSON."""
+def predict_video(predictor: Predictor, path: Path, target: Path, tile: int) -> tuple[Path, list[dict]]:
+    """Predict every frame of a video; write its panels to the MP4 ``target``; return it and per-frame JSON."""
     import cv2
 
     fps, frames = video_frames(path)
-    target = out_dir / f"{path.stem}.panel.mp4"
     writer, results = None, []
     try:
         for frame in frames:
@@ -238,15 +237,19 @@ def run(args: argparse.Namespace) -> int:
                           args.word_threshold)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    failed = 0
+    failed, used = 0, set()
     for path in inputs:
+        name = path.stem
+        while name in used:  # two inputs with the same name in different folders
+            name += "_"
+        used.add(name)
         try:
             if path.suffix.lower() in VIDEO_EXTS:
-                target, result = predict_video(predictor, path, out_dir, args.tile)
-                doc: dict | list = {"frames": result}
+                target, result = predict_video(predictor, path, out_dir / f"{name}.panel.mp4", args.tile)
+                doc: dict = {"frames": result}
             else:
                 pred = predictor(read_image(path))
-                target = out_dir / f"{path.stem}.panel.png"
+                target = out_dir / f"{name}.panel.png"
                 write_png(target, pred.panel(args.tile))
                 doc = pred.to_json()
         except ValueError as e:
@@ -254,6 +257,6 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         if args.json:
-            (out_dir / f"{path.stem}.json").write_text(json.dumps(doc, indent=1))
+            (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=1))
         print(f"{path} -> {target}")
     return 1 if failed else 0

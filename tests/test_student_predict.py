@@ -121,10 +121,16 @@ def test_predict_folder_and_video(checkpoint: str, tmp_path) -> None:
         writer.write(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8))
     writer.release()
     (folder / "notes.txt").write_text("not an input")
+    other = tmp_path / "other"
+    other.mkdir()
+    cv2.imwrite(str(other / "a.jpg"), rng.integers(0, 256, (30, 20, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    assert main(["predict", "--checkpoint", checkpoint, str(folder), "--out", str(out), "--json",
-                 "--tile", "128"]) == 0
+    assert main(["predict", "--checkpoint", checkpoint, str(folder), str(other / "a.jpg"), "--out", str(out),
+                 "--json", "--tile", "128"]) == 0
     assert read_image(out / "a.panel.png").shape == (256, 512, 3)
+    # the second a.* does not overwrite the first
+    assert json.loads((out / "a.json").read_text())["size"] == [80, 50]
+    assert json.loads((out / "a_.json").read_text())["size"] == [20, 30]
     doc = json.loads((out / "clip.json").read_text())
     assert len(doc["frames"]) == 3 and all(f["words"] is None and f["size"] == [96, 72] for f in doc["frames"])
     cap = cv2.VideoCapture(str(out / "clip.panel.mp4"))
