@@ -170,7 +170,7 @@ class _Run:
         teachers = [s for s in p.run_stages if get_stage(s).kind == "teacher" and shard in p.pending[s]]
         write_base = "base" in p.run_stages and shard in p.pending["base"]
         stats, data = self.ex.submit(decode_unit, shard, p.records[shard], self.cfg.size, self.split_path,
-                                     p.fps["base"], p.specs["base"], write_base, num_returns=2)
+                                     p.fps["base"], p.specs["base"], write_base, bool(teachers), num_returns=2)
         self.inflight[stats] = ("base" if write_base else "decode", "base", shard)
         if write_base:
             p.pending["base"].discard(shard)

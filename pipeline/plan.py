@@ -104,8 +104,13 @@ def load_teachers(config: "BuildConfig", stages: list[str]) -> tuple[dict[str, T
         if checkpoint is not None:
             kwargs["checkpoint"] = checkpoint
         factories[s] = TeacherFactory(cls, kwargs)
+        # On Ray the copy loaded here only checks the checkpoint and gives the fingerprint (device is not part
+        # of it): keep it off the GPUs the actors will use.
+        here = factories[s]
+        if config.executor == "ray" and config.dtype == "float32":
+            here = TeacherFactory(cls, {**kwargs, "device": "cpu"})
         try:
-            built[s] = factories[s].build()
+            built[s] = here.build()
         except TeacherError as e:
             raise BuildError(f"{s} teacher {name!r}: {e}") from None
         except TypeError as e:  # an unknown --*-param keyword

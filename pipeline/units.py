@@ -59,7 +59,7 @@ def read_rejected(split_path: str | os.PathLike, base_fp: str, shard: str) -> li
 
 
 def decode_unit(shard: str, records: Sequence[Any], size: int, split_path: str, base_fp: str,
-                base_spec: Mapping[str, Any], write_base: bool) -> tuple[UnitResult, Decoded]:
+                base_spec: Mapping[str, Any], write_base: bool, keep_images: bool = True) -> tuple[UnitResult, Decoded]:
     """Decode a shard's images; write the base shard when asked; return the teachers' inputs.
 
     Args:
@@ -70,6 +70,7 @@ def decode_unit(shard: str, records: Sequence[Any], size: int, split_path: str, 
         base_fp: base column fingerprint.
         base_spec: base stage spec (saved in column.json).
         write_base: write the base shard (False when it is already finished and only teachers need pixels).
+        keep_images: return the full-resolution images (only teacher units need them).
 
     Returns:
         (result, decoded): the base unit's result and the decoded images of the non-rejected ids.
@@ -89,7 +90,8 @@ def decode_unit(shard: str, records: Sequence[Any], size: int, split_path: str, 
         key = key_of(int(rec.image_id))
         samples.append((key, members))
         metas.append(members["meta.json"])
-        inputs.append(TeacherInput(image=rgb, image_id=int(rec.image_id), record=rec.to_record()))
+        if keep_images:
+            inputs.append(TeacherInput(image=rgb, image_id=int(rec.image_id), record=rec.to_record()))
     if write_base:
         # The rejected list lands first: a finished base shard always has it, so a resumed run can rebuild
         # rejected.jsonl without decoding again.
