@@ -14,15 +14,17 @@ from typing import Any, Mapping
 
 from shards.atomic import atomic_write_bytes, atomic_write_json, locked
 from shards.layout import column_dir, manifest_path
-from shards.manifest import Manifest, ShardEntry, activate_column, load_manifest, save_manifest, StoreError
+from shards.manifest import Manifest, ShardEntry, StoreError, activate_column, load_manifest, save_manifest
 from shards.schema import BUILD_REPORT_NAME, REJECTED_NAME, VOCAB_NAME
 from shards.writer import ColumnWriter
 
 from pipeline.executors import Executor, make_executor
 from pipeline.plan import BuildError, Plan, prepare
 from pipeline.progress import Progress
-from pipeline.stages import STAGES, stage as get_stage
+from pipeline.stages import stage as get_stage
 from pipeline.units import UnitResult, decode_unit, derived_unit, read_rejected, teacher_unit, vocab_unit
+
+__all__ = ["BuildConfig", "BuildError", "build_targets"]
 
 
 @dataclass(frozen=True)

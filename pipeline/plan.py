@@ -170,7 +170,8 @@ def prepare(config: "BuildConfig") -> Plan:
         active = dict(load_manifest(split_path).columns)
     except StoreError:
         active = {}
-    run_stages = [s.name for s in STAGES if s.name in chosen or (s.name in needed and active.get(s.name) != fps[s.name])]
+    run_stages = [s.name for s in STAGES
+                  if s.name in chosen or (s.name in needed and active.get(s.name) != fps[s.name])]
 
     ids = records  # already sorted by image id
     shards, by_shard = [], {}

@@ -49,7 +49,8 @@ def test_unknown_teacher(demo_root: Path, tmp_path: Path, capsys, fakes) -> None
 
 
 def test_teacher_of_the_wrong_task(demo_root: Path, tmp_path: Path, capsys, fakes) -> None:
-    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--depth-teacher", "caption-gt"], capsys, tmp_path / "out")
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--depth-teacher", "caption-gt"],
+                  capsys, tmp_path / "out")
     assert "caption teacher, not a depth one" in err
 
 

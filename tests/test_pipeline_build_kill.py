@@ -34,12 +34,14 @@ def _finished(split_path: Path) -> dict[str, set[str]]:
     return out
 
 
-def test_sigkill_then_resume_is_byte_identical(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigkill_then_resume_is_byte_identical(demo_root: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     for name, target in pipeline_fakes.FAKES.items():
         monkeypatch.setitem(registry._TEACHERS, name, target)
     killed, ref = tmp_path / "killed", tmp_path / "reference"
     cfg = make_config(demo_root, killed, shard_size=2)
-    args = ["build-targets", "--executor", "local", "--no-progress", "--coco-root", str(demo_root), "--out", str(killed),
+    args = ["build-targets", "--executor", "local", "--no-progress", "--coco-root", str(demo_root),
+            "--out", str(killed),
             "--shard-size", "2", "--size", "64", "--device", "cpu", "--glove", cfg.glove,
             "--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic", "--text-teacher", "fake-text",
             "--caption-teacher", "fake-caption", "--depth-param", "delay=0.15"]  # slow enough to be caught halfway
@@ -61,7 +63,7 @@ def test_sigkill_then_resume_is_byte_identical(demo_root: Path, tmp_path: Path, 
     done = _finished(split)
     n_shards = -(-len(load_split(demo_root, "train2017")) // 2)
     assert 2 <= len(done["depth"]) < n_shards, "killed halfway"
-    assert not (split / "manifest.json").exists() or "caption" not in json.loads((split / "manifest.json").read_text())["columns"]
+    assert not (split / "manifest.json").exists()  # nothing was activated: the base column was not complete
 
     pipeline_fakes.CALLS.clear()
     resumed = build_targets(make_config(demo_root, killed, shard_size=2))

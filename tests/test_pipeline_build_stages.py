@@ -8,7 +8,8 @@ from pipeline.stages import STAGES, ancestors, dependants, fingerprint, resolve_
 from shards.schema import COLUMNS
 
 TEACHERS = {"depth": ("d", "fp-d"), "panoptic": ("p", "fp-p"), "text": ("t", "fp-t"), "caption": ("c", "fp-c")}
-DERIVED = {"normals": {"scale": 240.0}, "groups": {}, "tokens": {"vocab_size": 2048, "glove": "g", "stopwords": "default"}}
+DERIVED = {"normals": {"scale": 240.0}, "groups": {},
+           "tokens": {"vocab_size": 2048, "glove": "g", "stopwords": "default"}}
 
 
 def fps(size=256, shard_size=1000, teachers=TEACHERS, derived=DERIVED) -> dict[str, str]:
