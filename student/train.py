@@ -199,7 +199,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                     "checkpoint": str(last), "interrupted": True}
         bar.close()
 
-        metrics, panel = evaluate(net, val_ds, cfg, device, world)
+        metrics, panel = evaluate(model, val_ds, cfg, device, world)  # unwrapped: ranks see different counts
         state.update(epoch=epoch + 1, position={"epoch": epoch + 1, "batch": 0}, metrics=metrics)
         improved = metrics["loss"] < state["best"]
         state["best"], state["stale"] = (metrics["loss"], 0) if improved else (state["best"], state["stale"] + 1)
@@ -219,6 +219,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
             break
     if writer is not None:
         writer.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return {"losses": losses, "epochs": state["epoch"], "best": state["best"], "val": state["metrics"],
             "checkpoint": str(last), "interrupted": False}
 
@@ -285,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"student train: {e}", file=sys.stderr)
         return 2
     state = "interrupted" if result["interrupted"] else "done"
-    print(json.dumps({"state": state, "epochs": result["epochs"], "best_val_loss": result["best"],
-                      "checkpoint": result["checkpoint"]}))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps({"state": state, "epochs": result["epochs"], "best_val_loss": result["best"],
+                          "checkpoint": result["checkpoint"]}))
     return 130 if result["interrupted"] else 0

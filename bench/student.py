@@ -1,0 +1,150 @@
+"""Student benchmark: loader samples/s per core (decode + augmentation + target rendering) on a synthetic
+256x256 store, and forward / forward+backward time per batch of the tiny and the paper network.
+
+Usage: python bench/student.py [--device cuda] [--paper-batch 32] [--amp bf16] [--samples 256]
+Ends with one JSON line. Loader target: 250 samples/s per core at 256x256 (DESIGN 6 / issue 7); the
+reader-only rate (decoding the joined columns, no student work) is the baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shards.reader import StoreReader  # noqa: E402
+from shards.synthetic import write_synthetic_store  # noqa: E402
+from student.config import ModelConfig  # noqa: E402
+from student.data import REQUIRED_COLUMNS, make_loader, open_split  # noqa: E402
+from student.model import YMapNet  # noqa: E402
+
+LOADER_TARGET = 250.0
+
+
+def loader_rates(root: Path, samples: int) -> dict[str, float]:
+    """Single-process rates: reader only, transform only (augment + render + pack), and the full loader."""
+    reader = StoreReader(root, "train2017", REQUIRED_COLUMNS, resampled=True, shuffle=True, seed=0)
+    it = iter(reader)
+    next(it)
+    t = time.perf_counter()
+    raws = [next(it) for _ in range(samples)]
+    reader_rate = samples / (time.perf_counter() - t)
+
+    dataset = open_split(root, "train2017", train=True, seed=0)
+    t = time.perf_counter()
+    for raw in raws:
+        dataset.transform(raw)
+    transform_rate = samples / (time.perf_counter() - t)
+
+    dataset.set_epoch(1)
+    batches = iter(make_loader(dataset, batch_size=32, workers=0))
+    next(batches)
+    t = time.perf_counter()
+    n = 0
+    while n < samples:
+        n += len(next(batches)["key"])
+    loader_rate = n / (time.perf_counter() - t)
+    return {"reader": reader_rate, "transform": transform_rate, "loader": loader_rate}
+
+
+def step_times(cfg: ModelConfig, batch: int, iters: int, device: torch.device, amp: str,
+               warmup: bool = True) -> dict[str, float]:
+    """Mean seconds per forward and per forward+backward (after a warm-up) and peak GPU memory (GiB)."""
+    torch.manual_seed(0)
+    model = YMapNet(cfg).to(device)
+    images = torch.randint(0, 256, (batch, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run(backward: bool) -> float:
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp == "bf16"):
+            out = model(images)
+        if backward:
+            (out["maps"].float().square().mean() + out["tokens"].float().square().mean()).backward()
+            model.zero_grad(set_to_none=True)
+        sync()
+        return 0.0
+
+    out: dict[str, float] = {}
+    for name, backward in (("fwd", False), ("fwdbwd", True)):
+        model.train(backward)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with torch.set_grad_enabled(backward):
+            if warmup:
+                run(backward)
+            t = time.perf_counter()
+            for _ in range(iters):
+                run(backward)
+            out[f"{name}_s"] = (time.perf_counter() - t) / iters
+        if device.type == "cuda":
+            out[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    out["params_m"] = model.parameter_counts()["total"] / 1e6
+    del model
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--samples", type=int, default=192, help="samples timed in each loader measurement")
+    p.add_argument("--tiny-batch", type=int, default=None, help="default 32 on a GPU, 4 on the CPU")
+    p.add_argument("--paper-batch", type=int, default=None, help="default 32 on a GPU, 1 on the CPU")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations (default 10 on a GPU; on the CPU 2 for tiny and 1, without warm-up, for paper)")
+    p.add_argument("--amp", choices=("none", "bf16", "both"), default=None,
+                   help="paper-network dtype(s) (default both on a GPU, none on the CPU)")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    paper_batch = args.paper_batch or (32 if gpu else 1)
+    tiny_batch = args.tiny_batch or (32 if gpu else 4)
+    iters = args.iters or (10 if gpu else 1)
+    amps = {"none": ["none"], "bf16": ["bf16"], "both": ["none", "bf16"]}[args.amp or ("both" if gpu else "none")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic_store(tmp, "train2017", 128, 64, size=256, seed=0)
+        rates = loader_rates(Path(tmp), args.samples)
+    print("loader, one process (= per core), 256x256 synthetic store")
+    print(f"  reader only (decode joined columns)     {rates['reader']:8.1f} samples/s")
+    print(f"  transform only (augment+render+pack)    {rates['transform']:8.1f} samples/s")
+    print(f"  full loader (batches of 32)             {rates['loader']:8.1f} samples/s"
+          f"   target {LOADER_TARGET:.0f}: {rates['loader'] / LOADER_TARGET:.2f}x")
+
+    tiny = step_times(ModelConfig.tiny(256), tiny_batch, max(iters, 2), device, "none")
+    print(f"\nnetwork on {device} ({torch.cuda.get_device_name(device) if gpu else 'CPU'}, "
+          f"{torch.get_num_threads()} threads)")
+    print(f"  tiny  256x256 batch {tiny_batch:3d} fp32: fwd {tiny['fwd_s'] * 1e3:8.1f} ms, "
+          f"fwd+bwd {tiny['fwdbwd_s'] * 1e3:8.1f} ms  ({tiny['params_m']:.2f}M params)")
+    result = {"device": str(device), "loader_samples_per_s_per_core": round(rates["loader"], 1),
+              "loader_target": LOADER_TARGET, "loader_ratio": round(rates["loader"] / LOADER_TARGET, 3),
+              "reader_only_samples_per_s": round(rates["reader"], 1),
+              "transform_only_samples_per_s": round(rates["transform"], 1),
+              "tiny_batch": tiny_batch, "tiny_fwd_ms": round(tiny["fwd_s"] * 1e3, 2),
+              "tiny_fwdbwd_ms": round(tiny["fwdbwd_s"] * 1e3, 2), "paper_batch": paper_batch}
+    for amp in amps:
+        paper = step_times(ModelConfig.paper(), paper_batch, iters, device, amp, warmup=gpu)
+        tag = "fp32" if amp == "none" else "bf16"
+        line = (f"  paper 256x256 batch {paper_batch:3d} {tag}: fwd {paper['fwd_s'] * 1e3:8.1f} ms, "
+                f"fwd+bwd {paper['fwdbwd_s'] * 1e3:8.1f} ms  ({paper['params_m']:.1f}M params), "
+                f"inference {paper_batch / paper['fwd_s']:.1f} images/s")
+        if gpu:
+            line += f", peak {paper['fwd_peak_gib']:.1f} / {paper['fwdbwd_peak_gib']:.1f} GiB"
+        print(line)
+        result.update({f"paper_{tag}_fwd_ms": round(paper["fwd_s"] * 1e3, 1),
+                       f"paper_{tag}_fwdbwd_ms": round(paper["fwdbwd_s"] * 1e3, 1),
+                       f"paper_{tag}_images_per_s": round(paper_batch / paper["fwd_s"], 2),
+                       "paper_params_m": round(paper["params_m"], 1)})
+        if gpu:
+            result[f"paper_{tag}_peak_gib"] = round(paper["fwdbwd_peak_gib"], 2)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
