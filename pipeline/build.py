@@ -4,8 +4,6 @@ complete columns in the manifest, and write rejected.jsonl and build-report.json
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -283,9 +281,11 @@ class _Run:
             manifest = self._write_manifest()
             for s in p.run_stages:
                 if len(self.done[s]) == len(p.shards) and manifest.columns.get(s) != p.fps[s]:
-                    manifest = activate_column(p.split_path, s, p.fps[s])
-                    if s == "tokens":
+                    if s == "tokens":  # the vocabulary goes first: activation is the commit point
                         self._publish_vocab()
+                    manifest = activate_column(p.split_path, s, p.fps[s])
+            if "tokens" in p.fps and manifest.columns.get("tokens") == p.fps["tokens"]:
+                self._publish_vocab()  # also repairs a build killed between the two steps
         columns = manifest.columns if manifest else {}
         for s, st in self.stats.items():
             st.active = columns.get(s)
@@ -330,12 +330,11 @@ class _Run:
         return m
 
     def _publish_vocab(self) -> None:
-        """Copy the vocabulary the active tokens column was built with to ``<split>/vocab.json``."""
-        src = Path(self.vocab_path) if self.vocab_path else None
-        dst = self.plan.split_path / VOCAB_NAME
-        if src is None or src.resolve() == dst.resolve():
+        """Copy the vocabulary of the requested tokens column to ``<split>/vocab.json`` unless it is there."""
+        p = self.plan
+        own = column_dir(p.split_path, "tokens", p.fps["tokens"]) / VOCAB_NAME
+        src = Path(self.vocab_path) if self.vocab_path else own
+        dst = p.split_path / VOCAB_NAME
+        if src.resolve() == dst.resolve() or (dst.is_file() and dst.read_bytes() == src.read_bytes()):
             return
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-
+        atomic_write_bytes(dst, src.read_bytes())

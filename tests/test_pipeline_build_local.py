@@ -169,3 +169,16 @@ def test_status_reports_done_stale_and_missing(built, demo_root: Path, fakes: di
     rows = {r["stage"]: r for r in split_status(dataclasses.replace(cfg, normals_scale=100.0))["stages"]}
     assert rows["normals"]["state"] == "stale" and (rows["normals"]["done"], rows["normals"]["stale"]) == (0, n)
     assert rows["depth"]["state"] == "current"
+
+
+def test_lost_split_vocabulary_is_published_again(built, demo_root: Path, fakes: dict[str, int],
+                                                  tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "store"
+    shutil.copytree(built[0], out, copy_function=shutil.copy2)
+    expected = (out / "train2017" / "vocab.json").read_bytes()
+    (out / "train2017" / "vocab.json").unlink()  # as if killed between activating tokens and copying it
+    report = build_targets(make_config(demo_root, out))
+    assert all(st["run"] == 0 for st in report["stages"].values()) and fakes == {}
+    assert (out / "train2017" / "vocab.json").read_bytes() == expected
