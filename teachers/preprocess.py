@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from teachers.base import TeacherError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -25,6 +27,14 @@ class Letterbox:
     canvas: int
     original: tuple[tuple[int, int], ...]  # (H, W) per image
     resized: tuple[tuple[int, int], ...]  # (h, w) per image, pasted at the top-left of the canvas
+
+
+def check_image(image: np.ndarray) -> None:
+    """Raise TeacherError unless ``image`` is a non-empty (H, W, 3) uint8 RGB array."""
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+            and image.shape[0] > 0 and image.shape[1] > 0):
+        what = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise TeacherError(f"teachers take (H, W, 3) uint8 RGB images, got {what}")
 
 
 def resized_size(height: int, width: int, long_side: int, multiple: int = 1) -> tuple[int, int]:
@@ -70,6 +80,7 @@ def letterbox_batch(images: Sequence[np.ndarray], long_side: int, *, multiple: i
     std_t = torch.tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
     original, resized = [], []
     for i, img in enumerate(images):
+        check_image(img)
         h0, w0 = img.shape[:2]
         h, w = resized_size(h0, w0, long_side, multiple)
         x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
@@ -111,6 +122,7 @@ def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int], *, device:
     std_t = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
     rows = []
     for img in images:
+        check_image(img)
         x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
         if tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True).clamp_(0, 255)

@@ -35,8 +35,8 @@ def test_model_zoo_pkl_gives_the_same_predictions_as_pth(tiny, tmp_path) -> None
     zoo = {"model": {k: v.numpy() for k, v in state.items()}, "__author__": "Detectron2 Model Zoo"}
     pkl = _pkl_folder(tiny, tmp_path / "pkl", zoo)
     image = [TeacherInput(data.chelsea()[::2, ::2].copy())]
-    a = create_teacher(NAME, checkpoint=tiny, input_size=128)(image)[0]["classes"]
-    b = create_teacher(NAME, checkpoint=pkl, input_size=128)(image)[0]["classes"]
+    a = create_teacher(NAME, checkpoint=tiny, input_size=96)(image)[0]["classes"]
+    b = create_teacher(NAME, checkpoint=pkl, input_size=96)(image)[0]["classes"]
     np.testing.assert_array_equal(a, b)
     assert len(np.unique(a)) > 1
 
@@ -72,7 +72,7 @@ def test_folder_without_config_is_one_clear_error(tmp_path) -> None:
 
 
 def test_config_overrides_change_the_fingerprint(tiny) -> None:
-    base = create_teacher(NAME, checkpoint=tiny, input_size=128)
-    other = create_teacher(NAME, checkpoint=tiny, input_size=128,
+    base = create_teacher(NAME, checkpoint=tiny, input_size=96)
+    other = create_teacher(NAME, checkpoint=tiny, input_size=96,
                            opts=("MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", "0.3"))
     assert base.fingerprint() != other.fingerprint()
