@@ -169,10 +169,13 @@ def _caption_lines(s: dict[str, Any], words: list[str] | None) -> list[str]:
         texts = cap.get("captions") or ([cap["text"]] if "text" in cap else [])
         for t in texts[:2]:
             lines += textwrap.wrap(f"caption ({cap.get('source', '?')}): {t}", 90)
-    ids = (s.get("tokens.json") or {}).get("ids")
+    tokens = s.get("tokens.json") or {}
+    ids = tokens.get("ids")
     if ids is not None:
         if words:
             toks = [words[i] if 0 <= i < len(words) else f"#{i}?" for i in ids]
+        elif "words" in tokens:  # the pipeline also stores the words; used when vocab.json is absent
+            toks = list(tokens["words"])
         else:
             toks = [f"#{i}" for i in ids]
         lines += textwrap.wrap("tokens: " + " ".join(toks) + ("" if words else "  (no vocab.json)"), 90)

@@ -69,13 +69,22 @@ def _sobel(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
-def normals_from_depth(depth: np.ndarray, scale: float = 240.0) -> np.ndarray:
-    """DESIGN 5.2 normals of a uint16 depth map: (S, S, 3) uint8 ``round((n + 1) * 127.5)``."""
-    d = depth.astype(np.float32) * (scale / 65535.0)
+def normals_from_depth(depth: np.ndarray, scale: float = 240.0,
+                       content: tuple[slice, slice] | None = None) -> np.ndarray:
+    """DESIGN 5.2 normals of a uint16 depth map: (S, S, 3) uint8 ``round((n + 1) * 127.5)``.
+
+    With ``content`` (the letterbox's (rows, cols)) the Sobel sees only the content, edges replicated,
+    and the border gets the flat normal (0, 0, 1), as the pipeline's normals stage does.
+    """
+    out = np.empty(depth.shape + (3,), np.uint8)
+    out[...] = (128, 128, 255)
+    rows, cols = content or (slice(None), slice(None))
+    d = depth[rows, cols].astype(np.float32) * (scale / 65535.0)
     gx, gy = _sobel(d)
     n = np.stack([gx, gy, np.ones_like(d)], axis=-1)
     n /= np.linalg.norm(n, axis=-1, keepdims=True) + 1e-8
-    return np.round((n + 1.0) * 127.5).astype(np.uint8)
+    out[rows, cols] = np.round((n + 1.0) * 127.5).astype(np.uint8)
+    return out
 
 
 def synthetic_sample(image_id: int, size: int = 256, seed: int = 0) -> dict[str, dict[str, Any]]:
@@ -161,12 +170,13 @@ def synthetic_sample(image_id: int, size: int = 256, seed: int = 0) -> dict[str,
     glove = np.zeros((NUM_TOKENS, GLOVE_DIM), np.float16)
     glove[: min(NUM_TOKENS, len(ids))] = vectors[ids[:NUM_TOKENS]]
 
-    meta = {"id": image_id, "file_name": f"{key_of(image_id)}.jpg", "orig_size": list(orig),
-            "scale": scale, "offset": list(offset), "size": size}
+    meta = {"id": image_id, "file_name": f"{key_of(image_id)}.jpg", "orig_size": list(orig), "size": size,
+            "scale": scale, "offset": list(offset), "resized": [xs.stop - xs.start, ys.stop - ys.start]}
     return {
         "base": {"jpg": rgb, "meta.json": meta, "pose.json": {"persons": persons, "crowd": crowd}},
-        "depth": {"depth.png": depth, "depth.json": {"kind": "relative", "min": lo, "max": hi, "scale": 1.0}},
-        "normals": {"normals.png": normals_from_depth(depth)},
+        "depth": {"depth.png": depth, "depth.json": {"kind": "relative", "min": lo, "max": hi,
+                                                     "scale": (hi - lo) / 65535.0}},
+        "normals": {"normals.png": normals_from_depth(depth, content=(ys, xs))},
         "panoptic": {"panoptic.png": panoptic},
         "groups": {"groups.png": groups},
         "text": {"text.png": text, "text.json": {"polygons": polygons, "scores": scores}},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from shards.manifest import load_manifest
 from shards.reader import StoreReader
@@ -35,7 +36,12 @@ def test_synthetic_store_content_is_consistent(tmp_path: Path) -> None:
         assert (s["panoptic.png"][~valid] == PANOPTIC_VOID).all() and (s["panoptic.png"][valid] < 133).all()
         np.testing.assert_array_equal(s["groups.png"], group_of[s["panoptic.png"]])
         assert not s["depth.png"][~valid].any() and s["depth.png"][valid].max() == 65535
-        np.testing.assert_array_equal(s["normals.png"], normals_from_depth(s["depth.png"]))
+        np.testing.assert_array_equal(s["normals.png"],
+                                      normals_from_depth(s["depth.png"], content=(slice(oy, oy + h), slice(ox, ox + w))))
+        assert (s["normals.png"][~valid] == (128, 128, 255)).all()
+        assert meta["resized"] == [w, h]
+        info = s["depth.json"]
+        assert info["scale"] == pytest.approx((info["max"] - info["min"]) / 65535)
         assert set(np.unique(s["text.png"])) <= {0, 255}
         assert len(s["text.json"]["polygons"]) == len(s["text.json"]["scores"])
         assert (s["jpg"][~valid] < 40).all() and s["jpg"][valid].std() > 10  # letterbox bars stay dark
