@@ -227,8 +227,25 @@ def _blend(window: np.ndarray, values: np.ndarray, unit: float) -> None:
     np.maximum(window, scaled.astype(window.dtype), out=window)
 
 
-def pack_targets(sample: StoreSample, base_radius: float, paf_width: float,
-                 multihot_vocab: int = 0) -> dict[str, np.ndarray]:
+def allocate_batch(batch: int, size: int, multihot_vocab: int = 0) -> dict[str, np.ndarray]:
+    """Empty host buffers of a batch in the loader's compact format (see :func:`pack_targets`)."""
+    out = {
+        "image": np.empty((batch, 3, size, size), np.uint8),
+        "pose": np.empty((batch, len(JOINTS) + len(LIMBS), size, size), np.int8),
+        "pose_mask": np.empty((batch, size, size), np.uint8),
+        "depth": np.empty((batch, size, size), np.uint16),
+        "normals": np.empty((batch, 3, size, size), np.uint8),
+        "text": np.empty((batch, size, size), np.uint8),
+        "groups": np.empty((batch, size, size), np.uint8),
+        "glove": np.empty((batch, NUM_TOKENS, GLOVE_DIM), np.float16),
+    }
+    if multihot_vocab:
+        out["multihot"] = np.empty((batch, multihot_vocab), np.uint8)
+    return out
+
+
+def pack_targets(sample: StoreSample, base_radius: float, paf_width: float, multihot_vocab: int = 0,
+                 out: dict[str, np.ndarray] | None = None, index: int = 0) -> dict[str, np.ndarray]:
     """Render and pack one sample's targets into the compact host format of the loader.
 
     Args:
@@ -236,32 +253,38 @@ def pack_targets(sample: StoreSample, base_radius: float, paf_width: float,
         base_radius: heatmap base radius (see :class:`TargetSizes`).
         paf_width: PAF band width.
         multihot_vocab: vocabulary size of the multi-hot target; 0 = no multi-hot target.
+        out: batch buffers from :func:`allocate_batch` to write into (rendering happens in place, so a
+            batch needs no further copy); None = return one sample's arrays.
+        index: the sample's row in ``out``.
 
     Returns:
         ``image`` (3, S, S) uint8, ``pose`` (29, S, S) int8 (joints then PAFs), ``pose_mask`` (S, S) uint8,
         ``depth`` (S, S) uint16, ``normals`` (3, S, S) uint8, ``text`` (S, S) uint8, ``groups`` (S, S)
-        uint8 labels, ``glove`` (8, 300) float16 and, when asked, ``multihot`` (V,) uint8.
+        uint8 labels, ``glove`` (8, 300) float16 and, when asked, ``multihot`` (V,) uint8; with ``out``
+        these are its rows and ``out`` itself is returned.
     """
-    s = sample.size
-    pose = np.full((len(JOINTS) + len(LIMBS), s, s), -127, np.int8)
+    single = out is None
+    if single:
+        out, index = allocate_batch(1, sample.size, multihot_vocab), 0
+    pose = out["pose"][index]
+    pose.fill(-127)
     draw_heatmaps(pose[:len(JOINTS)], sample.keypoints, base_radius, 127.0)
     draw_pafs(pose[len(JOINTS):], sample.keypoints, paf_width, 127.0)
-    out = {
-        "image": np.ascontiguousarray(sample.image.transpose(2, 0, 1)),
-        "pose": pose,
-        "pose_mask": np.ones((s, s), np.uint8) if sample.crowd is None else 1 - sample.crowd,
-        "depth": np.ascontiguousarray(sample.depth),
-        "normals": np.ascontiguousarray(sample.normals.transpose(2, 0, 1)),
-        "text": np.ascontiguousarray(sample.text),
-        "groups": np.ascontiguousarray(sample.groups),
-        "glove": np.asarray(sample.glove, np.float16),
-    }
+    out["image"][index] = sample.image.transpose(2, 0, 1)
+    if sample.crowd is None:
+        out["pose_mask"][index] = 1
+    else:
+        np.subtract(1, sample.crowd, out=out["pose_mask"][index])
+    out["depth"][index] = sample.depth
+    out["normals"][index] = sample.normals.transpose(2, 0, 1)
+    out["text"][index] = sample.text
+    out["groups"][index] = sample.groups
+    out["glove"][index] = sample.glove
     if multihot_vocab:
-        hot = np.zeros(multihot_vocab, np.uint8)
-        ids = [i for i in sample.token_ids if 0 <= i < multihot_vocab]
-        hot[ids] = 1
-        out["multihot"] = hot
-    return out
+        hot = out["multihot"][index]
+        hot.fill(0)
+        hot[[i for i in sample.token_ids if 0 <= i < multihot_vocab]] = 1
+    return {k: v[0] for k, v in out.items()} if single else out
 
 
 # --- store values <-> [-1, 1] (numpy; used by the loader's device step and by evaluation) ---

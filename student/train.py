@@ -66,7 +66,7 @@ def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, 
     """One pass over the validation split (at most ``cfg.val_steps`` batches); returns (metrics, image panel)."""
     model.eval()
     sums, panel = MetricSums(device), None
-    loader = make_loader(dataset, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, cfg.workers, pin_memory=device.type == "cuda")
     gains = LossGains(**{k[5:]: v for k, v in cfg.to_dict().items() if k.startswith("gain_")})
     with torch.no_grad():
         for i, host in enumerate(loader):
@@ -106,9 +106,10 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     out_dir = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     sizes = TargetSizes(cfg.heatmap_radius, cfg.paf_width, cfg.size_step_epochs)
-    train_ds = open_split(cfg.shards, cfg.train_split, train=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
-                          sizes=sizes, augment=AugmentConfig() if cfg.augment else None)
-    val_ds = open_split(cfg.shards, cfg.val_split, train=False, sizes=sizes)
+    train_ds = open_split(cfg.shards, cfg.train_split, train=True, batch_size=cfg.batch_size, seed=cfg.seed,
+                          shuffle_buffer=cfg.shuffle_buffer, sizes=sizes,
+                          augment=AugmentConfig() if cfg.augment else None)
+    val_ds = open_split(cfg.shards, cfg.val_split, train=False, batch_size=cfg.batch_size, sizes=sizes)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "position": {"epoch": 0, "batch": 0}, "best": math.inf,
                              "stale": 0, "metrics": {}}
     if resume:
@@ -152,7 +153,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     last = out_dir / "last.pt"
     for epoch in range(state["epoch"], cfg.epochs):
         train_ds.set_epoch(epoch)
-        loader = make_loader(train_ds, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda")
+        loader = make_loader(train_ds, cfg.workers, pin_memory=device.type == "cuda")
         batches = iter(loader)
         skip = state["position"]["batch"] if state["position"]["epoch"] == epoch else 0
         for _ in range(skip):  # resume inside an epoch: replay the stream up to the saved position

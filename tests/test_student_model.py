@@ -7,7 +7,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import default_collate
 
 from shards.synthetic import write_synthetic_store
 from student.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -96,8 +95,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path, one_thread) -> None:
 
 def test_tiny_model_overfits_eight_samples(tmp_path, one_thread) -> None:
     write_synthetic_store(tmp_path, "train2017", 8, 8, size=64, seed=3)
-    dataset = open_split(tmp_path, "train2017", train=False)
-    host = default_collate(list(dataset))
+    host = next(iter(open_split(tmp_path, "train2017", train=False, batch_size=8)))
     assert len(host["key"]) == 8
     batch = to_device(host, torch.device("cpu"))
     torch.manual_seed(0)

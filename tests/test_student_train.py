@@ -44,9 +44,9 @@ def _cfg(store: Path, out: Path, **kw) -> TrainConfig:
 
 
 def test_loader_keeps_compact_host_dtypes_through_workers(store: Path) -> None:
-    dataset = open_split(store, "train2017", train=True, seed=0, multihot_vocab=16)
+    dataset = open_split(store, "train2017", train=True, batch_size=4, seed=0, multihot_vocab=16)
     dataset.set_epoch(0)
-    batch = next(iter(make_loader(dataset, batch_size=4, workers=1)))
+    batch = next(iter(make_loader(dataset, workers=1)))
     expected = {"image": torch.uint8, "pose": torch.int8, "pose_mask": torch.uint8, "depth": torch.uint16,
                 "normals": torch.uint8, "text": torch.uint8, "groups": torch.uint8, "glove": torch.float16,
                 "multihot": torch.uint8}
@@ -56,9 +56,11 @@ def test_loader_keeps_compact_host_dtypes_through_workers(store: Path) -> None:
 
 
 def test_validation_stream_is_one_ordered_pass_with_final_sizes(store: Path) -> None:
-    dataset = open_split(store, "val2017", train=False)
-    keys = [s["key"] for s in dataset]
-    assert keys == sorted(keys) and len(keys) == 8
+    dataset = open_split(store, "val2017", train=False, batch_size=3)
+    batches = list(dataset)
+    assert [len(b["key"]) for b in batches] == [3, 3, 2] and batches[-1]["pose"].shape[0] == 2
+    keys = [k for b in batches for k in b["key"]]
+    assert keys == sorted(keys) and len(set(keys)) == 8
     assert dataset.transform.augment is None and dataset.transform.epoch is None
 
 
