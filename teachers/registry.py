@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from teachers.base import Teacher, TeacherError
@@ -67,4 +68,7 @@ def describe(task: str | None = None) -> str:
             lines.append(f"    units:   {spec.units}")
         if spec.extra:
             lines.append(f"    extra:   pip install 'ymap-distill[{spec.extra}]'")
+        params = [f"{p.name}={p.default!r}" for p in inspect.signature(teacher_class(name).__init__).parameters.values()
+                  if p.kind is p.KEYWORD_ONLY and p.default is not p.empty]
+        lines.append(f"    params:  {', '.join(params)}")
     return "\n".join(lines)

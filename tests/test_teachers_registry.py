@@ -37,6 +37,7 @@ def test_describe_renders_every_teacher_spec() -> None:
         spec = teacher_class(name).spec
         assert f"{name}  [{spec.task}]" in text
         assert all(f"output:  {key}:" in text for key in spec.outputs)
+    assert "params:  checkpoint='depth-anything/Depth-Anything-V2-Large-hf'" in text
     assert describe("caption").count("[caption]") == len(list_teachers("caption"))
 
 
