@@ -25,11 +25,22 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+FILE_MODE = 0o644  # mkstemp makes 0600 files; store files must be readable by other users and services
+
+
+def temp_file_beside(path: str | os.PathLike, suffix: str = ".tmp") -> tuple[int, str]:
+    """``mkstemp`` in ``path``'s folder, with the store's file mode instead of 0600; returns (fd, name)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

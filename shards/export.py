@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from shards.atomic import atomic_write_json, fsync_dir
+from shards.atomic import atomic_write_json, fsync_dir, temp_file_beside
 from shards.reader import StoreReader
 from shards.writer import write_tar
 
@@ -49,7 +48,7 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
     paths, records, total = [], [], 0
     for shard in reader.manifest.shard_names:
         final = out / f"{shard}.tar"
-        fd, tmp = tempfile.mkstemp(prefix=f".{shard}.", suffix=".tar.tmp", dir=out)
+        fd, tmp = temp_file_beside(final, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 keys = write_tar(f, ((s.pop("__key__"), {k: v for k, v in s.items() if k != "__shard__"})

@@ -11,12 +11,11 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping
 
-from shards.atomic import atomic_write_json, fsync_dir, locked
+from shards.atomic import atomic_write_json, fsync_dir, locked, temp_file_beside
 from shards.codecs import encode_sample
 from shards.layout import column_dir, column_record_path, shard_path
 from shards.schema import column as get_column
@@ -108,7 +107,7 @@ class ColumnWriter:
         data, keys = tar_bytes(samples)
         self.dir.mkdir(parents=True, exist_ok=True)
         final = shard_path(self.dir, shard)
-        fd, tmp = tempfile.mkstemp(prefix=f".{shard}.", suffix=".tar.tmp", dir=self.dir)
+        fd, tmp = temp_file_beside(final, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

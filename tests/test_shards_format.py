@@ -68,3 +68,12 @@ def test_writing_the_same_data_twice_is_byte_identical(tmp_path: Path, store: Pa
         a = json.loads((first[name].parent / "column.json").read_text())["shards"]
         b = json.loads((second[name].parent / "column.json").read_text())["shards"]
         assert a == b
+
+
+def test_store_files_are_readable_by_others(store: Path) -> None:
+    split = store / SPLIT
+    files = [split / "manifest.json", split / "vocab.json", *_tars(store).values(),
+             *(p.parent / "column.json" for p in _tars(store).values())]
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o644, f
+    assert not list(split.rglob("*.tmp"))  # no temporary file left behind
