@@ -52,3 +52,16 @@ def test_bad_common_arguments_are_one_clear_error() -> None:
         create_teacher("caption-gt", batch_size=0)
     with pytest.raises(TeacherError, match="CUDA"):
         create_teacher("caption-gt", dtype="float16")
+
+
+def test_checkpoint_identity_hub_id_versus_local_weights(tmp_path) -> None:
+    from teachers.loading import checkpoint_identity
+
+    assert checkpoint_identity("org/model", "abc123") == {"model_id": "org/model", "revision": "abc123"}
+    assert checkpoint_identity("org/model")["revision"] == "unpinned"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"1234")
+    first = checkpoint_identity(str(folder))
+    (folder / "weights.bin").write_bytes(b"1235")
+    assert set(first) == {"weights_sha256"} and checkpoint_identity(str(folder)) != first
