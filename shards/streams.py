@@ -111,6 +111,8 @@ def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[st
     while True:
         header = read(BLOCK)
         if len(header) < BLOCK:
+            header = _read_rest(read, header, BLOCK)
+        if len(header) < BLOCK:
             raise TarError(f"truncated tar: archive ends at byte {offset + len(header)} without an end marker")
         if header == _ZERO_BLOCK:
             return
@@ -125,8 +127,10 @@ def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[st
             raise TarError(f"bad tar header at byte {offset} (size or checksum field)") from None
         kind = header[156:157]
         data = read(size)
+        if len(data) < size:
+            data = _read_rest(read, data, size)
         pad = -size % BLOCK
-        if len(data) < size or (pad and len(read(pad)) < pad):
+        if len(data) < size or (pad and len(_read_rest(read, b"", pad)) < pad):
             name = header[:100].split(b"\0", 1)[0].decode(errors="replace")
             raise TarError(f"truncated tar: member {name} at byte {offset} is cut short")
         offset += BLOCK + size + pad
@@ -142,6 +146,18 @@ def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[st
             long_name = data.split(b"\0", 1)[0].decode()
         elif kind == b"x":
             long_name = _pax_path(data) or long_name
+
+
+def _read_rest(read, data: bytes, size: int) -> bytes:
+    """Complete a short read (network and pipe streams may return less than asked before the end)."""
+    parts, got = [data], len(data)
+    while got < size:
+        chunk = read(size - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _pax_path(data: bytes) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import shutil
@@ -190,3 +191,22 @@ def test_pipe_and_fsspec_urls(store: Path) -> None:
         StoreReader("memory://nowhere", SPLIT)
     with pytest.raises(StoreError, match="exited with status 1"):
         StoreReader(f"pipe:cat {store}/nothing-here/{{}} 2>/dev/null", SPLIT)
+
+
+def test_short_reads_are_completed(store: Path) -> None:
+    from shards.streams import iter_samples
+
+    class Trickle(io.RawIOBase):  # a network-like stream that returns at most 700 bytes per read
+        def __init__(self, data: bytes) -> None:
+            self.data, self.pos = data, 0
+
+        def read(self, n: int = -1) -> bytes:
+            n = min(700, len(self.data) - self.pos if n < 0 else n)
+            out = self.data[self.pos:self.pos + n]
+            self.pos += len(out)
+            return out
+
+    path = Path(StoreReader(store, SPLIT, ["depth"]).shard_location("depth", "train2017-000000"))
+    with open(path, "rb") as f:
+        expected = list(iter_samples(f))
+    assert list(iter_samples(Trickle(path.read_bytes()))) == expected and len(expected) == 4
