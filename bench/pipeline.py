@@ -195,7 +195,8 @@ def main() -> None:
             ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
             try:  # the cluster start (seconds) is left out; actor start-up is inside the timing
                 cfg = BuildConfig(**{**base.__dict__, "out": str(work / f"ray{workers}"), "executor": "ray"})
-                ray_s[workers], _ = timed_build(cfg, RayExecutor(retries=1))
+                ray_s[workers], ray_report = timed_build(cfg, RayExecutor(retries=1))
+                result[f"ray{workers}_stage_busy_s"] = {s: st["seconds"] for s, st in ray_report["stages"].items()}
             finally:
                 ray.shutdown()
                 os.sched_setaffinity(0, cores)

@@ -67,5 +67,6 @@ def summary_table(report: Mapping[str, Any]) -> str:
             f"{report['image_ids']} image ids, {report['wall_seconds']:.1f} s on {report['executor']}")
     if report["failures"]:
         first = report["failures"][0]
-        tail += f"; {len(report['failures'])} unit(s) failed, first {first['stage']} {first['shard']}: {first['error']}"
+        error = (first["error"].strip().splitlines() or [""])[0]
+        tail += f"; {len(report['failures'])} unit(s) failed, first {first['stage']} {first['shard']}: {error}"
     return "\n".join(lines + [tail])
