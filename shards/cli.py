@@ -58,9 +58,10 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from shards.verify import verify_split
 
-    report = verify_split(args.shards, args.split, args.columns, decode=not args.no_decode)
+    report = verify_split(args.shards, args.split, args.columns, decode=not args.no_decode, first_only=not args.all)
     if not report.ok:
-        print(f"{PROG} verify: {report.faults[0]}", file=sys.stderr)
+        for fault in report.faults:
+            print(f"{PROG} verify: {fault}", file=sys.stderr)
         return 1
     print(f"OK: {report.shards} shards x {len(report.columns)} columns ({', '.join(report.columns)}), "
           f"{report.samples} samples")
@@ -96,7 +97,8 @@ def _gc(args: argparse.Namespace) -> int:
     for p in result.kept_recent:
         print(f"kept {p} (modified less than {args.min_age:g} s ago: a build may be writing it; "
               "--min-age 0 removes it)")
-    print(f"{verb} {len(result.removed)} inactive version(s), {result.bytes / 2**20:.1f} MiB")
+    print(f"{verb} {len(result.removed)} inactive version(s) and leftover temporary file(s), "
+          f"{result.bytes / 2**20:.1f} MiB")
     return 0
 
 
@@ -131,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["info"].add_argument("--json", action="store_true", help="print JSON")
     parsers["verify"].add_argument("--columns", nargs="+", default=None, help="columns to check (default: active)")
     parsers["verify"].add_argument("--no-decode", action="store_true", help="skip decoding members (faster)")
+    parsers["verify"].add_argument("--all", action="store_true", help="report every fault, not only the first")
     parsers["show"].add_argument("key", nargs="?", default=None,
                                  help="sample key or COCO image id, e.g. 397133 (default: the first sample)")
     parsers["show"].add_argument("--out", type=Path, default=None, help="PNG path (default: show-<key>.png)")

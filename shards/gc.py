@@ -1,7 +1,8 @@
-"""Garbage collection of the store: removes column versions (fingerprint folders) the manifest does not point at.
+"""Garbage collection of the store: removes column versions (fingerprint folders) the manifest does not point at,
+and temporary files that killed writers left in the active ones.
 
 A version folder written recently may belong to a build still running (it becomes active only when
-complete), so folders younger than ``min_age_s`` are kept unless asked otherwise.
+complete), so folders and temporary files younger than ``min_age_s`` are kept unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from shards.schema import COLUMNS
 
 @dataclass
 class GcResult:
-    """Version folders removed (or that would be, in a dry run), kept as too recent, and bytes freed."""
+    """Version folders and temporary files removed (or that would be, in a dry run), versions kept as too
+    recent, and bytes freed."""
 
     removed: list[Path] = field(default_factory=list)
     kept_recent: list[Path] = field(default_factory=list)
@@ -73,4 +75,13 @@ def collect_garbage(root: str | os.PathLike, split: str, *, dry_run: bool = Fals
                 shutil.rmtree(version)
             result.removed.append(version)
             result.bytes += size
+        path = split_dir(root, split)
+        for column, fp in load_manifest(path).columns.items():
+            for tmp in sorted((path / column / fp).glob(".*.tmp")):  # a writer killed before its rename
+                st = tmp.stat()
+                if now - st.st_mtime >= min_age_s:
+                    if not dry_run:
+                        tmp.unlink()
+                    result.removed.append(tmp)
+                    result.bytes += st.st_size
     return result

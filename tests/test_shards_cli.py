@@ -105,10 +105,14 @@ def test_gc_removes_inactive_versions_only(store: Path, capsys: pytest.CaptureFi
     for p in [old.dir, *old.dir.iterdir()]:
         os.utime(p, (past, past))
     active = {c: split / c / fp for c, fp in m.columns.items()}
+    leftover = active["depth"] / ".train2017-000001.tar.abc123.tmp"  # a writer killed before its rename
+    leftover.write_bytes(b"partial")
+    os.utime(leftover, (past, past))
     rc, out, _ = _run(capsys, "--shards", str(store), "gc", "--dry-run")
     assert rc == 0 and "would remove" in out and old.dir.is_dir()
     rc, out, _ = _run(capsys, "--shards", str(store), "gc")
     assert rc == 0 and not old.dir.exists() and building.dir.is_dir()  # too recent: a build may be writing it
+    assert not leftover.exists() and f"removed {leftover}" in out
     assert f"kept {building.dir}" in out
     assert all(p.is_dir() for p in active.values())
     rc, out, _ = _run(capsys, "--shards", str(store), "gc", "--min-age", "0")

@@ -36,8 +36,8 @@ def test_synthetic_store_content_is_consistent(tmp_path: Path) -> None:
         assert (s["panoptic.png"][~valid] == PANOPTIC_VOID).all() and (s["panoptic.png"][valid] < 133).all()
         np.testing.assert_array_equal(s["groups.png"], group_of[s["panoptic.png"]])
         assert not s["depth.png"][~valid].any() and s["depth.png"][valid].max() == 65535
-        np.testing.assert_array_equal(s["normals.png"],
-                                      normals_from_depth(s["depth.png"], content=(slice(oy, oy + h), slice(ox, ox + w))))
+        content = (slice(oy, oy + h), slice(ox, ox + w))
+        np.testing.assert_array_equal(s["normals.png"], normals_from_depth(s["depth.png"], content=content))
         assert (s["normals.png"][~valid] == (128, 128, 255)).all()
         assert meta["resized"] == [w, h]
         info = s["depth.json"]

@@ -111,9 +111,13 @@ def test_misaligned_keys(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert keys[0] in out
 
 
-def test_missing_shard_file_and_record(store: Path) -> None:
+def test_missing_shard_file_and_record(store: Path, capsys: pytest.CaptureFixture) -> None:
     _shard_file(store, "groups", "train2017-000000").unlink()
     (fault,) = verify_split(store, SPLIT).faults
     assert fault.column == "groups" and fault.shard == "train2017-000000" and "missing" in fault.message
     report = verify_split(store, SPLIT, first_only=False)
     assert len(report.faults) == 1 and report.shards == 3
+    _shard_file(store, "text", "train2017-000002").unlink()
+    assert main(["--shards", str(store), "--split", SPLIT, "verify", "--all"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "'groups'" in err[0] and "'text'" in err[1] and "train2017-000002" in err[1]
