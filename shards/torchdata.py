@@ -16,6 +16,10 @@ from shards.reader import StoreReader
 class StoreDataset(IterableDataset):
     """Wraps a :class:`StoreReader` for ``torch.utils.data.DataLoader`` (workers split shards themselves).
 
+    Each epoch's ``iter(loader)`` sends the reader, with its current epoch, to fresh workers; with
+    ``persistent_workers=True`` the workers keep the copy they got first, so ``set_epoch`` would not reach
+    them: use non-persistent workers (the default) or ``resampled=True``.
+
     Args:
         reader: the configured reader; it is pickled into workers without open files.
     """
