@@ -44,13 +44,13 @@ def evaluate(model: Callable[[torch.Tensor], dict[str, torch.Tensor]], root: str
     """
     from tqdm import tqdm
 
-    dataset = open_split(root, split, train=False, sizes=sizes)
+    dataset = open_split(root, split, train=False, batch_size=batch_size, sizes=sizes)
     total = dataset.manifest.num_samples if limit is None else min(limit, dataset.manifest.num_samples)
     sums = MetricSums(device)
     seen = 0
     bar = tqdm(total=total, desc=f"eval {split}", unit="img", disable=not progress, file=sys.stderr)
     with torch.no_grad():
-        for host in make_loader(dataset, batch_size, workers):
+        for host in make_loader(dataset, workers):
             if seen >= total:
                 break
             keep = min(total - seen, len(host["key"]))

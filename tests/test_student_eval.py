@@ -33,7 +33,7 @@ class PerfectModel(torch.nn.Module):
     def __init__(self, root: str) -> None:
         super().__init__()
         self.table = {}
-        for host in make_loader(open_split(root, SPLIT, train=False), 1, 0):
+        for host in make_loader(open_split(root, SPLIT, train=False, batch_size=1), 0):
             batch = to_device({k: v for k, v in host.items() if isinstance(v, torch.Tensor)}, torch.device("cpu"))
             self.table[batch["images"][0].numpy().tobytes()] = (batch["targets"][0], batch["glove"][0])
 
