@@ -3,6 +3,7 @@ split into shards and find the unfinished (stage, shard) units."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,10 +144,21 @@ def tokens_params(config: "BuildConfig", store_root: Path) -> tuple[dict[str, An
     return {"vocab_size": int(config.vocab_size), "glove": glove_id, "stopwords": "default"}, None
 
 
+def absolute_paths(config: "BuildConfig") -> "BuildConfig":
+    """The config with every local path made absolute: Ray workers do not share the driver's directory."""
+    changes: dict[str, Any] = {"out": os.path.abspath(config.out), "coco_root": os.path.abspath(config.coco_root)}
+    for key in ("glove", *(f"{s}_checkpoint" for s in TEACHER_STAGES)):
+        value = getattr(config, key)
+        if value is not None and os.path.exists(value):  # else a hub id or gensim name
+            changes[key] = os.path.abspath(value)
+    return dataclasses.replace(config, **changes)
+
+
 def prepare(config: "BuildConfig") -> Plan:
     """Check the inputs and plan the build; raises BuildError (one line) before any unit runs."""
     from pipeline.coco import CocoError, load_split
 
+    config = absolute_paths(config)
     root = check_inputs(config)
     try:
         records = load_split(root, config.split)
