@@ -133,39 +133,42 @@ class DPTextDETRTeacher(Teacher):
         return {"weights_sha256": self._weights_sha, "threshold": self.threshold, "min_size": self.min_size,
                 "max_size": self.max_size, "config": asdict(self.cfg)}
 
-    def _batch(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resize, normalise and zero-pad to one (B, 3, H, W) tensor plus its (B, H, W) padding mask."""
-        resized = []
-        for img in images:
-            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                raise TeacherError(f"teacher 'dptext-detr' needs (H, W, 3) uint8 RGB, got {img.dtype} {img.shape}")
-            nh, nw = resized_shape(img.shape[0], img.shape[1], self.min_size, self.max_size)
-            resized.append(np.array(Image.fromarray(img).resize((nw, nh), Image.BILINEAR)))
-        hmax, wmax = max(r.shape[0] for r in resized), max(r.shape[1] for r in resized)
-        batch = torch.zeros(len(resized), 3, hmax, wmax)
-        mask = torch.ones(len(resized), hmax, wmax, dtype=torch.bool)
-        mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
-        std = torch.tensor(PIXEL_STD).view(3, 1, 1)
-        for i, r in enumerate(resized):
-            h, w = r.shape[:2]
-            batch[i, :, :h, :w] = (torch.from_numpy(r).permute(2, 0, 1).float() - mean) / std
-            mask[i, :h, :w] = False
-        return batch.to(self.device), mask.to(self.device)
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        """One RGB uint8 image at the test size (PIL bilinear, as detectron2's ResizeTransform)."""
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise TeacherError(f"teacher 'dptext-detr' needs (H, W, 3) uint8 RGB, got {img.dtype} {img.shape}")
+        nh, nw = resized_shape(img.shape[0], img.shape[1], self.min_size, self.max_size)
+        return np.array(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+
+    def _tensor(self, resized: list[np.ndarray]) -> torch.Tensor:
+        """Same-size resized images -> normalised (B, 3, H, W) on the device."""
+        batch = torch.from_numpy(np.stack(resized)).to(self.device).permute(0, 3, 1, 2).float()
+        mean = torch.tensor(PIXEL_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(PIXEL_STD, device=self.device).view(1, 3, 1, 1)
+        return (batch - mean) / std
 
     @torch.inference_mode()
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
-        images = [inp.image for inp in inputs]
-        batch, mask = self._batch(images)
+        """Images of the same test size share a model call; no padding, so an image's polygons never depend
+        on the rest of its batch (as in the official batch-1 evaluation)."""
+        resized = [self._resize(inp.image) for inp in inputs]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(resized):
+            groups.setdefault(r.shape[:2], []).append(i)
+        out: list[dict[str, Any]] = [{} for _ in inputs]
         autocast = (torch.autocast("cuda", dtype=getattr(torch, self.dtype)) if self.dtype != "float32"
                     else contextlib.nullcontext())
-        with autocast:
-            logits, points = self.model(batch, mask)
-        scores = logits.float().mean(-1).sigmoid().cpu().numpy()  # (B, Q)
-        points = points.float().cpu().numpy()  # (B, Q, P, 2) in [0, 1] of the unpadded image
-        out = []
-        for img, sc, pts in zip(images, scores, points):
-            keep = sc >= self.threshold
-            size = np.array([img.shape[1], img.shape[0]], dtype=np.float32)
-            out.append({"polygons": [(p * size).astype(np.float32) for p in pts[keep]],
-                        "scores": [float(s) for s in sc[keep]]})
+        for (h, w), idx in groups.items():
+            batch = self._tensor([resized[i] for i in idx])
+            mask = torch.zeros(len(idx), h, w, dtype=torch.bool, device=self.device)
+            with autocast:
+                logits, points = self.model(batch, mask)
+            scores = logits.float().mean(-1).sigmoid().cpu().numpy()  # (B, Q)
+            points = points.float().cpu().numpy()  # (B, Q, P, 2) in [0, 1] of the image
+            for i, sc, pts in zip(idx, scores, points):
+                keep = sc >= self.threshold
+                img = inputs[i].image
+                size = np.array([img.shape[1], img.shape[0]], dtype=np.float32)
+                out[i] = {"polygons": [(p * size).astype(np.float32) for p in pts[keep]],
+                          "scores": [float(v) for v in sc[keep]]}
         return out

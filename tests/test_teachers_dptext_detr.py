@@ -262,11 +262,19 @@ def test_teacher_on_real_photos_returns_polygons_in_original_pixels(tiny_ckpt) -
             assert 0.0 <= poly[:, 1].min() and poly[:, 1].max() <= img.shape[0]
             assert isinstance(score, float) and 0.0 <= score <= 1.0
     # polygons are the model's normalised points times the original size, scores the mean-logit sigmoid
-    batch, mask = teacher._batch(images[1:2])
+    resized = teacher._resize(images[1])
     with torch.no_grad():
-        logits, points = teacher.model(batch, mask)
+        logits, points = teacher.model(teacher._tensor([resized]), torch.zeros(1, *resized.shape[:2], dtype=bool))
     h, w = images[1].shape[:2]
     single = teacher([TeacherInput(images[1])])[0]
+    assert resized.shape[:2] == (96, 144)  # 400x600 -> shorter side 96
+    # an image's result does not depend on its batch: same-size images share a call, without padding
+    flipped = images[1][:, ::-1].copy()
+    pair = teacher([TeacherInput(images[1]), TeacherInput(flipped)])
+    for got, want in zip(pair, (single, teacher([TeacherInput(flipped)])[0])):
+        np.testing.assert_allclose(np.stack(got["polygons"]), np.stack(want["polygons"]), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.stack(out[1]["polygons"]), np.stack(single["polygons"]), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(np.stack(single["polygons"]), points[0].numpy() * [w, h], rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(single["scores"], logits[0].mean(-1).sigmoid().numpy(), rtol=1e-5)
     # the threshold keeps exactly the queries scoring at least it
