@@ -42,6 +42,12 @@ def teachers(checkpoints) -> dict:
             for name, kw in CASES.items()}
 
 
+@pytest.fixture(scope="module")
+def batched(teachers, images) -> dict[str, list[dict]]:
+    """Each teacher's outputs for the whole image list in one call (computed once, used by several tests)."""
+    return {name: t([TeacherInput(im, i) for i, im in enumerate(images)]) for name, t in teachers.items()}
+
+
 def _check_output(name: str, spec_task: str, out: dict, image: np.ndarray) -> None:
     h, w = image.shape[:2]
     if spec_task == "depth":
@@ -67,20 +73,17 @@ def _check_output(name: str, spec_task: str, out: dict, image: np.ndarray) -> No
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_batch_outputs_follow_the_contract(name, teachers, images) -> None:
-    teacher = teachers[name]
-    outs = teacher([TeacherInput(im, i) for i, im in enumerate(images)])
+def test_batch_outputs_follow_the_contract(name, teachers, batched, images) -> None:
+    outs = batched[name]
     assert len(outs) == len(images)
     for out, image in zip(outs, images):
-        _check_output(name, teacher.spec.task, out, image)
+        _check_output(name, teachers[name].spec.task, out, image)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_batched_equals_one_by_one(name, teachers, images) -> None:
-    teacher = teachers[name]
-    batched = teacher([TeacherInput(im, i) for i, im in enumerate(images)])
-    single = [teacher([TeacherInput(im, i)])[0] for i, im in enumerate(images)]
-    for b, s in zip(batched, single):
+def test_batched_equals_one_by_one(name, teachers, batched, images) -> None:
+    single = [teachers[name]([TeacherInput(im, i)])[0] for i, im in enumerate(images)]
+    for b, s in zip(batched[name], single):
         assert set(b) == set(s)
         for key in b:
             if isinstance(b[key], np.ndarray) and b[key].dtype.kind == "f":
