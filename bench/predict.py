@@ -1,7 +1,8 @@
 """Benchmark of `student predict`: frames/s of model + post-processing, depth refinement on and off.
 
 Runs the tiny and the paper configuration (random weights) on a real photo on the current device and
-times the post-processing stages alone. Prints a table, then one JSON line. Options: --device, --frames,
+times the post-processing stages alone; every figure is 1 / the median frame time of interleaved runs.
+Prints a table, then one JSON line. Options: --device, --frames,
 --paper-frames, --skip-paper.
 """
 
@@ -24,7 +25,7 @@ from shards.taxonomy import CHANNELS  # noqa: E402
 from student.config import ModelConfig  # noqa: E402
 from student.model import YMapNet  # noqa: E402
 from student.postprocess import find_peaks, group_people, refine_depth  # noqa: E402
-from student.predict import Prediction, Predictor  # noqa: E402
+from student.predict import Predictor  # noqa: E402
 
 PAPER_GPU_HZ = 25.4  # the paper's FP32 inference rate on a consumer GPU (network only)
 
@@ -34,41 +35,40 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def frames_per_second(predictor: Predictor, image: np.ndarray, frames: int,
-                      device: str) -> tuple[float, Prediction]:
-    """Frames/s of ``predictor`` on ``image`` (the model is already warm) and the last prediction."""
+def _timed(fn, device: str) -> tuple[float, object]:
     _sync(device)
     start = time.perf_counter()
-    for _ in range(frames):
-        pred = predictor(image)
+    out = fn()
     _sync(device)
-    return frames / (time.perf_counter() - start), pred
+    return time.perf_counter() - start, out
 
 
-def model_only(model: torch.nn.Module, size: int, frames: int, device: str) -> float:
-    """Frames/s of the bare network on a uint8 batch of one (no letterbox, no post-processing); warms it up."""
+def measure(model: torch.nn.Module, size: int, image: np.ndarray, frames: int, device: str) -> dict[str, float]:
+    """Frames/s of the bare network, of predict without and with refinement, and post-processing times.
+
+    The three are timed interleaved frame by frame and reported as 1 / median frame time, so that load from
+    other processes hits all of them alike.
+    """
     x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, device=device)
+    plain = Predictor(model, size, device=device, refine=False)
+    refined = Predictor(model, size, device=device, refine=True)
     with torch.no_grad():
-        model(x)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(frames):
-            model(x)
-        _sync(device)
-    return frames / (time.perf_counter() - start)
-
-
-def postprocess_ms(maps: np.ndarray, repeats: int = 5) -> dict[str, float]:
-    """Milliseconds of pose grouping and of depth refinement on one (44, S, S) output."""
-    start = time.perf_counter()
-    for _ in range(repeats):
-        group_people(find_peaks(maps[CHANNELS["joints"].slice]), maps[CHANNELS["pafs"].slice])
-    pose = (time.perf_counter() - start) / repeats * 1e3
-    depth = (maps[CHANNELS["depth"].start] + 1) / 2
-    start = time.perf_counter()
-    for _ in range(repeats):
-        refine_depth(depth, maps[CHANNELS["normals"].slice])
-    return {"pose_ms": pose, "refine_ms": (time.perf_counter() - start) / repeats * 1e3}
+        model(x)  # warm-up
+    times: dict[str, list[float]] = {"model": [], "no_refine": [], "refine": [], "pose": [], "depth": []}
+    for _ in range(frames):
+        with torch.no_grad():
+            times["model"].append(_timed(lambda: model(x), device)[0])
+        times["no_refine"].append(_timed(lambda: plain(image), device)[0])
+        elapsed, pred = _timed(lambda: refined(image), device)
+        times["refine"].append(elapsed)
+        maps = pred.maps
+        times["pose"].append(_timed(lambda: group_people(find_peaks(maps[CHANNELS["joints"].slice]),
+                                                         maps[CHANNELS["pafs"].slice]), "cpu")[0])
+        depth = (maps[CHANNELS["depth"].start] + 1) / 2
+        times["depth"].append(_timed(lambda: refine_depth(depth, maps[CHANNELS["normals"].slice]), "cpu")[0])
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"model_fps": 1 / med["model"], "fps_no_refine": 1 / med["no_refine"], "fps_refine": 1 / med["refine"],
+            "pose_ms": med["pose"] * 1e3, "refine_ms": med["depth"] * 1e3}
 
 
 def main() -> None:
@@ -76,28 +76,22 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--frames", type=int, default=10, help="timed frames of the tiny configuration")
     parser.add_argument("--paper-frames", type=int, default=0,
-                        help="timed frames of the paper configuration (default: 1 on CPU, 50 on GPU)")
+                        help="timed frames of the paper configuration (default: 2 on CPU, 50 on GPU)")
     parser.add_argument("--skip-paper", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     photo = data.astronaut()
     device = args.device
-    paper_frames = args.paper_frames or (50 if device.startswith("cuda") else 1)
+    paper_frames = args.paper_frames or (50 if device.startswith("cuda") else 2)
     configs = [("tiny", ModelConfig.tiny(), args.frames)]
     if not args.skip_paper:
         configs.append(("paper", ModelConfig.paper(), paper_frames))
     rows = {}
     for name, cfg, frames in configs:
         model = YMapNet(cfg).to(device).eval()
-        row = {"image_size": cfg.image_size, "frames": frames,
-               "model_fps": model_only(model, cfg.image_size, frames, device)}
-        for refine in (False, True):
-            predictor = Predictor(model, cfg.image_size, device=device, refine=refine)
-            fps, pred = frames_per_second(predictor, photo, frames, device)
-            row["fps_refine" if refine else "fps_no_refine"] = fps
-        row.update(postprocess_ms(pred.maps))
+        row = {"image_size": cfg.image_size, "frames": frames, **measure(model, cfg.image_size, photo, frames, device)}
         rows[name] = row
-        del model, predictor
+        del model
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     print(f"student predict on {device} ({torch.get_num_threads()} threads), photo 512x512, random weights")
