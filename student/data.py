@@ -10,18 +10,20 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from shards.codecs import DECODERS
 from shards.manifest import Manifest, StoreError
+from shards.schema import COLUMNS
 from shards.reader import StoreReader, load_manifest_at
 from student.augment import AugmentConfig, augment, sample_rng
 from student.targets import StoreSample, TargetSizes, allocate_batch, device_targets, from_store, pack_targets
 
-REQUIRED_COLUMNS = ("base", "depth", "normals", "text", "groups", "tokens")
-BUILD_HINT = {"base": "base", "depth": "depth", "normals": "depth", "text": "text", "groups": "panoptic",
-              "tokens": "caption"}  # the pipeline stage that produces (or leads to) each column
+REQUIRED_COLUMNS = ("base", "depth", "normals", "text", "groups", "tokens")  # each made by the stage of its name
+#: members the student decodes (ext -> codec); the rest (meta.json, depth.json, text.json) stay bytes
+MEMBERS = {m.ext: m.codec for c in REQUIRED_COLUMNS for m in COLUMNS[c].members
+           if m.ext not in ("meta.json", "depth.json", "text.json")}
 
 
 @dataclass
@@ -44,12 +46,14 @@ class SampleTransform:
     epoch: int | None = 0
 
     def __call__(self, raw: dict[str, Any]) -> StoreSample:
-        sample = from_store(raw)
+        """Decode the members the student uses (raw bytes from the reader) and augment."""
+        decoded = {"__key__": raw["__key__"], **{ext: DECODERS[codec](raw[ext]) for ext, codec in MEMBERS.items()}}
+        sample = from_store(decoded)
         if self.augment is not None:
             sample = augment(sample, sample_rng(self.seed, self.epoch or 0, sample.key), self.augment)
         return sample
 
-    def pack(self, sample: StoreSample, out: dict[str, np.ndarray], index: int) -> None:
+    def pack(self, sample: StoreSample, out: dict[str, Any], index: int) -> None:
         """Render the sample's targets into row ``index`` of the batch buffers ``out``."""
         radius, width = self.sizes.at(self.epoch)
         pack_targets(sample, radius, width, self.multihot_vocab, out, index)
@@ -70,35 +74,58 @@ class StudentDataset(IterableDataset):
         self.reader = reader
         self.transform = transform
         self.batch_size = batch_size
+        self.skip_batches = 0
 
     @property
     def manifest(self) -> Manifest:
         return self.reader.manifest
 
-    def set_epoch(self, epoch: int) -> None:
-        """Call before each ``iter(loader)``: workers receive a copy of the dataset at that moment."""
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Call before each ``iter(loader)`` (workers receive a copy of the dataset at that moment).
+
+        Args:
+            epoch: reseeds the reader, the augmentation and the target sizes.
+            skip_batches: batches of this epoch's stream already consumed (resuming inside an epoch). Whole
+                rounds of the DataLoader's round robin over its W workers are skipped undecoded; the caller
+                drops the remaining ``skip_batches % W`` batches itself (see :func:`skip_remainder`).
+        """
         self.reader.set_epoch(epoch)
+        self.skip_batches = skip_batches
         if self.transform.epoch is not None:
             self.transform.epoch = epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         size, vocab = self.manifest.size, self.transform.multihot_vocab
-        buffers, keys = None, []
+        # inside a DataLoader worker the batch is born in shared memory: handing it over copies nothing
+        info = torch.utils.data.get_worker_info()
+        shared = info is not None
+        workers = info.num_workers if info is not None else 1
+        skip = self.skip_batches // workers * self.batch_size  # whole rounds of the loader's round robin
+        tensors, keys = None, []
         for raw in self.reader:
-            if buffers is None:
-                buffers = allocate_batch(self.batch_size, size, vocab)
+            if skip:
+                skip -= 1
+                continue
+            if tensors is None:
+                tensors = _allocate(self.batch_size, size, vocab, shared)
+                arrays = {k: v.numpy() for k, v in tensors.items()}
             sample = self.transform(raw)
-            self.transform.pack(sample, buffers, len(keys))
+            self.transform.pack(sample, arrays, len(keys))
             keys.append(sample.key)
             if len(keys) == self.batch_size:
-                yield _as_batch(buffers, keys)
-                buffers, keys = None, []
+                yield {**tensors, "key": keys}
+                tensors, keys = None, []
         if keys:
-            yield _as_batch({k: v[:len(keys)] for k, v in buffers.items()}, keys)
+            yield {**{k: v[:len(keys)] for k, v in tensors.items()}, "key": keys}
 
 
-def _as_batch(buffers: dict[str, np.ndarray], keys: list[str]) -> dict[str, Any]:
-    return {**{k: torch.from_numpy(v) for k, v in buffers.items()}, "key": keys}
+def _allocate(batch: int, size: int, vocab: int, shared: bool) -> dict[str, torch.Tensor]:
+    """Uninitialised batch tensors with the layout of :func:`student.targets.allocate_batch`."""
+    out = {}
+    for name, like in allocate_batch(0, size, vocab).items():
+        t = torch.empty((batch,) + like.shape[1:], dtype=torch.from_numpy(like).dtype)
+        out[name] = t.share_memory_() if shared else t
+    return out
 
 
 def open_split(root: str | os.PathLike, split: str, *, train: bool, batch_size: int = 32, seed: int = 0,
@@ -127,18 +154,22 @@ def open_split(root: str | os.PathLike, split: str, *, train: bool, batch_size: 
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
         raise StoreError(f"store {root} split {split} lacks column(s) {', '.join(missing)}; build them with "
-                         f"`pipeline build-targets --split {split} --stages "
-                         f"{','.join(dict.fromkeys(BUILD_HINT[c] for c in missing))}`")
+                         f"`pipeline build-targets --split {split} --stages {','.join(missing)}`")
     reader = StoreReader(root, split, REQUIRED_COLUMNS, shuffle=train, seed=seed, shuffle_buffer=shuffle_buffer,
-                         resampled=train, rank=rank, world_size=world_size)
+                         resampled=train, rank=rank, world_size=world_size, decode=False)
     transform = SampleTransform(sizes, augment if train else None, seed, multihot_vocab, 0 if train else None)
     return StudentDataset(reader, transform, batch_size)
+
+
+def skip_remainder(skip_batches: int, workers: int) -> int:
+    """Batches a resumed loader still yields before the saved position (see ``StudentDataset.set_epoch``)."""
+    return skip_batches % max(1, workers)
 
 
 def make_loader(dataset: StudentDataset, workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over the dataset's batches (the dataset splits shards across workers itself)."""
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      persistent_workers=False)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:

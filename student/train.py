@@ -24,7 +24,7 @@ from shards.manifest import StoreError
 from student.augment import AugmentConfig
 from student.checkpoint import CheckpointError, save_checkpoint
 from student.config import ModelConfig, TrainConfig
-from student.data import StudentDataset, make_loader, open_split, to_device
+from student.data import StudentDataset, make_loader, open_split, skip_remainder, to_device
 from student.loss import LossGains, compute_loss
 from student.metrics import MetricSums, image_panel
 from student.model import YMapNet
@@ -152,11 +152,10 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
 
     last = out_dir / "last.pt"
     for epoch in range(state["epoch"], cfg.epochs):
-        train_ds.set_epoch(epoch)
-        loader = make_loader(train_ds, cfg.workers, pin_memory=device.type == "cuda")
-        batches = iter(loader)
-        skip = state["position"]["batch"] if state["position"]["epoch"] == epoch else 0
-        for _ in range(skip):  # resume inside an epoch: replay the stream up to the saved position
+        skip = state["position"]["batch"] if state["position"]["epoch"] == epoch else 0  # resumed inside it
+        train_ds.set_epoch(epoch, skip)
+        batches = iter(make_loader(train_ds, cfg.workers, pin_memory=device.type == "cuda"))
+        for _ in range(skip_remainder(skip, cfg.workers)):
             next(batches)
         net.train()
         bar = _progress(cfg, main, steps_per_epoch, skip, epoch)
@@ -202,15 +201,16 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
 
         metrics, panel = evaluate(model, val_ds, cfg, device, world)  # unwrapped: ranks see different counts
         state.update(epoch=epoch + 1, position={"epoch": epoch + 1, "batch": 0}, metrics=metrics)
-        improved = metrics["loss"] < state["best"]
-        state["best"], state["stale"] = (metrics["loss"], 0) if improved else (state["best"], state["stale"] + 1)
+        val_loss = metrics.get("loss", math.inf)  # no loss: the val split gave no batch
+        improved = val_loss < state["best"]
+        state["best"], state["stale"] = (val_loss, 0) if improved else (state["best"], state["stale"] + 1)
         if writer is not None:
             for name, value in metrics.items():
                 writer.add_scalar(f"val/{name}", value, epoch + 1)
             if panel is not None:
                 writer.add_image("val/panel", panel, epoch + 1)
         if main:
-            print(f"epoch {epoch + 1}: val loss {metrics['loss']:.4f} (best {state['best']:.4f}), "
+            print(f"epoch {epoch + 1}: val loss {val_loss:.4f} (best {state['best']:.4f}), "
                   f"joints hdm@0.1 {metrics['joints/hdm@0.1']:.3f}, tokens cos {metrics['tokens/cos']:.3f}",
                   file=sys.stderr)
         last = checkpoint("last.pt")

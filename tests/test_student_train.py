@@ -14,7 +14,7 @@ import torch
 from shards.synthetic import write_synthetic_store
 from student import cli
 from student.config import TrainConfig
-from student.data import make_loader, open_split
+from student.data import make_loader, open_split, skip_remainder
 from student.metrics import MetricSums, hdm, token_cosine
 from student.train import lr_at, train
 
@@ -43,10 +43,19 @@ def _cfg(store: Path, out: Path, **kw) -> TrainConfig:
     return replace(base, **kw)
 
 
-def test_loader_keeps_compact_host_dtypes_through_workers(store: Path) -> None:
+def test_loader_keeps_compact_host_dtypes_through_workers_and_skips_exactly(store: Path) -> None:
     dataset = open_split(store, "train2017", train=True, batch_size=4, seed=0, multihot_vocab=16)
-    dataset.set_epoch(0)
-    batch = next(iter(make_loader(dataset, workers=1)))
+    dataset.set_epoch(2)
+    batches = iter(make_loader(dataset, workers=2))
+    first = [next(batches) for _ in range(5)]
+    dataset.set_epoch(2, skip_batches=3)  # resuming after 3 batches: workers skip one round, we drop one
+    resumed = iter(make_loader(dataset, workers=2))
+    assert skip_remainder(3, 2) == 1
+    next(resumed)
+    for expected in first[3:]:
+        again = next(resumed)
+        assert again["key"] == expected["key"] and torch.equal(again["image"], expected["image"])
+    batch = first[0]
     expected = {"image": torch.uint8, "pose": torch.int8, "pose_mask": torch.uint8, "depth": torch.uint16,
                 "normals": torch.uint8, "text": torch.uint8, "groups": torch.uint8, "glove": torch.float16,
                 "multihot": torch.uint8}
