@@ -3,37 +3,48 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Mapping
 
 
 class Progress:
     """tqdm bars, one per stage with work to do; counts images, shows units done in the postfix.
 
+    Where stderr is not a terminal (a log file, a CI job) each finished unit prints one line instead.
+
     Args:
         totals: stage -> (units to run, images in those units).
-        enabled: False draws nothing (tests, benchmarks).
+        enabled: False shows nothing (tests, benchmarks).
     """
 
     def __init__(self, totals: Mapping[str, tuple[int, int]], enabled: bool = True) -> None:
         self.totals = dict(totals)
         self.units = {s: 0 for s in totals}
+        self.images = {s: 0 for s in totals}
         self.bars: dict[str, Any] = {}
-        if enabled:
+        self.lines = enabled and not sys.stderr.isatty()
+        self.start = time.monotonic()
+        if enabled and not self.lines:
             from tqdm import tqdm
 
             width = max((len(s) for s in totals), default=8)
             for pos, (s, (units, images)) in enumerate(t for t in totals.items() if t[1][0] > 0):
                 self.bars[s] = tqdm(total=images, desc=s.ljust(width), unit="img", position=pos, dynamic_ncols=True,
-                                    file=sys.stderr, leave=True, disable=None)  # None: off when not a terminal
+                                    file=sys.stderr, leave=True)
                 self.bars[s].set_postfix_str(f"0/{units} units")
 
     def update(self, stage: str, images: int) -> None:
         """One unit of ``stage`` finished after handling ``images`` images."""
         self.units[stage] = self.units.get(stage, 0) + 1
+        self.images[stage] = self.images.get(stage, 0) + images
         bar = self.bars.get(stage)
         if bar is not None:
             bar.update(images)
             bar.set_postfix_str(f"{self.units[stage]}/{self.totals[stage][0]} units")
+        elif self.lines:
+            rate = self.images[stage] / max(time.monotonic() - self.start, 1e-9)
+            print(f"{stage}: {self.units[stage]}/{self.totals[stage][0]} units, {self.images[stage]} images, "
+                  f"{rate:.1f} img/s", file=sys.stderr, flush=True)
 
     def shrink(self, stage: str, images: int) -> None:
         """``images`` fewer images than planned reach ``stage`` (rejected by the base stage)."""

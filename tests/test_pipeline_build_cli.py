@@ -103,3 +103,22 @@ def test_build_and_status_commands(demo_root: Path, tmp_path: Path, capsys, fake
     assert main(["status", "--out", str(tmp_path / "out")]) == 0  # the other settings come from the manifest
     lines = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[3:]}
     assert lines["text"] == "current" and lines["base"] == "current" and lines["depth"] == "not"
+
+
+def test_progress_lines_off_a_terminal_and_summary_table(capsys) -> None:
+    from pipeline.progress import Progress, summary_table
+
+    with Progress({"depth": (2, 10), "normals": (0, 0)}, enabled=True) as progress:
+        progress.update("depth", 5)
+        progress.update("depth", 4)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" img/s")[0].rsplit(",", 1)[0] for line in err] == ["depth: 1/2 units, 5 images",
+                                                                           "depth: 2/2 units, 9 images"]
+    stage = {"images": 9, "seconds": 3.0, "images_per_s": 3.0, "run": 2, "skipped": 1, "failed": 1, "rejected": 0,
+             "active": None}
+    table = summary_table({"split": "val2017", "samples": 9, "rejected": 1, "image_ids": 10, "wall_seconds": 4.0,
+                           "executor": "local", "stages": {"depth": stage},
+                           "failures": [{"stage": "depth", "shard": "val2017-000001", "error": "boom\ntrace"}]})
+    rows = table.splitlines()
+    assert rows[2].split() == ["depth", "9", "3.0", "3.0", "2", "1", "1", "0", "-"]
+    assert rows[-1].endswith("1 unit(s) failed, first depth val2017-000001: boom")
