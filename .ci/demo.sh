@@ -23,8 +23,5 @@ for SPLIT in train2017 val2017; do  # val reuses train's vocabulary, so train go
     --glove "$DEMO/glove/glove.demo.300d.txt"
   "$BIN/shards" --shards "$STORE" --split "$SPLIT" verify
 done
-"$BIN/pipeline" status --coco-root "$DEMO" --out "$STORE" --split train2017 --device cpu \
-  --depth-teacher depth-anything-v2 --depth-checkpoint "$DEPTH_CKPT" \
-  --panoptic-teacher panoptic-gt --text-teacher rapidocr --caption-teacher caption-gt \
-  --glove "$DEMO/glove/glove.demo.300d.txt"
+"$BIN/pipeline" status --out "$STORE" --split train2017  # the other settings come from the last build
 "$BIN/shards" --shards "$STORE" --split train2017 show 397133 --out "$STORE/contact-sheet-397133.png"
