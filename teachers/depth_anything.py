@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.loading import checkpoint_identity, hub_revision, load_or_fail, torch_dtype
+from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, torch_dtype
 from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox_batch, unletterbox
 
 DEFAULT_CHECKPOINT = "depth-anything/Depth-Anything-V2-Large-hf"
@@ -51,8 +51,7 @@ class DepthAnythingTeacher(Teacher):
         self.input_size = int(input_size)
         from transformers import DepthAnythingForDepthEstimation
 
-        self.model = load_or_fail(self.name, self.checkpoint, lambda: DepthAnythingForDepthEstimation
-                                  .from_pretrained(self.checkpoint, revision=revision))
+        self.model = from_pretrained_strict(DepthAnythingForDepthEstimation, self.name, self.checkpoint, revision)
         self.model.to(device=device, dtype=torch_dtype(dtype)).eval()
         self.kind = "metric" if self.model.config.depth_estimation_type == "metric" else "relative"
         self._identity = {**checkpoint_identity(self.checkpoint, hub_revision(self.model, revision)),

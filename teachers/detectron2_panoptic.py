@@ -62,8 +62,8 @@ def _resolve(checkpoint: str, config_file: str) -> tuple[str, str, bool]:
     if os.path.isdir(checkpoint):
         found = [w for w in FOLDER_WEIGHTS if os.path.isfile(os.path.join(checkpoint, w))]
         if not os.path.isfile(os.path.join(checkpoint, FOLDER_CONFIG)) or len(found) != 1:
-            raise TeacherError(f"teacher {PanopticFPNTeacher.name!r}: checkpoint folder {checkpoint!r} must hold {FOLDER_CONFIG} and one of "
-                               f"{', '.join(FOLDER_WEIGHTS)}")
+            raise TeacherError(f"teacher {PanopticFPNTeacher.name!r}: checkpoint folder {checkpoint!r} must hold "
+                               f"{FOLDER_CONFIG} and one of {', '.join(FOLDER_WEIGHTS)}")
         return os.path.join(checkpoint, found[0]), os.path.join(checkpoint, FOLDER_CONFIG), True
     return checkpoint, config_file, os.path.isfile(config_file)
 
@@ -128,8 +128,8 @@ class PanopticFPNTeacher(Teacher):
         cfg.MODEL.DEVICE = str(self.device)
         cfg.MODEL.WEIGHTS = ""
         if (cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES) != (80, 54):
-            raise TeacherError(f"config {config!r} is not a COCO panoptic model (needs 80 thing and 54 stuff "
-                               f"classes, has {cfg.MODEL.ROI_HEADS.NUM_CLASSES} and {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES})")
+            raise TeacherError(f"config {config!r} is not a COCO panoptic model (needs 80 thing and 54 stuff classes, "
+                               f"has {cfg.MODEL.ROI_HEADS.NUM_CLASSES} and {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES})")
         cfg.freeze()
         return cfg
 
@@ -186,7 +186,8 @@ def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
                          "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
                          "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
                          # few detections, all of them painted (random scores never pass the 0.5 default)
-                         "TEST.DETECTIONS_PER_IMAGE", "8", "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0",
+                         "TEST.DETECTIONS_PER_IMAGE", "8",
+                         "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0",
                          "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
                          "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192"])
     torch.manual_seed(seed)

@@ -67,3 +67,22 @@ def torch_dtype(name: str) -> Any:
 def hub_revision(model: Any, revision: str | None) -> str | None:
     """The revision to fingerprint: the requested one, else the commit the hub cache resolved."""
     return revision or getattr(getattr(model, "config", None), "_commit_hash", None)
+
+
+def from_pretrained_strict(model_class: Any, teacher: str, checkpoint: str, revision: str | None = None) -> Any:
+    """``model_class.from_pretrained`` that refuses what transformers would only warn about.
+
+    transformers fills weights missing from a checkpoint (or a checkpoint of another architecture) with
+    random values and a warning; for a teacher that is a wrong checkpoint, so it is one TeacherError.
+    """
+    model, info = load_or_fail(teacher, checkpoint, lambda: model_class.from_pretrained(
+        checkpoint, revision=revision, output_loading_info=True))
+    expected = model_class.config_class.model_type
+    if model.config.model_type != expected:
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint!r} is a {model.config.model_type!r} "
+                           f"model, not {expected!r}")
+    bad = sorted(map(str, info.get("missing_keys", ()))) + sorted(map(str, info.get("mismatched_keys", ())))
+    if bad:
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint!r} does not fit {model_class.__name__} "
+                           f"({len(bad)} missing or mis-shaped weights, e.g. {bad[0]})")
+    return model

@@ -6,7 +6,7 @@ from typing import Any
 
 from shards.taxonomy import NUM_PANOPTIC_CLASSES, PANOPTIC_CLASSES, PANOPTIC_VOID
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.loading import checkpoint_identity, hub_revision, load_or_fail, torch_dtype
+from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, torch_dtype
 from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox_batch, unletterbox
 
 DEFAULT_CHECKPOINT = "facebook/mask2former-swin-large-coco-panoptic"
@@ -52,8 +52,7 @@ class Mask2FormerTeacher(Teacher):
         self.input_size = int(input_size)
         self.score_threshold = float(score_threshold)
         self.overlap_threshold = float(overlap_threshold)
-        self.model = load_or_fail(self.name, checkpoint, lambda: Mask2FormerForUniversalSegmentation
-                                  .from_pretrained(checkpoint, revision=revision))
+        self.model = from_pretrained_strict(Mask2FormerForUniversalSegmentation, self.name, checkpoint, revision)
         if self.model.config.num_labels != NUM_PANOPTIC_CLASSES:
             raise TeacherError(f"teacher {self.name!r}: checkpoint {checkpoint!r} has {self.model.config.num_labels} "
                                f"classes; the store needs the {NUM_PANOPTIC_CLASSES} COCO panoptic classes")

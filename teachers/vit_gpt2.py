@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.loading import checkpoint_identity, hub_revision, load_or_fail, torch_dtype
+from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, load_or_fail, torch_dtype
 from teachers.preprocess import resize_batch
 
 DEFAULT_CHECKPOINT = "nlpconnect/vit-gpt2-image-captioning"
@@ -45,12 +45,10 @@ class ViTGPT2Teacher(Teacher):
         self.num_beams = int(num_beams)
         self.max_length = int(max_length)
 
-        def load() -> tuple[Any, Any, Any]:
-            model = VisionEncoderDecoderModel.from_pretrained(checkpoint, revision=revision)
-            return (model, AutoTokenizer.from_pretrained(checkpoint, revision=revision),
-                    AutoImageProcessor.from_pretrained(checkpoint, revision=revision))
-
-        self.model, self.tokenizer, processor = load_or_fail(self.name, checkpoint, load)
+        self.model = from_pretrained_strict(VisionEncoderDecoderModel, self.name, checkpoint, revision)
+        self.tokenizer, processor = load_or_fail(self.name, checkpoint, lambda: (
+            AutoTokenizer.from_pretrained(checkpoint, revision=revision),
+            AutoImageProcessor.from_pretrained(checkpoint, revision=revision)))
         self.model.to(device=device, dtype=torch_dtype(dtype)).eval()
         size = processor.size
         self.input_hw = (int(size["height"]), int(size["width"])) if "height" in size else \
@@ -110,5 +108,6 @@ def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
     config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = eos
     VisionEncoderDecoderModel(config=config).eval().save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(out_dir)
+    processor = ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(out_dir)
     return str(out_dir)

@@ -76,7 +76,8 @@ def test_panoptic_gt_errors_are_one_line(tmp_path) -> None:
     path = tmp_path / "ok.png"
     path.write_bytes(encode_png(rgb))
     with pytest.raises(TeacherError, match="has shape"):
-        teacher([TeacherInput(np.zeros((5, 8, 3), np.uint8), 7, {"panoptic": {"file": str(path), "segments_info": segments}})])
+        teacher([TeacherInput(np.zeros((5, 8, 3), np.uint8), 7,
+                              {"panoptic": {"file": str(path), "segments_info": segments}})])
     with pytest.raises(TeacherError, match="takes no checkpoint"):
         create_teacher("panoptic-gt", checkpoint="x")
 

@@ -157,3 +157,11 @@ def test_bad_image_is_one_clear_error(name, teachers) -> None:
     for bad in (np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32), np.zeros((0, 8, 3), np.uint8)):
         with pytest.raises(TeacherError, match=r"\(H, W, 3\) uint8"):
             teachers[name]([TeacherInput(bad)])
+
+
+@pytest.mark.parametrize(("name", "other"), [("depth-anything-v2", "mask2former"), ("mask2former", "vit-gpt2"),
+                                             ("vit-gpt2", "depth-anything-v2")])
+def test_checkpoint_of_another_architecture_is_refused(name, other, checkpoints) -> None:
+    # transformers alone would load it with random weights and a warning
+    with pytest.raises(TeacherError, match="not 'depth_anything'|not 'mask2former'|not 'vision-encoder-decoder'"):
+        create_teacher(name, checkpoint=checkpoints[other], **CASES[name])
