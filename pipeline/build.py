@@ -220,7 +220,8 @@ class _Run:
                 self.stats[s].failed += 1
             return
         if kind == "vocab":
-            self.vocab_path = result
+            self.vocab_path, seconds = result
+            self.stats["tokens"].seconds += seconds  # the vocabulary is part of the tokens stage's work
         elif kind != "decode":
             self._record(result, progress)
 

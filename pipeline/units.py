@@ -195,7 +195,7 @@ def derived_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], 
 
 
 def vocab_unit(split_path: str, caption_fp: str, shards: Sequence[str], glove: str, size: int,
-               out_path: str) -> str:
+               out_path: str) -> tuple[str, float]:
     """Build the split vocabulary from every caption of a caption column version and save it atomically.
 
     Args:
@@ -207,10 +207,11 @@ def vocab_unit(split_path: str, caption_fp: str, shards: Sequence[str], glove: s
         out_path: where vocab.json goes.
 
     Returns:
-        ``out_path``.
+        (``out_path``, seconds spent).
     """
     from pipeline.samples import build_vocabulary, load_glove
 
+    t0 = time.perf_counter()
     captions = (members["caption.json"] for shard in shards
                 for _key, members in read_column_shard(split_path, "caption", caption_fp, shard))
     vocab = build_vocabulary(captions, load_glove(glove), size=size)
@@ -219,5 +220,5 @@ def vocab_unit(split_path: str, caption_fp: str, shards: Sequence[str], glove: s
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     vocab.save(tmp)
     os.replace(tmp, out)
-    return str(out)
+    return str(out), time.perf_counter() - t0
 
