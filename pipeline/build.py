@@ -20,7 +20,8 @@ from pipeline.executors import Executor, make_executor
 from pipeline.plan import BuildError, Plan, prepare
 from pipeline.progress import Progress
 from pipeline.stages import stage as get_stage
-from pipeline.units import UnitResult, decode_unit, derived_unit, read_rejected, teacher_unit, vocab_unit
+from pipeline.units import (UnitResult, decode_unit, derived_unit, read_rejected, teacher_predict, vocab_unit,
+                            write_unit)
 
 __all__ = ["BuildConfig", "BuildError", "build_targets"]
 
@@ -179,7 +180,8 @@ class _Run:
             self.teacher_left[shard] = len(teachers)
         for s in teachers:
             p.pending[s].discard(shard)
-            h = self.ex.submit_teacher(s, teacher_unit, s, self.split_path, p.fps[s], p.specs[s], shard, data)
+            predicted = self.ex.submit_teacher(s, teacher_predict, s, data)
+            h = self.ex.submit(write_unit, s, self.split_path, p.fps[s], p.specs[s], shard, predicted)
             self.inflight[h] = ("teacher", s, shard)
 
     def _submit_derived(self, s: str, shard: str) -> None:

@@ -204,14 +204,15 @@ class RayExecutor(Executor):
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
         import ray
 
+        if self.owner:  # teacher calls that finished free their actor for the next shard
+            calls = list(self.owner)
+            finished, _ = ray.wait(calls, num_returns=len(calls), timeout=0, fetch_local=False)
+            for ref in finished:
+                self.load[self.owner.pop(ref)] -= 1
         done, _ = ray.wait(list(handles), num_returns=1, timeout=timeout, fetch_local=False)
         if done:  # collect everything else that is already finished too
             more, _ = ray.wait(list(handles), num_returns=len(handles), timeout=0, fetch_local=False)
             done = more or done
-        for ref in done:
-            actor = self.owner.pop(ref, None)
-            if actor is not None:
-                self.load[actor] -= 1
         return done
 
     def result(self, handle: Any) -> Any:

@@ -101,31 +101,56 @@ def decode_unit(shard: str, records: Sequence[Any], size: int, split_path: str, 
     return result, Decoded(shard, [k for k, _ in samples], metas, inputs)
 
 
-def teacher_unit(teacher: Any, stage: str, split_path: str, fp: str, spec: Mapping[str, Any], shard: str,
-                 decoded: Decoded) -> UnitResult:
-    """Run a teacher over a decoded shard and write the stage's column shard.
+@dataclass
+class Predicted:
+    """A teacher's output for one shard, already mapped into store geometry (small: S x S members)."""
+
+    samples: list[tuple[str, dict[str, Any]]]
+    seconds: float
+
+
+def teacher_predict(teacher: Any, stage: str, decoded: Decoded) -> Predicted:
+    """Run a teacher over a decoded shard and map its predictions into the members of the stage's column.
+
+    Encoding and writing are left to ``write_unit`` (a CPU task on Ray), so a GPU actor goes straight on to
+    the next shard.
 
     Args:
         teacher: a ``teachers.base.Teacher`` (held by the executor, loaded once).
         stage: the teacher stage.
-        split_path: the split folder of the store.
-        fp: the stage fingerprint.
-        spec: the stage spec.
-        shard: shard name.
         decoded: the shard's ``Decoded``.
 
     Returns:
-        The unit's result.
+        The shard's samples and the seconds spent.
     """
     t0 = time.perf_counter()
     preds = teacher(decoded.inputs) if decoded.inputs else []
     if len(preds) != len(decoded.inputs):
         raise RuntimeError(f"teacher {teacher.name!r} returned {len(preds)} predictions for "
-                           f"{len(decoded.inputs)} images of {shard}")
+                           f"{len(decoded.inputs)} images of {decoded.shard}")
     samples = [(key, teacher_members(stage, pred, meta, teacher.name))
                for key, pred, meta in zip(decoded.keys, preds, decoded.metas)]
-    ColumnWriter(split_path, stage, fp, spec).write_shard(shard, samples)
-    return UnitResult(stage, shard, len(samples), time.perf_counter() - t0)
+    return Predicted(samples, time.perf_counter() - t0)
+
+
+def write_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], shard: str,
+               predicted: Predicted) -> UnitResult:
+    """Encode and write a teacher stage's shard.
+
+    Args:
+        stage: the teacher stage.
+        split_path: the split folder of the store.
+        fp: the stage fingerprint.
+        spec: the stage spec.
+        shard: shard name.
+        predicted: ``teacher_predict``'s result for the shard.
+
+    Returns:
+        The unit's result (its seconds include the prediction's).
+    """
+    t0 = time.perf_counter()
+    ColumnWriter(split_path, stage, fp, spec).write_shard(shard, predicted.samples)
+    return UnitResult(stage, shard, len(predicted.samples), predicted.seconds + time.perf_counter() - t0)
 
 
 def read_column_shard(split_path: str | os.PathLike, column: str, fp: str, shard: str,
