@@ -34,12 +34,14 @@ def make_config(demo_root: Path, out: Path, **kw) -> BuildConfig:
 
 
 @pytest.fixture(scope="module")
-def built(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def built(demo_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """One complete build of the demo train split, shared read-only by several tests."""
-    pipeline_fakes.register()
-    out = tmp_path_factory.mktemp("store")
-    report = build_targets(make_config(demo_root, out))
-    return out, report
+    with pytest.MonkeyPatch.context() as mp:  # the fakes leave the registry with this fixture
+        for name, target in pipeline_fakes.FAKES.items():
+            mp.setitem(registry._TEACHERS, name, target)
+        out = tmp_path_factory.mktemp("store")
+        report = build_targets(make_config(demo_root, out))
+    yield out, report
 
 
 def test_build_is_complete_and_accounts_for_every_image(built, demo_root: Path) -> None:
