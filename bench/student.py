@@ -42,7 +42,8 @@ def loader_rates(root: Path, samples: int) -> dict[str, float]:
         wall, cpu = time.perf_counter(), time.process_time()
         raws = [next(it) for _ in range(samples)]
         name = "reader" if decode else "raw"
-        rates.update({name: samples / (time.perf_counter() - wall), f"{name}_cpu": samples / (time.process_time() - cpu)})
+        rates.update({name: samples / (time.perf_counter() - wall),
+                      f"{name}_cpu": samples / (time.process_time() - cpu)})
 
     dataset = open_split(root, "train2017", train=True, batch_size=32, seed=0)
     buffers = allocate_batch(32, dataset.manifest.size)
@@ -70,14 +71,13 @@ def step_times(cfg: ModelConfig, batch: int, iters: int, device: torch.device, a
     images = torch.randint(0, 256, (batch, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def run(backward: bool) -> float:
+    def run(backward: bool) -> None:
         with torch.autocast(device.type, torch.bfloat16, enabled=amp == "bf16"):
             out = model(images)
         if backward:
             (out["maps"].float().square().mean() + out["tokens"].float().square().mean()).backward()
             model.zero_grad(set_to_none=True)
         sync()
-        return 0.0
 
     out: dict[str, float] = {}
     for name, backward in (("fwd", False), ("fwdbwd", True)):
@@ -94,7 +94,6 @@ def step_times(cfg: ModelConfig, batch: int, iters: int, device: torch.device, a
         if device.type == "cuda":
             out[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     out["params_m"] = model.parameter_counts()["total"] / 1e6
-    del model
     return out
 
 
@@ -104,7 +103,8 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=192, help="samples timed in each loader measurement")
     p.add_argument("--tiny-batch", type=int, default=None, help="default 32 on a GPU, 4 on the CPU")
     p.add_argument("--paper-batch", type=int, default=None, help="default 32 on a GPU, 1 on the CPU")
-    p.add_argument("--iters", type=int, default=None, help="timed iterations (default 10 on a GPU; on the CPU 2 for tiny and 1, without warm-up, for paper)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="timed iterations (default 10 on a GPU; on the CPU 2 for tiny, 1 without warm-up for paper)")
     p.add_argument("--amp", choices=("none", "bf16", "both"), default=None,
                    help="paper-network dtype(s) (default both on a GPU, none on the CPU)")
     args = p.parse_args()

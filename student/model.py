@@ -1,4 +1,4 @@
-"""The Y-MAP-Net network (DESIGN 6): a U-Net-like encoder / bridge / decoder for 44 maps and an 8-token caption branch."""
+"""The Y-MAP-Net network (DESIGN 6): U-Net-like encoder / bridge / decoder for 44 maps, plus 8 caption tokens."""
 
 from __future__ import annotations
 

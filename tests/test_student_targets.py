@@ -106,7 +106,8 @@ def test_crowd_mask_from_polygons_bbox_and_rle() -> None:
     mask = T.crowd_mask(pose, 32)
     assert mask[1, 1] == 1 and mask[12, 12] == 1 and mask[21, 3] == 1
     assert mask[30, 30] == 0 and mask[8, 8] == 0
-    assert mask[0:4, 0:4].all() and mask[0:5, 4].sum() == 0 and mask[4, 0:5].sum() == 0  # box: pixels whose centre is inside
+    # a box covers the pixels whose centre is inside
+    assert mask[0:4, 0:4].all() and mask[0:5, 4].sum() == 0 and mask[4, 0:5].sum() == 0
     assert 16 + 64 + 16 <= mask.sum() <= 16 + 81 + 16  # polygon: at most one pixel more
     assert mask[20:24, 2:6].all()
 
