@@ -159,3 +159,17 @@ def test_cli_errors_are_one_line(store: Path, tmp_path: Path, capsys) -> None:
     assert cli.main(base + ["--shards", str(store), "--resume", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
     assert cli.main(["bogus"]) == 2
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(store: Path, tmp_path: Path, monkeypatch,
+                                                                   one_thread) -> None:
+    import student.train as train_module
+
+    val_losses = iter([1.0, 2.0, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5])
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: ({"loss": next(val_losses),
+                                                                    "joints/hdm@0.1": 0.0, "tokens/cos": 0.0}, None))
+    result = train(_cfg(store, tmp_path / "run", epochs=10, steps_per_epoch=1, patience=2))
+    assert result["epochs"] == 6 and result["best"] == 0.5  # best at epoch 3, then 3 epochs without improvement
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["epoch"] == 3 and best["metrics"]["loss"] == 0.5
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["stale"] == 3
