@@ -35,8 +35,9 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: list[tuple[int, int]], s
     sizes = [h * w for h, w in spatial_shapes]
     value_list = value.split(sizes, dim=1)
     grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
-    # (N, Q, M, L, P) -> (N*M, 1, Q, L, P)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, q, levels, points).to(value.dtype)
+    # (N, Q, M, L, P) -> (L, N*M, 1, Q, P), contiguous per level for a fast multiply
+    weights = attention_weights.permute(3, 0, 2, 1, 4).reshape(levels, n * m, 1, q, points)
+    weights = weights.to(value.dtype).contiguous()
     out = value.new_zeros(n * m, d, q)
     for lvl, (h, w) in enumerate(spatial_shapes):
         # (N, H*W, M, D) -> (N*M, D, H, W)
@@ -46,7 +47,7 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: list[tuple[int, int]], s
         sampled = F.grid_sample(value_l, grid_l.to(value_l.dtype), mode="bilinear", padding_mode="zeros",
                                 align_corners=False)  # (N*M, D, Q, P)
         # accumulate level by level: never holds the (N*M, D, Q, L*P) samples of all levels at once
-        out += (sampled * weights[:, :, :, lvl]).sum(-1)
+        out += (sampled * weights[lvl]).sum(-1)
     return out.view(n, m * d, q).transpose(1, 2).contiguous()
 
 

@@ -2,9 +2,9 @@
 
 ``checkpoint`` is the ``captioner.pt`` file (or ``.safetensors``), or a folder holding ``captioner.pt`` (or
 ``captioner.safetensors``), optionally a ``config.json`` of ``VisionGPT2Config`` fields (sizes that differ
-from the release) and optionally the tokenizer files. The state dict must match the model exactly (429 keys at full size). Images are resized to
-224x224 (bilinear, as albumentations' ``Resize``) and scaled to [-1, 1]; generation starts from GPT-2's
-``<|endoftext|>`` token and stops at it.
+from the release) and optionally the tokenizer files. The state dict must match the model exactly (429 keys
+at full size). Images are resized to 224x224 (bilinear, as albumentations' ``Resize``) and scaled to
+[-1, 1]; generation starts from GPT-2's ``<|endoftext|>`` token and stops at it.
 """
 
 from __future__ import annotations

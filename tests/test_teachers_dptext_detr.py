@@ -120,7 +120,8 @@ def _official_transformer_keys(cfg: DPTextConfig) -> dict[str, tuple[int, ...]]:
         linear(f"ctrl_point_class.{k}", d, 1)
         mlp(f"ctrl_point_coord.{k}", [d, d, d, 2])
         mlp(f"transformer.decoder.ctrl_point_coord.{k}", [d, d, d, 2])
-    for cls_name, coord_name in (("bbox_class", "bbox_coord"), ("transformer.bbox_class_embed", "transformer.bbox_embed")):
+    for cls_name, coord_name in (("bbox_class", "bbox_coord"),
+                                 ("transformer.bbox_class_embed", "transformer.bbox_embed")):
         linear(cls_name, d, 1)
         mlp(coord_name, [d, d, d, 4])
     keys["transformer.level_embed"] = (lv, d)
