@@ -69,6 +69,11 @@ def test_unknown_stage_and_teacher_parameter(demo_root: Path, tmp_path: Path, ca
     assert "fake-depth" in err and "colour" in err
 
 
+def test_val_split_without_train_vocabulary(demo_root: Path, tmp_path: Path, capsys, fakes) -> None:
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--split", "val2017"], capsys, tmp_path / "out")
+    assert "vocab.json" in err and "--split train2017 first" in err
+
+
 def test_config_precedence_defaults_file_flags(tmp_path: Path) -> None:
     cfg_file = tmp_path / "build.json"
     cfg_file.write_text(json.dumps({"shard_size": 3, "size": 48, "depth_params": {"gain": 2}, "stages": ["depth"]}))
