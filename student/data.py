@@ -179,7 +179,8 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Te
         ``images`` (B, 3, S, S) uint8, ``targets`` (B, 44, S, S) float32, ``pose_mask`` (B, S, S) float32,
         ``glove`` (B, 8, 300) float32 and, when present, ``multihot`` (B, V) float32.
     """
-    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    moved = {k: (v.view(torch.int16) if v.dtype == torch.uint16 else v).to(device, non_blocking=True)
+             for k, v in batch.items() if isinstance(v, torch.Tensor)}  # uint16 travels as its int16 bits
     out = {"images": moved["image"], "targets": device_targets(moved),
            "pose_mask": moved["pose_mask"].float(), "glove": moved["glove"].float()}
     if "multihot" in moved:

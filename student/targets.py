@@ -337,8 +337,8 @@ def device_targets(batch: Mapping[str, Any]) -> Any:
     """Assemble the float (B, 44, S, S) target in [-1, 1] from a collated host batch already on the device.
 
     Args:
-        batch: tensors ``pose`` (B, 29, S, S) int8, ``depth`` (B, S, S) uint16, ``normals`` (B, 3, S, S)
-            uint8, ``text`` (B, S, S) uint8, ``groups`` (B, S, S) uint8.
+        batch: tensors ``pose`` (B, 29, S, S) int8, ``depth`` (B, S, S) uint16 (or its bits as int16),
+            ``normals`` (B, 3, S, S) uint8, ``text`` (B, S, S) uint8, ``groups`` (B, S, S) uint8.
 
     Returns:
         (B, 44, S, S) float32 tensor in channel order of ``shards.taxonomy.CHANNELS``.
@@ -349,8 +349,10 @@ def device_targets(batch: Mapping[str, Any]) -> Any:
     b, _, h, w = pose.shape
     out = torch.empty((b, NUM_CHANNELS, h, w), dtype=torch.float32, device=pose.device)
     out[:, CHANNELS["joints"].start:CHANNELS["pafs"].stop] = pose.float() / 127.0
-    # uint16 tensors support few ops: go through int32
-    out[:, CHANNELS["depth"].slice] = (batch["depth"].to(torch.int32).float() / 32767.5 - 1.0)[:, None]
+    # uint16 tensors support few ops (fewer still on CUDA): read the bits as int16, widen, mask
+    depth = batch["depth"]
+    depth = (depth.view(torch.int16) if depth.dtype == torch.uint16 else depth).to(torch.int32) & 0xFFFF
+    out[:, CHANNELS["depth"].slice] = (depth.float() / 32767.5 - 1.0)[:, None]
     out[:, CHANNELS["normals"].slice] = batch["normals"].float() / 127.5 - 1.0
     out[:, CHANNELS["text"].slice] = torch.where(batch["text"] > 127, 1.0, -1.0)[:, None]
     values = torch.arange(1, len(GROUPS) + 1, device=pose.device, dtype=batch["groups"].dtype)
