@@ -128,6 +128,8 @@ def test_pack_and_device_targets_match_numpy_conversions() -> None:
     assert host["multihot"].tolist() == [0, 1, 0, 1, 0, 0, 0, 1, 0, 0]
     batch = {k: torch.from_numpy(v)[None] for k, v in host.items()}
     full = T.device_targets(batch)[0].numpy()
+    as_bits = T.device_targets({**batch, "depth": batch["depth"].view(torch.int16)})[0].numpy()
+    assert np.array_equal(full, as_bits)  # how to_device ships uint16 depth
     assert full.shape == (NUM_CHANNELS, s, s)
     j, p = CHANNELS["joints"].slice, CHANNELS["pafs"].slice
     assert np.abs(full[j] - T.render_heatmaps(kp, s, 8)).max() <= 0.5 / 127 + 1e-6
