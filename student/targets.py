@@ -7,6 +7,7 @@ pose maps, uint16 depth, uint8 normals / text / group labels); :func:`device_tar
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -17,6 +18,7 @@ from shards.taxonomy import CHANNELS, GROUPS, JOINT_RADIUS_OFFSET, JOINTS, LIMBS
     GLOVE_DIM
 
 REFERENCE_SIZE = 256  # target sizes of DESIGN 5.5 are in pixels of a 256-pixel store
+SUBPIXEL = 16  # joint blobs are centred to 1/16 pixel
 FLAT_NORMAL = (128, 128, 255)  # normals.png value of n = (0, 0, 1)
 
 
@@ -170,24 +172,42 @@ def render_pafs(keypoints: np.ndarray, size: int, width: float) -> np.ndarray:
 
 def draw_heatmaps(maps: np.ndarray, keypoints: np.ndarray, base_radius: float, unit: float) -> None:
     """Max-blend the joint blobs of :func:`render_heatmaps` into ``maps`` (17, S, S), whose value ``unit``
-    stands for 1.0 (1.0 for float maps, 127 for int8 maps already filled with ``-unit``)."""
+    stands for 1.0 (1.0 for float maps, 127 for int8 maps already filled with ``-unit``).
+
+    A blob is centred at the joint to 1/16 pixel, so blobs come from a small cache of templates.
+    """
     size = maps.shape[-1]
-    centres = np.arange(size, dtype=np.float32) + 0.5
     for person in keypoints:
         for j, (x, y, v) in enumerate(person):
             if v <= 0:
                 continue
             r = max(1.0, _scaled(base_radius + JOINT_RADIUS_OFFSET[j], size))
-            x0, x1 = max(0, int(x - r)), min(size, int(x + r) + 1)
-            y0, y1 = max(0, int(y - r)), min(size, int(y + r) + 1)
+            cx, cy = math.floor(x), math.floor(y)
+            blob = _blob(r, round((x - cx) * SUBPIXEL), round((y - cy) * SUBPIXEL), unit, maps.dtype.str)
+            half = blob.shape[0] // 2
+            x0, x1 = max(0, cx - half), min(size, cx + half + 1)
+            y0, y1 = max(0, cy - half), min(size, cy + half + 1)
             if x0 >= x1 or y0 >= y1:
                 continue
-            dx2 = (centres[x0:x1] - x) ** 2
-            dy2 = (centres[y0:y1] - y) ** 2
-            k = -4.5 / (r * r)  # sigma = r / 3
-            blob = np.outer(np.exp(dy2 * k), np.exp(dx2 * k))  # separable Gaussian
-            blob[dy2[:, None] + dx2[None, :] > r * r] = 0.0
-            _blend(maps[j, y0:y1, x0:x1], blob * 2.0 - 1.0, unit)
+            window = maps[j, y0:y1, x0:x1]
+            np.maximum(window, blob[y0 - cy + half:y1 - cy + half, x0 - cx + half:x1 - cx + half], out=window)
+
+
+@functools.lru_cache(maxsize=4096)
+def _blob(radius: float, qx: int, qy: int, unit: float, dtype: str) -> np.ndarray:
+    """A (2R+1)^2 blob for a joint at (qx, qy) / SUBPIXEL inside the centre pixel: Gaussian with sigma =
+    radius / 3, cut at the radius, mapped to [-unit, unit] in ``dtype`` (read-only, cached)."""
+    half = int(radius) + 1
+    offsets = np.arange(-half, half + 1, dtype=np.float64) + 0.5  # pixel centres relative to the pixel's corner
+    dx2 = (offsets - qx / SUBPIXEL) ** 2
+    dy2 = (offsets - qy / SUBPIXEL) ** 2
+    k = -4.5 / (radius * radius)
+    blob = np.outer(np.exp(dy2 * k), np.exp(dx2 * k))  # separable Gaussian
+    blob[dy2[:, None] + dx2[None, :] > radius * radius] = 0.0
+    values = (blob * 2.0 - 1.0) * unit
+    out = (np.rint(values) if np.dtype(dtype).kind == "i" else values).astype(dtype)
+    out.setflags(write=False)
+    return out
 
 
 def draw_pafs(maps: np.ndarray, keypoints: np.ndarray, width: float, unit: float) -> None:
