@@ -17,7 +17,7 @@ import numpy as np
 from shards.schema import Column, Member
 
 JPEG_QUALITY = 95
-PNG_COMPRESSION = 3  # OpenCV level 0..9: 3 compresses smooth targets well at a small cost
+PNG_COMPRESSION = 1  # OpenCV level 0..9: level 1 encodes ~35% faster than 3 for ~1% more bytes on depth/normals
 
 try:  # optional fast path, about 2x OpenCV for decoding small JPEGs
     import simplejpeg as _simplejpeg
