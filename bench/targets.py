@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.coco import ImageRecord, load_split  # noqa: E402
 from pipeline.demo import make_demo  # noqa: E402
-from pipeline.geometry import Letterbox  # noqa: E402
 from pipeline.samples import (RejectedImage, base_sample, build_vocabulary, groups_sample, load_glove,  # noqa: E402
                               normals_sample, panoptic_sample, tokens_sample)
 from shards.codecs import decode_png, encode_sample  # noqa: E402
+from shards.geometry import Letterbox  # noqa: E402
 from shards.schema import COLUMNS  # noqa: E402
 from teachers.panoptic_ids import contiguous_from_coco_png  # noqa: E402
 

@@ -15,13 +15,13 @@ import numpy as np
 
 from pipeline.coco import ImageRecord
 from pipeline.decode import RejectedImage, decode_image_bytes, read_image_bytes
-from pipeline.geometry import Letterbox, letterbox_image, map_continuous, map_labels
 from pipeline.targets.depth import quantise_depth
 from pipeline.targets.groups import groups_from_classes
 from pipeline.targets.normals import DEFAULT_NORMALS_SCALE, normals_from_depth
 from pipeline.targets.text import rasterise_polygons
 from pipeline.targets.tokens import (count_words, glove_array, image_token_ids, load_glove, load_stopwords,
                                      vocabulary_from_counts)
+from shards.geometry import Letterbox, letterbox_image, map_continuous, map_labels
 from shards.schema import DEFAULT_STORE_SIZE
 from shards.taxonomy import VOCAB_SIZE
 from shards.vocab import Vocabulary

@@ -1,4 +1,4 @@
-"""Post-processing of student outputs: joint peaks, PAF grouping into people, depth refinement, letterbox geometry.
+"""Post-processing of student outputs: joint peaks, PAF grouping into people, depth refinement.
 
 Everything here works on numpy arrays in the student's [-1, 1] output range (DESIGN 5.1) and on one image
 at a time; no torch. Pose follows DESIGN 5.5: a PAF is a scalar band along each limb of
@@ -12,108 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shards.geometry import Letterbox
 from shards.taxonomy import JOINTS, LIMBS, Limb
 
 #: Joints that no PAF limb reaches (eyes and ears): attached to the nearest nose afterwards.
 _HEAD_JOINTS: tuple[int, ...] = tuple(
     j for j in range(len(JOINTS)) if all(j not in (limb.child, limb.parent) for limb in LIMBS))
 _NOSE = JOINTS.index("nose")
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Where an original image sits inside the square store image, as the store's base stage puts it.
-
-    The same convention as the pipeline's base stage (which student may not import): continuous pixel
-    coordinates (pixel ``i`` covers ``[i, i + 1)``), ``store = original * resized / original_size + offset``
-    per axis, black border.
-    """
-
-    orig_size: tuple[int, int]  # (w, h) of the original image
-    size: int  # S
-    resized: tuple[int, int]  # (w, h) of the content inside the square
-    offset: tuple[int, int]  # (x, y) of the content's top-left corner
-
-    @classmethod
-    def fit(cls, width: int, height: int, size: int) -> "Letterbox":
-        """Geometry that fits a ``width`` x ``height`` image into ``size`` x ``size``, centred, aspect kept."""
-        if width <= 0 or height <= 0 or size <= 0:
-            raise ValueError(f"letterbox needs positive sizes, got {width}x{height} -> {size}")
-        scale = size / max(width, height)
-        rw, rh = min(size, max(1, round(width * scale))), min(size, max(1, round(height * scale)))
-        return cls((width, height), size, (rw, rh), ((size - rw) // 2, (size - rh) // 2))
-
-    @classmethod
-    def from_meta(cls, meta: dict) -> "Letterbox":
-        """Geometry of a store sample from its ``meta.json``."""
-        (w, h), size = meta["orig_size"], int(meta["size"])
-        box = cls.fit(int(w), int(h), size)
-        if "resized" in meta and "offset" in meta:
-            box = cls((int(w), int(h)), size, (int(meta["resized"][0]), int(meta["resized"][1])),
-                      (int(meta["offset"][0]), int(meta["offset"][1])))
-        return box
-
-    @property
-    def content(self) -> tuple[slice, slice]:
-        """(rows, cols) slices of the image content inside the square."""
-        return (slice(self.offset[1], self.offset[1] + self.resized[1]),
-                slice(self.offset[0], self.offset[0] + self.resized[0]))
-
-    def valid_mask(self) -> np.ndarray:
-        """(S, S) bool, True on image content, False on the letterbox border."""
-        mask = np.zeros((self.size, self.size), bool)
-        mask[self.content] = True
-        return mask
-
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        """Letterbox an (h, w[, C]) uint8 image of ``orig_size`` into (S, S[, C]) with a black border.
-
-        Resizes exactly as the store's base stage does (a test compares the two pixel for pixel): area
-        averaging by the integer factor k = floor(original / resized) when k >= 2, then bilinear to the exact
-        size; a plain area (shrink) or bilinear (enlarge) resize otherwise.
-        """
-        import cv2
-
-        if image.shape[:2] != (self.orig_size[1], self.orig_size[0]):
-            raise ValueError(f"expected an image of {self.orig_size[0]}x{self.orig_size[1]}, got {image.shape}")
-        out = np.zeros((self.size, self.size) + image.shape[2:], image.dtype)
-        image = np.ascontiguousarray(image)
-        k = min(self.orig_size[0] // self.resized[0], self.orig_size[1] // self.resized[1])
-        if self.resized == self.orig_size:
-            out[self.content] = image
-        elif k >= 2:
-            out[self.content] = self._shrink_two_pass(image, k)
-        else:
-            interp = cv2.INTER_AREA if self.resized[0] < self.orig_size[0] else cv2.INTER_LINEAR
-            out[self.content] = cv2.resize(image, self.resized, interpolation=interp)
-        return out
-
-    def _shrink_two_pass(self, image: np.ndarray, k: int) -> np.ndarray:
-        import cv2
-
-        h, w = image.shape[:2]
-        pad_y, pad_x = -h % k, -w % k
-        if pad_y or pad_x:  # the integer area pass needs exact multiples: replicate the edge
-            image = cv2.copyMakeBorder(image, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
-        inter = cv2.resize(image, ((w + pad_x) // k, (h + pad_y) // k), interpolation=cv2.INTER_AREA)
-        rw, rh = self.resized
-        if not (pad_x or pad_y) and inter.shape[:2] == (rh, rw):
-            return inter
-        ax, ay = w / k / rw, h / k / rh
-        m = np.array([[ax, 0.0, 0.5 * ax - 0.5], [0.0, ay, 0.5 * ay - 0.5]])  # destination -> source centres
-        return cv2.warpAffine(inter, m, (rw, rh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REPLICATE)
-
-    def _scale_xy(self) -> np.ndarray:
-        return np.asarray(self.resized, np.float64) / np.asarray(self.orig_size, np.float64)
-
-    def to_original(self, xy: np.ndarray) -> np.ndarray:
-        """Map (..., 2) store-pixel (x, y) coordinates to original-image pixels."""
-        return (np.asarray(xy, np.float64) - np.asarray(self.offset, np.float64)) / self._scale_xy()
-
-    def to_store(self, xy: np.ndarray) -> np.ndarray:
-        """Map (..., 2) original-image (x, y) coordinates to store pixels (inverse of :meth:`to_original`)."""
-        return np.asarray(xy, np.float64) * self._scale_xy() + np.asarray(self.offset, np.float64)
 
 
 # --- joints -------------------------------------------------------------------------------------------------

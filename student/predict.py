@@ -12,11 +12,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from shards.geometry import Letterbox, letterbox_image
 from shards.schema import VOCAB_NAME
 from shards.taxonomy import CHANNELS, JOINTS
 from shards.vocab import DEFAULT_DECODE_THRESHOLD, Vocabulary, decode_glove
 from student import panels
-from student.postprocess import Letterbox, Person, find_peaks, group_people, refine_depth
+from student.postprocess import Person, find_peaks, group_people, refine_depth
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -80,7 +81,7 @@ class Predictor:
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
         """Predict a list of (h, w, 3) uint8 RGB images of any sizes."""
         boxes = [Letterbox.fit(im.shape[1], im.shape[0], self.size) for im in images]
-        boxed = np.stack([box.apply(im) for box, im in zip(boxes, images)])  # (B, S, S, 3)
+        boxed = np.stack([letterbox_image(im, box) for box, im in zip(boxes, images)])  # (B, S, S, 3)
         batch = torch.from_numpy(boxed).permute(0, 3, 1, 2).contiguous().to(self.device)
         out = self.model(batch)
         maps = out["maps"].float().cpu().numpy()  # (B, 44, S, S)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from pipeline.coco import ImageRecord, load_split
-from pipeline.geometry import Letterbox
 from pipeline.samples import (RejectedImage, base_sample, decode_image, depth_sample, panoptic_sample, text_sample)
 from pipeline.targets.depth import recover_depth
 from pipeline.targets.text import rasterise_polygons
 from shards.codecs import encode_png
+from shards.geometry import Letterbox
 from shards.schema import COLUMNS
 
 

@@ -1,4 +1,4 @@
-"""Post-processing of student outputs: peaks, PAF grouping, depth refinement, letterbox geometry."""
+"""Post-processing of student outputs: peaks, PAF grouping, depth refinement."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from shards.taxonomy import JOINTS
-from student.postprocess import (Letterbox, depth_normals, find_peaks, group_people, normal_error, paf_scores,
-                                 refine_depth)
+from student.postprocess import depth_normals, find_peaks, group_people, normal_error, paf_scores, refine_depth
 from student.targets import TargetSizes, render_heatmaps, render_pafs
 
 # A standing person in a unit box (x, y), COCO-17 order.
@@ -113,21 +112,3 @@ def test_refinement_keeps_far_and_border_pixels_fixed() -> None:
     np.testing.assert_array_equal(refined[:, :10], noisy[:, :10])
     np.testing.assert_array_equal(refined[-8:], noisy[-8:])
     assert np.abs(refined - noisy)[:-8, 10:].max() > 0
-
-
-@pytest.mark.parametrize(("w", "h"), [(640, 480), (427, 640), (256, 256), (100, 37)])
-def test_letterbox_maps_points_both_ways(w: int, h: int) -> None:
-    box = Letterbox.fit(w, h, 256)
-    pts = np.array([[0.0, 0.0], [w, h], [w * 0.3, h * 0.7]])
-    store = box.to_store(pts)
-    assert np.all(store >= 0) and np.all(store <= 256)
-    np.testing.assert_allclose(box.to_original(store), pts, atol=1e-9)
-    x0, y0 = box.offset
-    np.testing.assert_allclose(store[0], [x0, y0])
-    np.testing.assert_allclose(store[1], [x0 + box.resized[0], y0 + box.resized[1]])
-    image = np.full((h, w, 3), 200, np.uint8)
-    boxed = box.apply(image)
-    assert boxed.shape == (256, 256, 3)
-    assert int(boxed[box.valid_mask()].min()) == 200 and int(boxed[~box.valid_mask()].max(initial=0)) == 0
-    assert Letterbox.from_meta({"orig_size": [w, h], "size": 256, "offset": list(box.offset),
-                                "resized": list(box.resized), "scale": 256 / max(w, h)}) == box

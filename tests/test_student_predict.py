@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from shards.geometry import Letterbox, letterbox_image
 from shards.taxonomy import CHANNELS, GLOVE_DIM, JOINTS, NUM_TOKENS
 from shards.vocab import Vocabulary
 from student.checkpoint import save_checkpoint
 from student.cli import main
 from student.config import ModelConfig
 from student.model import YMapNet
-from student.postprocess import Letterbox
 from student.predict import Predictor, read_image
 from student.targets import TargetSizes, render_heatmaps, render_pafs
 
@@ -66,7 +66,7 @@ def test_predict_photo_writes_panel_and_json(checkpoint: str, vocab_path: str, a
     box = Letterbox.fit(photo.shape[1], photo.shape[0], SIZE)
     bar = box.offset[0] * 256 // SIZE
     assert bar > 0 and panel[128, : bar - 3].max() < 30
-    expected = cv2.resize(box.apply(photo), (256, 256), interpolation=cv2.INTER_LINEAR)
+    expected = cv2.resize(letterbox_image(photo, box), (256, 256), interpolation=cv2.INTER_LINEAR)
     assert np.abs(panel[40:256, bar + 4:256 - bar - 4].astype(int) - expected[40:, bar + 4:256 - bar - 4]).mean() < 3
     doc = json.loads((out / "astronaut.json").read_text())
     assert doc["size"] == [440, 512] and doc["joints"] == list(JOINTS)
@@ -146,15 +146,14 @@ def test_usage_errors(checkpoint: str, tmp_path) -> None:
     assert main(["predict", "--checkpoint", checkpoint, str(tmp_path)]) == 2  # empty folder
 
 
-@pytest.mark.parametrize(("w", "h", "size"), [(640, 480, 256), (640, 480, 64), (333, 500, 64), (64, 64, 64),
-                                             (40, 30, 64), (1000, 700, 256), (701, 333, 256)])
-def test_letterbox_matches_the_store(w: int, h: int, size: int) -> None:
-    """predict letterboxes exactly like the store's base stage (pipeline.geometry), pixel for pixel."""
-    from pipeline.geometry import Letterbox as StoreLetterbox, letterbox_image
+@pytest.mark.parametrize(("w", "h"), [(640, 480), (333, 500), (64, 64), (40, 30), (701, 333)])
+def test_predict_input_is_the_store_letterbox(checkpoint: str, w: int, h: int) -> None:
+    """predict feeds the model exactly the store's letterbox (shards.geometry), pixel for pixel."""
+    from student.checkpoint import load_checkpoint
 
+    model, _, _ = load_checkpoint(checkpoint)
     image = np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    ours, theirs = Letterbox.fit(w, h, size), StoreLetterbox.fit(w, h, size)
-    assert ours == Letterbox.from_meta(theirs.to_meta())
-    np.testing.assert_array_equal(ours.apply(image), letterbox_image(image, theirs))
-    pts = np.array([[3.25, 7.5], [w - 1.0, h / 2]])
-    np.testing.assert_allclose(ours.to_store(pts), theirs.to_store(pts))
+    pred = Predictor(model, SIZE, refine=False)(image)
+    box = Letterbox.fit(w, h, SIZE)
+    assert pred.geometry == box and pred.to_json()["size"] == [w, h]
+    np.testing.assert_array_equal(pred.image, letterbox_image(image, box))

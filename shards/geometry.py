@@ -1,5 +1,9 @@
 """Letterbox geometry: fit an image into the S x S store square and map points and teacher maps both ways.
 
+The single implementation of the ``meta.json`` geometry contract (DESIGN 3): the pipeline's base stage
+letterboxes with it and maps teacher outputs into store geometry, the student letterboxes its inputs with it
+and maps predictions back to original pixels. numpy only at import time; OpenCV is imported when a resize runs.
+
 Coordinates are continuous pixel coordinates (pixel ``i`` covers ``[i, i + 1)``, its centre is ``i + 0.5``),
 which is the convention OpenCV's resize follows, so points and resized pixels stay aligned exactly:
 ``store = original * scale_axis + offset`` with ``scale_axis = resized / original`` per axis.
@@ -44,7 +48,7 @@ class Letterbox:
 
     @classmethod
     def fit(cls, width: int, height: int, size: int) -> "Letterbox":
-        """Fit a ``width x height`` image into an ``size x size`` square, long side = size.
+        """Fit a ``width x height`` image into a ``size x size`` square, long side = size, centred.
 
         Args:
             width: original width (> 0).
@@ -62,6 +66,21 @@ class Letterbox:
         return cls(width, height, size, rw, rh, (size - rw) // 2, (size - rh) // 2)
 
     @property
+    def orig_size(self) -> tuple[int, int]:
+        """(w, h) of the original image."""
+        return self.orig_w, self.orig_h
+
+    @property
+    def resized(self) -> tuple[int, int]:
+        """(w, h) of the image content inside the square."""
+        return self.resized_w, self.resized_h
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """(x, y) of the content's top-left corner."""
+        return self.offset_x, self.offset_y
+
+    @property
     def scale(self) -> float:
         """Nominal scale (store pixels per original pixel of the long side)."""
         return self.size / max(self.orig_w, self.orig_h)
@@ -74,11 +93,11 @@ class Letterbox:
     def to_meta(self) -> dict[str, Any]:
         """The geometry fields of ``meta.json``."""
         return {
-            "orig_size": [self.orig_w, self.orig_h],
+            "orig_size": list(self.orig_size),
             "size": self.size,
             "scale": self.scale,
-            "offset": [self.offset_x, self.offset_y],
-            "resized": [self.resized_w, self.resized_h],
+            "offset": list(self.offset),
+            "resized": list(self.resized),
         }
 
     @classmethod
@@ -92,16 +111,26 @@ class Letterbox:
         return box
 
     def to_store(self, points: np.ndarray) -> np.ndarray:
-        """Map (N, 2) original-pixel (x, y) points into store pixels."""
-        p = np.asarray(points, np.float64).reshape(-1, 2)
-        sx, sy = self.scale_xy
-        return np.stack([p[:, 0] * sx + self.offset_x, p[:, 1] * sy + self.offset_y], axis=1)
+        """Map original-pixel (x, y) points into store pixels.
+
+        Args:
+            points: (..., 2) array of (x, y), or a flat ``[x0, y0, x1, y1, ...]`` sequence (a COCO polygon).
+
+        Returns:
+            float64 array of the same shape, or (N, 2) for a flat sequence.
+        """
+        return _points(points) * np.array(self.scale_xy) + np.array(self.offset, np.float64)
 
     def to_original(self, points: np.ndarray) -> np.ndarray:
-        """Map (N, 2) store-pixel (x, y) points back into original pixels (inverse of :meth:`to_store`)."""
-        p = np.asarray(points, np.float64).reshape(-1, 2)
-        sx, sy = self.scale_xy
-        return np.stack([(p[:, 0] - self.offset_x) / sx, (p[:, 1] - self.offset_y) / sy], axis=1)
+        """Map store-pixel (x, y) points back into original pixels (inverse of :meth:`to_store`).
+
+        Args:
+            points: (..., 2) array of (x, y), or a flat ``[x0, y0, x1, y1, ...]`` sequence.
+
+        Returns:
+            float64 array of the same shape, or (N, 2) for a flat sequence.
+        """
+        return (_points(points) - np.array(self.offset, np.float64)) / np.array(self.scale_xy)
 
     def bbox_to_store(self, bbox: list[float]) -> list[float]:
         """Map a COCO ``[x, y, w, h]`` box into store pixels."""
@@ -130,6 +159,11 @@ class Letterbox:
         out = np.full((self.size, self.size) + content.shape[2:], fill, content.dtype)
         out[self.content] = content
         return out
+
+
+def _points(points: np.ndarray) -> np.ndarray:
+    p = np.asarray(points, np.float64)
+    return p if p.shape[-1:] == (2,) else p.reshape(-1, 2)
 
 
 def letterbox_image(image: np.ndarray, box: Letterbox) -> np.ndarray:

@@ -1,11 +1,11 @@
-"""Letterbox geometry: points both ways, pixels aligned with points, label / continuous maps, the valid mask."""
+"""Letterbox geometry (shards.geometry): points both ways, pixels aligned with points, label / continuous maps, the valid mask."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.geometry import Letterbox, letterbox_image, map_continuous, map_labels
+from shards.geometry import Letterbox, letterbox_image, map_continuous, map_labels
 
 SIZES = [(640, 480), (480, 640), (333, 500), (512, 512), (1000, 97), (100, 60)]
 
@@ -96,3 +96,33 @@ def test_fast_shrink_stays_close_to_a_plain_area_resize(w: int, h: int) -> None:
     ours = letterbox_image(image, box)[box.content].astype(np.float64)
     ref = cv2.resize(image, (box.resized_w, box.resized_h), interpolation=cv2.INTER_AREA).astype(np.float64)
     assert np.abs(ours - ref).mean() < 2.5  # grey levels, on a fine noise texture (worst case)
+
+
+@pytest.mark.parametrize(("w", "h"), [(640, 480), (427, 640), (256, 256), (100, 37)])
+def test_letterbox_maps_points_both_ways(w: int, h: int) -> None:
+    box = Letterbox.fit(w, h, 256)
+    pts = np.array([[0.0, 0.0], [w, h], [w * 0.3, h * 0.7]])
+    store = box.to_store(pts)
+    assert np.all(store >= 0) and np.all(store <= 256)
+    np.testing.assert_allclose(box.to_original(store), pts, atol=1e-9)
+    x0, y0 = box.offset
+    np.testing.assert_allclose(store[0], [x0, y0])
+    np.testing.assert_allclose(store[1], [x0 + box.resized[0], y0 + box.resized[1]])
+    image = np.full((h, w, 3), 200, np.uint8)
+    boxed = letterbox_image(image, box)
+    assert boxed.shape == (256, 256, 3)
+    assert int(boxed[box.valid_mask()].min()) == 200 and int(boxed[~box.valid_mask()].max(initial=0)) == 0
+    assert Letterbox.from_meta({"orig_size": [w, h], "size": 256, "offset": list(box.offset),
+                                "resized": list(box.resized), "scale": 256 / max(w, h)}) == box
+
+
+def test_points_keep_their_shape_and_flat_polygons_become_pairs() -> None:
+    box = Letterbox.fit(640, 480, 256)
+    grid = np.random.default_rng(1).uniform(0, 480, (2, 3, 2))
+    store = box.to_store(grid)
+    assert store.shape == (2, 3, 2)
+    np.testing.assert_array_equal(store.reshape(-1, 2), box.to_store(grid.reshape(-1, 2)))
+    np.testing.assert_array_equal(box.to_original(store), box.to_original(store.reshape(-1, 2)).reshape(2, 3, 2))
+    flat = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]  # a COCO polygon
+    np.testing.assert_array_equal(box.to_store(flat), box.to_store(np.reshape(flat, (3, 2))))
+    np.testing.assert_allclose(box.to_store([[0.0, 0.0], [640.0, 480.0]]), [[0, 32], [256, 224]])
