@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, sha256_of_path
 from teachers.loading import load_or_fail, require
-from teachers.panoptic_ids import contiguous_from_detectron2
+from teachers.panoptic_ids import PANOPTIC_OUTPUTS, contiguous_from_detectron2
 from teachers.preprocess import letterbox_batch
 
 DEFAULT_CONFIG = "COCO-PanopticSegmentation/panoptic_fpn_R_101_3x.yaml"
@@ -86,7 +86,7 @@ class PanopticFPNTeacher(Teacher):
         description="Detectron2 Panoptic FPN (model zoo COCO-PanopticSegmentation/panoptic_fpn_R_101_3x)",
         input_size="long side -> input_size, letterboxed on a square canvas (multiple of 32), bilinear, "
                    "BGR, the config's pixel mean/std",
-        outputs={"classes": "uint8 (H, W) contiguous class 0..132, 255 = void, original resolution"},
+        outputs=PANOPTIC_OUTPUTS,
         units="class id",
         extra="detectron2",
     )

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
 
 from shards.codecs import CodecError, decode_png
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.panoptic_ids import contiguous_from_coco_png
+from teachers.panoptic_ids import PANOPTIC_OUTPUTS, contiguous_from_coco_png
 
 
 class _GroundTruth(Teacher):
-    """A teacher that reads annotations instead of running a model; it takes no checkpoint."""
+    """A teacher that reads annotations instead of running a model; it takes no checkpoint.
+
+    Subclasses declare their one output in ``spec.outputs`` and read it from each image's record in ``_read``.
+    """
 
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 64,
                  checkpoint: str | None = None) -> None:
@@ -23,6 +27,14 @@ class _GroundTruth(Teacher):
     def identity(self) -> dict[str, Any]:
         return {"source": "coco-annotations", "version": 1}
 
+    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        (key,) = self.spec.outputs
+        return [{key: self._read(inp)} for inp in inputs]
+
+    @abstractmethod
+    def _read(self, inp: TeacherInput) -> Any:
+        """The output of one image, read from its record; TeacherError when the record lacks it."""
+
 
 class PanopticGroundTruth(_GroundTruth):
     """COCO panoptic ground truth (record["panoptic"] = {"file", "segments_info"}) as contiguous classes."""
@@ -32,15 +44,12 @@ class PanopticGroundTruth(_GroundTruth):
         task="panoptic",
         description="COCO panoptic ground truth (splits that have panoptic annotations)",
         input="COCO record with 'panoptic': {'file': PNG path, 'segments_info': [...]}",
-        outputs={"classes": "uint8 (H, W) contiguous class 0..132, 255 = void"},
+        outputs=PANOPTIC_OUTPUTS,
         units="class id",
         needs_annotations=True,
     )
 
-    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
-        return [{"classes": self._classes(inp)} for inp in inputs]
-
-    def _classes(self, inp: TeacherInput) -> np.ndarray:
+    def _read(self, inp: TeacherInput) -> np.ndarray:
         pan = inp.record.get("panoptic")
         if not pan:
             raise TeacherError(f"image {inp.image_id} has no panoptic annotation; use a panoptic model "
@@ -69,11 +78,8 @@ class CaptionGroundTruth(_GroundTruth):
         needs_annotations=True,
     )
 
-    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
-        out = []
-        for inp in inputs:
-            captions = [str(c).strip() for c in inp.record.get("captions") or [] if str(c).strip()]
-            if not captions:
-                raise TeacherError(f"image {inp.image_id} has no caption annotation")
-            out.append({"captions": captions})
-        return out
+    def _read(self, inp: TeacherInput) -> list[str]:
+        captions = [str(c).strip() for c in inp.record.get("captions") or [] if str(c).strip()]
+        if not captions:
+            raise TeacherError(f"image {inp.image_id} has no caption annotation")
+        return captions

@@ -7,6 +7,7 @@ from typing import Any
 from shards.taxonomy import NUM_PANOPTIC_CLASSES, PANOPTIC_CLASSES, PANOPTIC_VOID
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
 from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, torch_dtype
+from teachers.panoptic_ids import PANOPTIC_OUTPUTS
 from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox_batch, unletterbox
 
 DEFAULT_CHECKPOINT = "facebook/mask2former-swin-large-coco-panoptic"
@@ -36,7 +37,7 @@ class Mask2FormerTeacher(Teacher):
         description="Mask2Former COCO panoptic (transformers Mask2FormerForUniversalSegmentation, Swin-L)",
         input_size="long side -> input_size, letterboxed on a square canvas (multiple of 32), bilinear, "
                    "ImageNet mean/std",
-        outputs={"classes": "uint8 (H, W) contiguous class 0..132, 255 = void, original resolution"},
+        outputs=PANOPTIC_OUTPUTS,
         units="class id",
     )
 

@@ -13,6 +13,9 @@ import numpy as np
 
 from shards.taxonomy import CLASS_BY_COCO_ID, PANOPTIC_VOID, STUFF_CLASSES, THING_CLASSES
 
+#: ``TeacherSpec.outputs`` of every panoptic teacher (model or ground truth): its one per-image output.
+PANOPTIC_OUTPUTS = {"classes": "uint8 (H, W) contiguous class 0..132, 255 = void, original resolution"}
+
 
 def _paint(ids: np.ndarray, segment_classes: Mapping[int, int]) -> np.ndarray:
     """Map every pixel's segment id to its class (uint8), unknown ids to void; vectorised."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,28 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shards_stores import synthetic_store_fixtures
+
 from shards.cli import main
 from shards.codecs import decode_png
 from shards.manifest import load_manifest
 from shards.reader import StoreReader
 from shards.show import contact_sheet, find_sample, load_vocab_words
-from shards.synthetic import write_synthetic_store
 from shards.writer import ColumnWriter
 
 SPLIT = "train2017"
-
-
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cli")
-    write_synthetic_store(root, SPLIT, num_samples=7, shard_size=3, size=64, seed=6)
-    return root
-
-
-@pytest.fixture()
-def store(tmp_path: Path, clean: Path) -> Path:
-    shutil.copytree(clean, tmp_path / "s")
-    return tmp_path / "s"
+clean, store = synthetic_store_fixtures(SPLIT, num_samples=7, shard_size=3, size=64, seed=6)
 
 
 def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
+from shards_stores import synthetic_store_fixtures
+
 from shards.cli import main
 from shards.manifest import load_manifest, save_manifest
 from shards.reader import StoreReader
-from shards.synthetic import write_synthetic_store
 from shards.verify import verify_split
 from shards.writer import ColumnWriter
 
 SPLIT = "train2017"
-
-
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clean")
-    write_synthetic_store(root, SPLIT, num_samples=9, shard_size=4, size=48, seed=1)
-    return root
-
-
-@pytest.fixture()
-def store(tmp_path: Path, clean: Path) -> Path:
-    shutil.copytree(clean, tmp_path / "s")
-    return tmp_path / "s"
+clean, store = synthetic_store_fixtures(SPLIT, num_samples=9, shard_size=4, size=48, seed=1)
 
 
 def _shard_file(store: Path, column: str, shard: str) -> Path:
