@@ -118,12 +118,43 @@ def test_vocabulary_json_round_trip(glove, tmp_path: Path) -> None:
         Vocabulary.load(tmp_path / "bad.json")
 
 
-def test_demo_glove_file_through_gensim(demo_root: Path) -> None:
+def test_demo_glove_file(demo_root: Path) -> None:
     kv = load_glove(demo_root / "glove" / "glove.demo.300d.txt")
     assert kv.vector_size == 300 and "cat" in kv and "crema" not in kv
     assert np.allclose(kv["cat"], glove_vector("cat"), atol=1e-5)
     with pytest.raises(FileNotFoundError):
         load_glove(demo_root / "glove" / "missing.txt")
+
+
+def test_glove_file_reads_exactly_what_gensim_reads(demo_root: Path, tmp_path: Path) -> None:
+    from gensim.models import KeyedVectors
+
+    path = tmp_path / "glove.txt"
+    lines = (demo_root / "glove" / "glove.demo.300d.txt").read_text().splitlines()
+    tricky = "tricky " + " ".join(["1.00000005960464477539", "-0", "3.4028235e38", "1.4e-45", "16777217"] * 60)
+    path.write_text("\n".join([*lines, tricky, lines[0].split(" ")[0] + " 1" * 300]) + "\n")  # + a duplicate
+    ours = load_glove(path)
+    ref = KeyedVectors.load_word2vec_format(str(path), binary=False, no_header=True)
+    assert list(ours.offsets) == list(ref.key_to_index) and len(ours) == len(lines) + 1
+    for word in ref.key_to_index:  # bit-identical float32 values, the first of a duplicated word
+        assert ours[word].dtype == np.float32 and ours[word].tobytes() == ref[word].tobytes()
+    with pytest.raises(KeyError):
+        ours["crema"]
+
+
+def test_glove_file_with_a_short_line_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text("cat 0.1 0.2 0.3\ndog 0.1 0.2\n")
+    with pytest.raises(ValueError, match="bad.txt is not in GloVe text format: line 2 has 2 values"):
+        load_glove(path)
+
+
+def test_stop_word_copy_is_gensims() -> None:
+    from gensim.parsing.preprocessing import STOPWORDS
+
+    from pipeline.targets.tokens import GENSIM_STOPWORDS
+
+    assert GENSIM_STOPWORDS == STOPWORDS
 
 
 def test_demo_captions_round_trip(demo_root: Path) -> None:

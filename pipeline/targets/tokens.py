@@ -1,4 +1,4 @@
-"""Caption words -> vocabulary ids -> normalised GloVe vectors (DESIGN 5.4); GloVe loading through gensim."""
+"""Caption words -> vocabulary ids -> normalised GloVe vectors (DESIGN 5.4); GloVe loading."""
 
 from __future__ import annotations
 
@@ -19,11 +19,35 @@ GLOVE_DOWNLOADER_NAME = "glove-wiki-gigaword-300"
 _WORD = re.compile(r"[a-z]+")
 
 
+#: gensim 4.4's English stop words (``gensim.parsing.preprocessing.STOPWORDS``), copied: importing gensim pulls
+#: in scipy.stats and costs seconds per build worker. A test checks the copy against gensim.
+GENSIM_STOPWORDS = frozenset((
+    "a about above across after afterwards again against all almost alone along already also although always am "
+    "among amongst amoungst amount an and another any anyhow anyone anything anyway anywhere are around as at "
+    "back be became because become becomes becoming been before beforehand behind being below beside besides "
+    "between beyond bill both bottom but by call can cannot cant co computer con could couldnt cry de describe "
+    "detail did didn do does doesn doing don done down due during each eg eight either eleven else elsewhere "
+    "empty enough etc even ever every everyone everything everywhere except few fifteen fifty fill find fire "
+    "first five for former formerly forty found four from front full further get give go had has hasnt have he "
+    "hence her here hereafter hereby herein hereupon hers herself him himself his how however hundred i ie if in "
+    "inc indeed interest into is it its itself just keep kg km last latter latterly least less ltd made make many "
+    "may me meanwhile might mill mine more moreover most mostly move much must my myself name namely neither "
+    "never nevertheless next nine no nobody none noone nor not nothing now nowhere of off often on once one only "
+    "onto or other others otherwise our ours ourselves out over own part per perhaps please put quite rather re "
+    "really regarding same say see seem seemed seeming seems serious several she should show side since sincere "
+    "six sixty so some somehow someone something sometime sometimes somewhere still such system take ten than "
+    "that the their them themselves then thence there thereafter thereby therefore therein thereupon these they "
+    "thick thin third this those though three through throughout thru thus to together too top toward towards "
+    "twelve twenty two un under unless until up upon us used using various very via was we well were what "
+    "whatever when whence whenever where whereafter whereas whereby wherein whereupon wherever whether which "
+    "while whither who whoever whole whom whose why will with within without would yet you your yours yourself "
+    "yourselves"
+).split())
+
+
 def default_stopwords() -> frozenset[str]:
     """gensim's English stop words plus :data:`EXTRA_STOPWORDS`."""
-    from gensim.parsing.preprocessing import STOPWORDS
-
-    return frozenset(STOPWORDS) | frozenset(EXTRA_STOPWORDS)
+    return GENSIM_STOPWORDS | frozenset(EXTRA_STOPWORDS)
 
 
 def load_stopwords(source: str | os.PathLike | Iterable[str] | None = None) -> frozenset[str]:
@@ -97,22 +121,72 @@ def glove_array(ids: list[int], vocab: Vocabulary) -> np.ndarray:
     return out
 
 
+class GloveFile:
+    """The vectors of a GloVe text file (``word v1 ... vN`` per line, no header), parsed on demand.
+
+    One pass indexes where each word's line starts (first occurrence wins, as in gensim) and checks that
+    every line holds ``vector_size`` values; ``kv[word]`` parses that line exactly as gensim's
+    ``load_word2vec_format`` does (each decimal to float32). A vocabulary needs membership tests for every
+    caption word but only a few thousand vectors, so this avoids parsing the 120M values of
+    ``glove.6B.300d.txt`` and importing gensim (several seconds per process).
+
+    Args:
+        path: the GloVe text file.
+
+    Raises:
+        ValueError: a line with another number of values than the first one (named by its line number).
+        UnicodeDecodeError: a word that is not UTF-8.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        self.offsets: dict[str, int] = {}
+        self.vector_size = 0
+        pos = 0
+        with open(self.path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                text = line.rstrip()
+                values = text.count(b" ")
+                if number == 1:
+                    self.vector_size = values
+                if values != self.vector_size or not values:
+                    raise ValueError(f"line {number} has {values} values, line 1 has {self.vector_size}")
+                word = text[:text.index(b" ")].decode("utf-8")
+                self.offsets.setdefault(word, pos)
+                pos += len(line)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self.offsets
+
+    def __getitem__(self, word: str) -> np.ndarray:
+        """The (vector_size,) float32 vector of ``word`` (KeyError when the file has none)."""
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[word])
+            parts = f.readline().rstrip().split(b" ")[1:]
+        try:
+            return np.array(parts).astype(np.float32)
+        except ValueError as e:
+            raise ValueError(f"GloVe file {self.path}: bad vector for {word!r}: {e}") from None
+
+
 def load_glove(path_or_name: str | os.PathLike) -> Any:
-    """Load GloVe vectors with gensim.
+    """Load GloVe vectors: a text file directly, a downloader name through gensim.
 
     Args:
         path_or_name: a GloVe text file (``glove.6B.300d.txt``: no header line) or a gensim downloader
             name such as ``glove-wiki-gigaword-300``.
 
     Returns:
-        gensim ``KeyedVectors`` (supports ``word in kv`` and ``kv[word]``).
+        A :class:`GloveFile` for a file, else gensim ``KeyedVectors``; both support ``word in kv``,
+        ``kv[word]`` and ``kv.vector_size``.
     """
     path = Path(path_or_name)
     if path.is_file():
-        from gensim.models import KeyedVectors
-
         try:
-            return KeyedVectors.load_word2vec_format(str(path), binary=False, no_header=True)
+            return GloveFile(path)
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"GloVe file {path} is not in GloVe text format: {e}") from None
     if os.sep in str(path_or_name) or str(path_or_name).endswith(".txt"):
