@@ -83,6 +83,8 @@ def letterbox_batch(images: Sequence[np.ndarray], long_side: int, *, multiple: i
         check_image(img)
         h0, w0 = img.shape[:2]
         h, w = resized_size(h0, w0, long_side, multiple)
+        if not img.flags.writeable:  # arrays shared by Ray's object store are read-only; torch wants writable
+            img = img.copy()
         x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
         if channels == "BGR":
             x = x.flip(1)
@@ -123,6 +125,8 @@ def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int], *, device:
     rows = []
     for img in images:
         check_image(img)
+        if not img.flags.writeable:  # arrays shared by Ray's object store are read-only; torch wants writable
+            img = img.copy()
         x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
         if tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True).clamp_(0, 255)
