@@ -20,8 +20,8 @@ from pipeline.executors import Executor, make_executor
 from pipeline.plan import BuildError, Plan, prepare
 from pipeline.progress import Progress
 from pipeline.stages import stage as get_stage
-from pipeline.units import (UnitResult, decode_unit, derived_unit, read_rejected, teacher_predict, vocab_unit,
-                            write_unit)
+from pipeline.units import (UnitResult, decode_unit, derived_unit, load_vocabulary, read_rejected, teacher_predict,
+                            vocab_unit, write_unit)
 
 __all__ = ["BuildConfig", "BuildError", "build_targets"]
 
@@ -143,7 +143,9 @@ class _Run:
         self.decoded: dict[str, Any] = {}  # shard -> handle of its Decoded
         self.teacher_left: dict[str, int] = {}  # shard -> teacher units still running on it
         self.vocab_path: str | None = plan.vocab_path
+        self.vocab_handle: Any = None  # the loaded vocabulary, shared by every tokens unit
         self.vocab_started = False
+        self.chained: dict[Any, list[str]] = {}  # teacher write handle -> derived stages it also writes
         self.estimated: dict[str, set[str]] = {}  # stage -> shards whose image count includes rejected ids
         for s in plan.run_stages:
             self.stats[s].skipped = len(self.done[s])
@@ -181,13 +183,30 @@ class _Run:
         for s in teachers:
             p.pending[s].discard(shard)
             predicted = self.ex.submit_teacher(s, teacher_predict, s, data)
-            h = self.ex.submit(write_unit, s, self.split_path, p.fps[s], p.specs[s], shard, predicted)
+            chained = self._chain(s, shard)
+            h = self.ex.submit(write_unit, s, self.split_path, p.fps[s], p.specs[s], shard, predicted,
+                               [(d, p.fps[d], p.specs[d]) for d in chained])
             self.inflight[h] = ("teacher", s, shard)
+            self.chained[h] = chained
+
+    def _chain(self, s: str, shard: str) -> list[str]:
+        """Derived stages whose only input is teacher stage ``s`` and whose unit on ``shard`` is pending: the
+        teacher's write unit writes them from memory (claimed here; handed back if that unit fails)."""
+        p = self.plan
+        chained = [d for d in p.run_stages if get_stage(d).kind == "derived" and get_stage(d).inputs == (s,)
+                   and d != "tokens" and shard in p.pending[d]]
+        for d in chained:
+            p.pending[d].discard(shard)
+        return chained
 
     def _submit_derived(self, s: str, shard: str) -> None:
         p = self.plan
         parent = get_stage(s).inputs[0]
-        vocab = self.vocab_path if s == "tokens" else None
+        vocab = None
+        if s == "tokens":
+            if self.vocab_handle is None:
+                self.vocab_handle = self.ex.submit(load_vocabulary, self.vocab_path)
+            vocab = self.vocab_handle
         h = self.ex.submit(derived_unit, s, self.split_path, p.fps[s], p.specs[s], shard, parent, p.fps[parent],
                            p.fps["base"], vocab)
         p.pending[s].discard(shard)
@@ -211,9 +230,12 @@ class _Run:
     def _finish(self, handle: Any, progress: Progress) -> None:
         kind, s, shard = self.inflight.pop(handle)
         self._release(kind, shard)
+        chained = self.chained.pop(handle, [])
         try:
             result = self.ex.result(handle)
         except Exception as e:  # recorded; the rest of the build goes on
+            for d in chained:  # not run: reported with the other units whose input failed
+                self.plan.pending[d].add(shard)
             if kind == "decode":  # pixels for teachers only: their own units fail and are recorded
                 return
             self.failures.append({"stage": s, "shard": shard or None, "error": f"{type(e).__name__}: {e}"})
@@ -224,6 +246,13 @@ class _Run:
         if kind == "vocab":
             self.vocab_path, seconds = result
             self.stats["tokens"].seconds += seconds  # the vocabulary is part of the tokens stage's work
+        elif kind == "teacher":
+            for r in result:
+                self._record(r, progress)
+            written = {r.stage for r in result}
+            for d in chained:  # a chained stage that failed runs again as a derived unit reading the store
+                if d not in written:
+                    self.plan.pending[d].add(shard)
         elif kind != "decode":
             self._record(result, progress)
 

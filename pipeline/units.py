@@ -7,6 +7,7 @@ shard of one column version with ``shards.writer.ColumnWriter`` and returns a sm
 
 from __future__ import annotations
 
+import logging
 import os
 import tarfile
 import time
@@ -24,6 +25,8 @@ from shards.writer import ColumnWriter
 
 from pipeline.stages import derived_members, teacher_members
 from pipeline.stages import stage as get_stage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,6 +110,7 @@ class Predicted:
 
     samples: list[tuple[str, dict[str, Any]]]
     seconds: float
+    metas: list[dict[str, Any]] = field(default_factory=list)  # the base meta.json of each sample
 
 
 def teacher_predict(teacher: Any, stage: str, decoded: Decoded) -> Predicted:
@@ -130,12 +134,17 @@ def teacher_predict(teacher: Any, stage: str, decoded: Decoded) -> Predicted:
                            f"{len(decoded.inputs)} images of {decoded.shard}")
     samples = [(key, teacher_members(stage, pred, meta, teacher.name))
                for key, pred, meta in zip(decoded.keys, preds, decoded.metas)]
-    return Predicted(samples, time.perf_counter() - t0)
+    return Predicted(samples, time.perf_counter() - t0, list(decoded.metas))
 
 
-def write_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], shard: str,
-               predicted: Predicted) -> UnitResult:
-    """Encode and write a teacher stage's shard.
+def write_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], shard: str, predicted: Predicted,
+               chained: Sequence[tuple[str, str, Mapping[str, Any]]] = ()) -> list[UnitResult]:
+    """Encode and write a teacher stage's shard, then the shards of the derived stages chained to it.
+
+    A chained derived stage (normals after depth, groups after panoptic) is computed from the members still
+    in memory, so its unit neither reads nor decodes the shard just written; the bytes are the same as
+    ``derived_unit``'s (PNG is lossless and meta.json round-trips exactly). A chained stage that fails is
+    left out of the results: the build then runs it as an ordinary ``derived_unit`` from the store.
 
     Args:
         stage: the teacher stage.
@@ -144,13 +153,25 @@ def write_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], sh
         spec: the stage spec.
         shard: shard name.
         predicted: ``teacher_predict``'s result for the shard.
+        chained: (derived stage, its fingerprint, its spec) of each derived stage to write from this one.
 
     Returns:
-        The unit's result (its seconds include the prediction's).
+        The teacher unit's result (its seconds include the prediction's), then one per chained stage written.
     """
     t0 = time.perf_counter()
     ColumnWriter(split_path, stage, fp, spec).write_shard(shard, predicted.samples)
-    return UnitResult(stage, shard, len(predicted.samples), predicted.seconds + time.perf_counter() - t0)
+    results = [UnitResult(stage, shard, len(predicted.samples), predicted.seconds + time.perf_counter() - t0)]
+    for name, dfp, dspec in chained:
+        t0 = time.perf_counter()
+        try:
+            samples = [(key, derived_members(name, members, dspec["params"], None, meta))
+                       for (key, members), meta in zip(predicted.samples, predicted.metas, strict=True)]
+            ColumnWriter(split_path, name, dfp, dspec).write_shard(shard, samples)
+        except Exception as e:  # the build retries it as a derived unit reading the store
+            log.warning("%s %s chained to %s failed (%s); it runs from the store", name, shard, stage, e)
+            continue
+        results.append(UnitResult(name, shard, len(samples), time.perf_counter() - t0))
+    return results
 
 
 def read_column_shard(split_path: str | os.PathLike, column: str, fp: str, shard: str,
@@ -183,7 +204,7 @@ def read_column_shard(split_path: str | os.PathLike, column: str, fp: str, shard
 
 
 def derived_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], shard: str, parent: str,
-                 parent_fp: str, base_fp: str, vocab_path: str | None = None) -> UnitResult:
+                 parent_fp: str, base_fp: str, vocab: Any = None) -> UnitResult:
     """Compute a derived column shard from its input column's shard on disk.
 
     Args:
@@ -195,17 +216,13 @@ def derived_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], 
         parent: the input column.
         parent_fp: the input column version.
         base_fp: the base column version (read for meta.json by stages that need it).
-        vocab_path: the split vocabulary (tokens only).
+        vocab: the split's ``shards.vocab.Vocabulary`` (tokens only; ``load_vocabulary``'s result, loaded
+            once per build and shared by every tokens unit).
 
     Returns:
         The unit's result.
     """
     t0 = time.perf_counter()
-    vocab = None
-    if vocab_path is not None:
-        from shards.vocab import Vocabulary
-
-        vocab = Vocabulary.load(vocab_path)
     parents = read_column_shard(split_path, parent, parent_fp, shard)
     metas: list[Any] = [None] * len(parents)
     if get_stage(stage).reads_meta:
@@ -217,6 +234,13 @@ def derived_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], 
                for (key, members), meta in zip(parents, metas)]
     ColumnWriter(split_path, stage, fp, spec).write_shard(shard, samples)
     return UnitResult(stage, shard, len(samples), time.perf_counter() - t0)
+
+
+def load_vocabulary(path: str) -> Any:
+    """Read a ``vocab.json`` (a unit of its own, so that every tokens unit shares one loaded copy)."""
+    from shards.vocab import Vocabulary
+
+    return Vocabulary.load(path)
 
 
 def vocab_unit(split_path: str, caption_fp: str, shards: Sequence[str], glove: str, size: int,
