@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from shards.atomic import atomic_write_json, fsync_dir, temp_file_beside
+from shards.atomic import atomic_file, atomic_write_json, fsync_dir
 from shards.reader import StoreReader
 from shards.writer import write_tar
 
@@ -48,17 +48,9 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
     paths, records, total = [], [], 0
     for shard in reader.manifest.shard_names:
         final = out / f"{shard}.tar"
-        fd, tmp = temp_file_beside(final, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                keys = write_tar(f, ((s.pop("__key__"), {k: v for k, v in s.items() if k != "__shard__"})
-                                     for s in reader.read_shard(shard)))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(final) as f:
+            keys = write_tar(f, ((s.pop("__key__"), {k: v for k, v in s.items() if k != "__shard__"})
+                                 for s in reader.read_shard(shard)))
         digest = hashlib.sha256(final.read_bytes()).hexdigest()
         records.append({"name": shard, "count": len(keys), "sha256": digest})
         paths.append(final)

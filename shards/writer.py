@@ -12,10 +12,9 @@ import io
 import os
 import tarfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping
 
-from shards.atomic import atomic_write_json, fsync_dir, locked, temp_file_beside
+from shards.atomic import atomic_write_bytes, atomic_write_json, locked
 from shards.codecs import encode_sample
 from shards.layout import column_dir, column_record_path, shard_path
 from shards.schema import column as get_column
@@ -105,19 +104,7 @@ class ColumnWriter:
     def write_encoded_shard(self, shard: str, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> ShardRecord:
         """Write a shard whose members are already encoded bytes."""
         data, keys = tar_bytes(samples)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        final = shard_path(self.dir, shard)
-        fd, tmp = temp_file_beside(final, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(self.dir)
+        atomic_write_bytes(shard_path(self.dir, shard), data)
         record = ShardRecord(len(keys), len(data), hashlib.sha256(data).hexdigest(), keys_digest(keys))
         with locked(self.record_path):
             doc = self._load()

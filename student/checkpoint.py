@@ -8,12 +8,12 @@ whatever extra the trainer adds: optimiser state, train config, epoch, step, loa
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from shards.atomic import atomic_file
 from student.config import ModelConfig
 from student.model import YMapNet
 
@@ -34,18 +34,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, cfg: ModelC
     model = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"model": state, "model_cfg": cfg.to_dict(), **extra}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
