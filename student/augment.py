@@ -98,17 +98,25 @@ def warp(sample: StoreSample, matrix: np.ndarray) -> StoreSample:
         flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
         return cv2.warpAffine(a, cv_matrix, (s, s), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
 
+    def apply_rgb(a: np.ndarray, fill: tuple[int, int, int]) -> np.ndarray:
+        # OpenCV's bilinear warp has a vectorised path for 4 channels, not for 3: a padding channel
+        # makes it about 2x faster with the very same values in the first three
+        return cv2.cvtColor(apply(cv2.cvtColor(a, cv2.COLOR_RGB2RGBA), False, fill + (0,)), cv2.COLOR_RGBA2RGB)
+
+    # one nearest warp for every label map; three channels, as OpenCV's 2-channel path rounds differently
+    crowd = sample.text if sample.crowd is None else sample.crowd
+    warped_labels = cv2.split(apply(cv2.merge([sample.text, sample.groups, crowd]), True, 0))
     keypoints = sample.keypoints.copy()
     keypoints[..., :2] = transform_points(keypoints[..., :2], matrix)
     return replace(
         sample,
-        image=apply(sample.image, False, (0, 0, 0)),
+        image=apply_rgb(sample.image, (0, 0, 0)),
         depth=apply(sample.depth, False, 0),
-        normals=apply(sample.normals, False, FLAT_NORMAL),
-        text=apply(sample.text, True, 0),
-        groups=apply(sample.groups, True, 0),
+        normals=apply_rgb(sample.normals, FLAT_NORMAL),
+        text=warped_labels[0],
+        groups=warped_labels[1],
         keypoints=keypoints.astype(np.float32),
-        crowd=None if sample.crowd is None else apply(sample.crowd, True, 0),
+        crowd=None if sample.crowd is None else warped_labels[2],
     )
 
 

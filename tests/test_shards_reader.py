@@ -14,6 +14,7 @@ import pytest
 
 from shards.codecs import decode_jpeg, encode_jpeg
 from shards.manifest import StoreError, activate_column, load_manifest, save_manifest
+from shards import reader as reader_module
 from shards.reader import StoreReader
 from shards.schema import COLUMNS
 from shards.synthetic import synthetic_sample, write_synthetic_store
@@ -174,6 +175,16 @@ def test_resampled_mode_never_ends(store: Path) -> None:
     assert len(set(got)) > 4  # more than one shard was drawn
     assert got == [s["__key__"] for s in itertools.islice(reader, 100)]  # seeded
 
+
+def test_small_store_yields_its_first_sample_after_a_bounded_chunk(store: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # 64-pixel samples: the pixel budget alone would decode 1024 samples before the first one comes out
+    decoded = []
+    png = reader_module.DECODERS["png"]
+    monkeypatch.setitem(reader_module.DECODERS, "png", lambda data: decoded.append(1) or png(data))
+    first = next(iter(StoreReader(store, SPLIT, ["depth"], resampled=True, seed=1)))
+    assert first["depth.png"].shape == (64, 64)
+    assert len(decoded) == reader_module.DECODE_CHUNK_SAMPLES == 64
 
 def test_pipe_and_fsspec_urls(store: Path) -> None:
     fsspec = pytest.importorskip("fsspec")
