@@ -2,7 +2,10 @@
 and 2 workers, next to a bare decode+resize loop over the same files, in one run.
 
 The demo images are resized to 640x480 and repeated to ``--images`` files of a synthetic COCO split. Every
-figure is measured here, in this run; the last line is one JSON object.
+figure is measured here, in this run; the last line is one JSON object. Besides the build, the store's own
+floor is timed on the built store: encoding every member once (codecs) and writing the encoded shards again
+(tar, sha256, fsync, records); bare + encode + write is what any build of this store costs at least. On Ray,
+the start-up of the teacher actors (one process per teacher, a fixed cost) is timed after each build.
 
     python bench/pipeline.py [--images 300] [--shard-size 25] [--skip-ray]
 """
@@ -117,20 +120,51 @@ def bare_loop(files: list[Path], size: int) -> float:
     return time.perf_counter() - t0
 
 
-def codec_floor(store: Path, split: str) -> float:
-    """Seconds to encode every member of every active column once: what the store format alone costs."""
+def store_floor(store: Path, split: str, scratch: Path) -> tuple[float, float]:
+    """Seconds to encode every member of every active column once, and to write the encoded shards again.
+
+    The second figure is the writer's own cost (deterministic tar, sha256, fsync of file and folder, the
+    column.json record) for the same bytes, written to ``scratch``; neither depends on the pipeline's code.
+    """
     from pipeline.units import read_column_shard
     from shards.codecs import encode_sample
     from shards.manifest import load_manifest
     from shards.schema import column
+    from shards.writer import ColumnWriter
 
     m = load_manifest(store / split)
-    samples = [(name, values) for name, fp in m.columns.items() for entry in m.shards
-               for _key, values in read_column_shard(store / split, name, fp, entry.name)]
+    shards = [(name, fp, entry.name, read_column_shard(store / split, name, fp, entry.name))
+              for name, fp in m.columns.items() for entry in m.shards]
     t0 = time.perf_counter()
-    for name, values in samples:
-        encode_sample(column(name), values)
-    return time.perf_counter() - t0
+    encoded = [(name, fp, shard, [(key, encode_sample(column(name), values)) for key, values in samples])
+               for name, fp, shard, samples in shards]
+    encode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for name, fp, shard, samples in encoded:
+        ColumnWriter(scratch / split, name, fp).write_encoded_shard(shard, samples)
+    return encode_s, time.perf_counter() - t0
+
+
+def _teacher_name(teacher: Any) -> str:
+    return teacher.name
+
+
+def actor_startup(config: Any) -> float:
+    """Seconds to start one actor per teacher on the running Ray cluster and get a first answer from each."""
+    from pipeline.executors import RayExecutor, TeacherFactory
+
+    factories = {s: TeacherFactory(cls, {"device": "cpu", "batch_size": config.batch_size})
+                 for s, cls in zip(("depth", "panoptic", "text", "caption"), BENCH_TEACHERS)}
+    ex = RayExecutor(retries=1)
+    t0 = time.perf_counter()
+    ex.start(factories)
+    pending = [ex.submit_teacher(s, _teacher_name) for s in factories]
+    while pending:
+        done = ex.wait(pending, timeout=1.0)
+        pending = [h for h in pending if h not in done]
+    seconds = time.perf_counter() - t0
+    ex.close()
+    return seconds
 
 
 def timed_build(config: Any, executor: Any = None) -> tuple[float, dict[str, Any]]:
@@ -170,17 +204,28 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cores[:1])  # the bare loop and the in-process build get one core each
     bare_loop(files[:20], args.size)  # warm the page cache and the codecs
+    cpu0 = time.process_time()  # CPU seconds too: less sensitive than wall time to other load on the machine
     bare = bare_loop(files, args.size)
+    cpu1 = time.process_time()
     local_s, report = timed_build(BuildConfig(**{**base.__dict__, "out": str(work / "local"), "executor": "local"}))
-    codecs = codec_floor(work / "local", "train2017")
+    bare_cpu, local_cpu = cpu1 - cpu0, time.process_time() - cpu1
+    codecs, writes = store_floor(work / "local", "train2017", work / "rewrite")
     os.sched_setaffinity(0, cores)
+    floor = bare + codecs + writes
     rows = [("bare decode+resize", bare, n / bare), ("store codecs: encode only", codecs, n / codecs),
+            ("store writer: tar+fsync", writes, n / writes), ("floor: bare+encode+write", floor, n / floor),
             ("build, in-process", local_s, n / local_s)]
     result: dict[str, Any] = {"images": n, "size": args.size, "shard_size": args.shard_size, "cores": len(cores),
                               "bare_ms_per_image": round(1000 * bare / n, 2),
                               "inprocess_ms_per_image": round(1000 * local_s / n, 2),
                               "inprocess_over_bare": round(local_s / bare, 2), "target_inprocess_over_bare": 3.0,
+                              "bare_cpu_ms_per_image": round(1000 * bare_cpu / n, 2),
+                              "inprocess_cpu_ms_per_image": round(1000 * local_cpu / n, 2),
+                              "inprocess_over_bare_cpu": round(local_cpu / bare_cpu, 2),
                               "codec_encode_ms_per_image": round(1000 * codecs / n, 2),
+                              "store_write_ms_per_image": round(1000 * writes / n, 2),
+                              "floor_over_bare": round(floor / bare, 2),
+                              "inprocess_over_floor": round(local_s / floor, 2),
                               "stage_busy_s": {s: st["seconds"] for s, st in report["stages"].items()}}
     if not args.skip_ray:
         import ray
@@ -197,6 +242,7 @@ def main() -> None:
                 cfg = BuildConfig(**{**base.__dict__, "out": str(work / f"ray{workers}"), "executor": "ray"})
                 ray_s[workers], ray_report = timed_build(cfg, RayExecutor(retries=1))
                 result[f"ray{workers}_stage_busy_s"] = {s: st["seconds"] for s, st in ray_report["stages"].items()}
+                result[f"ray{workers}_actor_startup_s"] = round(actor_startup(cfg), 2)
             finally:
                 ray.shutdown()
                 os.sched_setaffinity(0, cores)
@@ -204,11 +250,15 @@ def main() -> None:
         result.update({
             "ray1_ms_per_image": round(1000 * ray_s[1] / n, 2), "ray2_ms_per_image": round(1000 * ray_s[2] / n, 2),
             "ray1_over_inprocess": round(ray_s[1] / local_s, 2), "target_ray1_over_inprocess": 1.25,
+            "ray1_over_inprocess_without_actor_startup": round((ray_s[1] - result["ray1_actor_startup_s"]) / local_s, 2),
             "ray2_speedup_over_ray1": round(ray_s[1] / ray_s[2], 2), "target_ray2_speedup": 1.6,
         })
-    print(f"{'run':<26}{'seconds':>10}{'images/s':>10}{'ms/image':>10}")
+    print(f"{'run':<30}{'seconds':>10}{'images/s':>10}{'ms/image':>10}{'x bare':>8}")
     for name, secs, rate in rows:
-        print(f"{name:<26}{secs:>10.2f}{rate:>10.1f}{1000 * secs / n:>10.2f}")
+        print(f"{name:<30}{secs:>10.2f}{rate:>10.1f}{1000 * secs / n:>10.2f}{secs / bare:>8.2f}")
+    for workers in (1, 2):
+        if f"ray{workers}_actor_startup_s" in result:
+            print(f"{f'Ray {workers}: teacher actor start-up':<30}{result[f'ray{workers}_actor_startup_s']:>10.2f}")
     print(json.dumps(result))
 
 

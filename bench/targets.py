@@ -28,7 +28,7 @@ from pipeline.coco import ImageRecord, load_split  # noqa: E402
 from pipeline.demo import make_demo  # noqa: E402
 from pipeline.samples import (RejectedImage, base_sample, build_vocabulary, groups_sample, load_glove,  # noqa: E402
                               normals_sample, panoptic_sample, tokens_sample)
-from shards.codecs import decode_png, encode_sample  # noqa: E402
+from shards.codecs import JPEG_QUALITY, PNG_COMPRESSION, decode_png, encode_sample  # noqa: E402
 from shards.geometry import Letterbox  # noqa: E402
 from shards.schema import COLUMNS  # noqa: E402
 from teachers.panoptic_ids import contiguous_from_coco_png  # noqa: E402
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in stages:
         print(f"{name:<22}{compute[name]:>11.3f}{encode[name]:>11.3f}{compute[name] / bare_ms:>9.2f}")
     print(f"{'all derived work':<22}{derived:>11.3f}{'':>11}{ratio:>9.2f}   target <= {TARGET_RATIO}")
-    print(f"{'... plus store encoding':<22}{stored:>11.3f}{'':>11}{stored_ratio:>9.2f}   (codecs: JPEG q95, PNG level 3)")
+    print(f"{'... plus store encoding':<22}{stored:>11.3f}{'':>11}{stored_ratio:>9.2f}   "
+          f"(codecs: JPEG q{JPEG_QUALITY}, PNG level {PNG_COMPRESSION})")
     print(json.dumps({"bench": "targets", "images": len(items), "size": size, "width": W, "height": H,
                       "bare_decode_resize_ms": round(bare_ms, 3),
                       "compute_ms": {k: round(v, 3) for k, v in compute.items()},
