@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +32,9 @@ def _param(text: str) -> tuple[str, Any]:
 
 def _add_build_flags(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS  # unset flags stay absent, so a config file's values are not overridden
-    p.add_argument("--config", help="JSON or TOML file of BuildConfig fields (flags override it)")
+    p.add_argument("--config", metavar="FILE",
+                   help="JSON or TOML file of settings, keys as BuildConfig's fields (coco_root, depth_teacher, "
+                        "depth_params, ...); flags override it")
     p.add_argument("--coco-root", dest="coco_root", default=S, help=f"COCO 2017 root (default {DEFAULTS.coco_root})")
     p.add_argument("--split", default=S, help=f"split to build (default {DEFAULTS.split})")
     p.add_argument("--out", default=S, help=f"store root (default {DEFAULTS.out})")
@@ -64,10 +67,11 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     p.add_argument("--force", action="store_true", default=S, help="rebuild finished units of the chosen stages")
-    p.add_argument("--executor", choices=("ray", "local"), default=S, help=f"default {DEFAULTS.executor}")
+    p.add_argument("--executor", choices=("ray", "local"), default=S,
+                   help=f"ray (a cluster or a local one) or local (in-process, same code) (default {DEFAULTS.executor})")
     p.add_argument("--ray-address", dest="ray_address", default=S,
                    help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
-    p.add_argument("--num-cpus", dest="num_cpus", type=int, default=S, help="CPUs of a local Ray cluster")
+    p.add_argument("--num-cpus", dest="num_cpus", type=int, default=S, help="CPUs of a local Ray cluster (default: all)")
     p.add_argument("--gpus-per-teacher", dest="gpus_per_teacher", type=float, default=S,
                    help="GPUs per teacher actor, fractional allowed (default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--cpus-per-teacher", dest="cpus_per_teacher", type=float, default=S,
@@ -118,7 +122,8 @@ def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildC
         values = {**{k: v for k, v in recorded.items() if k in fields}, **values}
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise BuildError(f"unknown setting(s) {', '.join(unknown)}; settings are BuildConfig fields")
+        raise BuildError(f"unknown setting(s) {', '.join(unknown)} in {args.config}; settings are: "
+                         f"{', '.join(sorted(fields))}")
     for s in TEACHER_STAGES:
         key = f"{s}_params"
         if isinstance(values.get(key), list):
@@ -134,21 +139,54 @@ def _build_targets(args: argparse.Namespace) -> int:
     from pipeline.progress import summary_table
 
     config = resolve_config(args)
+    _check_paths(config)
     report = build_targets(config)
     print(summary_table(report))
     return 0 if report["ok"] else 1
 
 
+def _check_paths(config: BuildConfig) -> None:
+    """Fail before any teacher loads on a split without its image folder (every image would be rejected) or a
+    store root that cannot be created or written (creates nothing)."""
+    from pipeline.plan import check_inputs
+
+    root = check_inputs(config).resolve()
+    if not (root / config.split).is_dir():
+        raise BuildError(f"image folder {root / config.split} does not exist; unzip COCO's {config.split}.zip "
+                         f"into {root}")
+    out = Path(config.out)
+    probe = out.absolute()
+    while not probe.exists() and probe != probe.parent:  # the folder the build would create ``out`` in
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(20, f"{probe} is a file, not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise BuildError(f"cannot write the store at {str(out)!r} ({e.strerror or e}); "
+                         "pass --out a writable folder") from None
+
+
 def _status(args: argparse.Namespace) -> int:
     from pipeline.status import format_status, split_status
+    from shards.layout import split_dir
 
-    print(format_status(split_status(resolve_config(args, last_build=True))))
+    config = resolve_config(args, last_build=True)
+    manifest = split_dir(config.out, config.split) / "manifest.json"
+    if not manifest.is_file() and "coco_root" not in vars(args) and not Path(config.coco_root).is_dir():
+        raise BuildError(f"split {config.split!r} is not built in store {config.out!r} (no {manifest}); "
+                         "check --out and --split, or pass --coco-root to see what a build would do")
+    print(format_status(split_status(config)))
     return 0
 
 
 def _teachers(args: argparse.Namespace) -> int:
+    from teachers.base import TASKS
     from teachers.registry import describe
 
+    if args.task is not None and args.task not in TASKS:
+        raise BuildError(f"unknown task {args.task!r} (--task); tasks are: {', '.join(TASKS)}")
     print(describe(args.task))
     return 0
 
@@ -160,35 +198,56 @@ def _make_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end in one line (not the whole usage block) and exit code 2."""
+
+    def error(self, message: str) -> None:
+        raise BuildError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline", description="Build the teacher-target store of COCO splits.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("build-targets", help="run the teachers and derived stages over a split")
+    parser = _Parser(prog="pipeline", description="Build the teacher-target store of COCO splits.",
+                     epilog="Start with `pipeline make-demo --out data/demo`, then `pipeline build-targets --help`.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+
+    p = add("build-targets", "run the teachers and derived stages over a split")
     _add_build_flags(p)
     _add_run_flags(p)
     p.set_defaults(func=_build_targets)
-    p = sub.add_parser("status", help="active and requested version of every column of a split")
+    p = add("status", "active and requested version of every column of a split; "
+                      "settings not given default to what the split's last build recorded")
     _add_build_flags(p)
     p.set_defaults(func=_status)
-    p = sub.add_parser("teachers", help="list the registered teachers with their specs")
-    p.add_argument("--task", default=None, help="only teachers of this task")
+    p = add("teachers", "list the registered teachers with their specs")
+    p.add_argument("--task", default=None, help="only teachers of this task (depth, panoptic, text, caption)")
     p.set_defaults(func=_teachers)
-    p = sub.add_parser("make-demo", help="write the small demo COCO root")
+    p = add("make-demo", "write the small demo COCO root")
     p.add_argument("--out", default="data/demo", help="folder to create (default data/demo)")
     p.set_defaults(func=_make_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``pipeline`` command; returns the exit code (2 = bad input, 1 = some unit failed)."""
-    args = build_parser().parse_args(argv)
-    func = args.func
-    del args.func
+    """Run the ``pipeline`` command; returns the exit code (2 = bad input, 1 = some unit failed, 130 = Ctrl-C)."""
     try:
+        args = build_parser().parse_args(argv)
+        func = args.func
+        del args.func
         return func(args)
     except BuildError as e:
         print(f"pipeline: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("pipeline: interrupted; finished units are kept: run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except OSError as e:  # a disk that fills up or turns read-only mid-run
+        where = f" {e.filename}" if e.filename else ""
+        print(f"pipeline: error:{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def annotation_path(coco_root: str | Path, kind: str, split: str) -> Path:
 
 def _load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise CocoError(f"COCO annotation file not found: {path}")
+        raise CocoError(f"COCO annotation file not found: {path}; unzip COCO's annotations_trainval2017.zip "
+                        f"into {path.parent.parent} (it makes annotations/)")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)

@@ -58,6 +58,11 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from shards.verify import verify_split
 
+    active = load_manifest(split_dir(args.shards, args.split)).columns
+    unknown = [c for c in args.columns or () if c not in active]
+    if unknown:
+        raise UsageError(f"column(s) {', '.join(unknown)} not active in {split_dir(args.shards, args.split)}; "
+                         f"active columns: {', '.join(active)}")
     report = verify_split(args.shards, args.split, args.columns, decode=not args.no_decode, first_only=not args.all)
     if not report.ok:
         for fault in report.faults:
@@ -116,10 +121,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Inspect and maintain the training store.")
+    p = _Parser(prog=PROG, description="Inspect and maintain the training store.",
+                epilog="--shards and --split may also follow the command: shards verify --shards data/synth")
     p.add_argument("--shards", default="shards", metavar="ROOT", help="store root (default: shards)")
     p.add_argument("--split", default="train2017", help="split (default: train2017)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    common = _Parser(add_help=False)  # the same two flags after the command; absent ones keep the values above
+    common.add_argument("--shards", default=argparse.SUPPRESS, metavar="ROOT", help="store root (default: shards)")
+    common.add_argument("--split", default=argparse.SUPPRESS, help="split (default: train2017)")
     commands: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
         "info": (_info, "columns, versions, counts and bytes per sample"),
         "verify": (_verify, "check every shard: sha256, counts, aligned keys, decodable members"),
@@ -127,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "gc": (_gc, "remove inactive column versions"),
         "export": (_export, "pack the active columns into one single-tar-per-shard WebDataset"),
     }
-    parsers = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in commands.items()}
+    parsers = {name: sub.add_parser(name, help=h, description=h, parents=[common])
+               for name, (_, h) in commands.items()}
     for name, sp in parsers.items():
         sp.set_defaults(func=commands[name][0])
     parsers["info"].add_argument("--json", action="store_true", help="print JSON")
@@ -136,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["verify"].add_argument("--all", action="store_true", help="report every fault, not only the first")
     parsers["show"].add_argument("key", nargs="?", default=None,
                                  help="sample key or COCO image id, e.g. 397133 (default: the first sample)")
-    parsers["show"].add_argument("--out", type=Path, default=None, help="PNG path (default: show-<key>.png)")
+    parsers["show"].add_argument("--out", type=Path, default=None,
+                                 help="image path, .png or .jpg (default: show-<key>.png)")
     parsers["gc"].add_argument("--dry-run", action="store_true", help="only list what would be removed")
     parsers["gc"].add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
                                help="keep versions modified more recently (default 3600: a build may be writing)")
@@ -156,9 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, CodecError, FileNotFoundError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stdout = open(os.devnull, "w")
         return 0
+    except OSError as e:  # e.g. a read-only --out
+        where = f" {e.filename}:" if e.filename else ""
+        print(f"{PROG}: error:{where} {e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

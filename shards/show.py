@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.codecs import encode_png
+from shards.codecs import encode_jpeg, encode_png
 from shards.manifest import StoreError
 from shards.reader import StoreReader
 from shards.schema import KEY_DIGITS, VOCAB_NAME
@@ -20,6 +20,7 @@ from shards.streams import iter_tar, join, open_stream, read_bytes, split_name
 from shards.taxonomy import GROUPS, JOINTS, LIMBS, PANOPTIC_CLASSES, PANOPTIC_VOID
 
 TILE_MIN = 256  # tiles are drawn at least this large so labels stay readable
+LEGEND_MAX = 8  # panoptic legend rows (the largest classes first)
 _GROUP_COLORS = np.array([(0, 0, 0), (220, 20, 60), (0, 0, 142), (165, 42, 42), (255, 179, 0), (153, 69, 1),
                           (183, 130, 88), (206, 186, 171), (102, 102, 156), (116, 112, 0), (107, 142, 35)],
                          np.uint8)  # index = groups.png value (0 = unlabeled)
@@ -29,10 +30,11 @@ for _c in PANOPTIC_CLASSES:
 
 
 def normalize_key(key: str | int) -> str:
-    """Accept ``397133`` or ``"000000397133"``; raise ValueError for anything else."""
-    s = str(key).strip()
+    """Accept ``397133``, ``"000000397133"`` or a member or file name such as ``"000000397133.jpg"``;
+    raise ValueError for anything else."""
+    s = str(key).strip().split(".", 1)[0]
     if not s.isdigit() or len(s) > KEY_DIGITS:
-        raise ValueError(f"sample key {key!r} is not a COCO image id (up to {KEY_DIGITS} digits)")
+        raise ValueError(f"sample key {key!r} is not a COCO image id (up to {KEY_DIGITS} digits), e.g. 397133")
     return s.zfill(KEY_DIGITS)
 
 
@@ -81,6 +83,28 @@ def _cv2():
     return cv2
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
+
+
+def _legend(img: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    """Colour swatches with names in the bottom-left corner, on a dark box so they read over any picture."""
+    cv2 = _cv2()
+    if not entries:
+        return img
+    tile = img.shape[0]
+    width = 24 + 7 * max(len(name) for name, _ in entries)
+    top = tile - 6 - 14 * len(entries)
+    dark = img[top:, :width].astype(np.float32) * 0.3
+    img[top:, :width] = dark.astype(np.uint8)
+    for i, (name, color) in enumerate(entries):
+        y = top + 14 * (i + 1)
+        cv2.rectangle(img, (4, y - 10), (14, y), tuple(int(c) for c in color), -1)
+        cv2.rectangle(img, (4, y - 10), (14, y), (255, 255, 255), 1)
+        cv2.putText(img, name, (18, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
     cv2 = _cv2()
     cv2.rectangle(tile, (0, 0), (8 + 9 * len(text), 20), (0, 0, 0), -1)
@@ -122,17 +146,20 @@ def _pose_tile(s: dict[str, Any], tile: int) -> np.ndarray:
         for p, v in zip(pts, kp[:, 2]):
             if v > 0:
                 cv2.circle(img, p, 3, (0, 255, 0) if v == 2 else (255, 255, 0), -1, cv2.LINE_AA)
-    return _label(img, f"image + {len(pose.get('persons', []))} people")
+    n = len(pose.get("persons", []))
+    return _label(img, f"image + {n} {'person' if n == 1 else 'people'}")
 
 
 def _depth_tile(s: dict[str, Any], tile: int) -> np.ndarray:
     cv2 = _cv2()
     depth = s["depth.png"]
-    valid = depth > 0
     colored = cv2.applyColorMap((depth >> 8).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1].copy()
-    colored[~valid] = 0
+    if "meta.json" in s:  # mask the padding by geometry: depth 0 is also a valid (farthest) pixel
+        colored = _mask_letterbox(colored, s["meta.json"])
+    else:
+        colored[depth == 0] = 0
     kind = (s.get("depth.json") or {}).get("kind", "depth")
-    return _label(_fit(colored, tile), f"depth ({kind}, near = red)")
+    return _label(_fit(colored, tile), f"depth ({kind}, {'far' if kind == 'metric' else 'near'} = red)")
 
 
 def _text_tile(s: dict[str, Any], tile: int) -> np.ndarray:
@@ -145,19 +172,39 @@ def _text_tile(s: dict[str, Any], tile: int) -> np.ndarray:
     for poly in (s.get("text.json") or {}).get("polygons", []):
         pts = (np.asarray(poly, np.float32) * f).round().astype(np.int32)
         cv2.polylines(img, [pts], True, (255, 0, 255), 1, cv2.LINE_AA)
-    return _label(img, f"text ({len((s.get('text.json') or {}).get('polygons', []))} regions)")
+    return _label(img, f"text ({_plural(len((s.get('text.json') or {}).get('polygons', [])), 'region')})")
 
 
 def _groups_tile(s: dict[str, Any], tile: int) -> np.ndarray:
-    cv2 = _cv2()
     groups = s["groups.png"]
     img = _fit(_GROUP_COLORS[np.minimum(groups, len(_GROUP_COLORS) - 1)], tile, nearest=True)
-    present = [v for v in np.unique(groups) if 0 < v <= len(GROUPS)]
-    for i, v in enumerate(present):
-        y = tile - 8 - 14 * (len(present) - 1 - i)
-        cv2.rectangle(img, (4, y - 10), (14, y), tuple(int(c) for c in _GROUP_COLORS[v]), -1)
-        cv2.putText(img, GROUPS[v - 1], (18, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    present = [int(v) for v in np.unique(groups) if 0 < v <= len(GROUPS)]
+    _legend(img, [(GROUPS[v - 1], tuple(_GROUP_COLORS[v])) for v in present])
     return _label(img, "groups")
+
+
+def _panoptic_tile(s: dict[str, Any], tile: int) -> np.ndarray:
+    classes = s["panoptic.png"]
+    img = _fit(_PANOPTIC_COLORS[classes], tile, nearest=True)
+    ids, counts = np.unique(classes[classes != PANOPTIC_VOID], return_counts=True)
+    names = {c.contiguous_id: c.name for c in PANOPTIC_CLASSES}
+    order = [int(i) for i in ids[np.argsort(-counts, kind="stable")] if int(i) in names]
+    entries = [(names[i], tuple(_PANOPTIC_COLORS[i])) for i in order[:LEGEND_MAX]]
+    if len(order) > LEGEND_MAX:
+        entries.append((f"+{len(order) - LEGEND_MAX} more", (0, 0, 0)))
+    _legend(img, entries)
+    return _label(img, f"panoptic ({_plural(len(order), 'class')})")
+
+
+def _mask_letterbox(img: np.ndarray, meta: dict[str, Any] | None) -> np.ndarray:
+    """Black out the letterbox padding (no image there, so its values mean nothing)."""
+    try:
+        (x0, y0), (w, h) = meta["offset"], meta["resized"]
+    except (TypeError, KeyError, ValueError):
+        return img
+    out = np.zeros_like(img)
+    out[y0:y0 + h, x0:x0 + w] = img[y0:y0 + h, x0:x0 + w]
+    return out
 
 
 def _caption_lines(s: dict[str, Any], words: list[str] | None) -> list[str]:
@@ -191,10 +238,9 @@ def contact_sheet(sample: dict[str, Any], vocab_words: list[str] | None = None) 
     tiles = [
         _pose_tile(s, tile) if "jpg" in s else _missing(tile, "image"),
         _depth_tile(s, tile) if "depth.png" in s else _missing(tile, "depth"),
-        _label(_fit(s["normals.png"], tile), "normals") if "normals.png" in s else _missing(tile, "normals"),
-        _label(_fit(_PANOPTIC_COLORS[s["panoptic.png"]], tile, nearest=True),
-               f"panoptic ({len(set(np.unique(s['panoptic.png'])) - {PANOPTIC_VOID})} classes)")
-        if "panoptic.png" in s else _missing(tile, "panoptic"),
+        _label(_fit(_mask_letterbox(s["normals.png"], s.get("meta.json")), tile), "normals")
+        if "normals.png" in s else _missing(tile, "normals"),
+        _panoptic_tile(s, tile) if "panoptic.png" in s else _missing(tile, "panoptic"),
         _groups_tile(s, tile) if "groups.png" in s else _missing(tile, "groups"),
         _text_tile(s, tile) if "text.png" in s else _missing(tile, "text"),
     ]
@@ -207,10 +253,10 @@ def contact_sheet(sample: dict[str, Any], vocab_words: list[str] | None = None) 
 
 
 def show_sample(root: str | os.PathLike, split: str, key: str | int, out: str | os.PathLike) -> Path:
-    """Find sample ``key`` and write its contact sheet PNG to ``out``; returns the path."""
+    """Find sample ``key`` and write its contact sheet to ``out`` (JPEG for .jpg/.jpeg, else PNG); returns the path."""
     sample = find_sample(root, split, key)
     sheet = contact_sheet(sample, load_vocab_words(root, split))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(encode_png(sheet))
+    out.write_bytes(encode_jpeg(sheet, 92) if out.suffix.lower() in (".jpg", ".jpeg") else encode_png(sheet))
     return out

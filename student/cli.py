@@ -40,7 +40,38 @@ def main(argv: list[str] | None = None) -> int:
         args = cmd_parser.parse_args(argv[1:])
     except SystemExit as e:  # --help (0) or a usage error (2)
         return int(e.code or 0)
-    return int(module.run(args))
+    problem = check_device(getattr(args, "device", None))
+    if problem:
+        print(f"student {command}: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return int(module.run(args))
+    except KeyboardInterrupt:
+        print(f"student {command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # e.g. a read-only --out
+        where = f" {e.filename}:" if e.filename else ""
+        print(f"student {command}: error:{where} {e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+def check_device(name: str | None) -> str | None:
+    """Why ``--device name`` cannot be used here, or None when it can (None and "auto" always can)."""
+    if name is None or name == "auto":
+        return None
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return f"unknown device {name!r} (--device); use cpu, cuda, cuda:N or auto"
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"--device {name}: no CUDA GPU is visible on this machine; use --device cpu"
+        if device.index is not None and device.index >= count:
+            return f"--device {name}: only {count} CUDA GPU(s) visible (cuda:0..cuda:{count - 1})"
+    return None
 
 
 if __name__ == "__main__":

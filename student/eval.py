@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", default="shards", help="store root (default: shards)")
     parser.add_argument("--split", default="val2017", help="split to score (default: val2017)")
     parser.add_argument("--limit", type=int, help="score only the first N samples")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default 8)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -120,30 +120,36 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write JSON; exit code 2 for a missing checkpoint or store."""
     from student.checkpoint import CheckpointError, load_checkpoint
 
-    if args.limit is not None and args.limit <= 0:
-        print("error: --limit must be positive", file=sys.stderr)
-        return 2
+    for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                               ("--workers", args.workers, 0)):
+        if value is not None and value < least:
+            print(f"student eval: error: {flag} must be >= {least}, got {value}", file=sys.stderr)
+            return 2
     try:
         manifest = load_manifest_at(args.shards, args.split)
         model, cfg, extra = load_checkpoint(args.checkpoint, map_location=args.device)
     except (StoreError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"student eval: error: {e}", file=sys.stderr)
         return 2
     if manifest.size != cfg.image_size:
-        print(f"error: store {args.shards}/{args.split} has {manifest.size}-pixel samples but the checkpoint "
-              f"expects {cfg.image_size}", file=sys.stderr)
+        print(f"student eval: error: store {args.shards}/{args.split} has {manifest.size}-pixel samples but the "
+              f"checkpoint expects {cfg.image_size}", file=sys.stderr)
         return 2
     try:
         result = evaluate(model, args.shards, args.split, limit=args.limit, batch_size=args.batch_size,
                           workers=args.workers, device=args.device, sizes=_sizes(extra),
                           progress=not args.no_progress)
     except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"student eval: error: {e}", file=sys.stderr)
         return 2
     result["checkpoint"] = str(args.checkpoint)
     print(format_table(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        except OSError as e:
+            print(f"student eval: error: cannot write --json {args.json}: {e.strerror or e}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}")
     return 0

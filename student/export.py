@@ -20,8 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", required=True, help="output .onnx file")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     parser.add_argument("--check-batch", type=int, default=2,
-                        help="batch size of the random input used to compare onnxruntime with PyTorch (0 skips)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |onnx - torch| difference")
+                        help="batch size of the random input used to compare onnxruntime with PyTorch "
+                             "(default 2; 0 skips)")
+    parser.add_argument("--atol", type=float, default=1e-4,
+                        help="largest allowed |onnx - torch| difference (default 1e-4)")
 
 
 def export_onnx(model: torch.nn.Module, image_size: int, path: str | Path, opset: int = OPSET) -> Path:
@@ -78,6 +80,16 @@ class _TupleOutputs(torch.nn.Module):
         return tuple(out[name] for name in OUTPUTS)
 
 
+def _opset_range() -> tuple[int, int]:
+    """Opsets the installed torch's TorchScript exporter accepts (its own constants, else a safe guess)."""
+    try:
+        from torch.onnx import _constants as c
+
+        return c.ONNX_MIN_OPSET, getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", c.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 7, OPSET
+
+
 def run(args: argparse.Namespace) -> int:
     """Export, then check onnxruntime against PyTorch; exit code 1 when they disagree."""
     from student.checkpoint import CheckpointError, load_checkpoint
@@ -85,9 +97,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, cfg, _ = load_checkpoint(args.checkpoint, map_location="cpu")
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"student export: error: {e}", file=sys.stderr)
         return 2
-    path = export_onnx(model, cfg.image_size, args.onnx, args.opset)
+    low, high = _opset_range()
+    if not low <= args.opset <= high:
+        print(f"student export: error: --opset {args.opset} is outside what this torch exports ({low}..{high}); "
+              f"the default is {OPSET}", file=sys.stderr)
+        return 2
+    try:
+        path = export_onnx(model, cfg.image_size, args.onnx, args.opset)
+    except OSError:
+        raise  # the `student` command reports it in one line
+    except Exception as e:  # noqa: BLE001 -- the exporter raises many types; its first line names the problem
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(f"student export: error: ONNX export at --opset {args.opset} failed ({first}); "
+              f"the default --opset {OPSET} works", file=sys.stderr)
+        return 2
     print(f"wrote {path} (opset {args.opset}, input images uint8 (batch, 3, {cfg.image_size}, {cfg.image_size}))")
     if args.check_batch <= 0:
         return 0
@@ -95,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     worst = max(diffs.values())
     print("onnxruntime vs PyTorch, max |diff|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     if worst > args.atol:
-        print(f"error: ONNX output differs from PyTorch by {worst:.2e} > {args.atol:.0e}", file=sys.stderr)
+        print(f"student export: error: ONNX output differs from PyTorch by {worst:.2e} > {args.atol:.0e}",
+              file=sys.stderr)
         return 1
     return 0

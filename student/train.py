@@ -275,6 +275,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", help="checkpoint to continue from (its config is the base of this run's)")
 
 
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Raise ValueError (one line naming the flag) for counts and rates that cannot train."""
+    for flag, value, least in (("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 1),
+                               ("--steps-per-epoch", cfg.steps_per_epoch, 0), ("--val-steps", cfg.val_steps, 0),
+                               ("--patience", cfg.patience, 1), ("--workers", cfg.workers, 0),
+                               ("--lr-decay-epochs", cfg.lr_decay_epochs, 0)):
+        if value < least:
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
+    for flag, value in (("--lr", cfg.lr), ("--lr-final", cfg.lr_final)):
+        if not value > 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``student train``; user errors end in one line and exit code 2."""
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
@@ -283,12 +296,14 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             base = TrainConfig.from_dict(_load_resume(args.resume, torch.device("cpu"))["train_cfg"])
         cfg = replace(base, **flags)
+        _check_numbers(cfg)
         result = train(cfg, resume=args.resume)
     except (StoreError, CheckpointError, ValueError) as e:
         print(f"student train: {e}", file=sys.stderr)
         return 2
     state = "interrupted" if result["interrupted"] else "done"
+    best = result["best"] if math.isfinite(result["best"]) else None  # no validation ran: JSON has no Infinity
     if int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps({"state": state, "epochs": result["epochs"], "best_val_loss": result["best"],
+        print(json.dumps({"state": state, "epochs": result["epochs"], "best_val_loss": best,
                           "checkpoint": result["checkpoint"]}))
     return 130 if result["interrupted"] else 0

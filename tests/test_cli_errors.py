@@ -1,0 +1,241 @@
+"""What a user sees when a command goes wrong: one line on stderr naming the thing and the fix, exit code 2
+for bad input (usage) and 1 for a fault, never a traceback; plus the contact sheet's readability fixes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main as pipeline_main
+from shards.cli import main as shards_main
+from shards.codecs import decode_jpeg
+from shards.reader import StoreReader
+from shards.show import contact_sheet, normalize_key
+from shards.synthetic import write_synthetic_store
+from student.checkpoint import save_checkpoint
+from student.cli import main as student_main
+from student.config import ModelConfig
+from student.model import YMapNet
+
+SIZE = 64
+SPLIT = "val2017"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    write_synthetic_store(root, SPLIT, num_samples=5, shard_size=3, size=SIZE, seed=11)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(image_size=SIZE)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, YMapNet(cfg), cfg)
+    return path
+
+
+def _one_line(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+# ---- pipeline ----------------------------------------------------------------------------------------------
+
+
+def test_pipeline_usage_error_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert pipeline_main(["build-targets", "--depth-param", "bad"]) == 2
+    err = _one_line(capsys)
+    assert "--depth-param: expected KEY=VALUE, got 'bad'" in err and "pipeline build-targets --help" in err
+
+
+def test_pipeline_teachers_unknown_task(capsys: pytest.CaptureFixture) -> None:
+    assert pipeline_main(["teachers", "--task", "nosuch"]) == 2
+    assert _one_line(capsys) == ("pipeline: error: unknown task 'nosuch' (--task); "
+                                 "tasks are: depth, panoptic, text, caption")
+
+
+def test_pipeline_status_of_a_split_never_built(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = pipeline_main(["status", "--out", str(tmp_path), "--split", "nosplit",
+                        "--config", str(_config(tmp_path, coco_root=str(tmp_path / "no-coco")))])
+    assert rc == 2
+    err = _one_line(capsys)
+    assert "split 'nosplit' is not built in store" in err and "pass --coco-root" in err
+
+
+def test_pipeline_config_with_an_unknown_key_lists_the_settings(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    assert pipeline_main(["build-targets", "--config", str(_config(tmp_path, bogus=1))]) == 2
+    err = _one_line(capsys)
+    assert "unknown setting(s) bogus in" in err and "coco_root" in err and "depth_teacher" in err
+
+
+def test_pipeline_store_under_a_file_fails_before_any_work(demo_root: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "afile").write_text("x")
+    rc = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--split", SPLIT,
+                        "--out", str(tmp_path / "afile" / "store")])
+    assert rc == 2
+    err = _one_line(capsys)
+    assert "cannot write the store at" in err and "is a file, not a folder" in err and "pass --out" in err
+
+
+def test_pipeline_missing_image_folder(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    coco = tmp_path / "coco"
+    shutil.copytree(demo_root / "annotations", coco / "annotations")  # no val2017/ image folder
+    rc = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(coco), "--split", SPLIT,
+                        "--out", str(tmp_path / "store")])
+    assert rc == 2
+    assert _one_line(capsys) == (f"pipeline: error: image folder {coco.resolve() / SPLIT} does not exist; "
+                                 f"unzip COCO's {SPLIT}.zip into {coco.resolve()}")
+    assert not (tmp_path / "store").exists()  # the writability probe creates nothing
+
+
+def test_pipeline_missing_annotation_names_the_zip(demo_root: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    coco = tmp_path / "coco"
+    shutil.copytree(demo_root, coco)
+    (coco / "annotations" / f"person_keypoints_{SPLIT}.json").unlink()
+    rc = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(coco), "--split", SPLIT,
+                        "--out", str(tmp_path / "store")])
+    assert rc == 2
+    err = _one_line(capsys)
+    assert f"person_keypoints_{SPLIT}.json" in err and "annotations_trainval2017.zip" in err
+
+
+@pytest.mark.parametrize("exc, code, text", [
+    (KeyboardInterrupt(), 130, "pipeline: interrupted; finished units are kept: run the same command again"),
+    (OSError(errno.ENOSPC, "No space left on device", "/store/x.tar"), 1,
+     "pipeline: error: /store/x.tar: No space left on device"),
+])
+def test_pipeline_interrupt_and_disk_fault(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture, exc: BaseException, code: int,
+                                           text: str) -> None:
+    import pipeline.build
+
+    def build_targets(config: object) -> None:
+        raise exc
+
+    monkeypatch.setattr(pipeline.build, "build_targets", build_targets)
+    rc = pipeline_main(["build-targets", "--coco-root", str(demo_root), "--out", str(tmp_path / "s")])
+    assert rc == code
+    assert _one_line(capsys).startswith(text)
+
+
+def _config(tmp_path: Path, **values: object) -> Path:
+    path = tmp_path / "build.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+# ---- shards ------------------------------------------------------------------------------------------------
+
+
+def test_shards_flags_may_follow_the_command(store: Path, capsys: pytest.CaptureFixture) -> None:
+    assert shards_main(["verify", "--shards", str(store), "--split", SPLIT, "--no-decode"]) == 0
+    assert capsys.readouterr().out.startswith("OK: 2 shards x 8 columns")
+
+
+def test_shards_verify_unknown_column_is_a_usage_error(store: Path, capsys: pytest.CaptureFixture) -> None:
+    assert shards_main(["--shards", str(store), "--split", SPLIT, "verify", "--columns", "nosuch", "base"]) == 2
+    err = _one_line(capsys)
+    assert "column(s) nosuch not active in" in err and "active columns: base" in err
+
+
+def test_shards_show_write_fault_is_one_line(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "afile").write_text("x")
+    assert shards_main(["--shards", str(store), "--split", SPLIT, "show", "--out",
+                        str(tmp_path / "afile" / "sheet.png")]) == 1
+    assert _one_line(capsys).startswith("shards: error:")
+
+
+def test_shards_show_takes_a_file_name_and_writes_jpeg(store: Path, tmp_path: Path) -> None:
+    first = next(iter(StoreReader(store, SPLIT, ["base"], decode=False).read_shard(f"{SPLIT}-000000")))["__key__"]
+    out = tmp_path / "sheet.jpg"
+    assert shards_main(["--shards", str(store), "--split", SPLIT, "show", f"{first}.jpg", "--out", str(out)]) == 0
+    assert out.read_bytes()[:2] == b"\xff\xd8"
+    assert decode_jpeg(out.read_bytes()).shape[1] == 3 * 256
+    assert normalize_key("000000397133.depth.png") == "000000397133"
+    with pytest.raises(ValueError, match="not a COCO image id"):
+        normalize_key("abc.jpg")
+
+
+def test_contact_sheet_masks_letterbox_padding_and_backs_legends() -> None:
+    person = (220, 20, 60)  # the taxonomy colour of class 0, person
+    sample = {"__key__": "000000000001", "__shard__": f"{SPLIT}-000000",
+              "jpg": np.full((SIZE, SIZE, 3), 90, np.uint8),
+              "normals.png": np.full((SIZE, SIZE, 3), 200, np.uint8),
+              "depth.png": np.full((SIZE, SIZE), 40000, np.uint16),
+              "panoptic.png": np.zeros((SIZE, SIZE), np.uint8),
+              "meta.json": {"offset": [0, 16], "resized": [SIZE, 32], "size": SIZE}}
+    sheet = contact_sheet(sample)
+    normals, depth, panoptic = sheet[:256, 512:768], sheet[:256, 256:512], sheet[256:512, :256]
+    assert (normals[25:60] == 0).all() and (normals[70:185] == 200).all() and (normals[200:] == 0).all()
+    assert (depth[25:60] == 0).all() and (depth[70:185] > 0).any(axis=-1).all() and (depth[200:] == 0).all()
+    assert tuple(panoptic[100, 100]) == person
+    assert tuple(panoptic[240, 1]) == tuple(int(c * 0.3) for c in person)  # the legend's dark box
+
+
+# ---- student -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device, text", [
+    ("bogus", "student eval: error: unknown device 'bogus' (--device); use cpu, cuda, cuda:N or auto"),
+    ("cuda:99", "student eval: error: --device cuda:99: "),
+])
+def test_student_bad_device(store: Path, checkpoint: Path, capsys: pytest.CaptureFixture, device: str,
+                            text: str) -> None:
+    rc = student_main(["eval", "--checkpoint", str(checkpoint), "--shards", str(store), "--device", device])
+    assert rc == 2
+    assert _one_line(capsys).startswith(text)
+
+
+@pytest.mark.parametrize("flag, value, text", [
+    ("--batch-size", "0", "student train: --batch-size must be >= 1, got 0"),
+    ("--epochs", "0", "student train: --epochs must be >= 1, got 0"),
+    ("--lr", "-1", "student train: --lr must be > 0, got -1.0"),
+])
+def test_student_train_rejects_impossible_numbers(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  flag: str, value: str, text: str) -> None:
+    rc = student_main(["train", "--shards", str(store), "--model", "tiny", "--device", "cpu", "--out",
+                       str(tmp_path / "run"), flag, value])
+    assert rc == 2
+    assert _one_line(capsys) == text
+    assert not (tmp_path / "run").exists()
+
+
+def test_student_eval_rejects_batch_size_zero(store: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = student_main(["eval", "--checkpoint", str(checkpoint), "--shards", str(store), "--split", SPLIT,
+                       "--batch-size", "0", "--no-progress"])
+    assert rc == 2
+    assert _one_line(capsys) == "student eval: error: --batch-size must be >= 1, got 0"
+
+
+def test_student_eval_json_write_fault(store: Path, checkpoint: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "afile").write_text("x")
+    rc = student_main(["eval", "--checkpoint", str(checkpoint), "--shards", str(store), "--split", SPLIT,
+                       "--limit", "2", "--json", str(tmp_path / "afile" / "eval.json"), "--no-progress"])
+    assert rc == 1
+    assert _one_line(capsys).startswith(f"student eval: error: cannot write --json {tmp_path / 'afile'}")
+
+
+def test_student_export_opset_out_of_range_and_write_fault(checkpoint: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    assert student_main(["export", "--checkpoint", str(checkpoint), "--onnx", str(tmp_path / "m.onnx"),
+                         "--opset", "99"]) == 2
+    assert _one_line(capsys).startswith("student export: error: --opset 99 is outside what this torch exports")
+    (tmp_path / "afile").write_text("x")
+    assert student_main(["export", "--checkpoint", str(checkpoint), "--onnx",
+                         str(tmp_path / "afile" / "m.onnx"), "--check-batch", "0"]) == 1
+    assert _one_line(capsys).startswith("student export: error:")
