@@ -6,8 +6,11 @@ default image decoder, which truncates 16-bit PNG to 8 bits.
 
 from __future__ import annotations
 
+import ast
+import functools
 import io
 import json
+import math
 import struct
 import zlib
 from typing import Any, Callable
@@ -30,6 +33,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _libdeflate_zlib = None
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_NPY_MAGIC = b"\x93NUMPY\x01\x00"
 _PNG_CHANNELS = {0: 1, 2: 3}  # colour type -> channels (gray, RGB); others go through OpenCV
 
 
@@ -117,12 +121,12 @@ def _decode_png_fast(data: bytes) -> np.ndarray | None:
     channels = _PNG_CHANNELS.get(ctype)
     if channels is None or depth not in (8, 16) or interlace or not width or not height:
         return None
-    parts, pos, end = [], 33, len(data)
+    parts, pos, end, view = [], 33, len(data), memoryview(data)
     while pos + 12 <= end:
         length = int.from_bytes(data[pos:pos + 4], "big")
         kind = data[pos + 4:pos + 8]
         if kind == b"IDAT":
-            parts.append(data[pos + 8:pos + 8 + length])
+            parts.append(view[pos + 8:pos + 8 + length])  # no copy until the join
         elif kind == b"IEND":
             break
         pos += 12 + length
@@ -151,14 +155,18 @@ def _decode_png_fast(data: bytes) -> np.ndarray | None:
 def _cumsum_rows(pixels: np.ndarray) -> np.ndarray:
     """Running sum mod 256 down the rows (undoes PNG's Up filter), by doubling: log2(H) whole-array adds.
 
-    About 4x faster than ``np.cumsum(axis=0)``, which does not vectorise; numpy guarantees overlapping
-    in-place ufunc operands behave as if the input were copied first.
+    About 6x faster than ``np.cumsum(axis=0)``, which does not vectorise. The passes alternate between two
+    buffers (an add in place over overlapping rows would make numpy copy its input first).
     """
-    out = np.array(pixels, np.uint8, order="C")  # (H, row bytes)
-    k, h = 1, out.shape[0]
+    out = np.empty(pixels.shape, np.uint8)  # (H, row bytes)
+    h = out.shape[0]
+    out[:1] = pixels[:1]
+    np.add(pixels[1:], pixels[:-1], out=out[1:])  # the first pass reads the inflated rows in place
+    spare, k = np.empty_like(out), 2
     while k < h:
-        np.add(out[k:], out[:-k], out=out[k:])
-        k *= 2
+        spare[:k] = out[:k]
+        np.add(out[k:], out[:-k], out=spare[k:])
+        out, spare, k = spare, out, k * 2
     return out
 
 
@@ -173,11 +181,33 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 
 def decode_npy(data: bytes) -> np.ndarray:
-    """Load .npy bytes with pickle disabled."""
+    """Load .npy bytes with pickle disabled; a version-1 file of a plain dtype skips numpy's header parser
+    (its header is read once per distinct header text)."""
+    if data[:8] == _NPY_MAGIC and len(data) >= 10:
+        start = 10 + int.from_bytes(data[8:10], "little")
+        layout = _npy_layout(bytes(data[8:start]))
+        if layout is not None and len(data) - start == layout[0].itemsize * math.prod(layout[1]):
+            dtype, shape, order = layout
+            return np.frombuffer(data, dtype, math.prod(shape), start).reshape(shape, order=order).copy(order="K")
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:
         raise CodecError(f"corrupt npy: {e}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], str] | None:
+    """(dtype, shape, order) of a version-1 .npy header (length field included); None = leave it to numpy."""
+    try:
+        d = ast.literal_eval(header[2:].decode("latin1"))
+        dtype = np.dtype(d["descr"]) if isinstance(d["descr"], str) else None
+        shape = tuple(int(n) for n in d["shape"])
+        order = "F" if d["fortran_order"] else "C"
+    except (ValueError, TypeError, KeyError, SyntaxError, UnicodeDecodeError):
+        return None
+    if dtype is None or dtype.hasobject or set(d) != {"descr", "shape", "fortran_order"} or min(shape, default=0) < 0:
+        return None
+    return dtype, shape, order
 
 
 def encode_json(obj: Any) -> bytes:

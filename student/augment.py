@@ -50,6 +50,7 @@ def augment(sample: StoreSample, rng: np.random.Generator, cfg: AugmentConfig = 
     Returns:
         The augmented sample.
     """
+    given = sample.image
     labelled = sample.keypoints[..., 2] > 0
     if not labelled.any() and rng.random() < cfg.noise_image:
         return sample.emptied(rng.integers(0, 256, sample.image.shape, dtype=np.uint8))
@@ -63,7 +64,8 @@ def augment(sample: StoreSample, rng: np.random.Generator, cfg: AugmentConfig = 
     if rng.random() < cfg.noise:
         image = _gaussian_noise(image, rng, rng.uniform(1.0, cfg.noise_sigma_max))
     if rng.random() < cfg.burned:
-        image = image.copy()
+        if image is given:  # the earlier steps made a new image otherwise
+            image = image.copy()
         n = int(rng.integers(1, cfg.burned_max + 1))
         image[rng.integers(0, image.shape[0], n), rng.integers(0, image.shape[1], n)] = 255
     return replace(sample, image=image)

@@ -86,3 +86,21 @@ def test_npy_never_unpickles() -> None:
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(CodecError):
         decode_npy(pickled.getvalue())
+
+
+def test_npy_header_fast_path_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    arrays = [np.zeros((8, 300), np.float16), rng.normal(size=(3, 4)).astype(">f4"),
+              np.asfortranarray(rng.normal(size=(5, 7))), np.array(3.5), np.zeros((0, 3), np.uint8),
+              np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")])]
+    for a in arrays:
+        data = encode_npy(a)
+        out, ref = decode_npy(data), np.load(io.BytesIO(data))
+        assert out.dtype == ref.dtype and out.shape == ref.shape and out.flags.writeable
+        assert out.flags.f_contiguous == ref.flags.f_contiguous and out.flags.c_contiguous == ref.flags.c_contiguous
+        np.testing.assert_array_equal(out, a)
+    out = decode_npy(encode_npy(arrays[0]))
+    out[0, 0] = 1  # an own copy: the next decode of the same bytes is unchanged
+    assert not decode_npy(encode_npy(arrays[0])).any()
+    with pytest.raises(CodecError):
+        decode_npy(encode_npy(arrays[1])[:-3])  # truncated data
