@@ -74,15 +74,27 @@ def _prepare(workdir: Path, size: int) -> list[dict]:
     return items, vocab
 
 
-def _time(fn: Callable[[dict], object], items: list[dict], rounds: int) -> float:
-    """Median over rounds of the mean milliseconds per image."""
-    per_round = []
+def _time_once(fn: Callable[[dict], object], items: list[dict]) -> float:
+    """Mean milliseconds per image of one pass over the items."""
+    t0 = time.perf_counter()
+    for item in items:
+        fn(item)
+    return (time.perf_counter() - t0) * 1000 / len(items)
+
+
+def _encoder(column: str, members: dict[int, dict]) -> Callable[[dict], object]:
+    """Encode the members computed earlier for an item with the store codecs of ``column``."""
+    return lambda item: encode_sample(COLUMNS[column], members[id(item)])
+
+
+def _time_interleaved(fns: dict[str, Callable[[dict], object]], items: list[dict], rounds: int) -> dict[str, float]:
+    """Median over rounds of each function's mean milliseconds per image; every round times every function
+    once, in turn, so that load from other processes weighs on the baseline and the stages alike."""
+    per_round: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for item in items:
-            fn(item)
-        per_round.append((time.perf_counter() - t0) * 1000 / len(items))
-    return statistics.median(per_round)
+        for name, fn in fns.items():
+            per_round[name].append(_time_once(fn, items))
+    return {name: statistics.median(times) for name, times in per_round.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,14 +123,16 @@ def main(argv: list[str] | None = None) -> int:
             "groups": ("groups", lambda item: groups_sample(item["panoptic_png"])),
             "tokens": ("tokens", lambda item: tokens_sample(item["caption_json"], vocab)),
         }
-        _time(bare, items, 1)  # warm-up: imports, caches
-        compute, encode = {}, {}
+        _time_once(bare, items)  # warm-up: imports, caches
+        fns: dict[str, Callable[[dict], object]] = {"bare": bare}
         for name, (col, fn) in stages.items():
-            members = [fn(item) for item in items]
-            by_key = {id(item): m for item, m in zip(items, members)}
-            compute[name] = _time(fn, items, args.rounds)
-            encode[name] = _time(lambda item: encode_sample(COLUMNS[col], by_key[id(item)]), items, args.rounds)
-        bare_ms = _time(bare, items, args.rounds)
+            by_key = {id(item): fn(item) for item in items}
+            fns[f"compute {name}"] = fn
+            fns[f"encode {name}"] = _encoder(col, by_key)
+        ms = _time_interleaved(fns, items, args.rounds)
+        bare_ms = ms["bare"]
+        compute = {name: ms[f"compute {name}"] for name in stages}
+        encode = {name: ms[f"encode {name}"] for name in stages}
 
     derived = sum(compute.values())
     stored = derived + sum(encode.values())
