@@ -71,6 +71,14 @@ def augment(sample: StoreSample, rng: np.random.Generator, cfg: AugmentConfig = 
     return replace(sample, image=image)
 
 
+def _cv2():
+    """OpenCV on one thread: augmentation runs in loader workers, where OpenCV's own threads only contend."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
 def pan_zoom_matrix(size: int, zoom: float, shift_x: float, shift_y: float) -> np.ndarray:
     """2x3 affine map of continuous pixel coordinates: zoom about the centre, then shift (pixels)."""
     c = size / 2.0
@@ -89,8 +97,7 @@ def warp(sample: StoreSample, matrix: np.ndarray) -> StoreSample:
     Continuous members (image, depth, normals) are sampled bilinearly, label maps (text, groups, crowd)
     with nearest sampling; pixels that come from outside get black / zero depth / flat normals / no label.
     """
-    import cv2
-
+    cv2 = _cv2()
     s = sample.size
     # OpenCV puts pixel centres at integers; our coordinates put them at i + 0.5
     cv_matrix = matrix.copy()
@@ -140,8 +147,7 @@ def _draw_pan_zoom(sample: StoreSample, rng: np.random.Generator, cfg: AugmentCo
 
 
 def _brightness_contrast(image: np.ndarray, rng: np.random.Generator, limit: float) -> np.ndarray:
-    import cv2
-
+    cv2 = _cv2()
     n = 1 if rng.random() < 0.5 else 3  # one factor for all channels, or one per channel
     contrast = rng.uniform(1 - limit, 1 + limit, n)
     brightness = rng.uniform(-limit, limit, n) * 255
@@ -152,8 +158,7 @@ def _brightness_contrast(image: np.ndarray, rng: np.random.Generator, limit: flo
 
 def _gaussian_noise(image: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
     """Add N(0, sigma) noise, saturating; OpenCV's generator (about 3x numpy's here) seeded from ``rng``."""
-    import cv2
-
+    cv2 = _cv2()
     noise = np.empty(image.shape, np.int16)
     cv2.setRNGSeed(int(rng.integers(2 ** 31)))
     cv2.randn(noise, (0.0,) * image.shape[2], (sigma,) * image.shape[2])
