@@ -81,7 +81,11 @@ def _show(args: argparse.Namespace) -> int:
 
         reader = StoreReader(args.shards, args.split, ["base"] if "base" in load_manifest(
             split_dir(args.shards, args.split)).columns else None, decode=False)
-        key = next(iter(reader.read_shard(reader.manifest.shard_names[0])))["__key__"]
+        first = next((s for name in reader.manifest.shard_names for s in reader.read_shard(name)), None)
+        if first is None:
+            raise UsageError(f"split {args.split!r} of store {args.shards} has no samples "
+                             f"({reader.manifest.rejected} images rejected: see its rejected.jsonl)")
+        key = first["__key__"]
     else:
         try:
             key = normalize_key(args.key)

@@ -131,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, CheckpointError) as e:
         print(f"student eval: error: {e}", file=sys.stderr)
         return 2
+    if manifest.num_samples == 0:
+        print(f"student eval: error: split {args.split!r} of store {args.shards} has no samples "
+              f"({manifest.rejected} images rejected: see its rejected.jsonl)", file=sys.stderr)
+        return 2
     if manifest.size != cfg.image_size:
         print(f"student eval: error: store {args.shards}/{args.split} has {manifest.size}-pixel samples but the "
               f"checkpoint expects {cfg.image_size}", file=sys.stderr)

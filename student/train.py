@@ -110,6 +110,10 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                           shuffle_buffer=cfg.shuffle_buffer, sizes=sizes,
                           augment=AugmentConfig() if cfg.augment else None)
     val_ds = open_split(cfg.shards, cfg.val_split, train=False, batch_size=cfg.batch_size, sizes=sizes)
+    for split, ds in ((cfg.train_split, train_ds), (cfg.val_split, val_ds)):
+        if ds.manifest.num_samples == 0:  # the loaders would wait forever for a first batch
+            raise StoreError(f"split {split!r} of store {cfg.shards} has no samples ({ds.manifest.rejected} images "
+                             f"rejected: see {Path(cfg.shards) / split / 'rejected.jsonl'})")
     state: dict[str, Any] = {"epoch": 0, "step": 0, "position": {"epoch": 0, "batch": 0}, "best": math.inf,
                              "stale": 0, "metrics": {}}
     if resume:

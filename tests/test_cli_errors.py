@@ -15,8 +15,10 @@ import torch
 from pipeline.cli import main as pipeline_main
 from shards.cli import main as shards_main
 from shards.codecs import decode_jpeg
+from shards.manifest import ShardEntry, load_manifest, update_manifest
 from shards.reader import StoreReader
 from shards.show import contact_sheet, normalize_key
+from shards.writer import ColumnWriter
 from shards.synthetic import write_synthetic_store
 from student.checkpoint import save_checkpoint
 from student.cli import main as student_main
@@ -41,6 +43,19 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, YMapNet(cfg), cfg)
     return path
+
+
+@pytest.fixture(scope="module")
+def empty(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store with every image rejected: each column's shards rewritten empty, counts 0, 5 rejected."""
+    root = tmp_path_factory.mktemp("empty")
+    shutil.copytree(store / SPLIT, root / SPLIT)
+    manifest = load_manifest(root / SPLIT)
+    for column, fp in manifest.columns.items():
+        for name in manifest.shard_names:
+            ColumnWriter(root / SPLIT, column, fp).write_shard(name, [])
+    update_manifest(root / SPLIT, shards=[ShardEntry(e.name, 0) for e in manifest.shards], rejected=5)
+    return root
 
 
 def _one_line(capsys: pytest.CaptureFixture) -> str:
@@ -239,3 +254,19 @@ def test_student_export_opset_out_of_range_and_write_fault(checkpoint: Path, tmp
     assert student_main(["export", "--checkpoint", str(checkpoint), "--onnx",
                          str(tmp_path / "afile" / "m.onnx"), "--check-batch", "0"]) == 1
     assert _one_line(capsys).startswith("student export: error:")
+
+
+def test_a_split_without_samples_is_named_not_hung(empty: Path, checkpoint: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    assert shards_main(["--shards", str(empty), "--split", SPLIT, "show"]) == 2
+    assert _one_line(capsys) == (f"shards: error: split '{SPLIT}' of store {empty} has no samples "
+                                 "(5 images rejected: see its rejected.jsonl)")
+    assert student_main(["eval", "--checkpoint", str(checkpoint), "--shards", str(empty), "--split", SPLIT,
+                         "--no-progress"]) == 2
+    assert _one_line(capsys) == (f"student eval: error: split '{SPLIT}' of store {empty} has no samples "
+                                 "(5 images rejected: see its rejected.jsonl)")
+    assert student_main(["train", "--shards", str(empty), "--train-split", SPLIT, "--val-split", SPLIT,
+                         "--model", "tiny", "--device", "cpu", "--workers", "0", "--no-progress",
+                         "--out", str(tmp_path / "run")]) == 2
+    assert _one_line(capsys) == (f"student train: split '{SPLIT}' of store {empty} has no samples "
+                                 f"(5 images rejected: see {empty / SPLIT / 'rejected.jsonl'})")
