@@ -108,12 +108,20 @@ def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[st
     read = stream.read
     long_name: str | None = None
     offset = 0
+    pad, padded, padded_at = 0, b"", 0  # the last member's padding (read with the next header), its header, offset
     while True:
-        header = read(BLOCK)
-        if len(header) < BLOCK:
-            header = _read_rest(read, header, BLOCK)
-        if len(header) < BLOCK:
+        want = pad + BLOCK
+        header = read(want)
+        if len(header) < want:
+            header = _read_rest(read, header, want)
+        if len(header) < pad:
+            name = padded[:100].split(b"\0", 1)[0].decode(errors="replace")
+            raise TarError(f"truncated tar: member {name} at byte {padded_at} is cut short")
+        if len(header) < want:
             raise TarError(f"truncated tar: archive ends at byte {offset + len(header)} without an end marker")
+        if pad:
+            offset += pad
+            header = header[pad:]
         if header == _ZERO_BLOCK:
             return
         if header[257:262] != b"ustar":
@@ -129,11 +137,11 @@ def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[st
         data = read(size)
         if len(data) < size:
             data = _read_rest(read, data, size)
-        pad = -size % BLOCK
-        if len(data) < size or (pad and len(_read_rest(read, b"", pad)) < pad):
+        if len(data) < size:
             name = header[:100].split(b"\0", 1)[0].decode(errors="replace")
             raise TarError(f"truncated tar: member {name} at byte {offset} is cut short")
-        offset += BLOCK + size + pad
+        pad, padded, padded_at = -size % BLOCK, header, offset
+        offset += BLOCK + size
         if kind in (b"0", b"\0", b"7"):
             if long_name is not None:
                 name, long_name = long_name, None
