@@ -212,11 +212,15 @@ def _blob(radius: float, qx: int, qy: int, unit: float, dtype: str) -> np.ndarra
 
 def draw_pafs(maps: np.ndarray, keypoints: np.ndarray, width: float, unit: float) -> None:
     """Max-blend the limb bands of :func:`render_pafs` into ``maps`` (12, S, S) (``unit`` as in
-    :func:`draw_heatmaps`)."""
+    :func:`draw_heatmaps`).
+
+    Limbs are computed together (a few numpy calls for many small limbs, not a few per limb), in windows of
+    one common size: a window larger than its limb's box is harmless, as only pixels inside the band are
+    written. Groups of limbs hold at most ``PAF_GROUP_PIXELS`` window pixels.
+    """
     size = maps.shape[-1]
     half = max(1.0, _scaled(width, size) / 2)
-    centres = np.arange(size, dtype=np.float32) + 0.5
-    integer = maps.dtype.kind == "i"
+    limbs = []  # (window area, channel, sign, a, b - a, |b - a|^2, x0, y0, h, w)
     for person in keypoints:
         for k, limb in enumerate(LIMBS):
             a, b = person[limb.child], person[limb.parent]
@@ -230,28 +234,53 @@ def draw_pafs(maps: np.ndarray, keypoints: np.ndarray, width: float, unit: float
             x1 = min(size, int(max(a[0], b[0]) + half) + 1)
             y0 = max(0, int(min(a[1], b[1]) - half))
             y1 = min(size, int(max(a[1], b[1]) + half) + 1)
-            if x0 >= x1 or y0 >= y1:
-                continue
-            px = centres[None, x0:x1] - a[0]  # (1, w)
-            py = centres[y0:y1, None] - a[1]  # (h, 1)
-            t = np.add(px * ab[0], py * ab[1])  # (h, w), then in place: fewer passes, no temporaries
-            t /= length2
-            np.clip(t, 0.0, 1.0, out=t)
-            dx = t * ab[0]
-            np.subtract(px, dx, out=dx)
-            dx *= dx
-            dy = t * ab[1]
-            np.subtract(py, dy, out=dy)
-            dy *= dy
-            dx += dy  # squared distance to the segment
-            band = dx <= half * half
-            t *= 2.0
-            t -= 1.0
-            t *= limb.sign * unit  # the ramp, scaled
-            if integer:
-                np.rint(t, out=t)
-            window = maps[k, y0:y1, x0:x1]  # outside the band the background (-unit) stays as it is
-            np.maximum(window, t.astype(maps.dtype), out=window, where=band)
+            if x0 < x1 and y0 < y1:
+                limbs.append(((y1 - y0) * (x1 - x0), k, limb.sign, a[:2], ab, length2, x0, y0, y1 - y0, x1 - x0))
+    limbs.sort(key=lambda limb: limb[0])  # similar sizes share a group
+    i = 0
+    while i < len(limbs):
+        j, h, w = i + 1, limbs[i][8], limbs[i][9]
+        while j < len(limbs) and (j + 1 - i) * max(h, limbs[j][8]) * max(w, limbs[j][9]) <= PAF_GROUP_PIXELS:
+            h, w, j = max(h, limbs[j][8]), max(w, limbs[j][9]), j + 1
+        _draw_limbs(maps, limbs[i:j], h, w, half, unit)
+        i = j
+
+
+PAF_GROUP_PIXELS = 1 << 16
+
+
+def _draw_limbs(maps: np.ndarray, limbs: list[tuple], h: int, w: int, half: float, unit: float) -> None:
+    """Draw a group of limbs of :func:`draw_pafs` in (h, w) windows (elementwise the same float32 arithmetic
+    as one limb at a time: (p - a) . ab / |ab|^2 clipped to [0, 1] is t, the band is |p - a - t ab| <= half)."""
+    size = maps.shape[-1]
+    centres = np.arange(size, dtype=np.float32) + 0.5
+    y0 = np.array([min(limb[7], size - h) for limb in limbs])  # windows kept inside the map
+    x0 = np.array([min(limb[6], size - w) for limb in limbs])
+    a = np.array([limb[3] for limb in limbs], np.float32)
+    ab = np.array([limb[4] for limb in limbs], np.float32)
+    abx, aby = ab[:, 0, None, None], ab[:, 1, None, None]  # (n, 1, 1)
+    px = centres[x0[:, None] + np.arange(w)][:, None, :] - a[:, 0, None, None]  # (n, 1, w)
+    py = centres[y0[:, None] + np.arange(h)][:, :, None] - a[:, 1, None, None]  # (n, h, 1)
+    t = np.add(px * abx, py * aby)  # (n, h, w), then in place: fewer passes, no temporaries
+    t /= np.array([limb[5] for limb in limbs], np.float32)[:, None, None]
+    np.clip(t, 0.0, 1.0, out=t)
+    dx = t * abx
+    np.subtract(px, dx, out=dx)
+    dx *= dx
+    dy = t * aby
+    np.subtract(py, dy, out=dy)
+    dy *= dy
+    dx += dy  # squared distance to the segment
+    band = dx <= half * half
+    t *= 2.0
+    t -= 1.0
+    t *= np.array([limb[2] * unit for limb in limbs], np.float32)[:, None, None]  # the signed ramp, scaled
+    if maps.dtype.kind == "i":
+        np.rint(t, out=t)
+    values = t.astype(maps.dtype)
+    for n, limb in enumerate(limbs):  # outside the band the background (-unit) stays as it is
+        window = maps[limb[1], y0[n]:y0[n] + h, x0[n]:x0[n] + w]
+        np.maximum(window, values[n], out=window, where=band[n])
 
 
 def allocate_batch(batch: int, size: int, multihot_vocab: int = 0) -> dict[str, np.ndarray]:
