@@ -7,15 +7,17 @@ floor is timed on the built store: encoding every member once (codecs) and writi
 (tar, sha256, fsync, records); bare + encode + write is what any build of this store costs at least. On Ray,
 the start-up of the teacher actors (one process per teacher, a fixed cost) is timed after each build.
 
-    python bench/pipeline.py [--images 300] [--shard-size 25] [--skip-ray]
+    python bench/pipeline.py [--images 300] [--shard-size 50] [--skip-ray]
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -193,6 +195,7 @@ def main() -> None:
     for cls in BENCH_TEACHERS:
         register_teacher(cls.name, f"{__name__}:{cls.__name__}")
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # a run leaves ~400 MB of stores behind otherwise
     demo = make_demo(work / "demo")
     root = work / "coco"
     files = make_bench_root(demo, root, args.images)
