@@ -154,6 +154,12 @@ def _check_paths(config: BuildConfig) -> None:
     if not (root / config.split).is_dir():
         raise BuildError(f"image folder {root / config.split} does not exist; unzip COCO's {config.split}.zip "
                          f"into {root}")
+    if config.executor == "local" and str(config.device).startswith("cuda"):  # a Ray cluster may have GPUs elsewhere
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BuildError(f"--device {config.device}: no CUDA GPU is visible on this machine; use --device cpu "
+                             "(or auto), or --executor ray on a cluster with GPUs")
     out = Path(config.out)
     probe = out.absolute()
     while not probe.exists() and probe != probe.parent:  # the folder the build would create ``out`` in

@@ -128,6 +128,16 @@ def test_pipeline_missing_annotation_names_the_zip(demo_root: Path, tmp_path: Pa
     assert f"person_keypoints_{SPLIT}.json" in err and "annotations_trainval2017.zip" in err
 
 
+def test_pipeline_local_cuda_without_a_gpu(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = pipeline_main(["build-targets", "--executor", "local", "--device", "cuda", "--coco-root", str(demo_root),
+                        "--split", SPLIT, "--out", str(tmp_path / "store")])
+    assert rc == 2
+    assert _one_line(capsys) == ("pipeline: error: --device cuda: no CUDA GPU is visible on this machine; use "
+                                 "--device cpu (or auto), or --executor ray on a cluster with GPUs")
+
+
 @pytest.mark.parametrize("exc, code, text", [
     (KeyboardInterrupt(), 130, "pipeline: interrupted; finished units are kept: run the same command again"),
     (OSError(errno.ENOSPC, "No space left on device", "/store/x.tar"), 1,
