@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -160,6 +162,8 @@ def _check_paths(config: BuildConfig) -> None:
         if not torch.cuda.is_available():
             raise BuildError(f"--device {config.device}: no CUDA GPU is visible on this machine; use --device cpu "
                              "(or auto), or --executor ray on a cluster with GPUs")
+    if config.executor == "ray":
+        _check_ray_address(config.ray_address or os.environ.get("RAY_ADDRESS"))
     out = Path(config.out)
     probe = out.absolute()
     while not probe.exists() and probe != probe.parent:  # the folder the build would create ``out`` in
@@ -172,6 +176,22 @@ def _check_paths(config: BuildConfig) -> None:
     except OSError as e:
         raise BuildError(f"cannot write the store at {str(out)!r} ({e.strerror or e}); "
                          "pass --out a writable folder") from None
+
+
+def _check_ray_address(address: str | None) -> None:
+    """A ``host:port`` (or ``ray://host:port``) cluster address must accept connections: Ray itself retries an
+    unreachable one for many minutes."""
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise BuildError(f"Ray address {address!r} is not host:port, ray://host:port or auto (--ray-address or "
+                         "RAY_ADDRESS)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise BuildError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); check --ray-address or "
+                         "RAY_ADDRESS, or leave both unset to start a local cluster") from None
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,19 @@ def test_pipeline_local_cuda_without_a_gpu(demo_root: Path, tmp_path: Path, monk
     assert rc == 2
     assert _one_line(capsys) == ("pipeline: error: --device cuda: no CUDA GPU is visible on this machine; use "
                                  "--device cpu (or auto), or --executor ray on a cluster with GPUs")
+
+
+def test_pipeline_unreachable_ray_address(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    rc = pipeline_main(["build-targets", "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+                        "--coco-root", str(demo_root), "--split", SPLIT, "--out", str(tmp_path / "store")])
+    assert rc == 2
+    assert _one_line(capsys).startswith(f"pipeline: error: cannot reach the Ray cluster at 127.0.0.1:{port} (")
+    assert pipeline_main(["build-targets", "--executor", "ray", "--ray-address", "head-node", "--coco-root",
+                          str(demo_root), "--split", SPLIT, "--out", str(tmp_path / "store")]) == 2
+    assert "is not host:port, ray://host:port or auto" in _one_line(capsys)
 
 
 @pytest.mark.parametrize("exc, code, text", [
