@@ -38,6 +38,21 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, cfg: ModelC
         torch.save(payload, f)
 
 
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file's dict with ``torch.load(weights_only=True)``; faults are one CheckpointError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for damaged, foreign or unsafe files
+        raise CheckpointError(f"{path}: cannot load checkpoint (not a PyTorch checkpoint written by "
+                              f"`student train`, or damaged: {type(e).__name__})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a student checkpoint (holds a {type(payload).__name__}, not a dict)")
+    return payload
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> tuple[YMapNet, ModelConfig, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
@@ -52,15 +67,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     Raises:
         CheckpointError: the file is missing, unreadable, or lacks the model / config entries.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for damaged or unsafe files
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") \
-            from None
-    if not isinstance(payload, dict) or "model" not in payload or "model_cfg" not in payload:
+    payload = read_checkpoint(path, map_location)
+    if "model" not in payload or "model_cfg" not in payload:
         raise CheckpointError(f"{path}: not a student checkpoint (needs 'model' and 'model_cfg' entries)")
     cfg = ModelConfig.from_dict(payload.pop("model_cfg"))
     model = YMapNet(cfg)

@@ -22,7 +22,7 @@ import torch
 
 from shards.manifest import StoreError
 from student.augment import AugmentConfig
-from student.checkpoint import CheckpointError, save_checkpoint
+from student.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from student.config import ModelConfig, TrainConfig
 from student.data import StudentDataset, make_loader, open_split, skip_remainder, to_device
 from student.loss import LossGains, compute_loss
@@ -231,12 +231,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
 
 
 def _load_resume(path: str, device: torch.device) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: no such checkpoint to resume from")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises many types for damaged or unsafe files
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(e).__name__})") from None
+    payload = read_checkpoint(path, device)
     needed = ("model", "model_cfg", "optimizer", "train_cfg", "epoch", "step", "position", "best", "stale", "metrics")
     missing = [k for k in needed if k not in payload]
     if missing:

@@ -294,3 +294,17 @@ def test_a_split_without_samples_is_named_not_hung(empty: Path, checkpoint: Path
                          "--out", str(tmp_path / "run")]) == 2
     assert _one_line(capsys) == (f"student train: split '{SPLIT}' of store {empty} has no samples "
                                  f"(5 images rejected: see {empty / SPLIT / 'rejected.jsonl'})")
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "train"])
+def test_student_file_that_is_not_a_checkpoint_is_one_line(store: Path, tmp_path: Path, command: str,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("not a checkpoint\n")
+    argv = {"eval": ["eval", "--checkpoint", str(bogus), "--shards", str(store), "--split", SPLIT],
+            "export": ["export", "--checkpoint", str(bogus), "--onnx", str(tmp_path / "m.onnx")],
+            "train": ["train", "--shards", str(store), "--resume", str(bogus), "--out", str(tmp_path / "run")]}
+    assert student_main(argv[command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "notes.pt: cannot load checkpoint" in err and "UnpicklingError" in err
