@@ -46,8 +46,23 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
+def looks_like_path(checkpoint: str) -> bool:
+    """True for what can only be a local path (hub ids are ``name`` or ``org/name``; URLs carry ``://``)."""
+    text = str(checkpoint)
+    if "://" in text:
+        return False
+    return (text.startswith(("/", "./", "../", "~")) or text.count("/") > 1
+            or text.endswith((".pt", ".pth", ".pkl", ".bin", ".safetensors", ".onnx", ".yaml")))
+
+
 def load_or_fail(teacher: str, checkpoint: str, load: Callable[[], T]) -> T:
-    """Run ``load()``; any failure becomes one TeacherError line naming the teacher and checkpoint."""
+    """Run ``load()``; any failure becomes one TeacherError line naming the teacher and checkpoint.
+
+    A checkpoint that can only be a local path and does not exist fails at once, before a hub
+    download would be tried (and retried) under that name.
+    """
+    if checkpoint is not None and not is_local(checkpoint) and looks_like_path(checkpoint):
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint!r} is no such file or folder")
     try:
         return load()
     except TeacherError:

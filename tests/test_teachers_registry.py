@@ -65,3 +65,10 @@ def test_checkpoint_identity_hub_id_versus_local_weights(tmp_path) -> None:
     first = checkpoint_identity(str(folder))
     (folder / "weights.bin").write_bytes(b"1235")
     assert set(first) == {"weights_sha256"} and checkpoint_identity(str(folder)) != first
+
+
+@pytest.mark.parametrize("name", ["depth-anything-v2", "mask2former", "vit-gpt2", "detectron2-panoptic-fpn"])
+def test_missing_local_checkpoint_fails_at_once_without_a_hub_lookup(name: str, tmp_path) -> None:
+    missing = str(tmp_path / "no" / "such" / "model")  # not a hub id: must not be looked up (and retried) there
+    with pytest.raises(TeacherError, match="is no such file or folder"):
+        create_teacher(name, checkpoint=missing)
