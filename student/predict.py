@@ -187,7 +187,11 @@ def find_vocabulary(args: argparse.Namespace, extra: dict) -> Vocabulary | None:
         return Vocabulary.load(args.vocab)
     candidates = []
     if args.shards:
-        candidates.append(Path(args.shards) / args.split / VOCAB_NAME)
+        named = Path(args.shards) / args.split / VOCAB_NAME
+        if not named.is_file():
+            raise FileNotFoundError(f"--shards {args.shards}: no {named}; build the {args.split} split there "
+                                    f"or pass --vocab vocab.json")
+        candidates.append(named)
     train = extra.get("train_cfg") or {}
     if isinstance(train, dict) and train.get("shards"):
         candidates.append(Path(train["shards"]) / train.get("train_split", "train2017") / VOCAB_NAME)
@@ -209,28 +213,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", help="vocab.json for decoding caption tokens (default: from --shards or "
                                         "the checkpoint's training store)")
     parser.add_argument("--shards", help="store whose <split>/vocab.json to use")
-    parser.add_argument("--split", default="train2017", help="split of --shards holding vocab.json")
+    parser.add_argument("--split", default="train2017", help="split of --shards holding vocab.json "
+                                                             "(default: train2017)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-refine", action="store_true", help="skip the depth refinement")
-    parser.add_argument("--tile", type=int, default=256, help="side of each panel tile in pixels")
-    parser.add_argument("--joint-threshold", type=float, default=0.5, help="minimum joint peak score 0..1")
+    parser.add_argument("--tile", type=int, default=256, help="side of each panel tile in pixels, >= 16 "
+                                                              "(default: 256)")
+    parser.add_argument("--joint-threshold", type=float, default=0.5,
+                        help="minimum joint peak score 0..1 (default: 0.5)")
     parser.add_argument("--word-threshold", type=float, default=DEFAULT_DECODE_THRESHOLD,
-                        help="minimum cosine similarity of a decoded word")
+                        help=f"minimum cosine similarity of a decoded word (default: {DEFAULT_DECODE_THRESHOLD})")
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict every input; exit code 2 on a missing checkpoint or input."""
     from student.checkpoint import CheckpointError, load_checkpoint
 
+    if args.tile < 16:
+        print(f"student predict: error: --tile must be >= 16, got {args.tile}", file=sys.stderr)
+        return 2
     try:
         inputs = expand_inputs(args.inputs)
         model, cfg, extra = load_checkpoint(args.checkpoint, map_location=args.device)
         vocab = find_vocabulary(args, extra)
     except (FileNotFoundError, ValueError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"student predict: error: {e}", file=sys.stderr)
         return 2
     if not inputs:
-        print("error: no images or videos among the inputs", file=sys.stderr)
+        print("student predict: error: no images or videos among the inputs", file=sys.stderr)
         return 2
     if vocab is None:
         print("note: no vocabulary found (use --vocab vocab.json); caption words are not decoded", file=sys.stderr)

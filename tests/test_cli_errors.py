@@ -308,3 +308,15 @@ def test_student_file_that_is_not_a_checkpoint_is_one_line(store: Path, tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "notes.pt: cannot load checkpoint" in err and "UnpicklingError" in err
+
+
+def test_student_predict_bad_tile_and_store_without_vocab(checkpoint: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    image = tmp_path / "photo.png"
+    image.write_bytes(np.zeros(8, np.uint8).tobytes())  # never read: the flags fail first
+    assert student_main(["predict", "--checkpoint", str(checkpoint), str(image), "--tile", "0"]) == 2
+    assert _one_line(capsys) == "student predict: error: --tile must be >= 16, got 0"
+    assert student_main(["predict", "--checkpoint", str(checkpoint), str(image), "--shards",
+                         str(tmp_path / "nosuch"), "--out", str(tmp_path / "out")]) == 2
+    line = _one_line(capsys)
+    assert line.startswith("student predict: error: --shards ") and "pass --vocab vocab.json" in line
