@@ -13,3 +13,11 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.demo import make_demo
 
     return make_demo(tmp_path_factory.mktemp("demo") / "coco")
+
+
+@pytest.fixture()
+def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """The identity-cost fake teachers of ``pipeline_fakes`` in the registry; returns their call counter."""
+    import pipeline_fakes
+
+    return pipeline_fakes.register_for_test(monkeypatch)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from teachers.base import Teacher, TeacherInput, TeacherSpec
+
+if TYPE_CHECKING:
+    from pipeline.build import BuildConfig
 
 CALLS: dict[str, int] = {}  # teacher name -> images predicted in this process
 
@@ -80,3 +84,24 @@ def register() -> None:
 
     for name, target in FAKES.items():
         register_teacher(name, target)
+
+
+def register_for_test(monkeypatch: Any) -> dict[str, int]:
+    """Add the fakes to the registry for the life of ``monkeypatch``; returns the (cleared) call counter."""
+    from teachers import registry
+
+    for name, target in FAKES.items():
+        monkeypatch.setitem(registry._TEACHERS, name, target)
+    CALLS.clear()
+    return CALLS
+
+
+def make_config(demo_root: Path, out: Path, **kw: Any) -> "BuildConfig":
+    """A local build of the demo train split with the fake teachers; keywords override any field."""
+    from pipeline.build import BuildConfig
+
+    base = dict(coco_root=str(demo_root), split="train2017", out=str(out), executor="local", size=64, shard_size=4,
+                device="cpu", progress=False, depth_teacher="fake-depth", panoptic_teacher="fake-panoptic",
+                text_teacher="fake-text", caption_teacher="fake-caption",
+                glove=str(demo_root / "glove" / "glove.demo.300d.txt"))
+    return BuildConfig(**{**base, **kw})

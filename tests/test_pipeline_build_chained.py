@@ -7,28 +7,14 @@ from pathlib import Path
 import pytest
 
 import pipeline_fakes
+from pipeline_fakes import make_config
 from pipeline import units
-from pipeline.build import BuildConfig, build_targets
+from pipeline.build import build_targets
 from pipeline_store_checks import check_split, tar_files
 from shards.manifest import load_manifest
 from shards.vocab import Vocabulary
-from teachers import registry
 
 
-@pytest.fixture()
-def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    for name, target in pipeline_fakes.FAKES.items():
-        monkeypatch.setitem(registry._TEACHERS, name, target)
-    pipeline_fakes.CALLS.clear()
-    return pipeline_fakes.CALLS
-
-
-def make_config(demo_root: Path, out: Path, **kw) -> BuildConfig:
-    base = dict(coco_root=str(demo_root), split="train2017", out=str(out), executor="local", size=64, shard_size=4,
-                device="cpu", progress=False, depth_teacher="fake-depth", panoptic_teacher="fake-panoptic",
-                text_teacher="fake-text", caption_teacher="fake-caption",
-                glove=str(demo_root / "glove" / "glove.demo.300d.txt"))
-    return BuildConfig(**{**base, **kw})
 
 
 def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 
-import pipeline_fakes
 from pipeline.cli import build_parser, main, resolve_config
 from shards.manifest import load_manifest
-from teachers import registry
 from teachers.registry import list_teachers
 
 FAKE_FLAGS = ["--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic", "--text-teacher", "fake-text",
               "--caption-teacher", "fake-caption"]
 
-
-@pytest.fixture()
-def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, target in pipeline_fakes.FAKES.items():
-        monkeypatch.setitem(registry._TEACHERS, name, target)
 
 
 def run_bad(argv: list[str], capsys: pytest.CaptureFixture[str], out: Path) -> str:

@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 
 import pipeline_fakes
+from pipeline_fakes import make_config
 from pipeline.build import build_targets
 from pipeline.coco import load_split
 from pipeline_store_checks import check_split, tar_files
 from shards.writer import ColumnWriter
-from teachers import registry
-from test_pipeline_build_local import make_config
 
 TESTS = Path(__file__).resolve().parent
 
@@ -36,8 +35,7 @@ def _finished(split_path: Path) -> dict[str, set[str]]:
 
 def test_sigkill_then_resume_is_byte_identical(demo_root: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, target in pipeline_fakes.FAKES.items():
-        monkeypatch.setitem(registry._TEACHERS, name, target)
+    pipeline_fakes.register_for_test(monkeypatch)
     killed, ref = tmp_path / "killed", tmp_path / "reference"
     cfg = make_config(demo_root, killed, shard_size=2)
     args = ["build-targets", "--executor", "local", "--no-progress", "--coco-root", str(demo_root),

@@ -9,36 +9,21 @@ from pathlib import Path
 import pytest
 
 import pipeline_fakes
-from pipeline.build import BuildConfig, build_targets
+from pipeline_fakes import make_config
+from pipeline.build import build_targets
 from pipeline.status import split_status
 from pipeline_store_checks import check_split, snapshot, tar_files
 from shards.manifest import load_manifest
 from shards.schema import COLUMNS
-from teachers import registry
 
 
-@pytest.fixture()
-def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    for name, target in pipeline_fakes.FAKES.items():
-        monkeypatch.setitem(registry._TEACHERS, name, target)
-    pipeline_fakes.CALLS.clear()
-    return pipeline_fakes.CALLS
-
-
-def make_config(demo_root: Path, out: Path, **kw) -> BuildConfig:
-    base = dict(coco_root=str(demo_root), split="train2017", out=str(out), executor="local", size=64, shard_size=4,
-                device="cpu", progress=False, depth_teacher="fake-depth", panoptic_teacher="fake-panoptic",
-                text_teacher="fake-text", caption_teacher="fake-caption",
-                glove=str(demo_root / "glove" / "glove.demo.300d.txt"))
-    return BuildConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def built(demo_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """One complete build of the demo train split, shared read-only by several tests."""
     with pytest.MonkeyPatch.context() as mp:  # the fakes leave the registry with this fixture
-        for name, target in pipeline_fakes.FAKES.items():
-            mp.setitem(registry._TEACHERS, name, target)
+        pipeline_fakes.register_for_test(mp)
         out = tmp_path_factory.mktemp("store")
         report = build_targets(make_config(demo_root, out))
     yield out, report

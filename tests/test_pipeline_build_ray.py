@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 import pipeline_fakes
+from pipeline_fakes import make_config
 from pipeline.build import build_targets
 from pipeline_store_checks import check_split, tar_files
-from teachers import registry
-from test_pipeline_build_local import make_config
 
 TESTS = Path(__file__).resolve().parent
 
@@ -21,8 +20,7 @@ TESTS = Path(__file__).resolve().parent
 def test_ray_build_matches_local_and_survives_a_dead_actor(demo_root: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ray")
-    for name, target in pipeline_fakes.FAKES.items():
-        monkeypatch.setitem(registry._TEACHERS, name, target)
+    pipeline_fakes.register_for_test(monkeypatch)
     # Ray workers are started by the local cluster with this environment, so they can import the fakes.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     marker = tmp_path / "depth-actor-died"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from shards.taxonomy import JOINTS
 from student.postprocess import depth_normals, find_peaks, group_people, normal_error, paf_scores, refine_depth
