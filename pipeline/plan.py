@@ -16,6 +16,7 @@ from shards.writer import ColumnWriter
 
 from pipeline.executors import TeacherFactory
 from pipeline.stages import STAGES, TEACHER_STAGES, ancestors, dependants, fingerprint, resolve_specs, stage
+from pipeline.targets.tokens import check_glove_file
 from pipeline.units import rejected_path
 
 if TYPE_CHECKING:
@@ -135,6 +136,10 @@ def tokens_params(config: "BuildConfig", store_root: Path) -> tuple[dict[str, An
         return {"vocab_sha256": _file_sha256(str(vocab))}, str(vocab)
     glove = config.glove
     if os.path.isfile(glove):
+        try:
+            check_glove_file(glove)
+        except (ValueError, OSError) as e:
+            raise BuildError(f"{e}; pass --glove glove.6B.300d.txt or a gensim model name") from None
         glove_id = f"sha256:{_file_sha256(glove)}"
     elif os.sep in glove or glove.endswith((".txt", ".gz", ".bin")):
         raise BuildError(f"GloVe file {glove!r} does not exist; pass --glove FILE (GloVe text format) "

@@ -120,3 +120,13 @@ def test_progress_lines_off_a_terminal_and_summary_table(capsys) -> None:
     rows = table.splitlines()
     assert rows[2].split() == ["depth", "9", "3.0", "3.0", "2", "1", "1", "0", "-"]
     assert rows[-1].endswith("1 unit(s) failed, first depth val2017-000001: boom")
+
+
+def test_glove_file_in_the_wrong_format_fails_before_any_work(demo_root: Path, tmp_path: Path, capsys,
+                                                              fakes) -> None:
+    not_glove = tmp_path / "notes.txt"
+    not_glove.write_text("# these are notes, not vectors\nsecond line\n")
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--glove", str(not_glove)], capsys, tmp_path / "out")
+    assert "notes.txt: not a GloVe text file" in err
+    assert not fakes  # no teacher was called
+    assert not (tmp_path / "out").exists()

@@ -121,6 +121,25 @@ def glove_array(ids: list[int], vocab: Vocabulary) -> np.ndarray:
     return out
 
 
+def check_glove_file(path: str | os.PathLike) -> int:
+    """Check that the first line of a GloVe text file reads ``word v1 ... vN``; returns N.
+
+    A cheap look before a build starts, so that a wrong ``--glove`` file fails before any teacher runs.
+
+    Raises:
+        ValueError: the first line is not a word followed by decimal numbers.
+    """
+    with open(path, "rb") as f:
+        first = f.readline().rstrip().split(b" ")
+    try:
+        values = [float(v) for v in first[1:]]
+    except ValueError:
+        values = []
+    if len(first) < 2 or not values:
+        raise ValueError(f"{path}: not a GloVe text file (each line must read 'word v1 ... vN', no header)")
+    return len(values)
+
+
 class GloveFile:
     """The vectors of a GloVe text file (``word v1 ... vN`` per line, no header), parsed on demand.
 
