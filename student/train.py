@@ -155,6 +155,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         return path
 
     last = out_dir / "last.pt"
+    timed = [0, 0.0]  # samples and seconds of the steps after each epoch's first
     for epoch in range(state["epoch"], cfg.epochs):
         skip = state["position"]["batch"] if state["position"]["epoch"] == epoch else 0  # resumed inside it
         train_ds.set_epoch(epoch, skip)
@@ -185,6 +186,9 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                 losses.append(loss.item())
                 now = time.perf_counter()
                 rate = batch["images"].shape[0] * world / max(now - tick, 1e-9)
+                if b > skip:  # an epoch's first step also waits for the loader workers to start
+                    timed[0] += batch["images"].shape[0] * world
+                    timed[1] += now - tick
                 tick = now
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{rate:.1f}")
                 bar.update(1)
@@ -200,7 +204,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                 writer.close()
             last = checkpoint("last.pt")
             return {"losses": losses, "epochs": epoch, "best": state["best"], "val": state["metrics"],
-                    "checkpoint": str(last), "interrupted": True}
+                    "checkpoint": str(last), "interrupted": True, "samples_per_s": _rate(timed)}
         bar.close()
 
         metrics, panel = evaluate(model, val_ds, cfg, device, world)  # unwrapped: ranks see different counts
@@ -227,7 +231,12 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     if world > 1:
         torch.distributed.destroy_process_group()
     return {"losses": losses, "epochs": state["epoch"], "best": state["best"], "val": state["metrics"],
-            "checkpoint": str(last), "interrupted": False}
+            "checkpoint": str(last), "interrupted": False, "samples_per_s": _rate(timed)}
+
+
+def _rate(timed: list[float]) -> float | None:
+    """Training samples per second (all ranks) over the timed steps, None when no step was timed."""
+    return timed[0] / timed[1] if timed[1] > 0 else None
 
 
 def _load_resume(path: str, device: torch.device) -> dict[str, Any]:
@@ -304,5 +313,5 @@ def run(args: argparse.Namespace) -> int:
     best = result["best"] if math.isfinite(result["best"]) else None  # no validation ran: JSON has no Infinity
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps({"state": state, "epochs": result["epochs"], "best_val_loss": best,
-                          "checkpoint": result["checkpoint"]}))
+                          "checkpoint": result["checkpoint"], "samples_per_s": result["samples_per_s"]}))
     return 130 if result["interrupted"] else 0

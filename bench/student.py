@@ -1,7 +1,7 @@
 """Student benchmark: loader samples/s per core (decode + augmentation + target rendering) on a synthetic
 256x256 store, and forward / forward+backward time per batch of the tiny and the paper network.
 
-Usage: python bench/student_train.py [--device cuda] [--paper-batch 32] [--amp bf16] [--samples 320]
+Usage: python bench/student.py [--device cuda] [--paper-batch 32] [--amp bf16] [--samples 320]
 Ends with one JSON line. Loader target: 250 samples/s per core at 256x256 (DESIGN 6 / issue 7); the
 reader-only rate (decoding the joined columns, no student work) is the baseline measured in the same run.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -22,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shards.reader import StoreReader  # noqa: E402
 from shards.synthetic import write_synthetic_store  # noqa: E402
-from student.config import ModelConfig  # noqa: E402
+from student.config import ModelConfig, TrainConfig  # noqa: E402
 from student.data import REQUIRED_COLUMNS, make_loader, open_split  # noqa: E402
 from student.targets import allocate_batch  # noqa: E402
 from student.model import YMapNet  # noqa: E402
+from student.train import train  # noqa: E402
 
 LOADER_TARGET = 250.0
 
@@ -102,6 +104,16 @@ def step_times(cfg: ModelConfig, batch: int, iters: int, device: torch.device, a
     return out
 
 
+def trainer_rate(root: Path, out: Path, steps: int, batch: int, workers: int, device: torch.device,
+                 amp: str) -> float:
+    """Samples/s of ``student train`` (paper network, augmentation, loader workers) over ``steps`` steps, as the
+    trainer itself measures them (each epoch's first step, which waits for the workers, is left out)."""
+    cfg = TrainConfig(shards=str(root), out=str(out), model="paper", epochs=1, steps_per_epoch=steps,
+                      val_steps=1, batch_size=batch, workers=workers, amp=amp, device=str(device),
+                      tensorboard=False, progress=False)
+    return train(cfg)["samples_per_s"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -111,6 +123,11 @@ def main() -> int:
     p.add_argument("--paper-batch", type=int, default=None, help="default 32 on a GPU, 1 on the CPU")
     p.add_argument("--iters", type=int, default=None,
                    help="timed iterations (default 10 on a GPU; on the CPU 2 for tiny, 1 without warm-up for paper)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="steps of a real `student train` run of the paper network per dtype (default 40 on a GPU, "
+                        "0 = skip, on the CPU)")
+    p.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 2)),
+                   help="loader workers of that run (default: cores - 2, at most 8)")
     p.add_argument("--amp", choices=("none", "bf16", "both"), default=None,
                    help="paper-network dtype(s) (default both on a GPU, none on the CPU)")
     args = p.parse_args()
@@ -121,9 +138,11 @@ def main() -> int:
     iters = args.iters or (10 if gpu else 1)
     amps = {"none": ["none"], "bf16": ["bf16"], "both": ["none", "bf16"]}[args.amp or ("both" if gpu else "none")]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        write_synthetic_store(tmp, "train2017", 128, 64, size=256, seed=0)
-        rates = loader_rates(Path(tmp), args.samples)
+    train_steps = args.train_steps if args.train_steps is not None else (40 if gpu else 0)
+    tmp_dir = tempfile.TemporaryDirectory()
+    tmp = Path(tmp_dir.name)
+    write_synthetic_store(tmp, "train2017", 128, 64, size=256, seed=0)
+    rates = loader_rates(tmp, args.samples)
     print("loader, one process (= one core), 256x256 synthetic store    samples/s (wall)   samples/s (CPU time)")
     for name, label in (("reader", "baseline: reader decoding all members"),
                         ("raw", "reader without decoding"),
@@ -164,6 +183,16 @@ def main() -> int:
                        "paper_params_m": round(paper["params_m"], 1)})
         if gpu:
             result[f"paper_{tag}_peak_gib"] = round(paper["fwdbwd_peak_gib"], 2)
+    if train_steps:
+        write_synthetic_store(tmp, "val2017", 32, 32, size=256, seed=1)
+        for amp in amps:
+            tag = "fp32" if amp == "none" else "bf16"
+            rate = trainer_rate(tmp, tmp / f"run_{tag}", train_steps, paper_batch, args.workers, device, amp)
+            print(f"  student train, paper {tag}, batch {paper_batch}, {args.workers} loader workers, "
+                  f"{train_steps} steps: {rate:.1f} samples/s")
+            result[f"train_paper_{tag}_samples_per_s"] = round(rate, 1)
+        result["train_workers"] = args.workers
+    tmp_dir.cleanup()
     print(json.dumps(result))
     return 0
 
