@@ -36,7 +36,8 @@ def loader_rates(root: Path, samples: int) -> dict[str, float]:
     """Rates of one process: the store reader decoding every member (baseline), the reader without decoding,
     the student's work alone (decode its members + augment + render + pack into batch buffers), and the full
     loader (DataLoader over batches of 32, no workers); as samples per wall second and per CPU second of the
-    process (the latter is robust to other jobs sharing the machine)."""
+    process (the latter is robust to other jobs sharing the machine). Then the loader as training runs it:
+    one worker process filling shared-memory batches (``worker``, wall clock; needs a second core free)."""
     rates = {}
     for decode in (True, False):
         # no warm-up call: the decoding reader works in chunks, a first next() would decode a whole chunk
@@ -57,16 +58,29 @@ def loader_rates(root: Path, samples: int) -> dict[str, float]:
 
     dataset.set_epoch(1)
     batches = iter(make_loader(dataset, workers=0))
-    next(batches)
+    dataset.release(next(batches))
     wall, cpu = time.perf_counter(), time.process_time()
     n, per_batch = 0, []
     while n < samples:
         t = time.process_time()
-        k = len(next(batches)["key"])
-        per_batch.append(k / max(time.process_time() - t, 1e-9))
-        n += k
+        batch = next(batches)
+        per_batch.append(len(batch["key"]) / max(time.process_time() - t, 1e-9))
+        n += len(batch["key"])
+        dataset.release(batch)
     rates.update(loader=n / (time.perf_counter() - wall), loader_cpu=n / (time.process_time() - cpu),
                  loader_cpu_median=statistics.median(per_batch))  # the median batch: robust to other jobs
+
+    # as in training: one DataLoader worker process (its own core) renders into shared memory
+    dataset.set_epoch(2)
+    batches = iter(make_loader(dataset, workers=1))
+    for _ in range(2):  # the worker's start and its first batches
+        dataset.release(next(batches))
+    wall, n = time.perf_counter(), 0
+    while n < samples:
+        batch = next(batches)
+        n += len(batch["key"])
+        dataset.release(batch)
+    rates.update(worker=n / (time.perf_counter() - wall))
     return rates
 
 
@@ -149,6 +163,7 @@ def main() -> int:
                         ("transform", "student work (decode+augment+render)"),
                         ("loader", "full loader (batches of 32)")):
         print(f"  {label:40s} {rates[name]:10.1f}   {rates[name + '_cpu']:10.1f}")
+    print(f"  {'full loader, 1 worker process':40s} {rates['worker']:10.1f}")
     print(f"  full loader, median batch (CPU time)    {rates['loader_cpu_median']:23.1f}")
     print(f"  target {LOADER_TARGET:.0f} samples/s per core: {rates['loader_cpu'] / LOADER_TARGET:.2f}x (CPU time); "
           f"{rates['loader_cpu'] / rates['reader_cpu']:.2f}x the decoding reader alone")
@@ -160,7 +175,8 @@ def main() -> int:
           f"fwd+bwd {tiny['fwdbwd_s'] * 1e3:8.1f} ms  ({tiny['params_m']:.2f}M params)")
     result = {"device": str(device), "loader_samples_per_s_per_core": round(rates["loader_cpu"], 1),
               "loader_samples_per_s_per_core_median_batch": round(rates["loader_cpu_median"], 1),
-              "loader_samples_per_s_wall": round(rates["loader"], 1), "loader_target": LOADER_TARGET,
+              "loader_samples_per_s_wall": round(rates["loader"], 1),
+              "loader_one_worker_samples_per_s": round(rates["worker"], 1), "loader_target": LOADER_TARGET,
               "loader_ratio": round(rates["loader_cpu"] / LOADER_TARGET, 3),
               "loader_vs_decoding_reader": round(rates["loader_cpu"] / rates["reader_cpu"], 3),
               "baseline_reader_decoding_samples_per_s_per_core": round(rates["reader_cpu"], 1),

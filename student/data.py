@@ -21,6 +21,8 @@ from shards.reader import StoreReader, load_manifest_at
 from student.augment import AugmentConfig, augment, sample_rng
 from student.targets import StoreSample, TargetSizes, allocate_batch, device_targets, from_store, pack_targets
 
+#: batch buffers each loader process reuses: the DataLoader's 2 prefetched, one being pinned, one in use
+SLOTS_PER_WORKER = 4
 REQUIRED_COLUMNS = ("base", "depth", "normals", "text", "groups", "tokens")  # each made by the stage of its name
 #: members the student decodes (ext -> codec); the rest (meta.json, depth.json, text.json) stay bytes
 MEMBERS = {m.ext: m.codec for c in REQUIRED_COLUMNS for m in COLUMNS[c].members
@@ -76,6 +78,7 @@ class StudentDataset(IterableDataset):
         self.transform = transform
         self.batch_size = batch_size
         self.skip_batches = 0
+        self.slots: torch.Tensor | None = None  # buffer flags of the current loader (see make_loader)
 
     @property
     def manifest(self) -> Manifest:
@@ -101,6 +104,8 @@ class StudentDataset(IterableDataset):
         info = torch.utils.data.get_worker_info()
         shared = info is not None
         workers = info.num_workers if info is not None else 1
+        ring = _SlotRing(self.slots, info.id if info is not None else 0, lambda: _allocate(self.batch_size, size,
+                                                                                           vocab, shared))
         skip = self.skip_batches // workers * self.batch_size  # whole rounds of the loader's round robin
         tensors, keys = None, []
         for raw in self.reader:
@@ -108,16 +113,55 @@ class StudentDataset(IterableDataset):
                 skip -= 1
                 continue
             if tensors is None:
-                tensors = _allocate(self.batch_size, size, vocab, shared)
+                slot, tensors = ring.acquire()
                 arrays = {k: v.numpy() for k, v in tensors.items()}
             sample = self.transform(raw)
             self.transform.pack(sample, arrays, len(keys))
             keys.append(sample.key)
             if len(keys) == self.batch_size:
-                yield {**tensors, "key": keys}
+                yield {**tensors, "key": keys, "slot": slot}
                 tensors, keys = None, []
         if keys:
-            yield {**{k: v[:len(keys)] for k, v in tensors.items()}, "key": keys}
+            yield {**{k: v[:len(keys)] for k, v in tensors.items()}, "key": keys, "slot": slot}
+
+    def release(self, batch: dict[str, Any]) -> None:
+        """Hand a batch's buffers back to the process that filled them, for a later batch to reuse.
+
+        Call it once per batch, when nothing reads the batch's host tensors any more (after their copy to
+        the device has completed, or after the step that used them on the CPU). Batches never released
+        cost only speed: their worker then fills new memory.
+        """
+        slot = batch.get("slot", -1)
+        if self.slots is not None and 0 <= slot < self.slots.numel():
+            self.slots.view(-1)[slot] = 0
+
+
+class _SlotRing:
+    """The reusable batch buffers of one loader process.
+
+    Filling new memory costs more than the rendering itself (every page of a new shared-memory batch
+    faults in: about 2 ms per 256x256 sample here), so each process keeps ``SLOTS_PER_WORKER`` batches and
+    refills one only after the consumer released it (:meth:`StudentDataset.release`), which sets its flag
+    in ``slots``, a (workers, SLOTS_PER_WORKER) uint8 tensor shared with the consumer (1 = in use). With no
+    flags or no free slot it falls back to new memory.
+    """
+
+    def __init__(self, slots: torch.Tensor | None, worker: int, allocate: Any) -> None:
+        self.flags = slots.numpy()[worker] if slots is not None and worker < slots.shape[0] else None
+        self.offset = worker * SLOTS_PER_WORKER
+        self.allocate = allocate
+        self.buffers: dict[int, dict[str, torch.Tensor]] = {}
+
+    def acquire(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """(slot number for :meth:`StudentDataset.release`, or -1; batch tensors to fill)."""
+        if self.flags is not None:
+            for k in range(len(self.flags)):
+                if self.flags[k] == 0:
+                    self.flags[k] = 1
+                    if k not in self.buffers:
+                        self.buffers[k] = self.allocate()
+                    return self.offset + k, self.buffers[k]
+        return -1, self.allocate()
 
 
 def _allocate(batch: int, size: int, vocab: int, shared: bool) -> dict[str, torch.Tensor]:
@@ -176,7 +220,14 @@ def skip_remainder(skip_batches: int, workers: int) -> int:
 
 
 def make_loader(dataset: StudentDataset, workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over the dataset's batches (the dataset splits shards across workers itself)."""
+    """A DataLoader over the dataset's batches (the dataset splits shards across workers itself).
+
+    Consumers hand each batch back with ``dataset.release(batch)`` when done with it, so its buffers are
+    reused (see :class:`_SlotRing`); the previous loader of the dataset must be finished with.
+    """
+    dataset.slots = torch.zeros((max(1, workers), SLOTS_PER_WORKER), dtype=torch.uint8)
+    if workers:
+        dataset.slots.share_memory_()
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False)
 

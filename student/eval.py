@@ -58,6 +58,7 @@ def evaluate(model: Callable[[torch.Tensor], dict[str, torch.Tensor]], root: str
                               torch.device(device))
             out = model(batch["images"])
             sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"])
+            dataset.release(host)
             seen += keep
             bar.update(keep)
     bar.close()

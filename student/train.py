@@ -80,6 +80,7 @@ def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, 
             sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"], loss)
             if panel is None:
                 panel = image_panel(batch["images"], out["maps"], batch["targets"])
+            dataset.release(host)
     if world > 1:
         torch.distributed.all_reduce(sums.sums)
     return sums.compute(), panel
@@ -161,7 +162,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         train_ds.set_epoch(epoch, skip)
         batches = iter(make_loader(train_ds, cfg.workers, pin_memory=device.type == "cuda"))
         for _ in range(skip_remainder(skip, cfg.workers)):
-            next(batches)
+            train_ds.release(next(batches))
         net.train()
         bar = _progress(cfg, main, steps_per_epoch, skip, epoch)
         tick = time.perf_counter()
@@ -169,7 +170,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
             for b in range(skip, steps_per_epoch):
                 if stop_at_step is not None and state["step"] >= stop_at_step:
                     raise KeyboardInterrupt
-                batch = to_device(next(batches), device)
+                host = next(batches)
+                batch = to_device(host, device)
                 lr = lr_at(cfg, state["step"] / steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -181,6 +183,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                train_ds.release(host)  # its buffers are refilled from now on
                 state["step"] += 1
                 state["position"] = {"epoch": epoch, "batch": b + 1}
                 losses.append(loss.item())

@@ -14,7 +14,7 @@ import torch
 from shards.synthetic import write_synthetic_store
 from student import cli
 from student.config import TrainConfig
-from student.data import make_loader, open_split, skip_remainder
+from student.data import SLOTS_PER_WORKER, make_loader, open_split, skip_remainder
 from student.metrics import MetricSums, hdm, token_cosine
 from student.train import lr_at, train
 
@@ -62,6 +62,33 @@ def test_loader_keeps_compact_host_dtypes_through_workers_and_skips_exactly(stor
     assert {k: v.dtype for k, v in batch.items() if isinstance(v, torch.Tensor)} == expected
     assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["pose"].shape == (4, 29, SIZE, SIZE)
     assert len(batch["key"]) == 4
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_released_batch_buffers_are_reused_and_held_ones_never_overwritten(store: Path, workers: int) -> None:
+    dataset = open_split(store, "train2017", train=True, batch_size=4, seed=0, multihot_vocab=16)
+
+    def stream(release: bool) -> list[dict]:
+        dataset.set_epoch(1)
+        batches, kept, held = iter(make_loader(dataset, workers=workers)), [], None
+        for i in range(12):
+            batch = next(batches)
+            kept.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+            if i == 1:
+                held = batch  # never released: its memory must keep its values to the end
+            elif release:
+                dataset.release(batch)
+        assert all(torch.equal(held[k], kept[1][k]) for k in held if isinstance(held[k], torch.Tensor))
+        return kept
+
+    reused, fresh = stream(True), stream(False)
+    assert [b["key"] for b in reused] == [b["key"] for b in fresh]
+    for a, b in zip(reused, fresh):  # a refilled buffer holds exactly what new memory would
+        assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    slots = [b["slot"] for b in reused if b["slot"] >= 0]
+    assert len(slots) >= 8 and len(set(slots)) < len(slots)  # released slots came back and were refilled
+    # without releases each process fills its SLOTS_PER_WORKER buffers once, then new memory (slot -1)
+    assert [b["slot"] for b in fresh].count(-1) == len(fresh) - SLOTS_PER_WORKER * max(1, workers)
 
 
 def test_validation_stream_is_one_ordered_pass_with_final_sizes(store: Path) -> None:
