@@ -37,10 +37,11 @@ def temp_file_beside(path: str | os.PathLike, suffix: str = ".tmp") -> tuple[int
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+def atomic_file(path: str | os.PathLike, sync_dir: bool = True) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for writing; on success fsync it and rename it over ``path``.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was. ``sync_dir=False`` leaves
+    the rename's own flush (an fsync of the folder) to a later write in the same folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,12 +56,13 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_dir: bool = True) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    with atomic_file(path) as f:
+    with atomic_file(path, sync_dir) as f:
         f.write(data)
 
 

@@ -27,10 +27,11 @@ try:  # optional fast path, about 2x OpenCV for decoding small JPEGs
 except ImportError:  # pragma: no cover - depends on the environment
     _simplejpeg = None
 
-try:  # optional fast inflate (libdeflate), about 2x zlib for the PNG fast path
+try:  # optional libdeflate: inflates about 2x faster than zlib, deflates 2x faster into smaller files
+    from deflate import zlib_compress as _libdeflate_compress
     from deflate import zlib_decompress as _libdeflate_zlib
 except ImportError:  # pragma: no cover - depends on the environment
-    _libdeflate_zlib = None
+    _libdeflate_compress = _libdeflate_zlib = None
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
@@ -78,19 +79,44 @@ def encode_png(image: np.ndarray, compression: int = PNG_COMPRESSION) -> bytes:
 
     Every row uses one PNG filter so that :func:`decode_png` can undo it vectorised: ``None`` for
     one-channel uint8 (label maps and masks, which compress as runs), ``Up`` for the rest (smooth maps).
+    With libdeflate the PNG is assembled here (about 2x faster than OpenCV's zlib, a few % smaller);
+    without it OpenCV encodes. The result is deterministic either way.
     """
     if image.dtype not in (np.uint8, np.uint16):
         raise CodecError(f"PNG stores uint8 or uint16, got {image.dtype}")
     image = _check_array(image, image.dtype, (2, 3))
+    label_like = image.ndim == 2 and image.dtype == np.uint8
+    if _libdeflate_compress is not None:
+        return _encode_png_fast(image, compression, up=not label_like)
     cv2 = _cv2()
     bgr = image[..., ::-1] if image.ndim == 3 else image
-    label_like = image.ndim == 2 and image.dtype == np.uint8
     png_filter = cv2.IMWRITE_PNG_FILTER_NONE if label_like else cv2.IMWRITE_PNG_FILTER_UP
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr), [cv2.IMWRITE_PNG_COMPRESSION, compression,
                                                               cv2.IMWRITE_PNG_FILTER, png_filter])
     if not ok:
         raise CodecError("PNG encoding failed")
     return buf.tobytes()
+
+
+def _encode_png_fast(image: np.ndarray, compression: int, up: bool) -> bytes:
+    """A non-interlaced gray / RGB PNG, 8 or 16 bits, every row filtered ``Up`` (or ``None``), one IDAT."""
+    height, width = image.shape[:2]
+    depth = 16 if image.dtype == np.uint16 else 8
+    rows = (image.astype(">u2") if depth == 16 else image).reshape(height, -1).view(np.uint8)
+    filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = 2 if up else 0
+    if up:  # row 0 has an all-zero row above it, so it stays as it is
+        filtered[0, 1:] = rows[0]
+        np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    else:
+        filtered[:, 1:] = rows
+    header = struct.pack(">IIBBBBB", width, height, depth, 2 if image.ndim == 3 else 0, 0, 0, 0)
+    return b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", _libdeflate_compress(filtered, compression)), _png_chunk(b"IEND", b"")))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return b"".join((len(data).to_bytes(4, "big"), kind, data, zlib.crc32(data, zlib.crc32(kind)).to_bytes(4, "big")))
 
 
 def decode_png(data: bytes) -> np.ndarray:

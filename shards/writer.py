@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tarfile
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Iterable, Mapping
 
@@ -56,26 +55,48 @@ def write_tar(fileobj: BinaryIO, samples: Iterable[tuple[str, Mapping[str, bytes
     """Stream a deterministic tar of already-encoded samples into ``fileobj``; returns the keys in order.
 
     Keys must be strictly increasing and contain no dot; members of a key are written in sorted order
-    with fixed mtime, mode, uid and gid, so the same samples always give the same bytes.
+    with fixed mtime, mode, uid and gid, so the same samples always give the same bytes. The bytes are
+    those of Python's ``tarfile`` in USTAR format with these fields (a test holds them equal); the headers
+    are made here, about 10x faster than ``tarfile`` makes them.
     """
     keys: list[str] = []
-    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            if "." in key:
-                raise ValueError(f"key {key!r} contains a dot")
-            if keys and key <= keys[-1]:
-                raise ValueError(f"keys must be strictly increasing: {key!r} after {keys[-1]!r}")
-            keys.append(key)
-            for ext in sorted(members):
-                data = members[ext]
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                info.mtime = 0
-                info.mode = 0o444
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
+    offset = 0
+    for key, members in samples:
+        if "." in key:
+            raise ValueError(f"key {key!r} contains a dot")
+        if keys and key <= keys[-1]:
+            raise ValueError(f"keys must be strictly increasing: {key!r} after {keys[-1]!r}")
+        keys.append(key)
+        for ext in sorted(members):
+            data = members[ext]
+            fileobj.write(_ustar_header(f"{key}.{ext}".encode(), len(data)))
+            fileobj.write(data)
+            pad = -len(data) % _BLOCK
+            if pad:
+                fileobj.write(bytes(pad))
+            offset += _BLOCK + len(data) + pad
+    end = offset + 2 * _BLOCK  # two zero blocks, then zeros up to a whole record, as tarfile does
+    fileobj.write(bytes(2 * _BLOCK + (-end % _RECORD)))
     return keys
+
+
+_BLOCK, _RECORD = 512, 20 * 512
+#: a USTAR header of a regular file with mode 0444, uid/gid 0, mtime 0, empty user/group/device/prefix fields
+#: (what recent tarfile versions write; older ones wrote "0000000" device numbers): name, size, checksum vary
+_USTAR_TEMPLATE = bytes(bytearray(100) + b"0000444\0" + b"0000000\0" * 2 + bytes(12) + b"00000000000\0"
+                        + b" " * 8 + b"0" + bytes(100) + b"ustar\x0000" + bytes(247))
+
+
+def _ustar_header(name: bytes, size: int) -> bytes:
+    if len(name) > 100:
+        raise ValueError(f"member name {name.decode()!r} is longer than 100 bytes")
+    if size >= 8 ** 11:
+        raise ValueError(f"member {name.decode()!r} is {size} bytes, over the USTAR limit of 8 GiB")
+    header = bytearray(_USTAR_TEMPLATE)
+    header[:len(name)] = name
+    header[124:136] = b"%011o\0" % size
+    header[148:155] = b"%06o\0" % sum(header)  # the checksum counts its own field as spaces
+    return bytes(header)
 
 
 class ColumnWriter:
@@ -104,7 +125,9 @@ class ColumnWriter:
     def write_encoded_shard(self, shard: str, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> ShardRecord:
         """Write a shard whose members are already encoded bytes."""
         data, keys = tar_bytes(samples)
-        atomic_write_bytes(shard_path(self.dir, shard), data)
+        # the folder is flushed once, after the record's rename: a record that outlives its shard in a crash
+        # is harmless, as a shard counts as done only when its file matches the record's sha256
+        atomic_write_bytes(shard_path(self.dir, shard), data, sync_dir=False)
         record = ShardRecord(len(keys), len(data), hashlib.sha256(data).hexdigest(), keys_digest(keys))
         with locked(self.record_path):
             doc = self._load()

@@ -7,6 +7,7 @@ All randomness comes from the ``numpy.random.Generator`` passed in, so a seed fi
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, replace
 
@@ -157,9 +158,26 @@ def _brightness_contrast(image: np.ndarray, rng: np.random.Generator, limit: flo
 
 
 def _gaussian_noise(image: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
-    """Add N(0, sigma) noise, saturating; OpenCV's generator (about 3x numpy's here) seeded from ``rng``."""
+    """Add N(0, sigma) noise, rounded and saturated to uint8.
+
+    The noise is a window of a fixed bank of standard normal values at an offset drawn from ``rng``, scaled
+    by ``sigma``: about 4x faster than drawing fresh values with OpenCV (and 10x numpy), and for a 256x256
+    image one of about 2 million distinct windows.
+    """
     cv2 = _cv2()
-    noise = np.empty(image.shape, np.int16)
-    cv2.setRNGSeed(int(rng.integers(2 ** 31)))
-    cv2.randn(noise, (0.0,) * image.shape[2], (sigma,) * image.shape[2])
-    return cv2.add(image, noise, dtype=cv2.CV_8U)
+    bank = _noise_bank()
+    n = image.size
+    if n > bank.size:  # larger than any store image: fresh values
+        noise = rng.standard_normal(image.shape, dtype=np.float32)
+    else:
+        start = int(rng.integers(0, bank.size - n + 1))
+        noise = bank[start:start + n].reshape(image.shape)
+    return cv2.add(image, np.multiply(noise, np.float32(sigma)), dtype=cv2.CV_8U)
+
+
+@functools.lru_cache(maxsize=1)
+def _noise_bank() -> np.ndarray:
+    """2 M standard normal float32 values (8 MB), the same in every process."""
+    bank = np.random.default_rng(20240611).standard_normal(1 << 21, dtype=np.float32)
+    bank.setflags(write=False)
+    return bank

@@ -241,7 +241,8 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Te
     """
     moved = {k: (v.view(torch.int16) if v.dtype == torch.uint16 else v).to(device, non_blocking=True)
              for k, v in batch.items() if isinstance(v, torch.Tensor)}  # uint16 travels as its int16 bits
-    out = {"images": moved["image"], "targets": device_targets(moved),
+    # HWC on the host (as decoded: no per-sample transpose); CHW on the device, a cheap copy there
+    out = {"images": moved["image"].permute(0, 3, 1, 2).contiguous(), "targets": device_targets(moved),
            "pose_mask": moved["pose_mask"].float(), "glove": moved["glove"].float()}
     if "multihot" in moved:
         out["multihot"] = moved["multihot"].float()

@@ -290,11 +290,11 @@ def allocate_batch(batch: int, size: int, multihot_vocab: int = 0) -> dict[str, 
     first writes then fault a few 2 MB pages instead of thousands of 4 KB ones.
     """
     layout = {
-        "image": ((batch, 3, size, size), np.uint8),
+        "image": ((batch, size, size, 3), np.uint8),  # HWC as decoded: the device makes it CHW
         "pose": ((batch, len(JOINTS) + len(LIMBS), size, size), np.int8),
         "pose_mask": ((batch, size, size), np.uint8),
         "depth": ((batch, size, size), np.uint16),
-        "normals": ((batch, 3, size, size), np.uint8),
+        "normals": ((batch, size, size, 3), np.uint8),
         "text": ((batch, size, size), np.uint8),
         "groups": ((batch, size, size), np.uint8),
         "glove": ((batch, NUM_TOKENS, GLOVE_DIM), np.float16),
@@ -325,13 +325,11 @@ def pack_targets(sample: StoreSample, base_radius: float, paf_width: float, mult
         index: the sample's row in ``out``.
 
     Returns:
-        ``image`` (3, S, S) uint8, ``pose`` (29, S, S) int8 (joints then PAFs), ``pose_mask`` (S, S) uint8,
-        ``depth`` (S, S) uint16, ``normals`` (3, S, S) uint8, ``text`` (S, S) uint8, ``groups`` (S, S)
+        ``image`` (S, S, 3) uint8, ``pose`` (29, S, S) int8 (joints then PAFs), ``pose_mask`` (S, S) uint8,
+        ``depth`` (S, S) uint16, ``normals`` (S, S, 3) uint8, ``text`` (S, S) uint8, ``groups`` (S, S)
         uint8 labels, ``glove`` (8, 300) float16 and, when asked, ``multihot`` (V,) uint8; with ``out``
         these are its rows and ``out`` itself is returned.
     """
-    import cv2
-
     single = out is None
     if single:
         out, index = allocate_batch(1, sample.size, multihot_vocab), 0
@@ -339,13 +337,13 @@ def pack_targets(sample: StoreSample, base_radius: float, paf_width: float, mult
     pose.fill(-127)
     draw_heatmaps(pose[:len(JOINTS)], sample.keypoints, base_radius, 127.0)
     draw_pafs(pose[len(JOINTS):], sample.keypoints, paf_width, 127.0)
-    cv2.split(sample.image, list(out["image"][index]))  # HWC -> CHW straight into the rows (3x a numpy copy)
+    out["image"][index] = sample.image
     if sample.crowd is None:
         out["pose_mask"][index] = 1
     else:
         np.subtract(1, sample.crowd, out=out["pose_mask"][index])
     out["depth"][index] = sample.depth
-    cv2.split(sample.normals, list(out["normals"][index]))
+    out["normals"][index] = sample.normals
     out["text"][index] = sample.text
     out["groups"][index] = sample.groups
     out["glove"][index] = sample.glove
@@ -407,7 +405,7 @@ def device_targets(batch: Mapping[str, Any]) -> Any:
 
     Args:
         batch: tensors ``pose`` (B, 29, S, S) int8, ``depth`` (B, S, S) uint16 (or its bits as int16),
-            ``normals`` (B, 3, S, S) uint8, ``text`` (B, S, S) uint8, ``groups`` (B, S, S) uint8.
+            ``normals`` (B, S, S, 3) uint8, ``text`` (B, S, S) uint8, ``groups`` (B, S, S) uint8.
 
     Returns:
         (B, 44, S, S) float32 tensor in channel order of ``shards.taxonomy.CHANNELS``.
@@ -422,7 +420,7 @@ def device_targets(batch: Mapping[str, Any]) -> Any:
     depth = batch["depth"]
     depth = (depth.view(torch.int16) if depth.dtype == torch.uint16 else depth).to(torch.int32) & 0xFFFF
     out[:, CHANNELS["depth"].slice] = (depth.float() / 32767.5 - 1.0)[:, None]
-    out[:, CHANNELS["normals"].slice] = batch["normals"].float() / 127.5 - 1.0
+    out[:, CHANNELS["normals"].slice] = batch["normals"].permute(0, 3, 1, 2).float() / 127.5 - 1.0
     out[:, CHANNELS["text"].slice] = torch.where(batch["text"] > 127, 1.0, -1.0)[:, None]
     values = torch.arange(1, len(GROUPS) + 1, device=pose.device, dtype=batch["groups"].dtype)
     out[:, CHANNELS["groups"].slice] = torch.where(batch["groups"][:, None] == values[None, :, None, None],

@@ -77,3 +77,39 @@ def test_store_files_are_readable_by_others(store: Path) -> None:
     for f in files:
         assert f.stat().st_mode & 0o777 == 0o644, f
     assert not list(split.rglob("*.tmp"))  # no temporary file left behind
+
+
+def test_tar_headers_are_standard_ustar_with_fixed_fields() -> None:
+    import io
+    import random
+    import tarfile
+
+    from shards.writer import write_tar
+
+    rng = random.Random(0)
+    samples = [(f"{i:012d}", {ext: rng.randbytes(rng.choice([0, 1, 511, 512, 513, 5000]))
+                              for ext in ("jpg", "depth.png", "meta.json")}) for i in range(7)]
+    buf = io.BytesIO()
+    assert write_tar(buf, samples) == [key for key, _ in samples]
+    data = buf.getvalue()
+    assert len(data) % (20 * 512) == 0  # whole tar records, as tarfile pads them
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == [f"{k}.{e}" for k, m in samples for e in sorted(m)]
+        for member, (key, ext) in zip(members, [(k, e) for k, m in samples for e in sorted(m)]):
+            assert (member.mode, member.mtime, member.uid, member.gid, member.uname, member.type) == \
+                (0o444, 0, 0, 0, "", tarfile.REGTYPE)
+            assert tar.extractfile(member).read() == dict(samples)[key][ext]
+    # the very bytes tarfile writes for these fields (where its device fields of files are empty, as here)
+    ref = io.BytesIO()
+    with tarfile.open(fileobj=ref, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for ext in sorted(members):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode, info.uid, info.gid = len(members[ext]), 0, 0o444, 0, 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(members[ext]))
+    if ref.getvalue()[329:345] == bytes(16):
+        assert data == ref.getvalue()
+    with pytest.raises(ValueError, match="longer than 100 bytes"):
+        write_tar(io.BytesIO(), [("k" * 100, {"jpg": b""})])

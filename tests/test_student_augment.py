@@ -130,3 +130,17 @@ def test_photometric_changes_leave_targets_alone() -> None:
     out = augment(sample, sample_rng(0, 0, sample.key), cfg)
     assert not np.array_equal(out.image, sample.image)
     assert np.array_equal(out.groups, sample.groups) and np.array_equal(out.keypoints, sample.keypoints)
+
+
+def test_gaussian_noise_has_the_asked_sigma_and_differs_per_draw() -> None:
+    from student.augment import _gaussian_noise
+
+    grey = np.full((256, 256, 3), 128, np.uint8)
+    first = _gaussian_noise(grey, np.random.default_rng(1), 6.0).astype(np.float64) - 128
+    again = _gaussian_noise(grey, np.random.default_rng(1), 6.0).astype(np.float64) - 128
+    other = _gaussian_noise(grey, np.random.default_rng(2), 6.0).astype(np.float64) - 128
+    assert np.array_equal(first, again)  # a function of the generator's state
+    assert abs(first.mean()) < 0.1 and abs(first.std() - 6.0) < 0.1
+    assert abs(np.corrcoef(first.ravel(), other.ravel())[0, 1]) < 0.02  # other draws: unrelated noise
+    saturated = _gaussian_noise(np.full((8, 8, 3), 250, np.uint8), np.random.default_rng(0), 10.0)
+    assert saturated.max() == 255 and saturated.dtype == np.uint8

@@ -14,7 +14,7 @@ import torch
 from shards.synthetic import write_synthetic_store
 from student import cli
 from student.config import TrainConfig
-from student.data import SLOTS_PER_WORKER, make_loader, open_split, skip_remainder
+from student.data import SLOTS_PER_WORKER, make_loader, open_split, skip_remainder, to_device
 from student.metrics import MetricSums, hdm, token_cosine
 from student.train import lr_at, train
 
@@ -60,7 +60,11 @@ def test_loader_keeps_compact_host_dtypes_through_workers_and_skips_exactly(stor
                 "normals": torch.uint8, "text": torch.uint8, "groups": torch.uint8, "glove": torch.float16,
                 "multihot": torch.uint8}
     assert {k: v.dtype for k, v in batch.items() if isinstance(v, torch.Tensor)} == expected
-    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["pose"].shape == (4, 29, SIZE, SIZE)
+    assert batch["image"].shape == (4, SIZE, SIZE, 3) and batch["pose"].shape == (4, 29, SIZE, SIZE)
+    assert batch["normals"].shape == (4, SIZE, SIZE, 3)
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved["images"].shape == (4, 3, SIZE, SIZE) and moved["images"].is_contiguous()
+    assert torch.equal(moved["images"][1, 2], batch["image"][1, :, :, 2])
     assert len(batch["key"]) == 4
 
 
