@@ -4,10 +4,12 @@ and 2 workers, next to a bare decode+resize loop over the same files, in one run
 The demo images are resized to 640x480 and repeated to ``--images`` files of a synthetic COCO split. Every
 figure is measured here, in this run; the last line is one JSON object. Besides the build, the store's own
 floor is timed on the built store: encoding every member once (codecs) and writing the encoded shards again
-(tar, sha256, fsync, records); bare + encode + write is what any build of this store costs at least. On Ray,
-the start-up of the teacher actors (one process per teacher, a fixed cost) is timed after each build.
+(tar, sha256, fsync, records); bare + encode + write is what any build of this store costs at least. The bare
+loop and the in-process build run in ``--rounds`` interleaved rounds (medians, and the median of the per-round
+ratios, are reported: the machine's speed drifts). On Ray, the start-up of the teacher actors (a fixed cost;
+with CPU teachers one shared actor process) is timed after each build.
 
-    python bench/pipeline.py [--images 300] [--shard-size 50] [--skip-ray]
+    python bench/pipeline.py [--images 300] [--shard-size 50] [--rounds 3] [--skip-ray]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -185,6 +188,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--shard-size", type=int, default=50)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of bare loop + in-process build; medians are reported")
     parser.add_argument("--skip-ray", action="store_true")
     args = parser.parse_args()
 
@@ -207,12 +212,18 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cores[:1])  # the bare loop and the in-process build get one core each
     bare_loop(files[:20], args.size)  # warm the page cache and the codecs
-    cpu0 = time.process_time()  # CPU seconds too: less sensitive than wall time to other load on the machine
-    bare = bare_loop(files, args.size)
-    cpu1 = time.process_time()
-    local_s, report = timed_build(BuildConfig(**{**base.__dict__, "out": str(work / "local"), "executor": "local"}))
-    bare_cpu, local_cpu = cpu1 - cpu0, time.process_time() - cpu1
-    codecs, writes = store_floor(work / "local", "train2017", work / "rewrite")
+    rounds = []  # (bare s, build s, bare CPU s, build CPU s): interleaved, so each pair saw the same machine
+    for r in range(args.rounds):
+        cpu0 = time.process_time()  # CPU seconds too: less sensitive than wall time to other load
+        bare = bare_loop(files, args.size)
+        cpu1 = time.process_time()
+        local_s, report = timed_build(BuildConfig(**{**base.__dict__, "out": str(work / f"local{r}"),
+                                                     "executor": "local"}))
+        rounds.append((bare, local_s, cpu1 - cpu0, time.process_time() - cpu1))
+    ratio = statistics.median(b / a for a, b, _, _ in rounds)
+    ratio_cpu = statistics.median(b / a for _, _, a, b in rounds)
+    bare, local_s, bare_cpu, local_cpu = (statistics.median(col) for col in zip(*rounds))
+    codecs, writes = store_floor(work / "local0", "train2017", work / "rewrite")
     os.sched_setaffinity(0, cores)
     floor = bare + codecs + writes
     rows = [("bare decode+resize", bare, n / bare), ("store codecs: encode only", codecs, n / codecs),
@@ -221,10 +232,11 @@ def main() -> None:
     result: dict[str, Any] = {"images": n, "size": args.size, "shard_size": args.shard_size, "cores": len(cores),
                               "bare_ms_per_image": round(1000 * bare / n, 2),
                               "inprocess_ms_per_image": round(1000 * local_s / n, 2),
-                              "inprocess_over_bare": round(local_s / bare, 2), "target_inprocess_over_bare": 3.0,
+                              "rounds": args.rounds,
+                              "inprocess_over_bare": round(ratio, 2), "target_inprocess_over_bare": 3.0,
                               "bare_cpu_ms_per_image": round(1000 * bare_cpu / n, 2),
                               "inprocess_cpu_ms_per_image": round(1000 * local_cpu / n, 2),
-                              "inprocess_over_bare_cpu": round(local_cpu / bare_cpu, 2),
+                              "inprocess_over_bare_cpu": round(ratio_cpu, 2),
                               "codec_encode_ms_per_image": round(1000 * codecs / n, 2),
                               "store_write_ms_per_image": round(1000 * writes / n, 2),
                               "floor_over_bare": round(floor / bare, 2),

@@ -65,6 +65,7 @@ class BuildConfig:
     gpus_per_teacher: float | None = None  # None: 1 if the Ray cluster has GPUs, else 0
     cpus_per_teacher: float = 0.0
     actors_per_teacher: int = 1
+    shared_teacher_actors: bool | None = None  # None: every teacher in each actor when they take no GPU
     max_inflight_shards: int = 4  # decoded shards alive at once (bounds memory)
     retries: int = 3
     progress: bool = True
@@ -115,7 +116,8 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
     ex = executor or make_executor(config.executor, address=config.ray_address, num_cpus=config.num_cpus,
                                    gpus_per_teacher=config.gpus_per_teacher,
                                    cpus_per_teacher=config.cpus_per_teacher,
-                                   actors_per_teacher=config.actors_per_teacher, retries=config.retries)
+                                   actors_per_teacher=config.actors_per_teacher,
+                                   shared_actors=config.shared_teacher_actors, retries=config.retries)
     if ex.name == "local":
         built = plan.teachers
     else:  # actors load their own copy; free the one loaded here for fingerprinting

@@ -80,10 +80,21 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"CPUs reserved per teacher actor (default {DEFAULTS.cpus_per_teacher})")
     p.add_argument("--actors-per-teacher", dest="actors_per_teacher", type=int, default=S,
                    help=f"actors per teacher pool (default {DEFAULTS.actors_per_teacher})")
+    p.add_argument("--teacher-actors", dest="shared_teacher_actors", default=S,
+                   type=_teacher_actors, metavar="{auto,shared,separate}",
+                   help="one actor pool hosting every teacher, or a pool per teacher (default auto: shared when "
+                        "the teachers take no GPU)")
     p.add_argument("--max-inflight-shards", dest="max_inflight_shards", type=int, default=S,
                    help=f"decoded shards in flight at once (default {DEFAULTS.max_inflight_shards})")
     p.add_argument("--retries", type=int, default=S, help=f"retries of a failed unit (default {DEFAULTS.retries})")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bars")
+
+
+def _teacher_actors(value: str) -> bool | None:
+    layouts = {"auto": None, "shared": True, "separate": False}
+    if value not in layouts:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(layouts)}")
+    return layouts[value]
 
 
 def _read_config_file(path: str) -> dict[str, Any]:

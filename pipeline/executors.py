@@ -143,6 +143,10 @@ class RayExecutor(Executor):
             else 0 (CPU-only clusters work).
         cpus_per_teacher: CPUs reserved per teacher actor (0 keeps actors from starving CPU tasks).
         actors_per_teacher: actors in each teacher's pool.
+        shared_actors: host every teacher in each actor of one pool instead of a pool per teacher; ``None``
+            = when the teachers take no GPU. Each actor process costs about a second of CPU to start, and
+            CPU teachers in separate processes only compete for the same cores (each model call already uses
+            all of them), so on CPU one process for all of them is the cheaper layout.
         retries: retries of a failed task; restarts of a dead actor and retries of its calls.
     """
 
@@ -150,12 +154,13 @@ class RayExecutor(Executor):
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
                  gpus_per_teacher: float | None = None, cpus_per_teacher: float = 0.0,
-                 actors_per_teacher: int = 1, retries: int = 3) -> None:
+                 actors_per_teacher: int = 1, shared_actors: bool | None = None, retries: int = 3) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
         self.gpus_per_teacher = gpus_per_teacher
         self.cpus_per_teacher = cpus_per_teacher
         self.actors_per_teacher = actors_per_teacher
+        self.shared_actors = shared_actors
         self.retries = retries
         self.pools: dict[str, list[Any]] = {}
         self.load: dict[Any, int] = {}  # actor -> calls in flight
@@ -180,9 +185,15 @@ class RayExecutor(Executor):
         worker = ray.remote(_TeacherWorker).options(
             num_gpus=gpus, num_cpus=self.cpus_per_teacher,
             max_restarts=self.retries, max_task_retries=self.retries)
-        for stage, factory in teachers.items():
-            self.pools[stage] = [worker.remote(factory) for _ in range(self.actors_per_teacher)]
-            for actor in self.pools[stage]:
+        shared = self.shared_actors if self.shared_actors is not None else gpus == 0
+        if shared and teachers:
+            pool = [worker.remote(dict(teachers)) for _ in range(self.actors_per_teacher)]
+            self.pools = {stage: pool for stage in teachers}
+        else:
+            self.pools = {stage: [worker.remote({stage: factory}) for _ in range(self.actors_per_teacher)]
+                          for stage, factory in teachers.items()}
+        for pool in self.pools.values():
+            for actor in pool:
                 self.load[actor] = 0
 
     def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
@@ -196,7 +207,7 @@ class RayExecutor(Executor):
 
     def submit_teacher(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
         actor = min(self.pools[stage], key=lambda a: self.load[a])
-        ref = actor.run.options(retry_exceptions=True).remote(fn, *args)
+        ref = actor.run.options(retry_exceptions=True).remote(stage, fn, *args)
         self.load[actor] += 1
         self.owner[ref] = actor
         return ref
@@ -227,22 +238,23 @@ class RayExecutor(Executor):
     def close(self) -> None:
         import ray
 
-        for pool in self.pools.values():
-            for actor in pool:
-                ray.kill(actor)
+        for actor in self.load:
+            ray.kill(actor)
         self.pools.clear()
+        self.load.clear()
         if self._started_here:
             ray.shutdown()
 
 
 class _TeacherWorker:
-    """The body of a teacher actor: builds the teacher once, then runs teacher units with it."""
+    """The body of a teacher actor: builds its teachers (one or several stages') once, then runs teacher
+    units with the one of the unit's stage."""
 
-    def __init__(self, factory: TeacherFactory) -> None:
-        self.teacher = factory.build()
+    def __init__(self, factories: Mapping[str, TeacherFactory]) -> None:
+        self.teachers = {stage: factory.build() for stage, factory in factories.items()}
 
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return fn(self.teacher, *args)
+    def run(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.teachers[stage], *args)
 
 
 def make_executor(name: str, **options: Any) -> Executor:

@@ -78,6 +78,11 @@ class FakeCaption(_Fake):
 FAKES = {cls.name: f"{__name__}:{cls.__name__}" for cls in (FakeDepth, FakePanoptic, FakeText, FakeCaption)}
 
 
+def teacher_process(teacher: Teacher) -> tuple[str, int]:
+    """A teacher unit for executor tests: which teacher ran it, in which process."""
+    return teacher.name, os.getpid()
+
+
 def register() -> None:
     """Add the fakes to this process's teacher registry."""
     from teachers.registry import register_teacher

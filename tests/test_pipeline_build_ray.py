@@ -35,3 +35,27 @@ def test_ray_build_matches_local_and_survives_a_dead_actor(demo_root: Path, tmp_
     local = build_targets(make_config(demo_root, tmp_path / "local"))
     assert local["ok"] and local["samples"] == on_ray["samples"]
     assert tar_files(tmp_path / "ray" / "train2017") == tar_files(tmp_path / "local" / "train2017")
+
+
+@pytest.mark.timeout(120)
+def test_teachers_share_one_actor_on_cpu_and_get_their_own_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    from pipeline.executors import RayExecutor, TeacherFactory
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    factories = {"depth": TeacherFactory(pipeline_fakes.FakeDepth), "text": TeacherFactory(pipeline_fakes.FakeText)}
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    try:
+        seen = {}
+        for layout in (None, False):  # auto (no GPU: shared), then one pool per teacher
+            ex = RayExecutor(shared_actors=layout, retries=0)
+            ex.start(factories)
+            handles = {s: ex.submit_teacher(s, pipeline_fakes.teacher_process) for s in factories}
+            seen[layout] = {s: ex.result(h) for s, h in handles.items()}
+            ex.close()
+        shared, separate = seen[None], seen[False]
+        assert shared["depth"][0] == "fake-depth" and shared["text"][0] == "fake-text"
+        assert shared["depth"][1] == shared["text"][1] != os.getpid()  # one actor process hosts both
+        assert separate["depth"][1] != separate["text"][1]
+    finally:
+        ray.shutdown()
