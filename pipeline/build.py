@@ -16,7 +16,7 @@ from shards.manifest import Manifest, ShardEntry, StoreError, activate_column, l
 from shards.schema import BUILD_REPORT_NAME, REJECTED_NAME, VOCAB_NAME
 from shards.writer import ColumnWriter
 
-from pipeline.executors import Executor, make_executor
+from pipeline.executors import Executor, make_executor, quiet_model_loading
 from pipeline.plan import BuildError, Plan, prepare
 from pipeline.progress import Progress
 from pipeline.stages import stage as get_stage
@@ -112,12 +112,15 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
         BuildError: bad input found before any work (missing COCO root, unknown split or teacher, a checkpoint
             that does not load, no vocabulary for a non-train split); one line.
     """
+    if not config.progress:
+        quiet_model_loading()
     plan = prepare(config)
     ex = executor or make_executor(config.executor, address=config.ray_address, num_cpus=config.num_cpus,
                                    gpus_per_teacher=config.gpus_per_teacher,
                                    cpus_per_teacher=config.cpus_per_teacher,
                                    actors_per_teacher=config.actors_per_teacher,
-                                   shared_actors=config.shared_teacher_actors, retries=config.retries)
+                                   shared_actors=config.shared_teacher_actors, retries=config.retries,
+                                   quiet=not config.progress)
     if ex.name == "local":
         built = plan.teachers
     else:  # actors load their own copy; free the one loaded here for fingerprinting

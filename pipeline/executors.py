@@ -30,6 +30,18 @@ class TeacherFactory:
         return self.cls(**kwargs)
 
 
+def quiet_model_loading() -> None:
+    """Turn off the progress bars model libraries draw while loading weights, in this process (and in the
+    processes it starts from now on): what ``--no-progress`` promises."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by transformers when it is imported
+    import sys
+
+    if "transformers" in sys.modules:  # already imported: its switch was read then
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def resolve_device(device: str) -> str:
     """``"auto"`` -> ``"cuda"`` when this process sees a GPU, else ``"cpu"``; other values pass through."""
     if device != "auto":
@@ -148,13 +160,15 @@ class RayExecutor(Executor):
             CPU teachers in separate processes only compete for the same cores (each model call already uses
             all of them), so on CPU one process for all of them is the cheaper layout.
         retries: retries of a failed task; restarts of a dead actor and retries of its calls.
+        quiet: no model-loading progress bars in the teacher actors.
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
                  gpus_per_teacher: float | None = None, cpus_per_teacher: float = 0.0,
-                 actors_per_teacher: int = 1, shared_actors: bool | None = None, retries: int = 3) -> None:
+                 actors_per_teacher: int = 1, shared_actors: bool | None = None, retries: int = 3,
+                 quiet: bool = False) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
         self.gpus_per_teacher = gpus_per_teacher
@@ -162,6 +176,7 @@ class RayExecutor(Executor):
         self.actors_per_teacher = actors_per_teacher
         self.shared_actors = shared_actors
         self.retries = retries
+        self.quiet = quiet
         self.pools: dict[str, list[Any]] = {}
         self.load: dict[Any, int] = {}  # actor -> calls in flight
         self.owner: dict[Any, Any] = {}  # teacher call handle -> actor
@@ -187,10 +202,10 @@ class RayExecutor(Executor):
             max_restarts=self.retries, max_task_retries=self.retries)
         shared = self.shared_actors if self.shared_actors is not None else gpus == 0
         if shared and teachers:
-            pool = [worker.remote(dict(teachers)) for _ in range(self.actors_per_teacher)]
+            pool = [worker.remote(dict(teachers), self.quiet) for _ in range(self.actors_per_teacher)]
             self.pools = {stage: pool for stage in teachers}
         else:
-            self.pools = {stage: [worker.remote({stage: factory}) for _ in range(self.actors_per_teacher)]
+            self.pools = {stage: [worker.remote({stage: factory}, self.quiet) for _ in range(self.actors_per_teacher)]
                           for stage, factory in teachers.items()}
         for pool in self.pools.values():
             for actor in pool:
@@ -250,7 +265,9 @@ class _TeacherWorker:
     """The body of a teacher actor: builds its teachers (one or several stages') once, then runs teacher
     units with the one of the unit's stage."""
 
-    def __init__(self, factories: Mapping[str, TeacherFactory]) -> None:
+    def __init__(self, factories: Mapping[str, TeacherFactory], quiet: bool = False) -> None:
+        if quiet:
+            quiet_model_loading()
         self.teachers = {stage: factory.build() for stage, factory in factories.items()}
 
     def run(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
