@@ -57,7 +57,7 @@ def evaluate(model: Callable[[torch.Tensor], dict[str, torch.Tensor]], root: str
             batch = to_device({k: v[:keep] for k, v in host.items() if isinstance(v, torch.Tensor)},
                               torch.device(device))
             out = model(batch["images"])
-            sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"])
+            sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"], pose_mask=batch["pose_mask"])
             dataset.release(host)
             seen += keep
             bar.update(keep)

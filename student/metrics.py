@@ -10,6 +10,7 @@ import torch
 from shards.taxonomy import CHANNEL_GROUPS, CHANNELS, GROUPS, NUM_TOKENS
 
 HDM_THRESHOLDS = (0.1, 0.3, 0.5, 0.8)
+POSE_GROUPS = ("joints", "pafs")  # the channel groups a crowd mask removes pixels from, as in the loss
 EMPTY_SLOT_MS = 0.003  # a caption slot whose target mean square is at most this is empty (DESIGN 5.4)
 
 
@@ -57,15 +58,18 @@ class MetricSums:
         self.sums = torch.zeros(n, dtype=torch.float64, device=device)
 
     def update(self, maps: torch.Tensor, targets: torch.Tensor, tokens: torch.Tensor, glove: torch.Tensor,
-               loss: torch.Tensor | None = None) -> None:
-        """Add one batch: maps / targets (B, 44, H, W), tokens / glove (B, 8, 300), optional batch loss."""
+               loss: torch.Tensor | None = None, pose_mask: torch.Tensor | None = None) -> None:
+        """Add one batch: maps / targets (B, 44, H, W), tokens / glove (B, 8, 300), optional batch loss, and
+        the optional (B, H, W) pose mask (0 on crowd regions): joints and PAFs count only its pixels."""
         maps, targets = maps.detach().float(), targets.float()
         rows = []
         for group in CHANNEL_GROUPS:
             diff = maps[:, group.slice] - targets[:, group.slice]
+            keep = pose_mask[:, None].float().expand_as(diff) if pose_mask is not None \
+                and group.name in POSE_GROUPS else torch.ones_like(diff)
             half = diff.abs() * 0.5
-            rows.append(torch.stack([(diff ** 2).sum(), torch.tensor(float(diff.numel()), device=diff.device)]
-                                    + [(half <= t).sum().float() for t in HDM_THRESHOLDS]))
+            rows.append(torch.stack([(diff ** 2 * keep).sum(), keep.sum()]
+                                    + [((half <= t).float() * keep).sum() for t in HDM_THRESHOLDS]))
         cos_sum, cos_n = token_cosine(tokens.detach(), glove)
         extra = torch.stack([loss.detach().float() if loss is not None else maps.new_zeros(()),
                              maps.new_tensor(1.0 if loss is not None else 0.0)])

@@ -77,7 +77,7 @@ def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, 
                 out = model(batch["images"])
             loss, _ = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
                                    batch.get("multihot"), gains)
-            sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"], loss)
+            sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"], loss, batch["pose_mask"])
             if panel is None:
                 panel = image_panel(batch["images"], out["maps"], batch["targets"])
             dataset.release(host)

@@ -126,6 +126,11 @@ def test_metrics_values() -> None:
     assert m["tokens/cos0"] == pytest.approx(1.0) and m["tokens/cos1"] == pytest.approx(0.0)
     assert math.isnan(m["tokens/cos2"])
     assert m["loss"] == 3.0
+    masked = MetricSums()  # pixel (0, 0) in a crowd region: joints and PAFs leave it out, depth does not
+    masked.update(pred, target, tokens, glove, pose_mask=torch.tensor([[[0.0, 1.0], [1.0, 1.0]]]))
+    m = masked.compute()
+    assert m["joints/hdm@0.1"] == pytest.approx(2 / 3) and m["pafs/mse"] == pytest.approx(0.25 / 3)
+    assert m["depth/hdm@0.1"] == pytest.approx(0.5) and m["depth/mse"] == pytest.approx((4.0 + 0.25) / 4)
 
 
 def test_learning_rate_decays_linearly() -> None:
