@@ -66,8 +66,10 @@ def joints_rgb(maps: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(hm, cv2.COLORMAP_JET)[..., ::-1].copy()
 
 
-def groups_overlay(image: np.ndarray, maps: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Colour each pixel by its strongest group (where its output is positive) and text in yellow."""
+def groups_overlay(image: np.ndarray, maps: np.ndarray, alpha: float = 0.55,
+                   valid: np.ndarray | None = None) -> np.ndarray:
+    """Colour each pixel by its strongest group (where its output is positive) and text in yellow; only
+    inside ``valid`` (the letterbox content) when given."""
     groups = maps[CHANNELS["groups"].slice]  # (10, H, W)
     best = groups.argmax(0)
     on = groups.max(0) > 0.0
@@ -75,6 +77,8 @@ def groups_overlay(image: np.ndarray, maps: np.ndarray, alpha: float = 0.55) -> 
     text = maps[CHANNELS["text"].start] > 0.0
     colour[text] = TEXT_COLOR
     on |= text
+    if valid is not None:
+        on &= valid
     out = image.astype(np.float32)
     out[on] = (1 - alpha) * out[on] + alpha * colour[on]
     return out.astype(np.uint8)
@@ -137,7 +141,7 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
 
 
 def render_panel(image: np.ndarray, maps: np.ndarray, depth: np.ndarray, people: list, words: list | None,
-                 tile: int = 256) -> np.ndarray:
+                 tile: int = 256, valid: np.ndarray | None = None) -> np.ndarray:
     """Compose the 2 x 4 panel of one prediction.
 
     Args:
@@ -147,20 +151,26 @@ def render_panel(image: np.ndarray, maps: np.ndarray, depth: np.ndarray, people:
         people: :class:`student.postprocess.Person` list in store pixels.
         words: decoded token slots ``[(word, score) | None]``, or None without a vocabulary.
         tile: side of each tile in pixels.
+        valid: (S, S) bool image content of the letterbox; the output tiles are black outside it (the
+            network's outputs on the padding mean nothing).
 
     Returns:
         (2 * tile, 4 * tile, 3) uint8 RGB panel.
     """
     scale = tile / image.shape[0]
     rgb = _resize(image, tile)
+
+    def content(picture: np.ndarray) -> np.ndarray:
+        return picture if valid is None else picture * valid[..., None].astype(np.uint8)
+
     tiles = [
         _label(rgb, "input"),
-        _label(_resize(normals_rgb(maps), tile), "normals"),
-        _label(_resize(depth_rgb(depth), tile), "depth"),
+        _label(_resize(content(normals_rgb(maps)), tile), "normals"),
+        _label(_resize(content(depth_rgb(depth)), tile), "depth (bright = near)"),
         _label(draw_people(rgb // 2 + 32, people, scale), f"pose: {len(people)} people"),
-        _label(_resize(joints_rgb(maps), tile), "joint heatmaps"),
-        _label(_resize(pafs_rgb(maps), tile), "PAFs"),
-        _label(_resize(groups_overlay(image, maps), tile, nearest=True), "groups + text"),
+        _label(_resize(content(joints_rgb(maps)), tile), "joint heatmaps"),
+        _label(_resize(content(pafs_rgb(maps)), tile), "PAFs"),
+        _label(_resize(groups_overlay(image, maps, valid=valid), tile, nearest=True), "groups + text"),
         words_tile(words, tile),
     ]
     return np.concatenate([np.concatenate(tiles[:4], 1), np.concatenate(tiles[4:], 1)], 0)

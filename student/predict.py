@@ -46,7 +46,8 @@ class Prediction:
 
     def panel(self, tile: int = 256) -> np.ndarray:
         """The (2 * tile, 4 * tile, 3) uint8 RGB panel of this prediction."""
-        return panels.render_panel(self.image, self.maps, self.depth, self.people, self.words, tile)
+        return panels.render_panel(self.image, self.maps, self.depth, self.people, self.words, tile,
+                                   valid=self.geometry.valid_mask())
 
 
 class Predictor:

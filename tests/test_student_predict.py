@@ -68,6 +68,11 @@ def test_predict_photo_writes_panel_and_json(checkpoint: str, vocab_path: str, a
     assert bar > 0 and panel[128, : bar - 3].max() < 30
     expected = cv2.resize(letterbox_image(photo, box), (256, 256), interpolation=cv2.INTER_LINEAR)
     assert np.abs(panel[40:256, bar + 4:256 - bar - 4].astype(int) - expected[40:, bar + 4:256 - bar - 4]).mean() < 3
+    # output tiles (normals, depth; joints, PAFs, groups) are black on the padding, not the network's guesses
+    for row, col in ((0, 1), (0, 2), (1, 0), (1, 1)):
+        t = panel[row * 256 + 40:(row + 1) * 256, col * 256:(col + 1) * 256]
+        assert t[:, : bar - 3].max() == 0 and t[:, 256 - bar + 3:].max() == 0
+        assert t[:, bar + 4:256 - bar - 4].max() > 0
     doc = json.loads((out / "astronaut.json").read_text())
     assert doc["size"] == [440, 512] and doc["joints"] == list(JOINTS)
     assert len(doc["words"]) == NUM_TOKENS
