@@ -150,23 +150,15 @@ def store_floor(store: Path, split: str, scratch: Path) -> tuple[float, float]:
     return encode_s, time.perf_counter() - t0
 
 
-def _teacher_name(teacher: Any) -> str:
-    return teacher.name
-
-
 def actor_startup(config: Any) -> float:
-    """Seconds to start one actor per teacher on the running Ray cluster and get a first answer from each."""
+    """Seconds to start the teacher actors on the running Ray cluster until each has loaded its teacher."""
     from pipeline.executors import RayExecutor, TeacherFactory
 
     factories = {s: TeacherFactory(cls, {"device": "cpu", "batch_size": config.batch_size})
                  for s, cls in zip(("depth", "panoptic", "text", "caption"), BENCH_TEACHERS)}
     ex = RayExecutor(retries=1)
     t0 = time.perf_counter()
-    ex.start(factories)
-    pending = [ex.submit_teacher(s, _teacher_name) for s in factories]
-    while pending:
-        done = ex.wait(pending, timeout=1.0)
-        pending = [h for h in pending if h not in done]
+    ex.start(factories)  # returns once every actor answered with its teacher's fingerprint
     seconds = time.perf_counter() - t0
     ex.close()
     return seconds

@@ -57,8 +57,12 @@ class Executor(ABC):
     name: str
 
     @abstractmethod
-    def start(self, teachers: Mapping[str, TeacherFactory], built: Mapping[str, Any] | None = None) -> None:
-        """Make the teachers of the given stages ready (``built`` = instances already loaded here)."""
+    def start(self, teachers: Mapping[str, TeacherFactory]) -> dict[str, Any]:
+        """Load the teachers of the given stages where their units will run (once per process or actor).
+
+        Returns:
+            stage -> the teacher's fingerprint, or the exception its construction raised.
+        """
 
     @abstractmethod
     def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
@@ -102,10 +106,8 @@ class LocalExecutor(Executor):
         self.retries = retries
         self.teachers: dict[str, Any] = {}
 
-    def start(self, teachers: Mapping[str, TeacherFactory], built: Mapping[str, Any] | None = None) -> None:
-        built = built or {}
-        for stage, factory in teachers.items():
-            self.teachers[stage] = built[stage] if stage in built else factory.build()
+    def start(self, teachers: Mapping[str, TeacherFactory]) -> dict[str, Any]:
+        return {stage: _build_into(self.teachers, stage, factory) for stage, factory in teachers.items()}
 
     def _run(self, fn: Callable[..., Any], args: Sequence[Any]) -> _Done:
         for arg in args:
@@ -183,15 +185,19 @@ class RayExecutor(Executor):
         self._remote: dict[Callable[..., Any], Any] = {}
         self._started_here = False
 
-    def start(self, teachers: Mapping[str, TeacherFactory], built: Mapping[str, Any] | None = None) -> None:
+    def start(self, teachers: Mapping[str, TeacherFactory]) -> dict[str, Any]:
         import ray
 
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
             if self.address:
                 kwargs["address"] = self.address
-            elif self.num_cpus is not None:
-                kwargs["num_cpus"] = self.num_cpus
+            else:
+                if self.num_cpus is not None:
+                    kwargs["num_cpus"] = self.num_cpus
+                # A local cluster turns on token authentication by default and says so on stderr at every
+                # start; it stays on, only the notice is kept out of the build's output.
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(**kwargs)
             self._started_here = True
         gpus = self.gpus_per_teacher
@@ -210,6 +216,13 @@ class RayExecutor(Executor):
         for pool in self.pools.values():
             for actor in pool:
                 self.load[actor] = 0
+        out: dict[str, Any] = {}
+        for stage in teachers:  # every actor of a pool loads the same teacher: its first one answers
+            try:
+                out[stage] = ray.get(self.pools[stage][0].fingerprint.remote(stage))
+            except ray.exceptions.RayActorError as e:  # the process died while loading (out of memory, ...)
+                out[stage] = RuntimeError(f"its actor died while loading it: {e.error_msg.splitlines()[0]}")
+        return out
 
     def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         import ray
@@ -261,16 +274,33 @@ class RayExecutor(Executor):
             ray.shutdown()
 
 
+def _build_into(teachers: dict[str, Any], stage: str, factory: TeacherFactory) -> Any:
+    """Build a stage's teacher into ``teachers``; returns its fingerprint, or the exception construction raised
+    (a bad checkpoint, an unknown parameter: the driver turns it into one line)."""
+    try:
+        teachers[stage] = factory.build()
+    except Exception as e:
+        return e
+    return teachers[stage].fingerprint()
+
+
 class _TeacherWorker:
     """The body of a teacher actor: builds its teachers (one or several stages') once, then runs teacher
-    units with the one of the unit's stage."""
+    units with the one of the unit's stage. A teacher that fails to build is reported by ``fingerprint``
+    instead of killing the actor (and with it the other teachers it hosts)."""
 
     def __init__(self, factories: Mapping[str, TeacherFactory], quiet: bool = False) -> None:
         if quiet:
             quiet_model_loading()
-        self.teachers = {stage: factory.build() for stage, factory in factories.items()}
+        self.teachers: dict[str, Any] = {}
+        self.built = {stage: _build_into(self.teachers, stage, factory) for stage, factory in factories.items()}
+
+    def fingerprint(self, stage: str) -> Any:
+        return self.built[stage]
 
     def run(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if stage not in self.teachers:
+            raise RuntimeError(f"the {stage} teacher did not load: {self.built[stage]}")
         return fn(self.teachers[stage], *args)
 
 

@@ -14,7 +14,7 @@ from shards.manifest import StoreError, load_manifest
 from shards.schema import VOCAB_NAME, shard_name
 from shards.writer import ColumnWriter
 
-from pipeline.executors import TeacherFactory
+from pipeline.executors import Executor, LocalExecutor, TeacherFactory
 from pipeline.stages import STAGES, TEACHER_STAGES, ancestors, dependants, fingerprint, resolve_specs, stage
 from pipeline.targets.tokens import check_glove_file
 from pipeline.units import rejected_path
@@ -42,8 +42,7 @@ class Plan:
     run_stages: list[str]  # stages this build works on, in graph order
     pending: dict[str, set[str]]  # stage -> shards still to write
     active: dict[str, str]  # the manifest's active fingerprints before the build
-    factories: dict[str, TeacherFactory] = field(default_factory=dict)
-    teachers: dict[str, Any] = field(default_factory=dict)  # stage -> teacher loaded while planning
+    factories: dict[str, TeacherFactory] = field(default_factory=dict)  # the loaded teachers' stages
     vocab_path: str | None = None  # vocabulary of the tokens stage when it already exists
 
     def teacher_stages_to_run(self) -> list[str]:
@@ -82,8 +81,14 @@ def teacher_choice(config: "BuildConfig", s: str) -> tuple[str, str | None, dict
     return getattr(config, f"{s}_teacher"), getattr(config, f"{s}_checkpoint"), dict(getattr(config, f"{s}_params"))
 
 
-def load_teachers(config: "BuildConfig", stages: list[str]) -> tuple[dict[str, TeacherFactory], dict[str, Any]]:
-    """Check every configured teacher name, then load the teachers of ``stages`` (their fingerprints need it)."""
+def load_teachers(config: "BuildConfig", stages: list[str], executor: Executor
+                  ) -> tuple[dict[str, TeacherFactory], dict[str, str]]:
+    """Check every configured teacher name, then load the teachers of ``stages`` where the executor runs
+    them (in this process, or once in Ray actors) and collect their fingerprints.
+
+    Returns:
+        (stage -> factory, stage -> teacher fingerprint).
+    """
     from teachers.base import TeacherError
     from teachers.registry import list_teachers, teacher_class
 
@@ -92,7 +97,7 @@ def load_teachers(config: "BuildConfig", stages: list[str]) -> tuple[dict[str, T
         name = teacher_choice(config, s)[0]
         if name not in known:
             raise BuildError(f"unknown {s} teacher {name!r} (--{s}-teacher); teachers are: {', '.join(known)}")
-    factories, built = {}, {}
+    factories = {}
     for s in stages:
         name, checkpoint, params = teacher_choice(config, s)
         try:
@@ -106,18 +111,18 @@ def load_teachers(config: "BuildConfig", stages: list[str]) -> tuple[dict[str, T
         if checkpoint is not None:
             kwargs["checkpoint"] = checkpoint
         factories[s] = TeacherFactory(cls, kwargs)
-        # On Ray the copy loaded here only checks the checkpoint and gives the fingerprint (device is not part
-        # of it): keep it off the GPUs the actors will use.
-        here = factories[s]
-        if config.executor == "ray" and config.dtype == "float32":
-            here = TeacherFactory(cls, {**kwargs, "device": "cpu"})
-        try:
-            built[s] = here.build()
-        except TeacherError as e:
-            raise BuildError(f"{s} teacher {name!r}: {e}") from None
-        except TypeError as e:  # an unknown --*-param keyword
-            raise BuildError(f"{s} teacher {name!r} does not take these parameters {sorted(params)}: {e}") from None
-    return factories, built
+    fps = {}
+    for s, result in executor.start(factories).items():
+        name, _, params = teacher_choice(config, s)
+        if isinstance(result, TeacherError):
+            raise BuildError(f"{s} teacher {name!r}: {result}") from None
+        if isinstance(result, TypeError):  # an unknown --*-param keyword
+            raise BuildError(f"{s} teacher {name!r} does not take these parameters {sorted(params)}: "
+                             f"{result}") from None
+        if isinstance(result, BaseException):
+            raise result
+        fps[s] = result
+    return factories, fps
 
 
 def _file_sha256(path: str) -> str:
@@ -159,8 +164,13 @@ def absolute_paths(config: "BuildConfig") -> "BuildConfig":
     return dataclasses.replace(config, **changes)
 
 
-def prepare(config: "BuildConfig") -> Plan:
-    """Check the inputs and plan the build; raises BuildError (one line) before any unit runs."""
+def prepare(config: "BuildConfig", executor: Executor | None = None) -> Plan:
+    """Check the inputs and plan the build; raises BuildError (one line) before any unit runs.
+
+    Args:
+        config: the build settings.
+        executor: where the teachers are loaded (the build's executor, started here); None = in this process.
+    """
     from pipeline.coco import CocoError, load_split
 
     config = absolute_paths(config)
@@ -171,15 +181,16 @@ def prepare(config: "BuildConfig") -> Plan:
         raise BuildError(str(e)) from None
     chosen = dependants(config.stages) if config.stages else [s.name for s in STAGES]
     needed = set(chosen) | set(ancestors(chosen))
-    factories, built = load_teachers(config, [s for s in TEACHER_STAGES if s in needed])
 
     store_root = Path(config.out)
     split_path = split_dir(store_root, config.split)
     derived: dict[str, dict[str, Any]] = {"normals": {"scale": float(config.normals_scale)}, "groups": {}}
     vocab_path = None
-    if "tokens" in needed:
+    if "tokens" in needed:  # checked before the teachers load: a bad GloVe file or vocabulary fails fast
         derived["tokens"], vocab_path = tokens_params(config, store_root)
-    teacher_ids = {s: (teacher_choice(config, s)[0], t.fingerprint()) for s, t in built.items()}
+    factories, teacher_fps = load_teachers(config, [s for s in TEACHER_STAGES if s in needed],
+                                           executor if executor is not None else LocalExecutor())
+    teacher_ids = {s: (teacher_choice(config, s)[0], fp) for s, fp in teacher_fps.items()}
     specs = resolve_specs(config.size, config.shard_size, teacher_ids, derived)
     fps = {s: fingerprint(spec) for s, spec in specs.items()}
 
@@ -208,4 +219,4 @@ def prepare(config: "BuildConfig") -> Plan:
         if existing.is_file() and not (config.force and "tokens" in chosen):
             vocab_path = str(existing)
     return Plan(config, split_path, shards, by_shard, specs, fps, run_stages, pending, active,
-                factories, built, vocab_path)
+                factories, vocab_path)

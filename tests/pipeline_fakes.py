@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pipeline.build import BuildConfig
 
 CALLS: dict[str, int] = {}  # teacher name -> images predicted in this process
+BUILT: dict[str, int] = {}  # teacher name -> instances made in this process
 
 
 class _Fake(Teacher):
@@ -24,6 +25,7 @@ class _Fake(Teacher):
                  checkpoint: str | None = None, gain: float = 1.0, delay: float = 0.0,
                  die_once: str | None = None) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
+        BUILT[self.name] = BUILT.get(self.name, 0) + 1
         self.checkpoint = checkpoint
         self.gain = gain
         self.delay = delay  # seconds per image; does not change the output, so not part of identity()
@@ -98,6 +100,7 @@ def register_for_test(monkeypatch: Any) -> dict[str, int]:
     for name, target in FAKES.items():
         monkeypatch.setitem(registry._TEACHERS, name, target)
     CALLS.clear()
+    BUILT.clear()
     return CALLS
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import pipeline_fakes
 from pipeline.cli import build_parser, main, resolve_config
 from shards.manifest import load_manifest
 from teachers.registry import list_teachers
@@ -16,8 +17,9 @@ FAKE_FLAGS = ["--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panop
 
 
 
-def run_bad(argv: list[str], capsys: pytest.CaptureFixture[str], out: Path) -> str:
-    code = main(["build-targets", "--executor", "local", "--no-progress", "--out", str(out), "--device", "cpu", *argv])
+def run_bad(argv: list[str], capsys: pytest.CaptureFixture[str], out: Path, executor: str = "local") -> str:
+    code = main(["build-targets", "--executor", executor, "--no-progress", "--out", str(out), "--device", "cpu",
+                 *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert "\n" not in err and err.startswith("pipeline: error: "), err
@@ -53,6 +55,19 @@ def test_checkpoint_that_does_not_load(demo_root: Path, tmp_path: Path, capsys, 
     err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--text-teacher", "rapidocr",
                    "--text-checkpoint", str(bad)], capsys, tmp_path / "out")
     assert "rapidocr" in err and "broken-det.onnx" in err
+
+
+@pytest.mark.timeout(120)
+def test_on_ray_teachers_load_in_the_actors_and_a_bad_checkpoint_is_still_one_line(
+        demo_root: Path, tmp_path: Path, capsys, fakes, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))  # the actors import the fakes
+    bad = tmp_path / "broken-det.onnx"
+    bad.write_bytes(b"not an onnx model")
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--text-teacher", "rapidocr", "--num-cpus", "1",
+                   "--text-checkpoint", str(bad), "--depth-param", "gain=2"], capsys, tmp_path / "out", "ray")
+    assert "rapidocr" in err and "broken-det.onnx" in err
+    assert pipeline_fakes.BUILT == {}  # no teacher was built in this process: the actor built them
 
 
 def test_unknown_stage_and_teacher_parameter(demo_root: Path, tmp_path: Path, capsys, fakes) -> None:
