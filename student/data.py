@@ -19,7 +19,8 @@ from shards.manifest import Manifest, StoreError
 from shards.schema import COLUMNS
 from shards.reader import StoreReader, load_manifest_at
 from student.augment import AugmentConfig, augment, sample_rng
-from student.targets import StoreSample, TargetSizes, allocate_batch, device_targets, from_store, pack_targets
+from student.targets import StoreSample, TargetSizes, allocate_batch, from_store, pack_targets
+from student.values import device_targets
 
 #: batch buffers each loader process reuses: the DataLoader's 2 prefetched, one being pinned, one in use
 SLOTS_PER_WORKER = 4

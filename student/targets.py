@@ -1,8 +1,8 @@
-"""Training targets (DESIGN 5): store members <-> [-1, 1] maps, heatmap / PAF rendering, packing for the loader.
+"""Training targets (DESIGN 5): store samples, heatmap / PAF rendering, packing for the loader.
 
 Every channel index comes from ``shards.taxonomy``. On the host a sample's targets stay compact (int8 rendered
-pose maps, uint16 depth, uint8 normals / text / group labels); :func:`device_targets` assembles the float
-(B, 44, H, W) target on the device, one-hot groups included.
+pose maps, uint16 depth, uint8 normals / text / group labels); ``student.values.device_targets`` assembles
+the float (B, 44, H, W) target on the device, one-hot groups included.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from shards.taxonomy import CHANNELS, GROUPS, JOINT_RADIUS_OFFSET, JOINTS, LIMBS, NUM_CHANNELS, NUM_TOKENS, \
-    GLOVE_DIM
+from shards.taxonomy import GLOVE_DIM, JOINT_RADIUS_OFFSET, JOINTS, LIMBS, NUM_TOKENS
 
 REFERENCE_SIZE = 256  # target sizes of DESIGN 5.5 are in pixels of a 256-pixel store
 SUBPIXEL = 16  # joint blobs are centred to 1/16 pixel
@@ -352,77 +351,3 @@ def pack_targets(sample: StoreSample, base_radius: float, paf_width: float, mult
         hot.fill(0)
         hot[[i for i in sample.token_ids if 0 <= i < multihot_vocab]] = 1
     return {k: v[0] for k, v in out.items()} if single else out
-
-
-# --- store values <-> [-1, 1] (numpy; used by the loader's device step and by evaluation) ---
-
-def depth_to_target(depth: np.ndarray) -> np.ndarray:
-    """uint16 depth (0..65535, larger = nearer) -> float32 in [-1, 1]."""
-    return depth.astype(np.float32) / 32767.5 - 1.0
-
-
-def target_to_depth(target: np.ndarray) -> np.ndarray:
-    """[-1, 1] depth map -> uint16 store depth."""
-    return np.clip(np.rint((np.asarray(target, np.float32) + 1.0) * 32767.5), 0, 65535).astype(np.uint16)
-
-
-def normals_to_target(normals: np.ndarray) -> np.ndarray:
-    """(S, S, 3) uint8 normals -> (3, S, S) float32 in [-1, 1]."""
-    return normals.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
-
-
-def target_to_normals(target: np.ndarray) -> np.ndarray:
-    """(3, S, S) [-1, 1] normals -> (S, S, 3) uint8 store normals."""
-    n = np.clip(np.rint((np.asarray(target, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(n.transpose(1, 2, 0))
-
-
-def text_to_target(text: np.ndarray) -> np.ndarray:
-    """uint8 text mask (0 / 255) -> float32 -1 / +1."""
-    return np.where(text > 127, 1.0, -1.0).astype(np.float32)
-
-
-def target_to_text(target: np.ndarray) -> np.ndarray:
-    """[-1, 1] text map -> uint8 mask 0 / 255 (positive = text)."""
-    return np.where(np.asarray(target) > 0, 255, 0).astype(np.uint8)
-
-
-def groups_to_target(groups: np.ndarray) -> np.ndarray:
-    """(S, S) uint8 group labels (0 = unlabeled, 1..10) -> (10, S, S) one-hot float32 in {-1, +1}."""
-    values = np.arange(1, len(GROUPS) + 1, dtype=groups.dtype)[:, None, None]
-    return np.where(groups[None] == values, 1.0, -1.0).astype(np.float32)
-
-
-def target_to_groups(target: np.ndarray) -> np.ndarray:
-    """(10, S, S) group maps -> (S, S) uint8 labels: argmax + 1 where the best map is positive, else 0."""
-    target = np.asarray(target)
-    best = target.argmax(axis=0)
-    return np.where(target.max(axis=0) > 0, best + 1, 0).astype(np.uint8)
-
-
-def device_targets(batch: Mapping[str, Any]) -> Any:
-    """Assemble the float (B, 44, S, S) target in [-1, 1] from a collated host batch already on the device.
-
-    Args:
-        batch: tensors ``pose`` (B, 29, S, S) int8, ``depth`` (B, S, S) uint16 (or its bits as int16),
-            ``normals`` (B, S, S, 3) uint8, ``text`` (B, S, S) uint8, ``groups`` (B, S, S) uint8.
-
-    Returns:
-        (B, 44, S, S) float32 tensor in channel order of ``shards.taxonomy.CHANNELS``.
-    """
-    import torch
-
-    pose = batch["pose"]
-    b, _, h, w = pose.shape
-    out = torch.empty((b, NUM_CHANNELS, h, w), dtype=torch.float32, device=pose.device)
-    out[:, CHANNELS["joints"].start:CHANNELS["pafs"].stop] = pose.float() / 127.0
-    # uint16 tensors support few ops (fewer still on CUDA): read the bits as int16, widen, mask
-    depth = batch["depth"]
-    depth = (depth.view(torch.int16) if depth.dtype == torch.uint16 else depth).to(torch.int32) & 0xFFFF
-    out[:, CHANNELS["depth"].slice] = (depth.float() / 32767.5 - 1.0)[:, None]
-    out[:, CHANNELS["normals"].slice] = batch["normals"].permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    out[:, CHANNELS["text"].slice] = torch.where(batch["text"] > 127, 1.0, -1.0)[:, None]
-    values = torch.arange(1, len(GROUPS) + 1, device=pose.device, dtype=batch["groups"].dtype)
-    out[:, CHANNELS["groups"].slice] = torch.where(batch["groups"][:, None] == values[None, :, None, None],
-                                                   1.0, -1.0)
-    return out

@@ -8,6 +8,7 @@ import torch
 
 from shards.taxonomy import CHANNELS, GROUPS, JOINT_RADIUS_OFFSET, JOINTS, LIMBS, NUM_CHANNELS
 from student import targets as T
+from student import values as V
 
 
 def _person(points: dict[str, tuple[float, float]]) -> np.ndarray:
@@ -77,19 +78,19 @@ def test_paf_needs_both_joints() -> None:
 def test_store_conversions_round_trip() -> None:
     rng = np.random.default_rng(0)
     depth = rng.integers(0, 65536, (16, 16), dtype=np.uint16)
-    d = T.depth_to_target(depth)
-    assert d.min() >= -1 and d.max() <= 1 and np.array_equal(T.target_to_depth(d), depth)
+    d = V.depth_to_target(depth)
+    assert d.min() >= -1 and d.max() <= 1 and np.array_equal(V.target_to_depth(d), depth)
     normals = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    n = T.normals_to_target(normals)
-    assert n.shape == (3, 16, 16) and np.array_equal(T.target_to_normals(n), normals)
+    n = V.normals_to_target(normals)
+    assert n.shape == (3, 16, 16) and np.array_equal(V.target_to_normals(n), normals)
     text = np.where(rng.random((16, 16)) < 0.3, 255, 0).astype(np.uint8)
-    assert set(np.unique(T.text_to_target(text))) <= {-1.0, 1.0}
-    assert np.array_equal(T.target_to_text(T.text_to_target(text)), text)
+    assert set(np.unique(V.text_to_target(text))) <= {-1.0, 1.0}
+    assert np.array_equal(V.target_to_text(V.text_to_target(text)), text)
     groups = rng.integers(0, len(GROUPS) + 1, (16, 16), dtype=np.uint8)
-    onehot = T.groups_to_target(groups)
+    onehot = V.groups_to_target(groups)
     assert onehot.shape == (len(GROUPS), 16, 16)
     assert ((onehot == 1).sum(axis=0) == (groups > 0)).all()  # one-hot, unlabeled = all -1
-    assert np.array_equal(T.target_to_groups(onehot), groups)
+    assert np.array_equal(V.target_to_groups(onehot), groups)
 
 
 def test_crowd_mask_from_polygons_bbox_and_rle() -> None:
@@ -127,14 +128,14 @@ def test_pack_and_device_targets_match_numpy_conversions() -> None:
     assert host["pose_mask"].sum() == s * s - 16 and host["pose_mask"][0, 0] == 0
     assert host["multihot"].tolist() == [0, 1, 0, 1, 0, 0, 0, 1, 0, 0]
     batch = {k: torch.from_numpy(v)[None] for k, v in host.items()}
-    full = T.device_targets(batch)[0].numpy()
-    as_bits = T.device_targets({**batch, "depth": batch["depth"].view(torch.int16)})[0].numpy()
+    full = V.device_targets(batch)[0].numpy()
+    as_bits = V.device_targets({**batch, "depth": batch["depth"].view(torch.int16)})[0].numpy()
     assert np.array_equal(full, as_bits)  # how to_device ships uint16 depth
     assert full.shape == (NUM_CHANNELS, s, s)
     j, p = CHANNELS["joints"].slice, CHANNELS["pafs"].slice
     assert np.abs(full[j] - T.render_heatmaps(kp, s, 8)).max() <= 0.5 / 127 + 1e-6
     assert np.abs(full[p] - T.render_pafs(kp, s, 4)).max() <= 0.5 / 127 + 1e-6
-    assert np.allclose(full[CHANNELS["depth"].slice][0], T.depth_to_target(sample.depth), atol=1e-6)
-    assert np.allclose(full[CHANNELS["normals"].slice], T.normals_to_target(sample.normals), atol=1e-6)
-    assert np.array_equal(full[CHANNELS["text"].slice][0], T.text_to_target(sample.text))
-    assert np.array_equal(full[CHANNELS["groups"].slice], T.groups_to_target(sample.groups))
+    assert np.allclose(full[CHANNELS["depth"].slice][0], V.depth_to_target(sample.depth), atol=1e-6)
+    assert np.allclose(full[CHANNELS["normals"].slice], V.normals_to_target(sample.normals), atol=1e-6)
+    assert np.array_equal(full[CHANNELS["text"].slice][0], V.text_to_target(sample.text))
+    assert np.array_equal(full[CHANNELS["groups"].slice], V.groups_to_target(sample.groups))
