@@ -296,7 +296,15 @@ class _TeacherWorker:
         self.built = {stage: _build_into(self.teachers, stage, factory) for stage, factory in factories.items()}
 
     def fingerprint(self, stage: str) -> Any:
-        return self.built[stage]
+        result = self.built[stage]
+        if isinstance(result, BaseException):  # it travels to the driver: make sure it can
+            import pickle
+
+            try:
+                pickle.dumps(result)
+            except Exception:
+                return RuntimeError(f"{type(result).__name__}: {result}")
+        return result
 
     def run(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
         if stage not in self.teachers:
