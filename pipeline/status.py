@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from shards.writer import ColumnWriter
 
+from pipeline.executors import quiet_model_loading
 from pipeline.plan import prepare
 from pipeline.stages import STAGES
 
@@ -24,6 +25,7 @@ def split_status(config: "BuildConfig") -> dict[str, Any]:
     Returns:
         {"split", "shards", "stages": [{"stage", "active", "requested", "done", "stale", "missing", "state"}]}.
     """
+    quiet_model_loading()  # a status query loads the teachers only to fingerprint them: no bars
     plan = prepare(dataclasses.replace(config, stages=(), force=False))
     rows = []
     for s in (st.name for st in STAGES):
