@@ -55,9 +55,9 @@ def write_tar(fileobj: BinaryIO, samples: Iterable[tuple[str, Mapping[str, bytes
     """Stream a deterministic tar of already-encoded samples into ``fileobj``; returns the keys in order.
 
     Keys must be strictly increasing and contain no dot; members of a key are written in sorted order
-    with fixed mtime, mode, uid and gid, so the same samples always give the same bytes. The bytes are
-    those of Python's ``tarfile`` in USTAR format with these fields (a test holds them equal); the headers
-    are made here, about 10x faster than ``tarfile`` makes them.
+    with fixed mtime, mode, uid and gid, so the same samples always give the same bytes, on any Python. They
+    are the bytes recent versions of Python's ``tarfile`` write in USTAR format with these fields (a test holds
+    them equal there); the headers are made here, about 10x faster than ``tarfile`` makes them.
     """
     keys: list[str] = []
     offset = 0
