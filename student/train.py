@@ -96,7 +96,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
 
     Returns:
         ``{"losses": [train loss of every step run here], "epochs": epochs completed, "best": best val loss,
-        "val": last validation metrics, "checkpoint": path of the last checkpoint}``.
+        "val": last validation metrics, "checkpoint": path of the last checkpoint, "interrupted": bool,
+        "samples_per_s": training samples per second over the steps after each epoch's first}``.
 
     Raises:
         StoreError: the store lacks a split or a needed column.
