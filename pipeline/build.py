@@ -17,7 +17,7 @@ from shards.schema import BUILD_REPORT_NAME, REJECTED_NAME, VOCAB_NAME
 from shards.writer import ColumnWriter
 
 from pipeline.executors import Executor, make_executor, quiet_model_loading
-from pipeline.plan import BuildError, Plan, absolute_paths, check_inputs, prepare
+from pipeline.plan import BuildError, Plan, prepare
 from pipeline.progress import Progress
 from pipeline.stages import stage as get_stage
 from pipeline.units import (UnitResult, decode_unit, derived_unit, load_vocabulary, read_rejected, teacher_predict,
@@ -114,13 +114,15 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
     """
     if not config.progress:
         quiet_model_loading()
-    check_inputs(absolute_paths(config))  # the cheap checks fail before a Ray cluster starts
-    ex = executor or make_executor(config.executor, address=config.ray_address, num_cpus=config.num_cpus,
-                                   gpus_per_teacher=config.gpus_per_teacher,
-                                   cpus_per_teacher=config.cpus_per_teacher,
-                                   actors_per_teacher=config.actors_per_teacher,
-                                   shared_actors=config.shared_teacher_actors, retries=config.retries,
-                                   quiet=not config.progress)
+    try:  # nothing starts here: a Ray cluster starts when prepare loads the teachers, after the cheap checks
+        ex = executor or make_executor(config.executor, address=config.ray_address, num_cpus=config.num_cpus,
+                                       gpus_per_teacher=config.gpus_per_teacher,
+                                       cpus_per_teacher=config.cpus_per_teacher,
+                                       actors_per_teacher=config.actors_per_teacher,
+                                       shared_actors=config.shared_teacher_actors, retries=config.retries,
+                                       quiet=not config.progress)
+    except ValueError as e:  # an unknown executor name
+        raise BuildError(str(e)) from None
     try:  # the teachers load once, where they run (on Ray: in the actors, which also give the fingerprints)
         return _Run(prepare(config, ex), ex).run()
     finally:

@@ -22,9 +22,6 @@ from pipeline.units import rejected_path
 if TYPE_CHECKING:
     from pipeline.build import BuildConfig
 
-EXECUTORS = ("ray", "local")
-
-
 class BuildError(ValueError):
     """Bad input a user can fix (path, split, teacher, checkpoint, flag); the message is one line."""
 
@@ -57,8 +54,6 @@ def available_splits(coco_root: Path) -> list[str]:
 
 def check_inputs(config: "BuildConfig") -> Path:
     """The cheap checks: flags, COCO root, split. Returns the resolved COCO root."""
-    if config.executor not in EXECUTORS:
-        raise BuildError(f"unknown executor {config.executor!r}; use one of {', '.join(EXECUTORS)}")
     for name, value in (("size", config.size), ("shard-size", config.shard_size), ("batch-size", config.batch_size)):
         if int(value) < 1:
             raise BuildError(f"--{name} must be >= 1, got {value}")

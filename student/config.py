@@ -74,6 +74,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LossGains:
+    """Weight of each part of the loss (DESIGN 6); ``multihot`` weighs the optional head's BCE."""
+
+    tokens: float = 10.0
+    joints: float = 2.4
+    pafs: float = 1.0
+    depth: float = 1.0
+    normals: float = 1.0
+    text: float = 1.0
+    groups: float = 2.0
+    multihot: float = 1.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run (DESIGN 6); CLI flags of ``student train`` override these defaults."""
 
@@ -100,20 +114,24 @@ class TrainConfig:
     heatmap_radius: tuple[int, int] = (23, 8)  # start, final
     paf_width: tuple[int, int] = (6, 2)
     size_step_epochs: int = 20  # one pixel smaller every this many epochs
-    # loss gains (DESIGN 6)
-    gain_tokens: float = 10.0
-    gain_joints: float = 2.4
-    gain_pafs: float = 1.0
-    gain_depth: float = 1.0
-    gain_normals: float = 1.0
-    gain_text: float = 1.0
-    gain_groups: float = 2.0
-    gain_multihot: float = 1.0
+    # loss gains (DESIGN 6), flat so that each is a flag and a key of saved configs
+    gain_tokens: float = LossGains.tokens
+    gain_joints: float = LossGains.joints
+    gain_pafs: float = LossGains.pafs
+    gain_depth: float = LossGains.depth
+    gain_normals: float = LossGains.normals
+    gain_text: float = LossGains.text
+    gain_groups: float = LossGains.groups
+    gain_multihot: float = LossGains.multihot
     tensorboard: bool = True
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def loss_gains(self) -> LossGains:
+        """The ``gain_*`` fields as the loss takes them."""
+        return LossGains(**{f.name: getattr(self, f"gain_{f.name}") for f in fields(LossGains)})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":

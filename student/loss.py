@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from shards.taxonomy import CHANNEL_GROUPS
+from student.config import LossGains
 
 POSE_GROUPS = ("joints", "pafs")  # channel groups the crowd mask applies to
-
-
-@dataclass(frozen=True)
-class LossGains:
-    """Weight of each part of the loss (DESIGN 6); ``multihot`` weighs the optional head's BCE."""
-
-    tokens: float = 10.0
-    joints: float = 2.4
-    pafs: float = 1.0
-    depth: float = 1.0
-    normals: float = 1.0
-    text: float = 1.0
-    groups: float = 2.0
-    multihot: float = 1.0
 
 
 def compute_loss(outputs: dict[str, torch.Tensor], targets: torch.Tensor, pose_mask: torch.Tensor,

@@ -8,9 +8,9 @@ import colorsys
 import torch
 
 from shards.taxonomy import CHANNEL_GROUPS, CHANNELS, GROUPS, NUM_TOKENS
+from student.loss import POSE_GROUPS  # a crowd mask removes pixels from these, in metrics as in the loss
 
 HDM_THRESHOLDS = (0.1, 0.3, 0.5, 0.8)
-POSE_GROUPS = ("joints", "pafs")  # the channel groups a crowd mask removes pixels from, as in the loss
 EMPTY_SLOT_MS = 0.003  # a caption slot whose target mean square is at most this is empty (DESIGN 5.4)
 
 

@@ -25,7 +25,7 @@ from student.augment import AugmentConfig
 from student.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from student.config import ModelConfig, TrainConfig
 from student.data import StudentDataset, make_loader, open_split, skip_remainder, to_device
-from student.loss import LossGains, compute_loss
+from student.loss import compute_loss
 from student.metrics import MetricSums, image_panel
 from student.model import YMapNet
 from student.targets import TargetSizes
@@ -67,7 +67,7 @@ def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, 
     model.eval()
     sums, panel = MetricSums(device), None
     loader = make_loader(dataset, cfg.workers, pin_memory=device.type == "cuda")
-    gains = LossGains(**{k[5:]: v for k, v in cfg.to_dict().items() if k.startswith("gain_")})
+    gains = cfg.loss_gains()
     with torch.no_grad():
         for i, host in enumerate(loader):
             if cfg.val_steps and i >= cfg.val_steps:
@@ -135,7 +135,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    gains = LossGains(**{k[5:]: v for k, v in cfg.to_dict().items() if k.startswith("gain_")})
+    gains = cfg.loss_gains()
     steps_per_epoch = cfg.steps_per_epoch or max(1, train_ds.manifest.num_samples // (cfg.batch_size * world))
 
     writer = None
