@@ -51,15 +51,20 @@ class BenchDepth(_Identity):
     spec = TeacherSpec(task="depth", description="green channel as depth")
 
     def one(self, inp: TeacherInput) -> dict[str, Any]:
-        return {"depth": inp.image[..., 1], "kind": "relative"}
+        import cv2  # a contiguous float32 map, as a depth model returns
+
+        return {"depth": cv2.extractChannel(inp.image, 1).astype(np.float32), "kind": "relative"}
 
 
 class BenchPanoptic(_Identity):
     name = "bench-panoptic"
     spec = TeacherSpec(task="panoptic", description="red channel modulo 133")
+    modulo = (np.arange(256) % 133).astype(np.uint8)
 
     def one(self, inp: TeacherInput) -> dict[str, Any]:
-        return {"classes": inp.image[..., 0] % np.uint8(133)}
+        import cv2  # a table lookup: a third of numpy's % on the strided channel
+
+        return {"classes": cv2.LUT(cv2.extractChannel(inp.image, 0), self.modulo)}
 
 
 class BenchText(_Identity):

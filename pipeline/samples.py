@@ -117,7 +117,9 @@ def depth_sample(pred: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, 
     """Depth teacher output (original resolution) -> ``depth.png`` uint16 and ``depth.json``."""
     box = Letterbox.from_meta(meta)
     depth = map_continuous(np.asarray(pred["depth"], np.float32), box)
-    depth_u16, info = quantise_depth(depth, box.valid_mask(), kind=str(pred.get("kind", "relative")))
+    content, info = quantise_depth(depth[box.content], kind=str(pred.get("kind", "relative")))
+    depth_u16 = np.zeros(depth.shape, np.uint16)  # the letterbox border is stored as 0
+    depth_u16[box.content] = content
     return {"depth.png": depth_u16, "depth.json": info}
 
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from shards.codecs import JPEG_QUALITY, PNG_COMPRESSION
+from shards.codecs import JPEG_QUALITY, PNG_COMPRESSION, png_encoder
 from shards.schema import STORE_FORMAT
 
 
@@ -39,8 +39,8 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("base", "base", (), "1", doc="decode, letterbox to SxS, keypoints to store pixels"),
-    Stage("depth", "teacher", ("base",), "1", "depth", "teacher depth mapped into the letterbox"),
+    Stage("base", "base", (), "2", doc="decode, letterbox to SxS, keypoints to store pixels"),
+    Stage("depth", "teacher", ("base",), "2", "depth", "teacher depth mapped into the letterbox"),
     Stage("normals", "derived", ("depth",), "1", doc="3x3 Sobel normals of the depth", reads_meta=True),
     Stage("panoptic", "teacher", ("base",), "1", "panoptic", "contiguous panoptic classes"),
     Stage("groups", "derived", ("panoptic",), "1", doc="class groups of the panoptic map"),
@@ -128,7 +128,7 @@ def fingerprint(spec: Mapping[str, Any]) -> str:
 def base_params(shard_size: int) -> dict[str, Any]:
     """Parameters of the base stage; everything reads base, so store-wide settings go here."""
     return {"shard_size": int(shard_size), "format": STORE_FORMAT,
-            "jpeg_quality": JPEG_QUALITY, "png_compression": PNG_COMPRESSION}
+            "jpeg_quality": JPEG_QUALITY, "png_compression": PNG_COMPRESSION, "png_encoder": png_encoder()}
 
 
 def resolve_specs(size: int, shard_size: int, teachers: Mapping[str, tuple[str, str]],

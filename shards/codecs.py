@@ -27,11 +27,15 @@ try:  # optional fast path, about 2x OpenCV for decoding small JPEGs
 except ImportError:  # pragma: no cover - depends on the environment
     _simplejpeg = None
 
-try:  # optional libdeflate: inflates about 2x faster than zlib, deflates 2x faster into smaller files
-    from deflate import zlib_compress as _libdeflate_compress
+try:  # optional ISA-L: deflates PNG rows ~4x faster than libdeflate level 1 (~10x zlib) into the same size
+    from isal.isal_zlib import compress as _isal_compress
+except ImportError:  # pragma: no cover - depends on the environment
+    _isal_compress = None
+
+try:  # optional libdeflate: inflates about 2x faster than zlib (and ~20% faster than ISA-L)
     from deflate import zlib_decompress as _libdeflate_zlib
 except ImportError:  # pragma: no cover - depends on the environment
-    _libdeflate_compress = _libdeflate_zlib = None
+    _libdeflate_zlib = None
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
@@ -53,8 +57,9 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """Encode an (H, W, 3) uint8 RGB array (or (H, W) gray) as JPEG."""
     image = _check_array(image, np.uint8, (2, 3))
     cv2 = _cv2()
-    bgr = image[..., ::-1] if image.ndim == 3 else image
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    image = np.ascontiguousarray(image)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image  # 40x faster than a [..., ::-1] copy
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise CodecError("JPEG encoding failed")
     return buf.tobytes()
@@ -71,7 +76,7 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if arr is None:
         raise CodecError("corrupt JPEG")
-    return arr[..., ::-1].copy()
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
 def encode_png(image: np.ndarray, compression: int = PNG_COMPRESSION) -> bytes:
@@ -79,15 +84,16 @@ def encode_png(image: np.ndarray, compression: int = PNG_COMPRESSION) -> bytes:
 
     Every row uses one PNG filter so that :func:`decode_png` can undo it vectorised: ``None`` for
     one-channel uint8 (label maps and masks, which compress as runs), ``Up`` for the rest (smooth maps).
-    With libdeflate the PNG is assembled here (about 2x faster than OpenCV's zlib, a few % smaller);
-    without it OpenCV encodes. The result is deterministic either way.
+    With ISA-L (the ``isal`` package) the PNG is assembled here and deflated by ISA-L at level
+    ``min(compression, 3)``: about 9x faster than OpenCV's zlib at level 1 for the same size. Without it
+    OpenCV encodes (:func:`png_encoder` says which). The result is deterministic either way.
     """
     if image.dtype not in (np.uint8, np.uint16):
         raise CodecError(f"PNG stores uint8 or uint16, got {image.dtype}")
     image = _check_array(image, image.dtype, (2, 3))
     label_like = image.ndim == 2 and image.dtype == np.uint8
-    if _libdeflate_compress is not None:
-        return _encode_png_fast(image, compression, up=not label_like)
+    if _isal_compress is not None:
+        return _encode_png_fast(image, min(compression, 3), up=not label_like)
     cv2 = _cv2()
     bgr = image[..., ::-1] if image.ndim == 3 else image
     png_filter = cv2.IMWRITE_PNG_FILTER_NONE if label_like else cv2.IMWRITE_PNG_FILTER_UP
@@ -96,6 +102,12 @@ def encode_png(image: np.ndarray, compression: int = PNG_COMPRESSION) -> bytes:
     if not ok:
         raise CodecError("PNG encoding failed")
     return buf.tobytes()
+
+
+def png_encoder() -> str:
+    """Which library deflates the PNGs :func:`encode_png` writes ("isal" or "opencv"): their bytes differ, so
+    a build records it in its fingerprints."""
+    return "isal" if _isal_compress is not None else "opencv"
 
 
 def _encode_png_fast(image: np.ndarray, compression: int, up: bool) -> bytes:
@@ -112,7 +124,7 @@ def _encode_png_fast(image: np.ndarray, compression: int, up: bool) -> bytes:
         filtered[:, 1:] = rows
     header = struct.pack(">IIBBBBB", width, height, depth, 2 if image.ndim == 3 else 0, 0, 0, 0)
     return b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header),
-                     _png_chunk(b"IDAT", _libdeflate_compress(filtered, compression)), _png_chunk(b"IEND", b"")))
+                     _png_chunk(b"IDAT", _isal_compress(filtered, compression)), _png_chunk(b"IEND", b"")))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -235,8 +235,8 @@ def _resize(array: np.ndarray, box: Letterbox, continuous: bool) -> np.ndarray:
 def _shrink_two_pass(array: np.ndarray, box: Letterbox, k: int) -> np.ndarray:
     """Area-average by the integer factor ``k`` (OpenCV's fast path), then bilinear to the exact size.
 
-    About 4x faster than one INTER_AREA pass with a fractional factor (640 -> 256: 0.9 ms instead of
-    3.8 ms) and within about one grey level of it; the exact affine keeps points and pixels aligned.
+    About 3x faster than one INTER_AREA pass with a fractional factor (640x480 RGB -> 256: 0.34 ms instead
+    of 1.0 ms) and within about one grey level of it; the exact affine keeps points and pixels aligned.
     """
     cv2 = _cv2()
     h, w = array.shape[:2]
@@ -244,8 +244,10 @@ def _shrink_two_pass(array: np.ndarray, box: Letterbox, k: int) -> np.ndarray:
     if pad_y or pad_x:  # the fast path needs exact multiples; replicated edge pixels fill the last block
         array = cv2.copyMakeBorder(array, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
     inter = cv2.resize(array, ((w + pad_x) // k, (h + pad_y) // k), interpolation=cv2.INTER_AREA)
-    if not (pad_x or pad_y) and inter.shape[:2] == (box.resized_h, box.resized_w):
-        return inter  # an exact integer factor: nothing left to do
+    if not (pad_x or pad_y):  # the affine below is cv2.resize's own bilinear mapping: its faster code path
+        if inter.shape[:2] == (box.resized_h, box.resized_w):
+            return inter  # an exact integer factor: nothing left to do
+        return cv2.resize(inter, (box.resized_w, box.resized_h), interpolation=cv2.INTER_LINEAR)
     ax, ay = w / k / box.resized_w, h / k / box.resized_h
     # destination pixel centre -> source pixel centre (OpenCV puts centres on integers)
     m = np.array([[ax, 0.0, 0.5 * ax - 0.5], [0.0, ay, 0.5 * ay - 0.5]])

@@ -9,12 +9,14 @@ import numpy as np
 DEPTH_MAX = 65535
 
 
-def quantise_depth(depth: np.ndarray, valid: np.ndarray, kind: str = "relative") -> tuple[np.ndarray, dict[str, Any]]:
+def quantise_depth(depth: np.ndarray, valid: np.ndarray | None = None,
+                   kind: str = "relative") -> tuple[np.ndarray, dict[str, Any]]:
     """Quantise a store-geometry depth map to uint16.
 
     Args:
-        depth: (S, S) float depth in store geometry (relative inverse depth, larger = nearer, or metres).
-        valid: (S, S) bool, True on image content; the letterbox border is stored as 0.
+        depth: (H, W) float depth (relative inverse depth, larger = nearer, or metres).
+        valid: (H, W) bool, True on image content (the letterbox border is stored as 0); None: every pixel
+            (the fast path: pass the content rectangle alone).
         kind: "relative" or "metric".
 
     Returns:
@@ -24,17 +26,27 @@ def quantise_depth(depth: np.ndarray, valid: np.ndarray, kind: str = "relative")
     if kind not in ("relative", "metric"):
         raise ValueError(f"depth kind must be 'relative' or 'metric', got {kind!r}")
     depth = np.asarray(depth, np.float32)
-    if depth.shape != valid.shape:
+    if valid is not None and depth.shape != valid.shape:
         raise ValueError(f"depth {depth.shape} and valid mask {valid.shape} differ in shape")
-    values = depth[valid]
-    values = values[np.isfinite(values)]
+    values = depth if valid is None else depth[valid]
+    finite = np.isfinite(values)
+    clean = bool(finite.all())  # no NaN or inf to replace
+    if not clean:
+        values = values[finite]
     if values.size == 0:
         return np.zeros(depth.shape, np.uint16), {"kind": kind, "min": 0.0, "max": 0.0, "scale": 0.0}
     lo, hi = float(values.min()), float(values.max())
     out = np.zeros(depth.shape, np.uint16)
     if hi > lo:
-        q = (np.nan_to_num(depth, nan=lo, posinf=hi, neginf=lo) - lo) * (DEPTH_MAX / (hi - lo))
-        out[valid] = np.clip(np.rint(q[valid]), 0, DEPTH_MAX).astype(np.uint16)
+        if not clean or valid is not None:  # the border may hold anything; it is not stored
+            depth = np.nan_to_num(depth, nan=lo, posinf=hi, neginf=lo)
+        q = (depth - lo) * (DEPTH_MAX / (hi - lo))
+        np.rint(q, out=q)
+        np.clip(q, 0, DEPTH_MAX, out=q)
+        if valid is None:
+            out = q.astype(np.uint16)
+        else:
+            out[valid] = q[valid].astype(np.uint16)
     return out, {"kind": kind, "min": lo, "max": hi, "scale": (hi - lo) / DEPTH_MAX}
 
 

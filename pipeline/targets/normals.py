@@ -6,6 +6,7 @@ import numpy as np
 
 DEFAULT_NORMALS_SCALE = 240.0
 DEPTH_MAX = 65535.0
+FLAT = (128, 128, 255)  # the stored normal (0, 0, 1), also given to the letterbox border
 
 
 def normals_from_depth(depth_u16: np.ndarray, scale: float = DEFAULT_NORMALS_SCALE,
@@ -29,23 +30,25 @@ def normals_from_depth(depth_u16: np.ndarray, scale: float = DEFAULT_NORMALS_SCA
     depth_u16 = np.asarray(depth_u16)
     if depth_u16.dtype != np.uint16 or depth_u16.ndim != 2:
         raise ValueError(f"normals need a 2-D uint16 depth map, got {depth_u16.dtype} {depth_u16.shape}")
-    out = np.empty(depth_u16.shape + (3,), np.uint8)
-    out[...] = (128, 128, 255)  # flat normal (0, 0, 1)
     rows, cols = _content_slices(valid, depth_u16.shape)
     d = depth_u16[rows, cols].astype(np.float32)  # unsigned -> float first: no wrap-around edge
+    h, w = depth_u16.shape
     if d.size == 0:
-        return out
+        return np.full((h, w, 3), FLAT, np.uint8)
     k = float(scale) / DEPTH_MAX  # D = depth * scale / 65535, folded into the Sobel
     gx = cv2.Sobel(d, cv2.CV_32F, 1, 0, ksize=3, scale=k, borderType=cv2.BORDER_REPLICATE)
     gy = cv2.Sobel(d, cv2.CV_32F, 0, 1, ksize=3, scale=k, borderType=cv2.BORDER_REPLICATE)
-    norm = cv2.sqrt(cv2.add(cv2.add(cv2.multiply(gx, gx), cv2.multiply(gy, gy)), 1.0))
-    half = cv2.divide(127.5, cv2.add(norm, 1e-8))  # 127.5 / (|(gx, gy, 1)| + 1e-8)
+    norm = gx * gx
+    norm += gy * gy
+    norm += np.float32(1.0)
+    np.sqrt(norm, out=norm)  # |(gx, gy, 1)| >= 1, so nothing to guard against
+    half = np.float32(127.5) / norm
     # round((n + 1) * 127.5) = round(n * 127.5 + 127.5), saturated to uint8 by OpenCV
     x = cv2.add(cv2.multiply(gx, half), 127.5, dtype=cv2.CV_8U)
     y = cv2.add(cv2.multiply(gy, half), 127.5, dtype=cv2.CV_8U)
     z = cv2.add(half, 127.5, dtype=cv2.CV_8U)
-    out[rows, cols] = cv2.merge([x, y, z])
-    return out
+    return cv2.copyMakeBorder(cv2.merge([x, y, z]), rows.start, h - rows.stop, cols.start, w - cols.stop,
+                              cv2.BORDER_CONSTANT, value=FLAT)
 
 
 def decode_normals(normals_u8: np.ndarray) -> np.ndarray:
