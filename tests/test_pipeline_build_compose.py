@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import re
 from pathlib import Path
 
+import jsonschema
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,3 +30,22 @@ def test_compose_file_describes_the_cluster() -> None:
     job = services["pipeline"]
     assert job["command"][0] == "build-targets" and "exec pipeline" in job["entrypoint"][2]
     assert (ROOT / job.get("build", doc["x-node"]["build"])["dockerfile"]).is_file()
+
+
+def _interpolated(text: str) -> str:
+    """The file as Compose reads it with no variable set: ``${VAR:-default}`` -> default, ``$$`` -> ``$``."""
+    text = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: m.group(2), text)
+    return text.replace("$$", "$")
+
+
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    # tests/data/compose_spec.json: the Compose Specification's JSON schema (Apache-2.0), as docker-compose
+    # 1.29.2 ships it; no Docker engine is needed to check a file against it.
+    schema = json.loads((ROOT / "tests" / "data" / "compose_spec.json").read_text())
+    doc = yaml.safe_load(_interpolated((ROOT / "docker-compose.yml").read_text()))
+    validator = jsonschema.Draft7Validator(schema)
+    assert [e.message for e in validator.iter_errors(doc)] == []
+    broken = copy.deepcopy(doc)  # the check can fail: a misspelled key is caught
+    resources = broken["services"]["ray-worker"]["deploy"]["resources"]
+    resources["reservation"] = resources.pop("reservations")
+    assert any("reservation" in e.message for e in validator.iter_errors(broken))
