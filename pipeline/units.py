@@ -23,10 +23,12 @@ from shards.schema import column as get_column
 from shards.schema import key_of
 from shards.writer import ColumnWriter
 
+from pipeline.malloc import tune_malloc
 from pipeline.stages import derived_members, teacher_members
 from pipeline.stages import stage as get_stage
 
 log = logging.getLogger(__name__)
+tune_malloc()  # every process that runs units imports this module first: the driver, Ray's workers and actors
 
 
 @dataclass
