@@ -2,7 +2,7 @@
 
 A build allocates and frees arrays of 0.1-2 MB per image and stage (decoded photos, float depth, encoded
 members). With glibc's defaults most of them are fresh ``mmap``s or land above the heap's trim threshold, so
-every image pays page faults for memory it just freed (measured here: about 2.5 ms of a 11 ms in-process
+every image pays page faults for memory it just freed (measured here: 1.5-2.5 ms of a 10-11 ms in-process
 build per image). Raising the two thresholds lets freed memory be reused: a process keeps up to
 ``trim_threshold`` of free heap, and only arrays of ``mmap_threshold`` or more get their own mapping.
 """
