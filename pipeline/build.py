@@ -4,6 +4,7 @@ complete columns in the manifest, and write rejected.jsonl and build-report.json
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +25,8 @@ from pipeline.units import (UnitResult, decode_unit, derived_unit, load_vocabula
                             vocab_unit, write_unit)
 
 __all__ = ["BuildConfig", "BuildError", "build_targets"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,7 @@ class _Run:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         shard_queue = [sh for sh in p.shards if any(
             sh in p.pending[s] for s in p.run_stages if get_stage(s).kind in ("base", "teacher"))]
-        limit = max(1, self.cfg.max_inflight_shards)
+        limit = self._inflight_limit()
         known = ColumnWriter(p.split_path, "base", p.fps["base"]).records()  # sample counts of finished base shards
         self.estimated = {s: {sh for sh in p.pending[s] if sh not in known} for s in p.run_stages if s != "base"}
         totals = {s: (len(p.pending[s]), sum(known[sh].count if sh in known and s != "base" else len(p.records[sh])
@@ -299,6 +302,22 @@ class _Run:
                 for handle in self.ex.wait(list(self.inflight), timeout=0.5):
                     self._finish(handle, progress)
         return self._conclude(started, time.perf_counter() - t0)
+
+    def _inflight_limit(self) -> int:
+        """``max_inflight_shards``, lowered where that many decoded shards would not fit the executor's memory
+        budget (Ray's object store: past it, objects spill to disk and the build slows to the disk's pace)."""
+        limit = max(1, self.cfg.max_inflight_shards)
+        budget = self.ex.memory_budget()
+        if not budget:
+            return limit
+        # full-resolution RGB of the largest shard, plus a quarter for the teachers' outputs in store geometry
+        per_shard = 1.25 * max(sum(3 * r.width * r.height for r in recs) for recs in self.plan.records.values())
+        fit = max(1, int(0.8 * budget // max(per_shard, 1.0)))
+        if fit < limit:
+            log.warning("%d decoded shards of up to %.1f GB do not fit the %.1f GB object store; keeping %d in "
+                        "flight (smaller --shard-size or a bigger object store allow more)",
+                        limit, per_shard / 1e9, budget / 1e9, fit)
+        return min(limit, fit)
 
     def _live_shards(self) -> int:
         decoding = {sh for k, _, sh in self.inflight.values() if k == "decode"}

@@ -80,6 +80,10 @@ class Executor(ABC):
     def result(self, handle: Any) -> Any:
         """The value of a finished handle; raises the unit's exception if it failed for good."""
 
+    def memory_budget(self) -> int | None:
+        """Bytes that the decoded shards in flight may occupy where they are held (None: no set limit)."""
+        return None
+
     def close(self) -> None:
         """Release workers and teachers."""
 
@@ -253,6 +257,12 @@ class RayExecutor(Executor):
             more, _ = ray.wait(list(handles), num_returns=len(handles), timeout=0, fetch_local=False)
             done = more or done
         return done
+
+    def memory_budget(self) -> int | None:
+        import ray
+
+        store = ray.cluster_resources().get("object_store_memory")  # Ray's shared-memory object store
+        return int(store) if store else None
 
     def result(self, handle: Any) -> Any:
         import ray

@@ -169,3 +169,31 @@ def test_lost_split_vocabulary_is_published_again(built, demo_root: Path, fakes:
     report = build_targets(make_config(demo_root, out))
     assert all(st["run"] == 0 for st in report["stages"].values()) and fakes == {}
     assert (out / "train2017" / "vocab.json").read_bytes() == expected
+
+
+def test_shards_in_flight_fit_the_executors_memory_budget(demo_root: Path, fakes: dict[str, int], tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline.build import _Run
+    from pipeline.executors import LocalExecutor
+    from pipeline.plan import prepare
+
+    class Budgeted(LocalExecutor):
+        budget: int | None = None
+
+        def memory_budget(self) -> int | None:
+            return self.budget
+
+    cfg = make_config(demo_root, tmp_path / "store", max_inflight_shards=4)
+    ex = Budgeted()
+    plan = prepare(cfg, ex)
+    biggest = max(sum(3 * r.width * r.height for r in recs) for recs in plan.records.values())
+    assert _Run(plan, ex)._inflight_limit() == 4  # no budget: the setting
+    ex.budget = int(100 * biggest)
+    assert _Run(plan, ex)._inflight_limit() == 4  # room to spare
+    ex.budget = int(2.5 * 1.25 * biggest / 0.8)
+    with caplog.at_level("WARNING", logger="pipeline.build"):
+        assert _Run(plan, ex)._inflight_limit() == 2
+    assert "do not fit" in caplog.text
+    ex.budget = 1  # never below one shard: the build still runs
+    report = build_targets(cfg, executor=ex)
+    assert report["ok"] and report["samples"] > 0

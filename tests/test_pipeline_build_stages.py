@@ -62,3 +62,13 @@ def test_unresolved_teacher_leaves_out_its_stage_and_dependants() -> None:
     got = fps(teachers=partial)
     assert set(got) == {"base", "depth", "normals", "panoptic", "groups", "text"}
     assert got["depth"] == fps()["depth"]
+
+
+def test_the_png_encoder_enters_every_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shards.codecs as codecs
+
+    before = fps()
+    monkeypatch.setattr(codecs, "_isal_compress", None)  # PNGs from OpenCV: other bytes, so other versions
+    assert codecs.png_encoder() == "opencv"
+    after = fps()
+    assert all(before[s] != after[s] for s in before)
