@@ -73,3 +73,16 @@ def test_letterbox_border_is_flat_and_content_edge_has_no_false_gradient() -> No
 def test_rejects_non_uint16() -> None:
     with pytest.raises(ValueError, match="uint16"):
         normals_from_depth(np.zeros((4, 4), np.int16))
+
+
+def test_a_portrait_letterbox_gets_flat_side_borders_and_the_content_its_own_normals() -> None:
+    depth = np.zeros((64, 64), np.uint16)
+    depth[:, 20:44] = _plane(300.0, -200.0, 30000.0)[:, :24]
+    valid = np.zeros((64, 64), bool)
+    valid[:, 20:44] = True
+    out = normals_from_depth(depth, 240.0, valid)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert (out[:, :20].reshape(-1, 3) == (128, 128, 255)).all() and (out[:, 44:].reshape(-1, 3) == (128, 128, 255)).all()
+    np.testing.assert_array_equal(out[:, 20:44], normals_from_depth(np.ascontiguousarray(depth[:, 20:44]), 240.0))
+    empty = normals_from_depth(depth, 240.0, np.zeros((64, 64), bool))
+    assert (empty.reshape(-1, 3) == (128, 128, 255)).all()
