@@ -70,10 +70,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     p.add_argument("--force", action="store_true", default=S, help="rebuild finished units of the chosen stages")
     p.add_argument("--executor", choices=("ray", "local"), default=S,
-                   help=f"ray (a cluster or a local one) or local (in-process, same code) (default {DEFAULTS.executor})")
+                   help=f"ray (a cluster or a local one) or local (in-process, same code) "
+                        f"(default {DEFAULTS.executor})")
     p.add_argument("--ray-address", dest="ray_address", default=S,
                    help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
-    p.add_argument("--num-cpus", dest="num_cpus", type=int, default=S, help="CPUs of a local Ray cluster (default: all)")
+    p.add_argument("--num-cpus", dest="num_cpus", type=int, default=S,
+                   help="CPUs of a local Ray cluster (default: all)")
     p.add_argument("--gpus-per-teacher", dest="gpus_per_teacher", type=float, default=S,
                    help="GPUs per teacher actor, fractional allowed (default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--cpus-per-teacher", dest="cpus_per_teacher", type=float, default=S,
