@@ -115,23 +115,24 @@ def test_depth_sample_quantises_valid_pixels() -> None:
     assert np.allclose(rec[:, 0], info["min"], atol=1e-3) and np.allclose(rec[:, -1], info["max"], atol=1e-3)
 
 
-def test_quantise_depth_on_the_content_alone_equals_the_masked_map() -> None:
+def test_quantise_depth_maps_the_finite_range_and_clips_nan_and_inf() -> None:
     from pipeline.targets.depth import quantise_depth
 
     rng = np.random.default_rng(5)
-    depth = (rng.normal(size=(32, 32)) * 40).astype(np.float32)
-    depth[10, 3], depth[12, 7], depth[14, 9] = np.nan, np.inf, -np.inf  # skipped for min/max, clipped to them
-    depth[:8] = 1e6  # the border may hold anything: it is not stored and does not set the range
-    valid = np.zeros((32, 32), bool)
-    valid[8:24] = True
-    masked, info = quantise_depth(depth, valid)
-    content, content_info = quantise_depth(depth[8:24])
-    assert content_info == info and info["max"] < 1e6
-    np.testing.assert_array_equal(masked[8:24], content)
-    assert (masked[~valid] == 0).all()
-    assert content[2, 3] == 0 and content[4, 7] == 65535 and content[6, 9] == 0
+    depth = (rng.normal(size=(16, 32)) * 40).astype(np.float32)
+    depth[2, 3], depth[4, 7], depth[6, 9] = np.nan, np.inf, -np.inf  # skipped for min/max, clipped to them
+    out, info = quantise_depth(depth)
+    finite = depth[np.isfinite(depth)]
+    lo, hi = float(finite.min()), float(finite.max())
+    assert info == {"kind": "relative", "min": lo, "max": hi, "scale": (hi - lo) / 65535}
+    clean = np.nan_to_num(depth, nan=lo, posinf=hi, neginf=lo)
+    expected = np.clip(np.rint((clean - lo) * np.float32(65535 / (hi - lo))), 0, 65535).astype(np.uint16)
+    np.testing.assert_array_equal(out, expected)
+    assert out[2, 3] == 0 and out[4, 7] == 65535 and out[6, 9] == 0
     flat, flat_info = quantise_depth(np.full((4, 4), 3.0, np.float32))
     assert (flat == 0).all() and flat_info["min"] == flat_info["max"] == 3.0
+    empty, empty_info = quantise_depth(np.full((4, 4), np.nan, np.float32), kind="metric")
+    assert (empty == 0).all() and empty_info == {"kind": "metric", "min": 0.0, "max": 0.0, "scale": 0.0}
 
 
 def test_panoptic_sample_keeps_ids_and_voids_the_border() -> None:
