@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: ``demo_root``, the demo COCO root built once per test session."""
+"""Shared pytest fixtures: ``demo_root`` (the demo COCO root, built once per test session), ``fakes`` and
+``tiny_checkpoint``."""
 
 from __future__ import annotations
 
@@ -21,3 +22,19 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     import pipeline_fakes
 
     return pipeline_fakes.register_for_test(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random student (seed 0, 64x64 input) saved as a checkpoint file; its path."""
+    import torch
+
+    from student.checkpoint import save_checkpoint
+    from student.config import ModelConfig
+    from student.model import YMapNet
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(image_size=64)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, YMapNet(cfg), cfg)
+    return str(path)

@@ -21,10 +21,7 @@ from shards.reader import StoreReader
 from shards.show import contact_sheet, normalize_key
 from shards.writer import ColumnWriter
 from shards.synthetic import write_synthetic_store
-from student.checkpoint import save_checkpoint
 from student.cli import main as student_main
-from student.config import ModelConfig
-from student.model import YMapNet
 
 SIZE = 64
 SPLIT = "val2017"
@@ -35,15 +32,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("store")
     write_synthetic_store(root, SPLIT, num_samples=5, shard_size=3, size=SIZE, seed=11)
     return root
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig.tiny(image_size=SIZE)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, YMapNet(cfg), cfg)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +220,9 @@ def test_contact_sheet_masks_letterbox_padding_and_backs_legends() -> None:
     ("bogus", "student eval: error: unknown device 'bogus' (--device); use cpu, cuda, cuda:N or auto"),
     ("cuda:99", "student eval: error: --device cuda:99: "),
 ])
-def test_student_bad_device(store: Path, checkpoint: Path, capsys: pytest.CaptureFixture, device: str,
+def test_student_bad_device(store: Path, tiny_checkpoint: str, capsys: pytest.CaptureFixture, device: str,
                             text: str) -> None:
-    rc = student_main(["eval", "--checkpoint", str(checkpoint), "--shards", str(store), "--device", device])
+    rc = student_main(["eval", "--checkpoint", tiny_checkpoint, "--shards", str(store), "--device", device])
     assert rc == 2
     assert _one_line(capsys).startswith(text)
 
@@ -253,39 +241,39 @@ def test_student_train_rejects_impossible_numbers(store: Path, tmp_path: Path, c
     assert not (tmp_path / "run").exists()
 
 
-def test_student_eval_rejects_batch_size_zero(store: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
-    rc = student_main(["eval", "--checkpoint", str(checkpoint), "--shards", str(store), "--split", SPLIT,
+def test_student_eval_rejects_batch_size_zero(store: Path, tiny_checkpoint: str, capsys: pytest.CaptureFixture) -> None:
+    rc = student_main(["eval", "--checkpoint", tiny_checkpoint, "--shards", str(store), "--split", SPLIT,
                        "--batch-size", "0", "--no-progress"])
     assert rc == 2
     assert _one_line(capsys) == "student eval: error: --batch-size must be >= 1, got 0"
 
 
-def test_student_eval_json_write_fault(store: Path, checkpoint: Path, tmp_path: Path,
+def test_student_eval_json_write_fault(store: Path, tiny_checkpoint: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "afile").write_text("x")
-    rc = student_main(["eval", "--checkpoint", str(checkpoint), "--shards", str(store), "--split", SPLIT,
+    rc = student_main(["eval", "--checkpoint", tiny_checkpoint, "--shards", str(store), "--split", SPLIT,
                        "--limit", "2", "--json", str(tmp_path / "afile" / "eval.json"), "--no-progress"])
     assert rc == 1
     assert _one_line(capsys).startswith(f"student eval: error: cannot write --json {tmp_path / 'afile'}")
 
 
-def test_student_export_opset_out_of_range_and_write_fault(checkpoint: Path, tmp_path: Path,
+def test_student_export_opset_out_of_range_and_write_fault(tiny_checkpoint: str, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
-    assert student_main(["export", "--checkpoint", str(checkpoint), "--onnx", str(tmp_path / "m.onnx"),
+    assert student_main(["export", "--checkpoint", tiny_checkpoint, "--onnx", str(tmp_path / "m.onnx"),
                          "--opset", "99"]) == 2
     assert _one_line(capsys).startswith("student export: error: --opset 99 is outside what this torch exports")
     (tmp_path / "afile").write_text("x")
-    assert student_main(["export", "--checkpoint", str(checkpoint), "--onnx",
+    assert student_main(["export", "--checkpoint", tiny_checkpoint, "--onnx",
                          str(tmp_path / "afile" / "m.onnx"), "--check-batch", "0"]) == 1
     assert _one_line(capsys).startswith("student export: error:")
 
 
-def test_a_split_without_samples_is_named_not_hung(empty: Path, checkpoint: Path, tmp_path: Path,
+def test_a_split_without_samples_is_named_not_hung(empty: Path, tiny_checkpoint: str, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     assert shards_main(["--shards", str(empty), "--split", SPLIT, "show"]) == 2
     assert _one_line(capsys) == (f"shards: error: split '{SPLIT}' of store {empty} has no samples "
                                  "(5 images rejected: see its rejected.jsonl)")
-    assert student_main(["eval", "--checkpoint", str(checkpoint), "--shards", str(empty), "--split", SPLIT,
+    assert student_main(["eval", "--checkpoint", tiny_checkpoint, "--shards", str(empty), "--split", SPLIT,
                          "--no-progress"]) == 2
     assert _one_line(capsys) == (f"student eval: error: split '{SPLIT}' of store {empty} has no samples "
                                  "(5 images rejected: see its rejected.jsonl)")
@@ -310,13 +298,13 @@ def test_student_file_that_is_not_a_checkpoint_is_one_line(store: Path, tmp_path
     assert "notes.pt: cannot load checkpoint" in err and "UnpicklingError" in err
 
 
-def test_student_predict_bad_tile_and_store_without_vocab(checkpoint: Path, tmp_path: Path,
+def test_student_predict_bad_tile_and_store_without_vocab(tiny_checkpoint: str, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     image = tmp_path / "photo.png"
     image.write_bytes(np.zeros(8, np.uint8).tobytes())  # never read: the flags fail first
-    assert student_main(["predict", "--checkpoint", str(checkpoint), str(image), "--tile", "0"]) == 2
+    assert student_main(["predict", "--checkpoint", tiny_checkpoint, str(image), "--tile", "0"]) == 2
     assert _one_line(capsys) == "student predict: error: --tile must be >= 16, got 0"
-    assert student_main(["predict", "--checkpoint", str(checkpoint), str(image), "--shards",
+    assert student_main(["predict", "--checkpoint", tiny_checkpoint, str(image), "--shards",
                          str(tmp_path / "nosuch"), "--out", str(tmp_path / "out")]) == 2
     line = _one_line(capsys)
     assert line.startswith("student predict: error: --shards ") and "pass --vocab vocab.json" in line

@@ -11,24 +11,12 @@ import torch
 from shards.geometry import Letterbox, letterbox_image
 from shards.taxonomy import CHANNELS, GLOVE_DIM, JOINTS, NUM_TOKENS
 from shards.vocab import Vocabulary
-from student.checkpoint import save_checkpoint
 from student.cli import main
-from student.config import ModelConfig
-from student.model import YMapNet
 from student.predict import Predictor, read_image
 from student.targets import TargetSizes, render_heatmaps, render_pafs
 
 SIZE = 64
 WORDS = ["astronaut", "flag", "woman", "space", "suit", "smiling"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
-    torch.manual_seed(0)
-    cfg = ModelConfig.tiny(image_size=SIZE)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, YMapNet(cfg), cfg)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +40,12 @@ def astronaut(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def test_predict_photo_writes_panel_and_json(checkpoint: str, vocab_path: str, astronaut: str, tmp_path) -> None:
+def test_predict_photo_writes_panel_and_json(tiny_checkpoint: str, vocab_path: str, astronaut: str, tmp_path) -> None:
     import cv2
 
     out = tmp_path / "out"
-    rc = main(["predict", "--checkpoint", checkpoint, astronaut, "--out", str(out), "--json", "--vocab", vocab_path,
-               "--word-threshold", "-1"])
+    rc = main(["predict", "--checkpoint", tiny_checkpoint, astronaut, "--out", str(out), "--json",
+               "--vocab", vocab_path, "--word-threshold", "-1"])
     assert rc == 0
     panel = read_image(out / "astronaut.panel.png")
     assert panel.shape == (2 * 256, 4 * 256, 3)
@@ -82,11 +70,11 @@ def test_predict_photo_writes_panel_and_json(checkpoint: str, vocab_path: str, a
         assert len(person["keypoints"]) == len(JOINTS) and all(len(k) == 3 for k in person["keypoints"])
 
 
-def test_json_people_are_in_original_pixels(checkpoint: str) -> None:
+def test_json_people_are_in_original_pixels(tiny_checkpoint: str) -> None:
     """A model that outputs rendered maps of a known person: JSON keypoints land on the person in the photo."""
     from student.checkpoint import load_checkpoint
 
-    model, cfg, _ = load_checkpoint(checkpoint)
+    model, cfg, _ = load_checkpoint(tiny_checkpoint)
     photo = np.zeros((300, 200, 3), np.uint8)  # letterboxed into 64 x 64 with side bars
     box = Letterbox.fit(200, 300, SIZE)
     # a standing person in the photo (x, y as fractions of a box at (50, 30) of 100 x 240 pixels), COCO order
@@ -114,7 +102,7 @@ def test_json_people_are_in_original_pixels(checkpoint: str) -> None:
     assert np.abs(got - expected).max() <= 300 / SIZE
 
 
-def test_predict_folder_and_video(checkpoint: str, tmp_path) -> None:
+def test_predict_folder_and_video(tiny_checkpoint: str, tmp_path) -> None:
     import cv2
 
     folder = tmp_path / "inputs"
@@ -130,7 +118,7 @@ def test_predict_folder_and_video(checkpoint: str, tmp_path) -> None:
     other.mkdir()
     cv2.imwrite(str(other / "a.jpg"), rng.integers(0, 256, (30, 20, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    assert main(["predict", "--checkpoint", checkpoint, str(folder), str(other / "a.jpg"), "--out", str(out),
+    assert main(["predict", "--checkpoint", tiny_checkpoint, str(folder), str(other / "a.jpg"), "--out", str(out),
                  "--json", "--tile", "128"]) == 0
     assert read_image(out / "a.panel.png").shape == (256, 512, 3)
     # the second a.* does not overwrite the first
@@ -145,18 +133,18 @@ def test_predict_folder_and_video(checkpoint: str, tmp_path) -> None:
     assert ok and frame.shape == (256, 512, 3) and frames == 3
 
 
-def test_usage_errors(checkpoint: str, tmp_path) -> None:
-    assert main(["predict", "--checkpoint", checkpoint, str(tmp_path / "missing.jpg")]) == 2
+def test_usage_errors(tiny_checkpoint: str, tmp_path) -> None:
+    assert main(["predict", "--checkpoint", tiny_checkpoint, str(tmp_path / "missing.jpg")]) == 2
     assert main(["predict", "--checkpoint", str(tmp_path / "none.pt"), str(tmp_path)]) == 2
-    assert main(["predict", "--checkpoint", checkpoint, str(tmp_path)]) == 2  # empty folder
+    assert main(["predict", "--checkpoint", tiny_checkpoint, str(tmp_path)]) == 2  # empty folder
 
 
 @pytest.mark.parametrize(("w", "h"), [(640, 480), (333, 500), (64, 64), (40, 30), (701, 333)])
-def test_predict_input_is_the_store_letterbox(checkpoint: str, w: int, h: int) -> None:
+def test_predict_input_is_the_store_letterbox(tiny_checkpoint: str, w: int, h: int) -> None:
     """predict feeds the model exactly the store's letterbox (shards.geometry), pixel for pixel."""
     from student.checkpoint import load_checkpoint
 
-    model, _, _ = load_checkpoint(checkpoint)
+    model, _, _ = load_checkpoint(tiny_checkpoint)
     image = np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)
     pred = Predictor(model, SIZE, refine=False)(image)
     box = Letterbox.fit(w, h, SIZE)
