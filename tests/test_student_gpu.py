@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from shards.synthetic import write_synthetic_store
-from student.checkpoint import load_checkpoint, save_checkpoint
+from student.checkpoint import load_checkpoint
 from student.config import ModelConfig, TrainConfig
 from student.data import make_loader, open_split, to_device
 from student.model import YMapNet
@@ -77,17 +77,13 @@ def test_resumed_gpu_run_follows_the_uninterrupted_loss_curve(store: Path, tmp_p
     assert np.allclose(first["losses"] + rest["losses"], full["losses"], rtol=1e-4, atol=1e-6)
 
 
-def test_gpu_and_cpu_predictions_agree(tmp_path: Path) -> None:
+def test_gpu_and_cpu_predictions_agree(tiny_checkpoint: str) -> None:
     from skimage import data
 
-    torch.manual_seed(0)
-    cfg = ModelConfig.tiny(image_size=SIZE)
-    path = tmp_path / "tiny.pt"
-    save_checkpoint(path, YMapNet(cfg), cfg)
     image = data.astronaut()
     outputs = []
     for device in ("cpu", "cuda"):
-        model, cfg, _ = load_checkpoint(path)
+        model, cfg, _ = load_checkpoint(tiny_checkpoint)
         outputs.append(Predictor(model, cfg.image_size, device=device, refine=True)(image))
     cpu, gpu = outputs
     assert np.abs(cpu.maps - gpu.maps).max() < 1e-3
