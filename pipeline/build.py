@@ -65,7 +65,7 @@ class BuildConfig:
     vocab_size: int = 2048
     glove: str = "glove-wiki-gigaword-300"  # GloVe text file, or gensim model name
     vocab_split: str = "train2017"  # the split whose captions make the vocabulary; others reuse its vocab.json
-    gpus_per_teacher: float | None = None  # None: 1 if the Ray cluster has GPUs, else 0
+    gpus_per_teacher: float | None = None  # None: the cluster's GPUs shared by the GPU teacher actors
     cpus_per_teacher: float = 0.0
     actors_per_teacher: int = 1
     shared_teacher_actors: bool | None = None  # None: every teacher in each actor when they take no GPU

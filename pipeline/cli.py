@@ -77,7 +77,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", dest="num_cpus", type=int, default=S,
                    help="CPUs of a local Ray cluster (default: all)")
     p.add_argument("--gpus-per-teacher", dest="gpus_per_teacher", type=float, default=S,
-                   help="GPUs per teacher actor, fractional allowed (default: 1 if the cluster has GPUs, else 0)")
+                   help="GPUs per actor of a teacher that uses one, fractional allowed (default: the cluster's GPUs "
+                        "shared evenly by those actors, at most 1 each; 0 on a cluster without GPUs)")
     p.add_argument("--cpus-per-teacher", dest="cpus_per_teacher", type=float, default=S,
                    help=f"CPUs reserved per teacher actor (default {DEFAULTS.cpus_per_teacher})")
     p.add_argument("--actors-per-teacher", dest="actors_per_teacher", type=int, default=S,

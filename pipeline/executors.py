@@ -8,6 +8,7 @@ passed as arguments of later submissions (Ray resolves them where the unit runs)
 from __future__ import annotations
 
 import logging
+import math
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -28,6 +29,56 @@ class TeacherFactory:
         if kwargs.get("device") == "auto":
             kwargs["device"] = resolve_device("auto")
         return self.cls(**kwargs)
+
+    def wants_gpu(self) -> bool:
+        """Whether the teacher would use a GPU given one: it runs a model and its device is not "cpu"."""
+        spec = getattr(self.cls, "spec", None)
+        return bool(getattr(spec, "uses_gpu", True)) and str(self.kwargs.get("device", "auto")) != "cpu"
+
+
+class ClusterResourceError(RuntimeError):
+    """The teacher actors ask for more GPUs than the cluster has: Ray would wait for them forever."""
+
+
+#: Ray counts fractional GPUs in steps of 1/10000.
+_GPU_STEP = 10_000
+
+
+def check_gpu_share(gpus: float) -> None:
+    """Raise ValueError unless ``gpus`` is a GPU share Ray accepts: a fraction up to 1 or a whole number."""
+    if not gpus >= 0 or (gpus > 1 and gpus != int(gpus)):  # ``not >=`` also catches NaN
+        raise ValueError(f"--gpus-per-teacher {gpus:g}: use a fraction up to 1 or a whole number of GPUs")
+
+
+def gpus_per_actor(actors: int, cluster_gpus: float, requested: float | None) -> float:
+    """GPUs each of ``actors`` GPU teacher actors reserves.
+
+    Args:
+        actors: the teacher actors that would use a GPU (pools x actors per pool).
+        cluster_gpus: the GPUs of the cluster.
+        requested: ``--gpus-per-teacher``; ``None`` shares the cluster's GPUs evenly among the actors, at most
+            one each (so one GPU hosts every teacher of a single-GPU machine), or 0 on a cluster without GPUs.
+
+    Raises:
+        ValueError: see ``check_gpu_share``.
+        ClusterResourceError: the actors together need more GPUs than the cluster has.
+    """
+    if requested is not None:
+        check_gpu_share(requested)
+    if actors == 0:
+        return 0.0
+    if requested is None:
+        if cluster_gpus <= 0:
+            return 0.0
+        return min(1.0, math.floor(cluster_gpus / actors * _GPU_STEP) / _GPU_STEP)
+    need = requested * actors
+    if need > cluster_gpus + 1e-9:
+        share = math.floor(cluster_gpus / actors * _GPU_STEP) / _GPU_STEP
+        hint = f"--gpus-per-teacher {share:g} or fewer --actors-per-teacher" if share > 0 else "--gpus-per-teacher 0"
+        raise ClusterResourceError(
+            f"{actors} GPU teacher actor(s) x {requested:g} GPU need {need:g} GPUs, but the Ray cluster has "
+            f"{cluster_gpus:g}; use {hint} (or leave --gpus-per-teacher out to share the GPUs)")
+    return float(requested)
 
 
 def quiet_model_loading() -> None:
@@ -157,12 +208,13 @@ class RayExecutor(Executor):
         address: cluster to join (``ray://...``, ``host:port`` or ``auto``); ``None`` uses ``RAY_ADDRESS`` or
             starts a local cluster.
         num_cpus: CPUs of a local cluster started here (``None`` = all).
-        gpus_per_teacher: GPUs per teacher actor, fractional allowed; ``None`` = 1 if the cluster has GPUs,
-            else 0 (CPU-only clusters work).
+        gpus_per_teacher: GPUs per actor of a teacher that uses one, fractional allowed; ``None`` shares the
+            cluster's GPUs evenly among those actors (at most 1 each; 0 on a CPU-only cluster). Asking for
+            more than the cluster has raises ``ClusterResourceError`` instead of waiting forever.
         cpus_per_teacher: CPUs reserved per teacher actor (0 keeps actors from starving CPU tasks).
         actors_per_teacher: actors in each teacher's pool.
         shared_actors: host every teacher in each actor of one pool instead of a pool per teacher; ``None``
-            = when the teachers take no GPU. Each actor process costs about a second of CPU to start, and
+            = a pool per teacher that takes a GPU and one shared pool for the others. Each actor process costs about a second of CPU to start, and
             CPU teachers in separate processes only compete for the same cores (each model call already uses
             all of them), so on CPU one process for all of them is the cheaper layout.
         retries: retries of a failed task; restarts of a dead actor and retries of its calls.
@@ -204,19 +256,15 @@ class RayExecutor(Executor):
                 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(**kwargs)
             self._started_here = True
-        gpus = self.gpus_per_teacher
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        worker = ray.remote(_TeacherWorker).options(
-            num_gpus=gpus, num_cpus=self.cpus_per_teacher,
-            max_restarts=self.retries, max_task_retries=self.retries)
-        shared = self.shared_actors if self.shared_actors is not None else gpus == 0
-        if shared and teachers:
-            pool = [worker.remote(dict(teachers), self.quiet) for _ in range(self.actors_per_teacher)]
-            self.pools = {stage: pool for stage in teachers}
-        else:
-            self.pools = {stage: [worker.remote({stage: factory}, self.quiet) for _ in range(self.actors_per_teacher)]
-                          for stage, factory in teachers.items()}
+        groups = self._actor_groups(teachers, ray.cluster_resources().get("GPU", 0.0))
+        self.pools = {}
+        for stages, gpus in groups:
+            worker = ray.remote(_TeacherWorker).options(
+                num_gpus=gpus, num_cpus=self.cpus_per_teacher,
+                max_restarts=self.retries, max_task_retries=self.retries)
+            pool = [worker.remote({s: teachers[s] for s in stages}, self.quiet)
+                    for _ in range(self.actors_per_teacher)]
+            self.pools.update({s: pool for s in stages})
         for pool in self.pools.values():
             for actor in pool:
                 self.load[actor] = 0
@@ -227,6 +275,29 @@ class RayExecutor(Executor):
             except ray.exceptions.RayActorError as e:  # the process died while loading (out of memory, ...)
                 out[stage] = RuntimeError(f"its actor died while loading it: {e.error_msg.splitlines()[0]}")
         return out
+
+    def _actor_groups(self, teachers: Mapping[str, TeacherFactory], cluster_gpus: float
+                      ) -> list[tuple[list[str], float]]:
+        """The actor pools to start: (stages hosted together, GPUs per actor) each.
+
+        A teacher that would use a GPU gets a pool of its own (unless ``shared_actors`` says otherwise) with the
+        GPU share of ``gpus_per_actor``; the teachers that take no GPU (ground truth, ``--device cpu``, a
+        cluster without GPUs, ``--gpus-per-teacher 0``) share one pool of CPU actors.
+        """
+        gpu = [s for s, f in teachers.items() if f.wants_gpu()]
+        if self.gpus_per_teacher == 0 or (self.gpus_per_teacher is None and cluster_gpus <= 0):
+            gpu = []
+        cpu = [s for s in teachers if s not in gpu]
+        shared = self.shared_actors if self.shared_actors is not None else not gpu
+        if shared:
+            groups = [list(teachers)] if teachers else []
+        elif self.shared_actors is None:  # auto: a pool per GPU teacher, one for the rest
+            groups = [[s] for s in gpu] + ([cpu] if cpu else [])
+        else:
+            groups = [[s] for s in teachers]
+        with_gpu = [g for g in groups if any(s in gpu for s in g)]
+        gpus = gpus_per_actor(len(with_gpu) * self.actors_per_teacher, cluster_gpus, self.gpus_per_teacher)
+        return [(g, gpus if g in with_gpu else 0.0) for g in groups]
 
     def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         import ray

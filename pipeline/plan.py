@@ -14,7 +14,7 @@ from shards.manifest import StoreError, load_manifest
 from shards.schema import VOCAB_NAME, shard_name
 from shards.writer import ColumnWriter
 
-from pipeline.executors import Executor, LocalExecutor, TeacherFactory
+from pipeline.executors import ClusterResourceError, Executor, LocalExecutor, TeacherFactory, check_gpu_share
 from pipeline.stages import STAGES, TEACHER_STAGES, ancestors, dependants, fingerprint, resolve_specs, stage
 from pipeline.targets.tokens import check_glove_file
 from pipeline.units import rejected_path
@@ -57,6 +57,11 @@ def check_inputs(config: "BuildConfig") -> Path:
     for name, value in (("size", config.size), ("shard-size", config.shard_size), ("batch-size", config.batch_size)):
         if int(value) < 1:
             raise BuildError(f"--{name} must be >= 1, got {value}")
+    if config.gpus_per_teacher is not None:
+        try:
+            check_gpu_share(config.gpus_per_teacher)
+        except ValueError as e:
+            raise BuildError(str(e)) from None
     for s in config.stages:
         if s not in {st.name for st in STAGES}:
             raise BuildError(f"unknown stage {s!r}; stages are: {', '.join(st.name for st in STAGES)}")
@@ -107,7 +112,11 @@ def load_teachers(config: "BuildConfig", stages: list[str], executor: Executor
             kwargs["checkpoint"] = checkpoint
         factories[s] = TeacherFactory(cls, kwargs)
     fps = {}
-    for s, result in executor.start(factories).items():
+    try:
+        started = executor.start(factories)
+    except ClusterResourceError as e:  # more GPUs asked for than the cluster has
+        raise BuildError(str(e)) from None
+    for s, result in started.items():
         name, _, params = teacher_choice(config, s)
         if isinstance(result, TeacherError):
             raise BuildError(f"{s} teacher {name!r}: {result}") from None

@@ -51,6 +51,7 @@ class TeacherSpec:
     units: str = ""
     extra: str | None = None  # pip extra it needs, if any
     needs_annotations: bool = False  # ground-truth teachers read the COCO record instead of pixels
+    uses_gpu: bool = True  # False: runs no model on a device (ground truth); its Ray actors get no GPU
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -47,6 +47,7 @@ class PanopticGroundTruth(_GroundTruth):
         outputs=PANOPTIC_OUTPUTS,
         units="class id",
         needs_annotations=True,
+        uses_gpu=False,
     )
 
     def _read(self, inp: TeacherInput) -> np.ndarray:
@@ -76,6 +77,7 @@ class CaptionGroundTruth(_GroundTruth):
         outputs={"captions": "list of str"},
         units="text",
         needs_annotations=True,
+        uses_gpu=False,
     )
 
     def _read(self, inp: TeacherInput) -> list[str]:

@@ -71,7 +71,7 @@ class FakeText(_Fake):
 
 class FakeCaption(_Fake):
     name = "fake-caption"
-    spec = TeacherSpec(task="caption", description="the COCO captions")
+    spec = TeacherSpec(task="caption", description="the COCO captions", uses_gpu=False)
 
     def one(self, inp: TeacherInput) -> dict[str, Any]:
         return {"captions": list(inp.record.get("captions") or ["a picture"])}
@@ -83,6 +83,13 @@ FAKES = {cls.name: f"{__name__}:{cls.__name__}" for cls in (FakeDepth, FakePanop
 def teacher_process(teacher: Teacher) -> tuple[str, int]:
     """A teacher unit for executor tests: which teacher ran it, in which process."""
     return teacher.name, os.getpid()
+
+
+def teacher_gpus(teacher: Teacher) -> tuple[str, int, float]:
+    """A teacher unit for executor tests: which teacher ran it, in which process, with what GPU share."""
+    import ray
+
+    return teacher.name, os.getpid(), float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
 def register() -> None:

@@ -127,6 +127,20 @@ def test_pipeline_local_cuda_without_a_gpu(demo_root: Path, tmp_path: Path, monk
                                  "--device cpu (or auto), or --executor ray on a cluster with GPUs")
 
 
+def test_pipeline_gpu_share_that_cannot_be_placed(demo_root: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    base = ["build-targets", "--coco-root", str(demo_root), "--split", SPLIT, "--out", str(tmp_path / "store")]
+    assert pipeline_main([*base, "--gpus-per-teacher", "1.5"]) == 2
+    assert _one_line(capsys) == ("pipeline: error: --gpus-per-teacher 1.5: use a fraction up to 1 or a whole "
+                                 "number of GPUs")
+    pytest.importorskip("ray")  # a local cluster of this machine, which has no GPU: Ray would wait forever
+    assert pipeline_main([*base, "--executor", "ray", "--num-cpus", "1", "--gpus-per-teacher", "0.5",
+                          "--stages", "depth"]) == 2
+    assert _one_line(capsys).startswith("pipeline: error: 1 GPU teacher actor(s) x 0.5 GPU need 0.5 GPUs, but the "
+                                        "Ray cluster has 0; use --gpus-per-teacher 0")
+    assert not (tmp_path / "store").exists()
+
+
 def test_pipeline_unreachable_ray_address(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with socket.socket() as sock:  # a port nothing listens on once closed
         sock.bind(("127.0.0.1", 0))

@@ -59,3 +59,30 @@ def test_teachers_share_one_actor_on_cpu_and_get_their_own_when_asked(monkeypatc
         assert separate["depth"][1] != separate["text"][1]
     finally:
         ray.shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_one_gpu_is_shared_by_the_gpu_teachers_and_over_asking_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a one-GPU cluster (declared: Ray schedules by the count alone) the two teachers that use a GPU get half
+    each and the ground-truth-like one none; the old default of a whole GPU per actor left all but one actor
+    waiting forever. Asking for more than the cluster has is an error before any actor starts."""
+    ray = pytest.importorskip("ray")
+    from pipeline.executors import ClusterResourceError, RayExecutor, TeacherFactory
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    factories = {"depth": TeacherFactory(pipeline_fakes.FakeDepth), "text": TeacherFactory(pipeline_fakes.FakeText),
+                 "caption": TeacherFactory(pipeline_fakes.FakeCaption)}
+    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+    try:
+        ex = RayExecutor(retries=0)
+        fps = ex.start(factories)
+        assert set(fps) == set(factories) and all(isinstance(fp, str) for fp in fps.values()), fps
+        seen = {s: ex.result(ex.submit_teacher(s, pipeline_fakes.teacher_gpus)) for s in factories}
+        ex.close()
+        assert {s: g for s, (_, _, g) in seen.items()} == {"depth": 0.5, "text": 0.5, "caption": 0.0}
+        assert len({pid for _, pid, _ in seen.values()}) == 3
+
+        with pytest.raises(ClusterResourceError, match=r"2 GPU teacher actor\(s\) x 1 GPU need 2 GPUs.*has 1"):
+            RayExecutor(gpus_per_teacher=1, retries=0).start(factories)
+    finally:
+        ray.shutdown()

@@ -72,3 +72,37 @@ def test_the_png_encoder_enters_every_fingerprint(monkeypatch: pytest.MonkeyPatc
     assert codecs.png_encoder() == "opencv"
     after = fps()
     assert all(before[s] != after[s] for s in before)
+
+
+def test_gpu_share_per_teacher_actor() -> None:
+    from pipeline.executors import ClusterResourceError, check_gpu_share, gpus_per_actor
+
+    assert gpus_per_actor(3, 1, None) == 0.3333  # one GPU, three teachers: a third each (Ray's 1e-4 steps)
+    assert gpus_per_actor(2, 8, None) == 1.0  # never more than one GPU per actor by default
+    assert gpus_per_actor(4, 0, None) == 0.0  # a CPU-only cluster
+    assert gpus_per_actor(0, 1, 0.5) == 0.0  # no teacher uses a GPU
+    assert gpus_per_actor(2, 1, 0.5) == 0.5 and gpus_per_actor(2, 4, 2) == 2.0
+    with pytest.raises(ClusterResourceError, match=r"3 GPU teacher actor\(s\) x 0.5 GPU need 1.5 GPUs.*has 1; "
+                                                   r"use --gpus-per-teacher 0.3333"):
+        gpus_per_actor(3, 1, 0.5)
+    with pytest.raises(ClusterResourceError, match="has 0; use --gpus-per-teacher 0"):
+        gpus_per_actor(1, 0, 0.25)
+    for bad in (-0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="a fraction up to 1 or a whole number"):
+            check_gpu_share(bad)
+
+
+def test_actor_pools_put_gpu_teachers_apart_and_the_others_together() -> None:
+    import pipeline_fakes
+    from pipeline.executors import RayExecutor, TeacherFactory
+
+    f = {"depth": TeacherFactory(pipeline_fakes.FakeDepth), "text": TeacherFactory(pipeline_fakes.FakeText),
+         "panoptic": TeacherFactory(pipeline_fakes.FakePanoptic, {"device": "cpu"}),
+         "caption": TeacherFactory(pipeline_fakes.FakeCaption)}
+    groups = RayExecutor(actors_per_teacher=2)._actor_groups
+    assert groups(f, 1.0) == [(["depth"], 0.25), (["text"], 0.25), (["panoptic", "caption"], 0.0)]
+    assert groups(f, 0.0) == [(["depth", "text", "panoptic", "caption"], 0.0)]  # no GPU: one shared pool
+    assert RayExecutor(gpus_per_teacher=0)._actor_groups(f, 1.0) == [(list(f), 0.0)]
+    assert RayExecutor(shared_actors=False)._actor_groups(f, 2.0) == [
+        (["depth"], 1.0), (["text"], 1.0), (["panoptic"], 0.0), (["caption"], 0.0)]
+    assert RayExecutor(shared_actors=True, gpus_per_teacher=0.5)._actor_groups(f, 1.0) == [(list(f), 0.5)]
