@@ -35,6 +35,13 @@ class TeacherFactory:
         spec = getattr(self.cls, "spec", None)
         return bool(getattr(spec, "uses_gpu", True)) and str(self.kwargs.get("device", "auto")) != "cpu"
 
+    def without_gpu(self) -> "TeacherFactory":
+        """This factory for an actor that reserves no GPU: device "auto" becomes "cpu" for a model teacher (Ray
+        hides no GPU from such an actor, so "auto" would take one that is not reserved for it)."""
+        if self.kwargs.get("device") == "auto" and self.wants_gpu():
+            return TeacherFactory(self.cls, {**self.kwargs, "device": "cpu"})
+        return self
+
 
 class ClusterResourceError(RuntimeError):
     """The teacher actors ask for more GPUs than the cluster has: Ray would wait for them forever."""
@@ -262,8 +269,8 @@ class RayExecutor(Executor):
             worker = ray.remote(_TeacherWorker).options(
                 num_gpus=gpus, num_cpus=self.cpus_per_teacher,
                 max_restarts=self.retries, max_task_retries=self.retries)
-            pool = [worker.remote({s: teachers[s] for s in stages}, self.quiet)
-                    for _ in range(self.actors_per_teacher)]
+            hosted = {s: teachers[s] if gpus else teachers[s].without_gpu() for s in stages}
+            pool = [worker.remote(hosted, self.quiet) for _ in range(self.actors_per_teacher)]
             self.pools.update({s: pool for s in stages})
         for pool in self.pools.values():
             for actor in pool:

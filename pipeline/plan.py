@@ -62,6 +62,9 @@ def check_inputs(config: "BuildConfig") -> Path:
             check_gpu_share(config.gpus_per_teacher)
         except ValueError as e:
             raise BuildError(str(e)) from None
+        if config.executor == "ray" and config.gpus_per_teacher == 0 and str(config.device).startswith("cuda"):
+            raise BuildError(f"--device {config.device} with --gpus-per-teacher 0: teacher actors that reserve no "
+                             "GPU run on CPU; give them a GPU share or use --device cpu (or auto)")
     for s in config.stages:
         if s not in {st.name for st in STAGES}:
             raise BuildError(f"unknown stage {s!r}; stages are: {', '.join(st.name for st in STAGES)}")

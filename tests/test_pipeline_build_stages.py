@@ -106,3 +106,16 @@ def test_actor_pools_put_gpu_teachers_apart_and_the_others_together() -> None:
     assert RayExecutor(shared_actors=False)._actor_groups(f, 2.0) == [
         (["depth"], 1.0), (["text"], 1.0), (["panoptic"], 0.0), (["caption"], 0.0)]
     assert RayExecutor(shared_actors=True, gpus_per_teacher=0.5)._actor_groups(f, 1.0) == [(list(f), 0.5)]
+
+
+def test_a_teacher_actor_without_a_gpu_runs_model_teachers_on_cpu() -> None:
+    import pipeline_fakes
+    from pipeline.executors import TeacherFactory
+
+    auto = TeacherFactory(pipeline_fakes.FakeDepth, {"device": "auto", "batch_size": 2})
+    assert auto.wants_gpu() and auto.without_gpu().kwargs == {"device": "cpu", "batch_size": 2}
+    cuda = TeacherFactory(pipeline_fakes.FakeDepth, {"device": "cuda:1"})
+    assert cuda.without_gpu() is cuda  # an explicit device is the user's (the build refuses cuda with 0 GPUs)
+    reader = TeacherFactory(pipeline_fakes.FakeCaption, {"device": "auto"})
+    assert not reader.wants_gpu() and reader.without_gpu() is reader  # ground truth ignores its device
+    assert not TeacherFactory(pipeline_fakes.FakeDepth, {"device": "cpu"}).wants_gpu()
