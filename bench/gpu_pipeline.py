@@ -9,7 +9,7 @@ per member of the store, how many samples differ between the GPU and the CPU bui
 kernels differ between devices and thread counts, so depth may move by a few 16-bit levels and scores in the
 JSON members by rounding). Exit 1 when a build fails or the store does not verify. One JSON line at the end.
 
-    python bench/gpu_pipeline.py [--actors-per-teacher 2]
+    python bench/gpu_pipeline.py [--actors-per-teacher 2] [--gpus-per-teacher F]
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def _equal(a: Any, b: Any) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--actors-per-teacher", type=int, default=2)
+    parser.add_argument("--gpus-per-teacher", type=float, default=None,
+                        help="GPU share per model-teacher actor (default: the build's, an even share; 0: all on CPU)")
     args = parser.parse_args()
 
     import ray
@@ -103,15 +105,18 @@ def main() -> int:
         base = BuildConfig(coco_root=str(demo), split="train2017", shard_size=8, batch_size=4, progress=False,
                            glove=str(demo / "glove" / "glove.demo.300d.txt"), **teachers)
         on_gpu = BuildConfig(**{**base.__dict__, "out": str(work / "gpu"), "executor": "ray",
-                                "actors_per_teacher": args.actors_per_teacher})
+                                "actors_per_teacher": args.actors_per_teacher,
+                                "gpus_per_teacher": args.gpus_per_teacher})
         on_cpu = BuildConfig(**{**base.__dict__, "out": str(work / "cpu"), "executor": "local", "device": "cpu"})
 
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
         result: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "cluster_gpus": ray.cluster_resources().get("GPU", 0.0),
-                                  "actors_per_teacher": args.actors_per_teacher}
+                                  "actors_per_teacher": args.actors_per_teacher,
+                                  "gpus_per_teacher": args.gpus_per_teacher}
         try:
-            ex = RayExecutor(actors_per_teacher=args.actors_per_teacher, retries=0, quiet=True)
+            ex = RayExecutor(actors_per_teacher=args.actors_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
+                             retries=0, quiet=True)
             load_teachers(on_gpu, list(TEACHER_STAGES), ex)
             handles = [(s, ex.submit_teacher(s, where)) for s in TEACHER_STAGES
                        for _ in range(args.actors_per_teacher)]  # least-loaded: each actor of a pool once
