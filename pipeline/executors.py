@@ -142,6 +142,10 @@ class Executor(ABC):
         """Bytes that the decoded shards in flight may occupy where they are held (None: no set limit)."""
         return None
 
+    def placement(self) -> dict[str, str]:
+        """Where each started stage's teacher runs, in words (for the build's output and report)."""
+        return {}
+
     def close(self) -> None:
         """Release workers and teachers."""
 
@@ -196,6 +200,9 @@ class LocalExecutor(Executor):
     def submit_teacher(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
         return self._run(fn, (self.teachers[stage], *args))
 
+    def placement(self) -> dict[str, str]:
+        return {stage: f"in-process on {teacher.device}" for stage, teacher in self.teachers.items()}
+
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
         return list(handles)
 
@@ -246,6 +253,7 @@ class RayExecutor(Executor):
         self.load: dict[Any, int] = {}  # actor -> calls in flight
         self.owner: dict[Any, Any] = {}  # teacher call handle -> actor
         self._remote: dict[Callable[..., Any], Any] = {}
+        self._placement: dict[str, str] = {}
         self._started_here = False
 
     def start(self, teachers: Mapping[str, TeacherFactory]) -> dict[str, Any]:
@@ -272,6 +280,11 @@ class RayExecutor(Executor):
             hosted = {s: teachers[s] if gpus else teachers[s].without_gpu() for s in stages}
             pool = [worker.remote(hosted, self.quiet) for _ in range(self.actors_per_teacher)]
             self.pools.update({s: pool for s in stages})
+            n = self.actors_per_teacher
+            where = f"{n} actor{'s' * (n > 1)} x {gpus:g} GPU" if gpus else f"{n} CPU actor{'s' * (n > 1)}"
+            for s in stages:
+                others = [o for o in stages if o != s]
+                self._placement[s] = where + (f", shared with {', '.join(others)}" if others else "")
         for pool in self.pools.values():
             for actor in pool:
                 self.load[actor] = 0
@@ -336,6 +349,9 @@ class RayExecutor(Executor):
             done = more or done
         return done
 
+    def placement(self) -> dict[str, str]:
+        return dict(self._placement)
+
     def memory_budget(self) -> int | None:
         import ray
 
@@ -358,6 +374,7 @@ class RayExecutor(Executor):
             ray.kill(actor)
         self.pools.clear()
         self.load.clear()
+        self._placement.clear()
         if self._started_here:
             ray.shutdown()
 

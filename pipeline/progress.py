@@ -15,15 +15,19 @@ class Progress:
     Args:
         totals: stage -> (units to run, images in those units).
         enabled: False shows nothing (tests, benchmarks).
+        header: a line printed above the bars (where the teachers run).
     """
 
-    def __init__(self, totals: Mapping[str, tuple[int, int]], enabled: bool = True) -> None:
+    def __init__(self, totals: Mapping[str, tuple[int, int]], enabled: bool = True, header: str | None = None
+                 ) -> None:
         self.totals = dict(totals)
         self.units = {s: 0 for s in totals}
         self.images = {s: 0 for s in totals}
         self.bars: dict[str, Any] = {}
         self.lines = enabled and not sys.stderr.isatty()
         self.start = time.monotonic()
+        if enabled and header:
+            print(header, file=sys.stderr, flush=True)
         if enabled and not self.lines:
             from tqdm import tqdm
 

@@ -121,12 +121,13 @@ def test_build_and_status_commands(demo_root: Path, tmp_path: Path, capsys, fake
 def test_progress_lines_off_a_terminal_and_summary_table(capsys) -> None:
     from pipeline.progress import Progress, summary_table
 
-    with Progress({"depth": (2, 10), "normals": (0, 0)}, enabled=True) as progress:
+    with Progress({"depth": (2, 10), "normals": (0, 0)}, enabled=True, header="teachers: depth here") as progress:
         progress.update("depth", 5)
         progress.update("depth", 4)
     err = capsys.readouterr().err.splitlines()
-    assert [line.split(" img/s")[0].rsplit(",", 1)[0] for line in err] == ["depth: 1/2 units, 5 images",
-                                                                           "depth: 2/2 units, 9 images"]
+    assert err[0] == "teachers: depth here"
+    assert [line.split(" img/s")[0].rsplit(",", 1)[0] for line in err[1:]] == ["depth: 1/2 units, 5 images",
+                                                                               "depth: 2/2 units, 9 images"]
     stage = {"images": 9, "seconds": 3.0, "images_per_s": 3.0, "run": 2, "skipped": 1, "failed": 1, "rejected": 0,
              "active": None}
     table = summary_table({"split": "val2017", "samples": 9, "rejected": 1, "image_ids": 10, "wall_seconds": 4.0,

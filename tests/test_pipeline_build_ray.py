@@ -28,12 +28,16 @@ def test_ray_build_matches_local_and_survives_a_dead_actor(demo_root: Path, tmp_
                                        depth_params={"die_once": str(marker)}))
     assert marker.exists(), "the depth actor was killed once"
     assert on_ray["ok"] and on_ray["executor"] == "ray", on_ray["failures"]
+    stages = ("depth", "panoptic", "text", "caption")  # no GPU here: one actor hosts every teacher
+    assert on_ray["teachers"] == {s: "1 CPU actor, shared with " + ", ".join(o for o in stages if o != s)
+                                  for s in stages}
     counts = check_split(tmp_path / "ray", demo_root, "train2017")
     assert on_ray["samples"] == counts["samples"]
     assert all(st["run"] == st["units"] for st in on_ray["stages"].values())
 
     local = build_targets(make_config(demo_root, tmp_path / "local"))
     assert local["ok"] and local["samples"] == on_ray["samples"]
+    assert local["teachers"] == dict.fromkeys(("depth", "panoptic", "text", "caption"), "in-process on cpu")
     assert tar_files(tmp_path / "ray" / "train2017") == tar_files(tmp_path / "local" / "train2017")
 
 
@@ -78,6 +82,7 @@ def test_one_gpu_is_shared_by_the_gpu_teachers_and_over_asking_fails(monkeypatch
         fps = ex.start(factories)
         assert set(fps) == set(factories) and all(isinstance(fp, str) for fp in fps.values()), fps
         seen = {s: ex.result(ex.submit_teacher(s, pipeline_fakes.teacher_gpus)) for s in factories}
+        assert ex.placement() == {"depth": "1 actor x 0.5 GPU", "text": "1 actor x 0.5 GPU", "caption": "1 CPU actor"}
         ex.close()
         assert {s: g for s, (_, _, g) in seen.items()} == {"depth": 0.5, "text": 0.5, "caption": 0.0}
         assert len({pid for _, pid, _ in seen.values()}) == 3
