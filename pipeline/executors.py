@@ -57,34 +57,43 @@ def check_gpu_share(gpus: float) -> None:
         raise ValueError(f"--gpus-per-teacher {gpus:g}: use a fraction up to 1 or a whole number of GPUs")
 
 
-def gpus_per_actor(actors: int, cluster_gpus: float, requested: float | None) -> float:
+def gpus_per_actor(actors: int, node_gpus: Sequence[float], requested: float | None) -> float:
     """GPUs each of ``actors`` GPU teacher actors reserves.
+
+    Ray places a fractional share inside one GPU and a whole number of GPUs inside one node, so what fits is
+    counted per GPU and per node, not from the cluster's total (three actors of 0.6 GPU do not fit two GPUs).
 
     Args:
         actors: the teacher actors that would use a GPU (pools x actors per pool).
-        cluster_gpus: the GPUs of the cluster.
-        requested: ``--gpus-per-teacher``; ``None`` shares the cluster's GPUs evenly among the actors, at most
-            one each (so one GPU hosts every teacher of a single-GPU machine), or 0 on a cluster without GPUs.
+        node_gpus: the GPUs of each node of the cluster.
+        requested: ``--gpus-per-teacher``; ``None`` shares the GPUs evenly: 1/k of a GPU each for the smallest
+            k that places every actor (at most one GPU each; one GPU and three actors: a third each), or 0 on
+            a cluster without GPUs.
 
     Raises:
         ValueError: see ``check_gpu_share``.
-        ClusterResourceError: the actors together need more GPUs than the cluster has.
+        ClusterResourceError: the actors cannot all be placed at once (Ray would wait for them forever).
     """
     if requested is not None:
         check_gpu_share(requested)
-    if actors == 0:
+    whole = sum(math.floor(g + 1e-9) for g in node_gpus)  # a fractional GPU count holds no full share
+    if actors == 0 or (requested is None and whole == 0):
         return 0.0
+    even = math.floor(_GPU_STEP / math.ceil(actors / whole)) / _GPU_STEP if whole else 0.0
     if requested is None:
-        if cluster_gpus <= 0:
-            return 0.0
-        return min(1.0, math.floor(cluster_gpus / actors * _GPU_STEP) / _GPU_STEP)
-    need = requested * actors
-    if need > cluster_gpus + 1e-9:
-        share = math.floor(cluster_gpus / actors * _GPU_STEP) / _GPU_STEP
-        hint = f"--gpus-per-teacher {share:g} or fewer --actors-per-teacher" if share > 0 else "--gpus-per-teacher 0"
+        return even
+    if requested == 0:
+        return 0.0
+    if requested >= 1:
+        fits = sum(math.floor(g / requested + 1e-9) for g in node_gpus)
+    else:
+        fits = whole * math.floor(1 / requested + 1e-9)
+    if fits < actors:
+        hint = f"--gpus-per-teacher {even:g} or fewer --actors-per-teacher" if even else "--gpus-per-teacher 0"
         raise ClusterResourceError(
-            f"{actors} GPU teacher actor(s) x {requested:g} GPU need {need:g} GPUs, but the Ray cluster has "
-            f"{cluster_gpus:g}; use {hint} (or leave --gpus-per-teacher out to share the GPUs)")
+            f"{actors} GPU teacher actor(s) x {requested:g} GPU do not fit the Ray cluster's GPUs "
+            f"({'+'.join(f'{g:g}' for g in node_gpus) or '0'} on {len(node_gpus)} node(s)): {fits} fit at once; "
+            f"use {hint} (or leave --gpus-per-teacher out to share the GPUs)")
     return float(requested)
 
 
@@ -224,7 +233,7 @@ class RayExecutor(Executor):
         num_cpus: CPUs of a local cluster started here (``None`` = all).
         gpus_per_teacher: GPUs per actor of a teacher that uses one, fractional allowed; ``None`` shares the
             cluster's GPUs evenly among those actors (at most 1 each; 0 on a CPU-only cluster). Asking for
-            more than the cluster has raises ``ClusterResourceError`` instead of waiting forever.
+            more than fits the cluster's GPUs raises ``ClusterResourceError`` instead of waiting forever.
         cpus_per_teacher: CPUs reserved per teacher actor (0 keeps actors from starving CPU tasks).
         actors_per_teacher: actors in each teacher's pool.
         shared_actors: host every teacher in each actor of one pool instead of a pool per teacher; ``None``
@@ -271,7 +280,8 @@ class RayExecutor(Executor):
                 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(**kwargs)
             self._started_here = True
-        groups = self._actor_groups(teachers, ray.cluster_resources().get("GPU", 0.0))
+        node_gpus = [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+        groups = self._actor_groups(teachers, node_gpus)
         self.pools = {}
         for stages, gpus in groups:
             worker = ray.remote(_TeacherWorker).options(
@@ -296,7 +306,7 @@ class RayExecutor(Executor):
                 out[stage] = RuntimeError(f"its actor died while loading it: {e.error_msg.splitlines()[0]}")
         return out
 
-    def _actor_groups(self, teachers: Mapping[str, TeacherFactory], cluster_gpus: float
+    def _actor_groups(self, teachers: Mapping[str, TeacherFactory], node_gpus: Sequence[float]
                       ) -> list[tuple[list[str], float]]:
         """The actor pools to start: (stages hosted together, GPUs per actor) each.
 
@@ -305,7 +315,7 @@ class RayExecutor(Executor):
         cluster without GPUs, ``--gpus-per-teacher 0``) share one pool of CPU actors.
         """
         gpu = [s for s, f in teachers.items() if f.wants_gpu()]
-        if self.gpus_per_teacher == 0 or (self.gpus_per_teacher is None and cluster_gpus <= 0):
+        if self.gpus_per_teacher == 0 or (self.gpus_per_teacher is None and not any(g >= 1 for g in node_gpus)):
             gpu = []
         cpu = [s for s in teachers if s not in gpu]
         shared = self.shared_actors if self.shared_actors is not None else not gpu
@@ -316,7 +326,7 @@ class RayExecutor(Executor):
         else:
             groups = [[s] for s in teachers]
         with_gpu = [g for g in groups if any(s in gpu for s in g)]
-        gpus = gpus_per_actor(len(with_gpu) * self.actors_per_teacher, cluster_gpus, self.gpus_per_teacher)
+        gpus = gpus_per_actor(len(with_gpu) * self.actors_per_teacher, node_gpus, self.gpus_per_teacher)
         return [(g, gpus if g in with_gpu else 0.0) for g in groups]
 
     def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:

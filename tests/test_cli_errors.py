@@ -139,8 +139,8 @@ def test_pipeline_gpu_share_that_cannot_be_placed(demo_root: Path, tmp_path: Pat
     pytest.importorskip("ray")  # a local cluster of this machine, which has no GPU: Ray would wait forever
     assert pipeline_main([*base, "--executor", "ray", "--num-cpus", "1", "--gpus-per-teacher", "0.5",
                           "--stages", "depth"]) == 2
-    assert _one_line(capsys).startswith("pipeline: error: 1 GPU teacher actor(s) x 0.5 GPU need 0.5 GPUs, but the "
-                                        "Ray cluster has 0; use --gpus-per-teacher 0")
+    assert _one_line(capsys).startswith("pipeline: error: 1 GPU teacher actor(s) x 0.5 GPU do not fit the Ray "
+                                        "cluster's GPUs (0 on 1 node(s)): 0 fit at once; use --gpus-per-teacher 0")
     assert not (tmp_path / "store").exists()
 
 

@@ -77,16 +77,25 @@ def test_the_png_encoder_enters_every_fingerprint(monkeypatch: pytest.MonkeyPatc
 def test_gpu_share_per_teacher_actor() -> None:
     from pipeline.executors import ClusterResourceError, check_gpu_share, gpus_per_actor
 
-    assert gpus_per_actor(3, 1, None) == 0.3333  # one GPU, three teachers: a third each (Ray's 1e-4 steps)
-    assert gpus_per_actor(2, 8, None) == 1.0  # never more than one GPU per actor by default
-    assert gpus_per_actor(4, 0, None) == 0.0  # a CPU-only cluster
-    assert gpus_per_actor(0, 1, 0.5) == 0.0  # no teacher uses a GPU
-    assert gpus_per_actor(2, 1, 0.5) == 0.5 and gpus_per_actor(2, 4, 2) == 2.0
-    with pytest.raises(ClusterResourceError, match=r"3 GPU teacher actor\(s\) x 0.5 GPU need 1.5 GPUs.*has 1; "
-                                                   r"use --gpus-per-teacher 0.3333"):
-        gpus_per_actor(3, 1, 0.5)
-    with pytest.raises(ClusterResourceError, match="has 0; use --gpus-per-teacher 0"):
-        gpus_per_actor(1, 0, 0.25)
+    assert gpus_per_actor(3, [1], None) == 0.3333  # one GPU, three teachers: a third each (Ray's 1e-4 steps)
+    assert gpus_per_actor(6, [1], None) == 0.1666
+    assert gpus_per_actor(3, [1, 1], None) == 0.5  # not 2/3: a share lives inside one GPU, 2/3 + 2/3 > 1
+    assert gpus_per_actor(2, [8], None) == 1.0 and gpus_per_actor(2, [4, 4], None) == 1.0  # at most one each
+    assert gpus_per_actor(4, [], None) == 0.0 and gpus_per_actor(4, [0, 0], None) == 0.0  # no GPU anywhere
+    assert gpus_per_actor(0, [1], 0.5) == 0.0  # no teacher uses a GPU
+    assert gpus_per_actor(2, [1], 0.5) == 0.5 and gpus_per_actor(2, [4], 2) == 2.0
+    assert gpus_per_actor(3, [1], 0.3333) == 0.3333
+    with pytest.raises(ClusterResourceError, match=r"3 GPU teacher actor\(s\) x 0.5 GPU do not fit the Ray "
+                                                   r"cluster's GPUs \(1 on 1 node\(s\)\): 2 fit at once; use "
+                                                   r"--gpus-per-teacher 0.3333"):
+        gpus_per_actor(3, [1], 0.5)
+    with pytest.raises(ClusterResourceError,
+                       match=r"\(1\+1 on 2 node\(s\)\): 2 fit at once; use --gpus-per-teacher 0.5"):
+        gpus_per_actor(3, [1, 1], 0.6)  # 1.8 GPUs of 2, yet one 0.6 share per GPU
+    with pytest.raises(ClusterResourceError, match=r"1 fit at once"):
+        gpus_per_actor(2, [2, 1], 2)  # a whole-GPU request stays on one node
+    with pytest.raises(ClusterResourceError, match=r"\(0 on 0 node\(s\)\): 0 fit at once; use --gpus-per-teacher 0"):
+        gpus_per_actor(1, [], 0.25)
     for bad in (-0.5, 1.5, float("nan")):
         with pytest.raises(ValueError, match="a fraction up to 1 or a whole number"):
             check_gpu_share(bad)
@@ -100,12 +109,12 @@ def test_actor_pools_put_gpu_teachers_apart_and_the_others_together() -> None:
          "panoptic": TeacherFactory(pipeline_fakes.FakePanoptic, {"device": "cpu"}),
          "caption": TeacherFactory(pipeline_fakes.FakeCaption)}
     groups = RayExecutor(actors_per_teacher=2)._actor_groups
-    assert groups(f, 1.0) == [(["depth"], 0.25), (["text"], 0.25), (["panoptic", "caption"], 0.0)]
-    assert groups(f, 0.0) == [(["depth", "text", "panoptic", "caption"], 0.0)]  # no GPU: one shared pool
-    assert RayExecutor(gpus_per_teacher=0)._actor_groups(f, 1.0) == [(list(f), 0.0)]
-    assert RayExecutor(shared_actors=False)._actor_groups(f, 2.0) == [
+    assert groups(f, [1]) == [(["depth"], 0.25), (["text"], 0.25), (["panoptic", "caption"], 0.0)]
+    assert groups(f, []) == [(["depth", "text", "panoptic", "caption"], 0.0)]  # no GPU: one shared pool
+    assert RayExecutor(gpus_per_teacher=0)._actor_groups(f, [1]) == [(list(f), 0.0)]
+    assert RayExecutor(shared_actors=False)._actor_groups(f, [1, 1]) == [
         (["depth"], 1.0), (["text"], 1.0), (["panoptic"], 0.0), (["caption"], 0.0)]
-    assert RayExecutor(shared_actors=True, gpus_per_teacher=0.5)._actor_groups(f, 1.0) == [(list(f), 0.5)]
+    assert RayExecutor(shared_actors=True, gpus_per_teacher=0.5)._actor_groups(f, [1]) == [(list(f), 0.5)]
 
 
 def test_a_teacher_actor_without_a_gpu_runs_model_teachers_on_cpu() -> None:
