@@ -48,7 +48,8 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
                    help=f"samples per shard (default {DEFAULTS.shard_size})")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=S,
                    help=f"images per teacher call (default {DEFAULTS.batch_size})")
-    p.add_argument("--device", default=S, help=f"teacher device: auto, cpu, cuda, cuda:N (default {DEFAULTS.device})")
+    p.add_argument("--device", default=S, help=f"teacher device: auto, cpu, cuda, cuda:N (with --executor local) "
+                                           f"(default {DEFAULTS.device})")
     p.add_argument("--dtype", default=S, help=f"teacher dtype (default {DEFAULTS.dtype})")
     for s in TEACHER_STAGES:
         p.add_argument(f"--{s}-teacher", dest=f"{s}_teacher", default=S,

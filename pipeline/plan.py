@@ -65,6 +65,9 @@ def check_inputs(config: "BuildConfig") -> Path:
         if config.executor == "ray" and config.gpus_per_teacher == 0 and str(config.device).startswith("cuda"):
             raise BuildError(f"--device {config.device} with --gpus-per-teacher 0: teacher actors that reserve no "
                              "GPU run on CPU; give them a GPU share or use --device cpu (or auto)")
+    if config.executor == "ray" and str(config.device).startswith("cuda:") and config.device != "cuda:0":
+        raise BuildError(f"--device {config.device}: on Ray each teacher actor sees only the GPU it reserved, as "
+                         "cuda:0; use --device cuda (or auto), or --executor local to pick a GPU of this machine")
     for s in config.stages:
         if s not in {st.name for st in STAGES}:
             raise BuildError(f"unknown stage {s!r}; stages are: {', '.join(st.name for st in STAGES)}")

@@ -136,6 +136,8 @@ def test_pipeline_gpu_share_that_cannot_be_placed(demo_root: Path, tmp_path: Pat
     assert pipeline_main([*base, "--executor", "ray", "--gpus-per-teacher", "0", "--device", "cuda"]) == 2
     assert _one_line(capsys) == ("pipeline: error: --device cuda with --gpus-per-teacher 0: teacher actors that "
                                  "reserve no GPU run on CPU; give them a GPU share or use --device cpu (or auto)")
+    assert pipeline_main([*base, "--executor", "ray", "--device", "cuda:1"]) == 2
+    assert "--device cuda:1: on Ray each teacher actor sees only the GPU it reserved" in _one_line(capsys)
     pytest.importorskip("ray")  # a local cluster of this machine, which has no GPU: Ray would wait forever
     assert pipeline_main([*base, "--executor", "ray", "--num-cpus", "1", "--gpus-per-teacher", "0.5",
                           "--stages", "depth"]) == 2
