@@ -82,7 +82,7 @@ class Teacher(ABC):
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8) -> None:
         if dtype not in ("float32", "float16", "bfloat16"):
             raise TeacherError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
-        if dtype != "float32" and not str(device).startswith("cuda"):
+        if dtype != "float32" and self.spec.uses_gpu and not str(device).startswith("cuda"):
             raise TeacherError(f"dtype {dtype} needs a CUDA device (got device={device!r})")
         if batch_size < 1:
             raise TeacherError(f"batch_size must be >= 1, got {batch_size}")
@@ -106,8 +106,9 @@ class Teacher(ABC):
         """Everything that changes the output: model id and revision or weights sha256, parameters."""
 
     def fingerprint(self) -> str:
-        """sha256 of the teacher name and ``identity()`` (canonical JSON); dtype is part of it."""
-        ident = {"teacher": self.name, "dtype": self.dtype, **self.identity()}
+        """sha256 of the teacher name and ``identity()`` (canonical JSON); the dtype is part of it for a teacher
+        that runs a model (``spec.uses_gpu``): the ground-truth readers give the same output at any dtype."""
+        ident = {"teacher": self.name, **({"dtype": self.dtype} if self.spec.uses_gpu else {}), **self.identity()}
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 

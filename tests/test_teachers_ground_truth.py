@@ -91,3 +91,21 @@ def test_caption_gt_teacher() -> None:
     with pytest.raises(TeacherError, match="no caption"):
         teacher([TeacherInput(np.zeros((4, 4, 3), np.uint8), 9, {"captions": []})])
     assert teacher.fingerprint() == create_teacher("caption-gt", batch_size=5).fingerprint()
+
+
+@pytest.mark.parametrize("name", ["panoptic-gt", "caption-gt"])
+def test_ground_truth_ignores_device_and_dtype(name: str) -> None:
+    """A build's --dtype float16 reaches every teacher; the readers run on any actor (one without a GPU too)
+    and keep their fingerprint, so only the model teachers' columns are rebuilt."""
+    plain = create_teacher(name)
+    half = create_teacher(name, device="cpu", dtype="float16")
+    bf16 = create_teacher(name, device="cuda", dtype="bfloat16")
+    assert half.fingerprint() == plain.fingerprint() == bf16.fingerprint()
+    with pytest.raises(TeacherError, match="dtype must be"):
+        create_teacher(name, dtype="int8")
+
+
+@pytest.mark.parametrize("name", ["depth-anything-v2", "dptext-detr", "visiongpt2", "rapidocr"])
+def test_model_teachers_refuse_half_precision_on_cpu(name: str) -> None:
+    with pytest.raises(TeacherError, match="dtype float16 needs a CUDA device"):  # before any weights load
+        create_teacher(name, device="cpu", dtype="float16")
