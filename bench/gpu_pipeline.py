@@ -9,7 +9,7 @@ per member of the store, how many samples differ between the GPU and the CPU bui
 kernels differ between devices and thread counts, so depth may move by a few 16-bit levels and scores in the
 JSON members by rounding). Exit 1 when a build fails or the store does not verify. One JSON line at the end.
 
-    python bench/gpu_pipeline.py [--actors-per-teacher 2] [--gpus-per-teacher F]
+    python bench/gpu_pipeline.py [--actors-per-teacher 2] [--gpus-per-teacher F] [--dtype float16]
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def _equal(a: Any, b: Any) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--actors-per-teacher", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", help="dtype of the model teachers on the GPU (float16, bfloat16)")
     parser.add_argument("--gpus-per-teacher", type=float, default=None,
                         help="GPU share per model-teacher actor (default: the build's, an even share; 0: all on CPU)")
     args = parser.parse_args()
@@ -106,14 +107,14 @@ def main() -> int:
                            glove=str(demo / "glove" / "glove.demo.300d.txt"), **teachers)
         on_gpu = BuildConfig(**{**base.__dict__, "out": str(work / "gpu"), "executor": "ray",
                                 "actors_per_teacher": args.actors_per_teacher,
-                                "gpus_per_teacher": args.gpus_per_teacher})
+                                "gpus_per_teacher": args.gpus_per_teacher, "dtype": args.dtype})
         on_cpu = BuildConfig(**{**base.__dict__, "out": str(work / "cpu"), "executor": "local", "device": "cpu"})
 
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
         result: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "cluster_gpus": ray.cluster_resources().get("GPU", 0.0),
                                   "actors_per_teacher": args.actors_per_teacher,
-                                  "gpus_per_teacher": args.gpus_per_teacher}
+                                  "gpus_per_teacher": args.gpus_per_teacher, "dtype": args.dtype}
         try:
             ex = RayExecutor(actors_per_teacher=args.actors_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
                              retries=0, quiet=True)
