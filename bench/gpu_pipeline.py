@@ -112,7 +112,8 @@ def main() -> int:
 
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
-        result: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "cluster_gpus": ray.cluster_resources().get("GPU", 0.0),
+        result: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0),
+                                  "cluster_gpus": ray.cluster_resources().get("GPU", 0.0),
                                   "actors_per_teacher": args.actors_per_teacher,
                                   "gpus_per_teacher": args.gpus_per_teacher, "dtype": args.dtype}
         try:

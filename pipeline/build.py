@@ -68,7 +68,7 @@ class BuildConfig:
     gpus_per_teacher: float | None = None  # None: the cluster's GPUs shared by the GPU teacher actors
     cpus_per_teacher: float = 0.0
     actors_per_teacher: int = 1
-    shared_teacher_actors: bool | None = None  # None: every teacher in each actor when they take no GPU
+    shared_teacher_actors: bool | None = None  # None: a pool per GPU teacher, one shared pool for the others
     max_inflight_shards: int = 4  # decoded shards alive at once (bounds memory)
     retries: int = 3
     progress: bool = True

@@ -86,8 +86,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"actors per teacher pool (default {DEFAULTS.actors_per_teacher})")
     p.add_argument("--teacher-actors", dest="shared_teacher_actors", default=S,
                    type=_teacher_actors, metavar="{auto,shared,separate}",
-                   help="one actor pool hosting every teacher, or a pool per teacher (default auto: shared when "
-                        "the teachers take no GPU)")
+                   help="one actor pool hosting every teacher, or a pool per teacher (default auto: a pool per "
+                        "teacher that takes a GPU, one shared pool for the others)")
     p.add_argument("--max-inflight-shards", dest="max_inflight_shards", type=int, default=S,
                    help=f"decoded shards in flight at once (default {DEFAULTS.max_inflight_shards})")
     p.add_argument("--retries", type=int, default=S, help=f"retries of a failed unit (default {DEFAULTS.retries})")

@@ -44,7 +44,7 @@ class TeacherFactory:
 
 
 class ClusterResourceError(RuntimeError):
-    """The teacher actors ask for more GPUs than the cluster has: Ray would wait for them forever."""
+    """The teacher actors' GPU shares do not all fit the cluster's GPUs at once: Ray would wait forever."""
 
 
 #: Ray counts fractional GPUs in steps of 1/10000.
@@ -237,9 +237,10 @@ class RayExecutor(Executor):
         cpus_per_teacher: CPUs reserved per teacher actor (0 keeps actors from starving CPU tasks).
         actors_per_teacher: actors in each teacher's pool.
         shared_actors: host every teacher in each actor of one pool instead of a pool per teacher; ``None``
-            = a pool per teacher that takes a GPU and one shared pool for the others. Each actor process costs about a second of CPU to start, and
-            CPU teachers in separate processes only compete for the same cores (each model call already uses
-            all of them), so on CPU one process for all of them is the cheaper layout.
+            = a pool per teacher that takes a GPU and one shared pool for the others. Each actor process costs
+            about a second of CPU to start, and CPU teachers in separate processes only compete for the same
+            cores (each model call already uses all of them), so on CPU one process for all of them is the
+            cheaper layout.
         retries: retries of a failed task; restarts of a dead actor and retries of its calls.
         quiet: no model-loading progress bars in the teacher actors.
     """

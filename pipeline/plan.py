@@ -120,7 +120,7 @@ def load_teachers(config: "BuildConfig", stages: list[str], executor: Executor
     fps = {}
     try:
         started = executor.start(factories)
-    except ClusterResourceError as e:  # more GPUs asked for than the cluster has
+    except ClusterResourceError as e:  # GPU shares that do not fit the cluster
         raise BuildError(str(e)) from None
     for s, result in started.items():
         name, _, params = teacher_choice(config, s)
