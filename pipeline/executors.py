@@ -152,7 +152,8 @@ class Executor(ABC):
         return None
 
     def placement(self) -> dict[str, str]:
-        """Where each started stage's teacher runs, in words (for the build's output and report)."""
+        """Where the started teachers run, in words, keyed by stage ("+"-joined stages for teachers that share
+        their actors), for the build's output and report."""
         return {}
 
     def close(self) -> None:
@@ -293,9 +294,7 @@ class RayExecutor(Executor):
             self.pools.update({s: pool for s in stages})
             n = self.actors_per_teacher
             where = f"{n} actor{'s' * (n > 1)} x {gpus:g} GPU" if gpus else f"{n} CPU actor{'s' * (n > 1)}"
-            for s in stages:
-                others = [o for o in stages if o != s]
-                self._placement[s] = where + (f", shared with {', '.join(others)}" if others else "")
+            self._placement["+".join(stages)] = where
         for pool in self.pools.values():
             for actor in pool:
                 self.load[actor] = 0
