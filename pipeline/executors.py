@@ -31,9 +31,8 @@ class TeacherFactory:
         return self.cls(**kwargs)
 
     def wants_gpu(self) -> bool:
-        """Whether the teacher would use a GPU given one: it runs a model and its device is not "cpu"."""
-        spec = getattr(self.cls, "spec", None)
-        return bool(getattr(spec, "uses_gpu", True)) and str(self.kwargs.get("device", "auto")) != "cpu"
+        """Whether the teacher would use a GPU given one: it can run on one here and its device is not "cpu"."""
+        return self.cls.can_use_gpu() and str(self.kwargs.get("device", "auto")) != "cpu"
 
     def without_gpu(self) -> "TeacherFactory":
         """This factory for an actor that reserves no GPU: device "auto" becomes "cpu" for a model teacher (Ray

@@ -97,6 +97,12 @@ class Teacher(ABC):
             out.extend(self.predict(list(inputs[i:i + self.batch_size])))
         return out
 
+    @classmethod
+    def can_use_gpu(cls) -> bool:
+        """Whether this teacher would run on a CUDA device in this environment (default ``spec.uses_gpu``); an
+        executor gives no GPU share to a teacher that says no."""
+        return cls.spec.uses_gpu
+
     @abstractmethod
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
         """Run the model on one batch (at most ``batch_size`` inputs)."""

@@ -74,6 +74,15 @@ class RapidOCRTeacher(Teacher):
                           "thresh": float(thresh), "box_thresh": float(box_thresh),
                           "unclip_ratio": float(unclip_ratio)}
 
+    @classmethod
+    def can_use_gpu(cls) -> bool:
+        """Only with an onnxruntime that has the CUDA execution provider (onnxruntime-gpu)."""
+        try:
+            import onnxruntime
+        except ImportError:
+            return False
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 

@@ -67,3 +67,18 @@ def test_missing_extra_names_it(name, module, extra, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, f"{module}.ch_ppocr_det.utils", None)
     with pytest.raises(MissingExtraError, match=rf"ymap-distill\[{extra}\]"):
         create_teacher(name, checkpoint="unused.pth" if name != "rapidocr" else None)
+
+
+def test_takes_a_gpu_share_only_with_the_cuda_provider(monkeypatch) -> None:
+    """The ONNX detector runs on a GPU only with onnxruntime-gpu; otherwise a Ray build gives it no GPU share."""
+    ort = pytest.importorskip("onnxruntime")
+    from pipeline.executors import TeacherFactory
+    from teachers.registry import teacher_class
+
+    cls = teacher_class("rapidocr")
+    for providers, expected in ((["CPUExecutionProvider"], False),
+                                (["CUDAExecutionProvider", "CPUExecutionProvider"], True)):
+        monkeypatch.setattr(ort, "get_available_providers", lambda providers=providers: providers)
+        assert cls.can_use_gpu() is expected
+        assert TeacherFactory(cls, {"device": "auto"}).wants_gpu() is expected
+    assert not TeacherFactory(cls, {"device": "cpu"}).wants_gpu()
