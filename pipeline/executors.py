@@ -56,6 +56,11 @@ def check_gpu_share(gpus: float) -> None:
         raise ValueError(f"--gpus-per-teacher {gpus:g}: use a fraction up to 1 or a whole number of GPUs")
 
 
+def whole_gpus(node_gpus: Sequence[float]) -> int:
+    """The whole GPUs of the nodes together (a node's fractional GPU count holds no full share)."""
+    return sum(math.floor(g + 1e-9) for g in node_gpus)
+
+
 def gpus_per_actor(actors: int, node_gpus: Sequence[float], requested: float | None) -> float:
     """GPUs each of ``actors`` GPU teacher actors reserves.
 
@@ -75,7 +80,7 @@ def gpus_per_actor(actors: int, node_gpus: Sequence[float], requested: float | N
     """
     if requested is not None:
         check_gpu_share(requested)
-    whole = sum(math.floor(g + 1e-9) for g in node_gpus)  # a fractional GPU count holds no full share
+    whole = whole_gpus(node_gpus)
     if actors == 0 or (requested is None and whole == 0):
         return 0.0
     even = math.floor(_GPU_STEP / math.ceil(actors / whole)) / _GPU_STEP if whole else 0.0
@@ -314,7 +319,7 @@ class RayExecutor(Executor):
         cluster without GPUs, ``--gpus-per-teacher 0``) share one pool of CPU actors.
         """
         gpu = [s for s, f in teachers.items() if f.wants_gpu()]
-        if self.gpus_per_teacher == 0 or (self.gpus_per_teacher is None and not any(g >= 1 for g in node_gpus)):
+        if self.gpus_per_teacher == 0 or (self.gpus_per_teacher is None and whole_gpus(node_gpus) == 0):
             gpu = []
         cpu = [s for s in teachers if s not in gpu]
         shared = self.shared_actors if self.shared_actors is not None else not gpu
