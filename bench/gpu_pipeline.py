@@ -88,7 +88,7 @@ def main() -> int:
     from pipeline.build import BuildConfig, build_targets
     from pipeline.demo import make_demo
     from pipeline.executors import RayExecutor
-    from pipeline.plan import load_teachers
+    from pipeline.plan import load_teachers, teacher_factories
     from pipeline.stages import TEACHER_STAGES
     from shards.verify import verify_split
     from teachers.tiny import save_tiny_checkpoint
@@ -119,7 +119,7 @@ def main() -> int:
         try:
             ex = RayExecutor(actors_per_teacher=args.actors_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
                              retries=0, quiet=True)
-            load_teachers(on_gpu, list(TEACHER_STAGES), ex)
+            load_teachers(on_gpu, teacher_factories(on_gpu, list(TEACHER_STAGES)), ex)
             handles = [(s, ex.submit_teacher(s, where)) for s in TEACHER_STAGES
                        for _ in range(args.actors_per_teacher)]  # least-loaded: each actor of a pool once
             placed = [(s, ex.result(h)) for s, h in handles]

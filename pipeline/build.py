@@ -21,6 +21,7 @@ from pipeline.executors import Executor, make_executor, quiet_model_loading
 from pipeline.plan import BuildError, Plan, prepare
 from pipeline.progress import Progress
 from pipeline.stages import stage as get_stage
+from pipeline.teacher_record import record_fingerprints
 from pipeline.units import (UnitResult, decode_unit, derived_unit, load_vocabulary, read_rejected, teacher_predict,
                             vocab_unit, write_unit)
 
@@ -127,7 +128,9 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
     except ValueError as e:  # an unknown executor name
         raise BuildError(str(e)) from None
     try:  # the teachers load once, where they run (on Ray: in the actors, which also give the fingerprints)
-        return _Run(prepare(config, ex), ex).run()
+        plan = prepare(config, ex)
+        record_fingerprints(plan.split_path, plan.factories, plan.teacher_fps)  # for `pipeline status`
+        return _Run(plan, ex).run()
     finally:
         ex.close()
 

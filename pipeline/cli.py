@@ -213,12 +213,13 @@ def _status(args: argparse.Namespace) -> int:
     from pipeline.status import format_status, split_status
     from shards.layout import split_dir
 
+    recheck = vars(args).pop("recheck")
     config = resolve_config(args, last_build=True)
     manifest = split_dir(config.out, config.split) / "manifest.json"
     if not manifest.is_file() and "coco_root" not in vars(args) and not Path(config.coco_root).is_dir():
         raise BuildError(f"split {config.split!r} is not built in store {config.out!r} (no {manifest}); "
                          "check --out and --split, or pass --coco-root to see what a build would do")
-    print(format_status(split_status(config)))
+    print(format_status(split_status(config, recheck=recheck)))
     return 0
 
 
@@ -261,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", "active and requested version of every column of a split; "
                       "settings not given default to what the split's last build recorded")
     _add_build_flags(p)
+    p.add_argument("--recheck", action="store_true",
+                   help="load every teacher to fingerprint it, instead of taking the fingerprint the last build "
+                        "recorded for the same settings and unchanged weight files (also catches a hub model "
+                        "updated since, or a package upgraded with new weights)")
     p.set_defaults(func=_status)
     p = add("teachers", "list the registered teachers with their specs")
     p.add_argument("--task", default=None, help="only teachers of this task (depth, panoptic, text, caption)")

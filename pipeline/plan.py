@@ -17,6 +17,7 @@ from shards.writer import ColumnWriter
 from pipeline.executors import ClusterResourceError, Executor, LocalExecutor, TeacherFactory, check_gpu_share
 from pipeline.stages import STAGES, TEACHER_STAGES, ancestors, dependants, fingerprint, resolve_specs, stage
 from pipeline.targets.tokens import check_glove_file
+from pipeline.teacher_record import recorded_fingerprints
 from pipeline.units import rejected_path
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class Plan:
     active: dict[str, str]  # the manifest's active fingerprints before the build
     factories: dict[str, TeacherFactory] = field(default_factory=dict)  # the loaded teachers' stages
     vocab_path: str | None = None  # vocabulary of the tokens stage when it already exists
+    teacher_fps: dict[str, str] = field(default_factory=dict)  # teacher stage -> the teacher's own fingerprint
+    recorded: list[str] = field(default_factory=list)  # teacher stages fingerprinted from teachers.json
 
     def teacher_stages_to_run(self) -> list[str]:
         return [s for s in self.run_stages if stage(s).kind == "teacher" and self.pending[s]]
@@ -87,14 +90,8 @@ def teacher_choice(config: "BuildConfig", s: str) -> tuple[str, str | None, dict
     return getattr(config, f"{s}_teacher"), getattr(config, f"{s}_checkpoint"), dict(getattr(config, f"{s}_params"))
 
 
-def load_teachers(config: "BuildConfig", stages: list[str], executor: Executor
-                  ) -> tuple[dict[str, TeacherFactory], dict[str, str]]:
-    """Check every configured teacher name, then load the teachers of ``stages`` where the executor runs
-    them (in this process, or once in Ray actors) and collect their fingerprints.
-
-    Returns:
-        (stage -> factory, stage -> teacher fingerprint).
-    """
+def teacher_factories(config: "BuildConfig", stages: list[str]) -> dict[str, TeacherFactory]:
+    """Check every configured teacher name, then say how to build the teachers of ``stages`` (loads nothing)."""
     from teachers.base import TeacherError
     from teachers.registry import list_teachers, teacher_class
 
@@ -117,6 +114,18 @@ def load_teachers(config: "BuildConfig", stages: list[str], executor: Executor
         if checkpoint is not None:
             kwargs["checkpoint"] = checkpoint
         factories[s] = TeacherFactory(cls, kwargs)
+    return factories
+
+
+def load_teachers(config: "BuildConfig", factories: dict[str, TeacherFactory], executor: Executor) -> dict[str, str]:
+    """Load the teachers of ``factories`` where the executor runs them (in this process, or once in Ray actors)
+    and collect their fingerprints; a teacher that does not load is one BuildError line.
+
+    Returns:
+        stage -> teacher fingerprint.
+    """
+    from teachers.base import TeacherError
+
     fps = {}
     try:
         started = executor.start(factories)
@@ -132,7 +141,7 @@ def load_teachers(config: "BuildConfig", stages: list[str], executor: Executor
         if isinstance(result, BaseException):
             raise result
         fps[s] = result
-    return factories, fps
+    return fps
 
 
 def _file_sha256(path: str) -> str:
@@ -174,12 +183,15 @@ def absolute_paths(config: "BuildConfig") -> "BuildConfig":
     return dataclasses.replace(config, **changes)
 
 
-def prepare(config: "BuildConfig", executor: Executor | None = None) -> Plan:
+def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recorded: bool = False) -> Plan:
     """Check the inputs and plan the build; raises BuildError (one line) before any unit runs.
 
     Args:
         config: the build settings.
         executor: where the teachers are loaded (the build's executor, started here); None = in this process.
+        reuse_recorded: take a teacher's fingerprint from the split's ``teachers.json`` when a build recorded it
+            for the same settings, instead of loading the teacher (``pipeline status``; a build loads every
+            teacher it may run).
     """
     from pipeline.coco import CocoError, load_split
 
@@ -198,8 +210,10 @@ def prepare(config: "BuildConfig", executor: Executor | None = None) -> Plan:
     vocab_path = None
     if "tokens" in needed:  # checked before the teachers load: a bad GloVe file or vocabulary fails fast
         derived["tokens"], vocab_path = tokens_params(config, store_root)
-    factories, teacher_fps = load_teachers(config, [s for s in TEACHER_STAGES if s in needed],
-                                           executor if executor is not None else LocalExecutor())
+    factories = teacher_factories(config, [s for s in TEACHER_STAGES if s in needed])
+    recorded = recorded_fingerprints(split_path, factories) if reuse_recorded else {}
+    loaded = {s: f for s, f in factories.items() if s not in recorded}
+    teacher_fps = {**recorded, **load_teachers(config, loaded, executor if executor is not None else LocalExecutor())}
     teacher_ids = {s: (teacher_choice(config, s)[0], fp) for s, fp in teacher_fps.items()}
     specs = resolve_specs(config.size, config.shard_size, teacher_ids, derived)
     fps = {s: fingerprint(spec) for s, spec in specs.items()}
@@ -229,4 +243,4 @@ def prepare(config: "BuildConfig", executor: Executor | None = None) -> Plan:
         if existing.is_file() and not (config.force and "tokens" in chosen):
             vocab_path = str(existing)
     return Plan(config, split_path, shards, by_shard, specs, fps, run_stages, pending, active,
-                factories, vocab_path)
+                loaded, vocab_path, teacher_fps, sorted(recorded, key=TEACHER_STAGES.index))

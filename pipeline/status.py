@@ -16,17 +16,20 @@ if TYPE_CHECKING:
     from pipeline.build import BuildConfig
 
 
-def split_status(config: "BuildConfig") -> dict[str, Any]:
+def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]:
     """Status of every stage of ``config.split`` against the versions ``config`` asks for.
 
     A shard is *done* when the requested version holds it (record, size and sha256 valid), *stale* when only
-    the active, older version holds it, else *missing*.
+    the active, older version holds it, else *missing*. A teacher's fingerprint comes from the split's
+    ``teachers.json`` when a build recorded it for the same settings (``pipeline.teacher_record``); otherwise,
+    and for every teacher with ``recheck``, the teacher is loaded here to compute it.
 
     Returns:
-        {"split", "shards", "stages": [{"stage", "active", "requested", "done", "stale", "missing", "state"}]}.
+        {"split", "shards", "stages": [{"stage", "active", "requested", "done", "stale", "missing", "state"}],
+        "teachers": {"recorded": [stage, ...], "loaded": [stage, ...]}}.
     """
-    quiet_model_loading()  # a status query loads the teachers only to fingerprint them: no bars
-    plan = prepare(dataclasses.replace(config, stages=(), force=False))
+    quiet_model_loading()  # a status query loads teachers only to fingerprint them: no bars
+    plan = prepare(dataclasses.replace(config, stages=(), force=False), reuse_recorded=not recheck)
     rows = []
     for s in (st.name for st in STAGES):
         requested, active = plan.fps[s], plan.active.get(s)
@@ -46,7 +49,8 @@ def split_status(config: "BuildConfig") -> dict[str, Any]:
             state = "stale"
         rows.append({"stage": s, "active": active, "requested": requested, "done": done, "stale": stale,
                      "missing": len(plan.shards) - done - stale, "state": state})
-    return {"split": config.split, "shards": len(plan.shards), "stages": rows}
+    return {"split": config.split, "shards": len(plan.shards), "stages": rows,
+            "teachers": {"recorded": list(plan.recorded), "loaded": list(plan.factories)}}
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -57,4 +61,11 @@ def format_status(status: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    teachers = status.get("teachers", {})
+    sources = [f"{', '.join(teachers[k])} {how}" for k, how in (
+        ("recorded", "as recorded by a build with the same settings and files"), ("loaded", "loaded now"))
+        if teachers.get(k)]
+    if sources:
+        lines.append(f"teacher versions: {'; '.join(sources)}"
+                     + (" (--recheck loads every teacher)" if teachers.get("recorded") else ""))
     return "\n".join([f"{status['split']}: {status['shards']} shards"] + lines)

@@ -18,6 +18,7 @@ COLUMN_RECORD_NAME = "column.json"
 VOCAB_NAME = "vocab.json"
 REJECTED_NAME = "rejected.jsonl"
 BUILD_REPORT_NAME = "build-report.json"
+TEACHER_RECORD_NAME = "teachers.json"  # the teachers' fingerprints by settings (pipeline.teacher_record)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def test_changing_depth_parameters_reruns_depth_and_normals_only(built, demo_roo
     shutil.copytree(built[0], out, copy_function=shutil.copy2)
     split = out / "train2017"
     old = load_manifest(split).columns
-    untouched = snapshot(split, skip=("depth", "normals", "manifest.json", "build-report.json"))
+    untouched = snapshot(split, skip=("depth", "normals", "manifest.json", "build-report.json", "teachers.json"))
     report = build_targets(make_config(demo_root, out, depth_params={"gain": 2.0}))
     new = load_manifest(split).columns
     assert {c for c in COLUMNS if new[c] != old[c]} == {"depth", "normals"}
@@ -70,7 +70,7 @@ def test_changing_depth_parameters_reruns_depth_and_normals_only(built, demo_roo
     assert all(st["skipped"] == st["units"] for s, st in report["stages"].items() if s not in ("depth", "normals"))
     n_samples = report["samples"]
     assert fakes == {"fake-depth": n_samples}  # no other teacher was called
-    assert snapshot(split, skip=("depth", "normals", "manifest.json", "build-report.json")) == untouched
+    assert snapshot(split, skip=("depth", "normals", "manifest.json", "build-report.json", "teachers.json")) == untouched
     assert (split / "depth" / old["depth"]).is_dir()  # the old version stays until gc
     check_split(out, demo_root, "train2017")
 

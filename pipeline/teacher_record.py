@@ -1,0 +1,153 @@
+"""The build's record of its teachers' fingerprints, so that ``pipeline status`` need not load the models.
+
+A teacher's fingerprint depends on its class, its constructor keywords (except the device and the batch size,
+which ``Teacher.fingerprint`` leaves out) and the weights those keywords name. Every build records in
+``<split>/teachers.json`` the fingerprint of each teacher it loaded, next to its *settings*: the teacher's
+class and source files (their sha256), its keywords, the size and modification time of every local file or
+folder a keyword or the default checkpoint names, and the commit that the local Hugging Face cache resolves
+for a hub id. ``pipeline status`` takes a recorded fingerprint when the settings it would load a teacher with
+are exactly those, and loads that teacher otherwise (with ``--recheck``, always). What the settings cannot see
+is a hub model that a new download would update (only the local cache is read) and a package that ships its
+weights (RapidOCR's) upgraded in place; ``--recheck`` covers both.
+
+The file is a cache: deleting it only makes the next ``pipeline status`` load the teachers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from shards.atomic import atomic_write_json
+from shards.schema import TEACHER_RECORD_NAME
+
+if TYPE_CHECKING:
+    from pipeline.executors import TeacherFactory
+
+log = logging.getLogger(__name__)
+
+#: Constructor keywords that ``Teacher.fingerprint`` leaves out: they change where and how fast, not what.
+NOT_IN_FINGERPRINT = ("device", "batch_size")
+_KEEP = 64  # recorded settings kept (newest first); a build appends at most one per teacher stage
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def _path_state(path: str) -> list[Any]:
+    """Size and modification time of a file, or of every file (relative name, sorted) of a folder."""
+    if os.path.isdir(path):
+        state = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                st = os.stat(full)
+                state.append([os.path.relpath(full, path), st.st_size, st.st_mtime_ns])
+        return state
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _hub_ref(model_id: str, revision: Any) -> str | None:
+    """The commit the local Hugging Face cache resolves for ``model_id`` at ``revision`` (None: not cached)."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return None
+    ref = Path(HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}" / "refs" / str(revision or "main")
+    try:
+        return ref.read_text().strip()
+    except OSError:
+        return None
+
+
+def _code_sha256(cls: type) -> str | None:
+    """sha256 of the source files of ``cls`` and the teacher classes it derives from, plus the shared loading
+    helpers; None when a source cannot be read (a class defined in ``__main__`` or a notebook)."""
+    modules = [c.__module__ for c in cls.__mro__ if c.__module__ not in ("builtins", "abc")] + ["teachers.loading"]
+    h = hashlib.sha256()
+    for name in dict.fromkeys(modules):
+        try:
+            h.update(Path(inspect.getsourcefile(importlib.import_module(name))).read_bytes())  # type: ignore[arg-type]
+        except (ImportError, TypeError, OSError):
+            return None
+    return h.hexdigest()
+
+
+def teacher_settings(factory: "TeacherFactory") -> dict[str, Any] | None:
+    """What a teacher's fingerprint is a function of, read without loading it (see the module docstring);
+    None when it cannot be told (its source is not a file)."""
+    cls = factory.cls
+    code = _code_sha256(cls)
+    if code is None:
+        return None
+    kwargs = {k: v for k, v in factory.kwargs.items() if k not in NOT_IN_FINGERPRINT}
+    named = dict(kwargs)
+    if named.get("checkpoint") is None:  # the class's default checkpoint, when it has one
+        param = inspect.signature(cls).parameters.get("checkpoint")
+        if param is not None and isinstance(param.default, str):
+            named["checkpoint"] = param.default
+    files: dict[str, Any] = {}
+    for key, value in sorted(named.items()):
+        if not isinstance(value, str) or not value:
+            continue
+        path = os.path.expanduser(value)
+        if os.path.exists(path):
+            files[key] = _path_state(path)
+        elif _HUB_ID.fullmatch(value):
+            files[key] = _hub_ref(value, kwargs.get("revision"))
+    settings = {"teacher": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}",
+                "code_sha256": code, "kwargs": kwargs, "files": files}
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))  # as it reads back from the file
+
+
+def _read(split_path: Path) -> list[dict[str, Any]]:
+    try:
+        entries = json.loads((split_path / TEACHER_RECORD_NAME).read_text())["teachers"]
+    except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: a cache, so nothing is known
+        return []
+    return [e for e in entries if isinstance(e, dict) and {"stage", "settings", "fingerprint"} <= set(e)]
+
+
+def recorded_fingerprints(split_path: Path, factories: Mapping[str, "TeacherFactory"]) -> dict[str, str]:
+    """stage -> the fingerprint a build recorded for exactly the settings of ``factories[stage]``."""
+    entries = _read(split_path)
+    found = {}
+    for stage, factory in factories.items():
+        settings = teacher_settings(factory)
+        if settings is None:
+            continue
+        for e in entries:
+            if e["stage"] == stage and e["settings"] == settings:
+                found[stage] = str(e["fingerprint"])
+                break
+    return found
+
+
+def record_fingerprints(split_path: Path, factories: Mapping[str, "TeacherFactory"],
+                        fps: Mapping[str, str]) -> None:
+    """Add the loaded teachers' fingerprints with their settings to ``<split>/teachers.json`` (newest first).
+    A record that cannot be written is only a warning: the next status loads the teachers."""
+    new = []
+    for stage, factory in factories.items():
+        settings = teacher_settings(factory)
+        if settings is not None and stage in fps:
+            new.append({"stage": stage, "settings": settings, "fingerprint": fps[stage]})
+    if not new:
+        return
+    before = _read(split_path)
+    old = [e for e in before if not any(e["stage"] == n["stage"] and e["settings"] == n["settings"] for n in new)]
+    entries = (new + old)[:_KEEP]
+    if entries == before:  # a re-run of the same build leaves the file as it is
+        return
+    try:
+        split_path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(split_path / TEACHER_RECORD_NAME, {"teachers": entries})
+    except OSError as e:
+        log.warning("cannot record the teachers' fingerprints in %s (%s)", split_path / TEACHER_RECORD_NAME, e)

@@ -1,0 +1,116 @@
+"""``pipeline status`` takes the teachers' fingerprints the build recorded instead of loading the teachers,
+as long as their settings and weight files are unchanged (pipeline.teacher_record)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import pipeline_fakes
+from pipeline.build import build_targets
+from pipeline.cli import main
+from pipeline.executors import TeacherFactory
+from pipeline.stages import TEACHER_STAGES
+from pipeline.status import split_status
+from pipeline.teacher_record import teacher_settings
+from pipeline_fakes import FakeDepth, make_config
+from shards.schema import TEACHER_RECORD_NAME
+
+
+@pytest.fixture()
+def store(demo_root: Path, fakes: dict[str, int], tmp_path: Path):
+    """A built demo split whose depth teacher names a local checkpoint file; (config, checkpoint path)."""
+    weights = tmp_path / "depth.bin"
+    weights.write_bytes(b"weights v1")
+    cfg = make_config(demo_root, tmp_path / "store", depth_checkpoint=str(weights))
+    assert build_targets(cfg)["ok"]
+    pipeline_fakes.BUILT.clear()
+    return cfg, weights
+
+
+def requested(status: dict) -> dict[str, str]:
+    return {r["stage"]: r["requested"] for r in status["stages"]}
+
+
+def test_status_after_a_build_loads_no_teacher(store) -> None:
+    cfg, _ = store
+    status = split_status(cfg)
+    assert pipeline_fakes.BUILT == {}  # not one teacher was constructed
+    assert status["teachers"] == {"recorded": list(TEACHER_STAGES), "loaded": []}
+    assert all(r["state"] == "current" for r in status["stages"])
+    rechecked = split_status(cfg, recheck=True)  # loading every teacher gives the same versions
+    assert set(pipeline_fakes.BUILT) == {"fake-depth", "fake-panoptic", "fake-text", "fake-caption"}
+    assert rechecked["teachers"] == {"recorded": [], "loaded": list(TEACHER_STAGES)}
+    assert requested(rechecked) == requested(status)
+
+
+def test_changed_settings_load_only_that_teacher(store) -> None:
+    cfg, _ = store
+    status = split_status(dataclasses.replace(cfg, depth_params={"gain": 2.0}))
+    assert pipeline_fakes.BUILT == {"fake-depth": 1}
+    assert status["teachers"] == {"recorded": ["panoptic", "text", "caption"], "loaded": ["depth"]}
+    states = {r["stage"]: r["state"] for r in status["stages"]}
+    assert states["depth"] == states["normals"] == "stale" and states["text"] == "current"
+    # device and batch size do not enter a fingerprint, so they do not make status load a teacher
+    pipeline_fakes.BUILT.clear()
+    split_status(dataclasses.replace(cfg, batch_size=3))
+    assert pipeline_fakes.BUILT == {}
+
+
+def test_a_rewritten_weights_file_is_loaded_again(store) -> None:
+    cfg, weights = store
+    weights.write_bytes(b"weights v2, longer")
+    status = split_status(cfg)
+    assert status["teachers"]["loaded"] == ["depth"]
+    pipeline_fakes.BUILT.clear()
+    os.utime(weights, ns=(1, 1))  # same size, other modification time: loaded again too
+    assert split_status(cfg)["teachers"]["loaded"] == ["depth"]
+
+
+def test_a_damaged_record_means_loading(store) -> None:
+    cfg, _ = store
+    record = Path(cfg.out) / "train2017" / TEACHER_RECORD_NAME
+    record.write_text("{not json")
+    status = split_status(cfg)
+    assert status["teachers"]["loaded"] == list(TEACHER_STAGES)
+    assert all(r["state"] == "current" for r in status["stages"])
+    assert build_targets(cfg)["ok"]  # the next build writes it again
+    assert [e["stage"] for e in json.loads(record.read_text())["teachers"]] == list(TEACHER_STAGES)
+
+
+def test_status_command_says_where_the_versions_come_from(store, capsys) -> None:
+    cfg, _ = store
+    assert main(["status", "--out", cfg.out]) == 0
+    assert "depth, panoptic, text, caption as recorded by a build" in capsys.readouterr().out
+    assert main(["status", "--out", cfg.out, "--recheck"]) == 0
+    assert "depth, panoptic, text, caption loaded now" in capsys.readouterr().out
+
+
+def test_a_copied_store_keeps_its_record(store, tmp_path: Path) -> None:
+    cfg, _ = store
+    copy = tmp_path / "copy"
+    shutil.copytree(cfg.out, copy)
+    assert split_status(dataclasses.replace(cfg, out=str(copy)))["teachers"]["loaded"] == []
+
+
+def test_hub_checkpoints_are_keyed_by_the_cached_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    refs = tmp_path / "models--org--model" / "refs"
+    factory = TeacherFactory(FakeDepth, {"device": "cpu", "checkpoint": "org/model"})
+    assert teacher_settings(factory)["files"] == {"checkpoint": None}  # not in the cache
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("abc123\n")
+    first = teacher_settings(factory)
+    assert first["files"] == {"checkpoint": "abc123"}
+    (refs / "main").write_text("def456\n")  # a newer download
+    assert teacher_settings(factory) != first
+    pinned = TeacherFactory(FakeDepth, {"checkpoint": "org/model", "revision": "v1"})
+    (refs / "v1").write_text("0f0f\n")
+    assert teacher_settings(pinned)["files"] == {"checkpoint": "0f0f"}
