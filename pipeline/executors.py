@@ -26,8 +26,8 @@ class TeacherFactory:
 
     def build(self) -> Any:
         kwargs = dict(self.kwargs)
-        if kwargs.get("device") == "auto":
-            kwargs["device"] = resolve_device("auto")
+        if kwargs.get("device") == "auto":  # a teacher that never uses a GPU (ground truth) says "cpu"
+            kwargs["device"] = resolve_device("auto") if self.cls.can_use_gpu() else "cpu"
         return self.cls(**kwargs)
 
     def wants_gpu(self) -> bool:

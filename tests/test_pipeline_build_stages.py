@@ -128,3 +128,14 @@ def test_a_teacher_actor_without_a_gpu_runs_model_teachers_on_cpu() -> None:
     reader = TeacherFactory(pipeline_fakes.FakeCaption, {"device": "auto"})
     assert not reader.wants_gpu() and reader.without_gpu() is reader  # ground truth ignores its device
     assert not TeacherFactory(pipeline_fakes.FakeDepth, {"device": "cpu"}).wants_gpu()
+
+
+def test_auto_device_is_cpu_for_a_teacher_that_never_uses_a_gpu(monkeypatch) -> None:
+    import torch
+
+    import pipeline_fakes
+    from pipeline.executors import TeacherFactory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine (or an actor that sees one)
+    assert TeacherFactory(pipeline_fakes.FakeDepth, {"device": "auto"}).build().device == "cuda"
+    assert TeacherFactory(pipeline_fakes.FakeCaption, {"device": "auto"}).build().device == "cpu"
