@@ -53,6 +53,16 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
+def saved_model_config(saved: Any, path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig a checkpoint saved; a malformed one is a CheckpointError naming the file."""
+    try:
+        if not isinstance(saved, dict):
+            raise ValueError(f"a {type(saved).__name__}, not a dict")
+        return ModelConfig.from_dict(saved)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its model_cfg is not a valid model config ({e})") from None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> tuple[YMapNet, ModelConfig, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
@@ -70,7 +80,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     payload = read_checkpoint(path, map_location)
     if "model" not in payload or "model_cfg" not in payload:
         raise CheckpointError(f"{path}: not a student checkpoint (needs 'model' and 'model_cfg' entries)")
-    cfg = ModelConfig.from_dict(payload.pop("model_cfg"))
+    cfg = saved_model_config(payload.pop("model_cfg"), path)
     model = YMapNet(cfg)
     try:
         model.load_state_dict(payload.pop("model"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 #: subcommand -> module exposing ``add_arguments(parser)`` and ``run(args) -> int``
@@ -44,11 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"student {command}: error: {problem}", file=sys.stderr)
         return 2
+    if getattr(args, "device", None) == "auto":
+        args.device = resolve_device("auto")
     try:
         return int(module.run(args))
     except KeyboardInterrupt:
         print(f"student {command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except OSError as e:  # e.g. a read-only --out
         where = f" {e.filename}:" if e.filename else ""
         print(f"student {command}: error:{where} {e.strerror or e}", file=sys.stderr)
@@ -64,14 +70,28 @@ def check_device(name: str | None) -> str | None:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        return f"unknown device {name!r} (--device); use cpu, cuda, cuda:N or auto"
+        return f"unknown device {name!r} (--device); use cpu, cuda, cuda:N, mps or auto"
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             return f"--device {name}: no CUDA GPU is visible on this machine; use --device cpu"
         if device.index is not None and device.index >= count:
             return f"--device {name}: only {count} CUDA GPU(s) visible (cuda:0..cuda:{count - 1})"
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            return f"--device {name}: no Apple MPS device on this machine; use --device cpu"
+    elif device.type != "cpu":
+        return f"--device {name}: {device.type!r} devices are not supported; use cpu, cuda, cuda:N, mps or auto"
     return None
+
+
+def resolve_device(name: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a CUDA GPU is visible, else ``"cpu"``; other names pass through."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 if __name__ == "__main__":

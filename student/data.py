@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from shards.codecs import DECODERS
+from shards.codecs import DECODERS, CodecError
 from shards.manifest import Manifest, StoreError
 from shards.schema import COLUMNS
 from shards.reader import StoreReader, load_manifest_at
@@ -28,6 +28,16 @@ REQUIRED_COLUMNS = ("base", "depth", "normals", "text", "groups", "tokens")  # e
 #: members the student decodes (ext -> codec); the rest (meta.json, depth.json, text.json) stay bytes
 MEMBERS = {m.ext: m.codec for c in REQUIRED_COLUMNS for m in COLUMNS[c].members
            if m.ext not in ("meta.json", "depth.json", "text.json")}
+
+
+def error_line(error: BaseException) -> str:
+    """The message of ``error`` in one line; for an error a DataLoader worker raised (torch re-raises it with the
+    worker's traceback as its message), the original message alone."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]  # "module.Type: message"
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass
@@ -51,7 +61,13 @@ class SampleTransform:
 
     def __call__(self, raw: dict[str, Any]) -> StoreSample:
         """Decode the members the student uses (raw bytes from the reader) and augment."""
-        decoded = {"__key__": raw["__key__"], **{ext: DECODERS[codec](raw[ext]) for ext, codec in MEMBERS.items()}}
+        decoded = {"__key__": raw["__key__"]}
+        for ext, codec in MEMBERS.items():
+            try:
+                decoded[ext] = DECODERS[codec](raw[ext])
+            except CodecError as e:  # name the sample: `shards verify` then finds the shard's other faults
+                raise StoreError(f"shard {raw.get('__shard__', '?')} key {raw['__key__']} member {ext}: {e} "
+                                 "(run `shards verify`)") from None
         sample = from_store(decoded)
         if self.augment is not None:
             sample = augment(sample, sample_rng(self.seed, self.epoch or 0, sample.key), self.augment)

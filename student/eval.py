@@ -14,7 +14,7 @@ import torch
 from shards.manifest import StoreError
 from shards.reader import load_manifest_at
 from shards.taxonomy import CHANNEL_GROUPS, NUM_TOKENS
-from student.data import make_loader, open_split, to_device
+from student.data import error_line, make_loader, open_split, to_device
 from student.metrics import HDM_THRESHOLDS, MetricSums
 from student.targets import TargetSizes
 
@@ -31,7 +31,7 @@ def evaluate(model: Callable[[torch.Tensor], dict[str, torch.Tensor]], root: str
         model: maps uint8 (B, 3, S, S) images to ``{"maps": (B, 44, S, S), "tokens": (B, 8, 300)}``.
         root: store root.
         split: split to score, e.g. ``"val2017"``.
-        limit: score at most this many samples (None = all).
+        limit: score the first this many samples in store order (None = all); at most one loader worker then.
         batch_size: samples per forward pass.
         workers: DataLoader workers.
         device: torch device.
@@ -49,6 +49,8 @@ def evaluate(model: Callable[[torch.Tensor], dict[str, torch.Tensor]], root: str
     sums = MetricSums(device)
     seen = 0
     bar = tqdm(total=total, desc=f"eval {split}", unit="img", disable=not progress, file=sys.stderr)
+    if limit is not None:  # several workers interleave their shards; one keeps the store's order (first N)
+        workers = min(workers, 1)
     with torch.no_grad():
         for host in make_loader(dataset, workers):
             if seen >= total:
@@ -145,16 +147,17 @@ def run(args: argparse.Namespace) -> int:
                           workers=args.workers, device=args.device, sizes=_sizes(extra),
                           progress=not args.no_progress)
     except StoreError as e:
-        print(f"student eval: error: {e}", file=sys.stderr)
+        print(f"student eval: error: {error_line(e)}", file=sys.stderr)
         return 2
     result["checkpoint"] = str(args.checkpoint)
-    print(format_table(result))
-    if args.json:
+    if args.json:  # before the table: a closed stdout (`| head`) must not lose the file
         try:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(result, indent=1))
         except OSError as e:
             print(f"student eval: error: cannot write --json {args.json}: {e.strerror or e}", file=sys.stderr)
             return 1
+    print(format_table(result))
+    if args.json:
         print(f"wrote {args.json}")
     return 0

@@ -12,7 +12,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,13 +24,41 @@ import torch
 
 from shards.manifest import StoreError
 from student.augment import AugmentConfig
-from student.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from student.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, saved_model_config
+from student.cli import resolve_device
 from student.config import ModelConfig, TrainConfig
-from student.data import StudentDataset, make_loader, open_split, skip_remainder, to_device
+from student.data import StudentDataset, error_line, make_loader, open_split, skip_remainder, to_device
 from student.loss import compute_loss
 from student.metrics import MetricSums, image_panel
 from student.model import YMapNet
 from student.targets import TargetSizes
+
+
+class _StepGuard:
+    """Holds a Ctrl-C (SIGINT) that arrives during a training step until the step has finished, so that the
+    checkpoint it leads to never holds a half-done step (BatchNorm statistics updated but the step not counted,
+    or weights partly updated); outside a step, or at a second Ctrl-C, it interrupts at once as usual. Only the
+    main thread can take signals: elsewhere it does nothing."""
+
+    def __init__(self) -> None:
+        self.in_step = False
+        self.pending = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StepGuard":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.in_step and not self.pending:
+            self.pending = True  # the loop stops before its next step
+            return
+        raise KeyboardInterrupt
 
 
 def lr_at(cfg: TrainConfig, epoch: float) -> float:
@@ -41,9 +71,7 @@ def setup_device(name: str) -> tuple[torch.device, int, int]:
     """(device, rank, world size); starts the process group when launched by torchrun (WORLD_SIZE > 1)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = torch.device(resolve_device(name))
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -120,7 +148,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                              "stale": 0, "metrics": {}}
     if resume:
         payload = _load_resume(resume, device)
-        model_cfg = ModelConfig.from_dict(payload["model_cfg"])
+        model_cfg = saved_model_config(payload["model_cfg"], resume)
         state.update({k: payload[k] for k in state})
     else:
         model_cfg = model_config(cfg, train_ds.manifest.size)
@@ -158,60 +186,79 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
 
     last = out_dir / "last.pt"
     timed = [0, 0.0]  # samples and seconds of the steps after each epoch's first
+
+    def interrupted(epoch: int) -> dict[str, Any]:
+        """Save ``last.pt`` at the last finished step and say so (Ctrl-C, or ``stop_at_step``)."""
+        if writer is not None:
+            writer.close()
+        saved = checkpoint("last.pt")
+        return {"losses": losses, "epochs": epoch, "best": state["best"], "val": state["metrics"],
+                "checkpoint": str(saved), "interrupted": True, "samples_per_s": _rate(timed)}
+
     for epoch in range(state["epoch"], cfg.epochs):
         skip = state["position"]["batch"] if state["position"]["epoch"] == epoch else 0  # resumed inside it
-        train_ds.set_epoch(epoch, skip)
-        batches = iter(make_loader(train_ds, cfg.workers, pin_memory=device.type == "cuda"))
-        for _ in range(skip_remainder(skip, cfg.workers)):
-            train_ds.release(next(batches))
+        if skip < steps_per_epoch:  # else the run stopped in this epoch's validation: that comes next
+            train_ds.set_epoch(epoch, skip)
+            batches = iter(make_loader(train_ds, cfg.workers, pin_memory=device.type == "cuda"))
+            for _ in range(skip_remainder(skip, cfg.workers)):
+                train_ds.release(next(batches))
         net.train()
         bar = _progress(cfg, main, steps_per_epoch, skip, epoch)
         tick = time.perf_counter()
         try:
-            for b in range(skip, steps_per_epoch):
-                if stop_at_step is not None and state["step"] >= stop_at_step:
+            with _StepGuard() as guard:
+                for b in range(skip, steps_per_epoch):
+                    if guard.pending or (stop_at_step is not None and state["step"] >= stop_at_step):
+                        raise KeyboardInterrupt
+                    host = next(batches)
+                    guard.in_step = True
+                    batch = to_device(host, device)
+                    lr = lr_at(cfg, state["step"] / steps_per_epoch)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    torch.manual_seed(cfg.seed * 1_000_003 + state["step"] * world + rank)  # dropout, resumable
+                    with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp == "bf16"):
+                        out = net(batch["images"])
+                    loss, parts = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
+                                               batch.get("multihot"), gains)
+                    if not torch.isfinite(loss):  # nothing sensible can come of the steps after it
+                        raise FloatingPointError(
+                            f"the training loss is {loss.item()} at step {state['step'] + 1}; lower --lr (or use "
+                            f"--amp none), and check the store with `shards verify`; {last} holds the last "
+                            "finished epoch")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    train_ds.release(host)  # its buffers are refilled from now on
+                    state["step"] += 1
+                    state["position"] = {"epoch": epoch, "batch": b + 1}
+                    losses.append(loss.item())
+                    now = time.perf_counter()
+                    rate = batch["images"].shape[0] * world / max(now - tick, 1e-9)
+                    if b > skip:  # an epoch's first step also waits for the loader workers to start
+                        timed[0] += batch["images"].shape[0] * world
+                        timed[1] += now - tick
+                    tick = now
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{rate:.1f}")
+                    bar.update(1)
+                    if writer is not None:
+                        writer.add_scalar("train/loss", losses[-1], state["step"])
+                        writer.add_scalar("train/lr", lr, state["step"])
+                        writer.add_scalar("train/samples_per_s", rate, state["step"])
+                        for name, value in parts.items():
+                            writer.add_scalar(f"train/{name}", value.item(), state["step"])
+                    guard.in_step = False
+                if guard.pending:  # Ctrl-C during the epoch's last step
                     raise KeyboardInterrupt
-                host = next(batches)
-                batch = to_device(host, device)
-                lr = lr_at(cfg, state["step"] / steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                torch.manual_seed(cfg.seed * 1_000_003 + state["step"] * world + rank)  # dropout, resumable
-                with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp == "bf16"):
-                    out = net(batch["images"])
-                loss, parts = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
-                                           batch.get("multihot"), gains)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                train_ds.release(host)  # its buffers are refilled from now on
-                state["step"] += 1
-                state["position"] = {"epoch": epoch, "batch": b + 1}
-                losses.append(loss.item())
-                now = time.perf_counter()
-                rate = batch["images"].shape[0] * world / max(now - tick, 1e-9)
-                if b > skip:  # an epoch's first step also waits for the loader workers to start
-                    timed[0] += batch["images"].shape[0] * world
-                    timed[1] += now - tick
-                tick = now
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{rate:.1f}")
-                bar.update(1)
-                if writer is not None:
-                    writer.add_scalar("train/loss", losses[-1], state["step"])
-                    writer.add_scalar("train/lr", lr, state["step"])
-                    writer.add_scalar("train/samples_per_s", rate, state["step"])
-                    for name, value in parts.items():
-                        writer.add_scalar(f"train/{name}", value.item(), state["step"])
         except KeyboardInterrupt:
             bar.close()
-            if writer is not None:
-                writer.close()
-            last = checkpoint("last.pt")
-            return {"losses": losses, "epochs": epoch, "best": state["best"], "val": state["metrics"],
-                    "checkpoint": str(last), "interrupted": True, "samples_per_s": _rate(timed)}
+            return interrupted(epoch)
         bar.close()
 
-        metrics, panel = evaluate(model, val_ds, cfg, device, world)  # unwrapped: ranks see different counts
+        try:  # a Ctrl-C here loses no training: resuming runs this validation again, then goes on
+            metrics, panel = evaluate(model, val_ds, cfg, device, world)  # unwrapped: ranks differ in counts
+        except KeyboardInterrupt:
+            return interrupted(epoch)
         state.update(epoch=epoch + 1, position={"epoch": epoch + 1, "batch": 0}, metrics=metrics)
         val_loss = metrics.get("loss", math.inf)  # no loss: the val split gave no batch
         improved = val_loss < state["best"]
@@ -228,7 +275,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         last = checkpoint("last.pt")
         if improved:
             checkpoint("best.pt")
-        if state["stale"] > cfg.patience:
+        if state["stale"] >= cfg.patience:  # as Keras's EarlyStopping: `patience` epochs without improvement
             break
     if writer is not None:
         writer.close()
@@ -249,6 +296,15 @@ def _load_resume(path: str, device: torch.device) -> dict[str, Any]:
     missing = [k for k in needed if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
+    position = payload["position"]
+    counts = [payload["epoch"], payload["step"], payload["stale"]]
+    if isinstance(position, dict):
+        counts += [position.get("epoch"), position.get("batch")]
+    if (not isinstance(position, dict) or not all(isinstance(c, int) and c >= 0 for c in counts)
+            or not isinstance(payload["best"], (int, float)) or not isinstance(payload["metrics"], dict)
+            or not isinstance(payload["train_cfg"], dict)):
+        raise CheckpointError(f"{path}: its training state (epoch, step, position, best, stale, metrics, train_cfg) "
+                              "is malformed")
     return payload
 
 
@@ -284,20 +340,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not write TensorBoard logs")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=s,
                         help="no progress bar")
-    parser.add_argument("--resume", help="checkpoint to continue from (its config is the base of this run's)")
+    parser.add_argument("--resume", help="checkpoint to continue from (its config is the base of this run's; the run "
+                                         "goes on in the checkpoint's folder unless --out is given)")
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
     """Raise ValueError (one line naming the flag) for counts and rates that cannot train."""
     for flag, value, least in (("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 1),
+                               ("--seed", cfg.seed, 0),
                                ("--steps-per-epoch", cfg.steps_per_epoch, 0), ("--val-steps", cfg.val_steps, 0),
                                ("--patience", cfg.patience, 1), ("--workers", cfg.workers, 0),
                                ("--lr-decay-epochs", cfg.lr_decay_epochs, 0)):
         if value < least:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
     for flag, value in (("--lr", cfg.lr), ("--lr-final", cfg.lr_final)):
-        if not value > 0:
-            raise ValueError(f"{flag} must be > 0, got {value}")
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -306,13 +364,25 @@ def run(args: argparse.Namespace) -> int:
     try:
         base = TrainConfig()
         if args.resume:
-            base = TrainConfig.from_dict(_load_resume(args.resume, torch.device("cpu"))["train_cfg"])
+            try:
+                base = TrainConfig.from_dict(_load_resume(args.resume, torch.device("cpu"))["train_cfg"])
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"{args.resume}: its train_cfg is not a valid training config ({e})") from None
+            if "model" in flags and flags["model"] != base.model:
+                raise ValueError(f"--model {flags['model']}: {args.resume} is a {base.model} model; a resumed run "
+                                 "keeps its network (start a new run for another)")
+            # the run goes on where its checkpoint is, not in the folder it was first written to (a copy of a run
+            # must not overwrite the original); --out sends it elsewhere
+            flags.setdefault("out", str(Path(args.resume).resolve().parent))
         cfg = replace(base, **flags)
         _check_numbers(cfg)
         result = train(cfg, resume=args.resume)
     except (StoreError, CheckpointError, ValueError) as e:
-        print(f"student train: {e}", file=sys.stderr)
+        print(f"student train: {error_line(e)}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a diverged run
+        print(f"student train: {e}", file=sys.stderr)
+        return 1
     state = "interrupted" if result["interrupted"] else "done"
     best = result["best"] if math.isfinite(result["best"]) else None  # no validation ran: JSON has no Infinity
     if int(os.environ.get("RANK", 0)) == 0:

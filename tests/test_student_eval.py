@@ -100,3 +100,48 @@ def test_cli_usage_errors(store: str, tmp_path) -> None:
     assert student_eval.run(parser.parse_args(["--checkpoint", str(ckpt), "--shards", store])) == 2  # sizes differ
     assert student_eval.run(parser.parse_args(["--checkpoint", str(tmp_path / "none.pt"), "--shards", store,
                                                "--split", SPLIT])) == 2
+
+
+def test_limit_scores_the_same_samples_with_any_worker_count(store: str) -> None:
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            seen.append(images.sum(dim=(1, 2, 3)).tolist())
+            b = images.shape[0]
+            return {"maps": torch.zeros(b, 44, SIZE, SIZE), "tokens": torch.zeros(b, 8, 300)}
+
+    results = []
+    for workers in (0, 2):
+        seen.clear()
+        result = student_eval.evaluate(Recorder(), store, SPLIT, limit=4, batch_size=3, workers=workers,
+                                       progress=False)
+        results.append((result, [v for batch in seen for v in batch][:4]))
+    assert results[0] == results[1]
+
+
+def test_checkpoint_and_store_faults_are_one_line(store: str, tmp_path, capsys: pytest.CaptureFixture) -> None:
+    from student import cli
+
+    bad_cfg = tmp_path / "badcfg.pt"
+    torch.save({"model": {}, "model_cfg": {"image_size": 100}}, bad_cfg)
+    assert cli.main(["eval", "--checkpoint", str(bad_cfg), "--shards", store, "--split", SPLIT]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "badcfg.pt: its model_cfg is not a valid model config" in err
+    cfg = ModelConfig.tiny(image_size=SIZE)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, YMapNet(cfg), cfg)
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(store, damaged)
+    tar = sorted((damaged / SPLIT / "depth").glob("*/*-000000.tar"))[0]
+    data = bytearray(tar.read_bytes())
+    start = data.index(b"IDAT") + 8  # inside the first depth PNG's compressed pixels
+    data[start:start + 64] = bytes(b ^ 0xFF for b in data[start:start + 64])
+    tar.write_bytes(bytes(data))
+    for workers in ("0", "2"):  # a fault inside a loader worker comes back as one line too
+        assert cli.main(["eval", "--checkpoint", str(ckpt), "--shards", str(damaged), "--split", SPLIT,
+                         "--workers", workers, "--no-progress", "--device", "auto"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "member depth.png" in err and "shards verify" in err, err

@@ -205,7 +205,123 @@ def test_early_stopping_after_patience_epochs_without_improvement(store: Path, t
     monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: ({"loss": next(val_losses),
                                                                     "joints/hdm@0.1": 0.0, "tokens/cos": 0.0}, None))
     result = train(_cfg(store, tmp_path / "run", epochs=10, steps_per_epoch=1, patience=2))
-    assert result["epochs"] == 6 and result["best"] == 0.5  # best at epoch 3, then 3 epochs without improvement
+    assert result["epochs"] == 5 and result["best"] == 0.5  # best at epoch 3, then 2 epochs without improvement
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert best["epoch"] == 3 and best["metrics"]["loss"] == 0.5
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["stale"] == 3
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["stale"] == 2
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_ctrl_c_inside_a_step_finishes_the_step_before_saving(store: Path, tmp_path: Path, monkeypatch,
+                                                              one_thread) -> None:
+    import os
+    import signal
+
+    import student.train as train_module
+
+    full = train(_cfg(store, tmp_path / "full"))
+    real_loss, calls = train_module.compute_loss, []
+
+    def loss_then_ctrl_c(*args, **kwargs):  # SIGINT after the forward pass of the second step
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "compute_loss", loss_then_ctrl_c)
+    first = train(_cfg(store, tmp_path / "split"))
+    monkeypatch.setattr(train_module, "compute_loss", real_loss)
+    assert first["interrupted"] and len(first["losses"]) == 2  # the step the signal hit was finished and counted
+    saved = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert saved["step"] == 2 and saved["position"] == {"epoch": 0, "batch": 2}
+    rest = train(_cfg(store, tmp_path / "split"), resume=str(tmp_path / "split" / "last.pt"))
+    assert np.allclose(first["losses"] + rest["losses"], full["losses"], rtol=1e-5, atol=1e-6)
+    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "split" / "last.pt")
+    assert a.keys() == b.keys()
+    for name in a:  # BatchNorm statistics and step counters included
+        assert torch.allclose(a[name].float(), b[name].float(), rtol=1e-5, atol=1e-6), name
+
+
+def test_ctrl_c_during_validation_keeps_the_epoch(store: Path, tmp_path: Path, monkeypatch, one_thread) -> None:
+    import student.train as train_module
+
+    full = train(_cfg(store, tmp_path / "full"))
+    real_evaluate = train_module.evaluate
+
+    def interrupted_evaluate(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted_evaluate)
+    first = train(_cfg(store, tmp_path / "split"))
+    assert first["interrupted"] and len(first["losses"]) == 3
+    saved = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 0 and saved["position"] == {"epoch": 0, "batch": 3}
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    rest = train(_cfg(store, tmp_path / "split"), resume=str(tmp_path / "split" / "last.pt"))
+    assert len(rest["losses"]) == 3 and rest["epochs"] == 2  # validation of epoch 1, then epoch 2
+    assert np.allclose(first["losses"] + rest["losses"], full["losses"], rtol=1e-5, atol=1e-6)
+    assert rest["best"] == pytest.approx(full["best"], rel=1e-5)
+
+
+def test_a_diverged_loss_stops_the_run(store: Path, tmp_path: Path, monkeypatch, capsys, one_thread) -> None:
+    import student.train as train_module
+
+    real_loss = train_module.compute_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, parts = real_loss(*args, **kwargs)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(train_module, "compute_loss", nan_loss)
+    argv = ["train", "--shards", str(store), "--model", "tiny", "--epochs", "1", "--steps-per-epoch", "2",
+            "--batch-size", "2", "--workers", "0", "--out", str(tmp_path / "run"), "--no-progress",
+            "--no-tensorboard"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the training loss is nan at step 1" in err
+
+
+def test_resume_goes_on_in_the_checkpoints_folder(store: Path, tmp_path: Path, capsys, one_thread) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    argv = ["train", "--shards", str(store), "--model", "tiny", "--epochs", "1", "--steps-per-epoch", "1",
+            "--batch-size", "2", "--workers", "0", "--out", str(out), "--no-progress", "--no-tensorboard",
+            "--val-steps", "1"]
+    assert cli.main(argv) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    original = (out / "last.pt").read_bytes()
+    assert cli.main(["train", "--resume", str(copy / "last.pt"), "--epochs", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["checkpoint"] == str(copy.resolve() / "last.pt")
+    assert (out / "last.pt").read_bytes() == original  # the run it was copied from is untouched
+    assert torch.load(copy / "last.pt", weights_only=True)["epoch"] == 2
+    assert cli.main(["train", "--resume", str(copy / "last.pt"), "--model", "paper"]) == 2
+    assert "is a tiny model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "--seed must be >= 0"), (["--lr", "inf"], "--lr must be a finite number"),
+    (["--device", "meta"], "'meta' devices are not supported"), (["--device", "mps"], "no Apple MPS device"),
+])
+def test_bad_training_flags_are_one_line(store: Path, tmp_path: Path, capsys, flags, message) -> None:
+    if flags[-1] == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an MPS device")
+    argv = ["train", "--shards", str(store), "--model", "tiny", "--workers", "0", "--out", str(tmp_path / "r")]
+    assert cli.main(argv + flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_malformed_training_state_is_one_line(store: Path, tmp_path: Path, capsys, tiny_checkpoint: str) -> None:
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    bad = tmp_path / "bad.pt"
+    torch.save({**payload, "optimizer": {}, "train_cfg": {}, "epoch": 0, "step": 0, "position": None, "best": 1.0,
+                "stale": 0, "metrics": {}}, bad)
+    assert cli.main(["train", "--resume", str(bad), "--shards", str(store), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "training state" in err and "bad.pt" in err
