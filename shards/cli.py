@@ -1,7 +1,8 @@
 """The ``shards`` command: ``info``, ``verify``, ``show``, ``gc`` and ``export`` on a store split.
 
 Errors a user can cause end in one line on stderr: exit 2 for usage errors (bad flag, no such store,
-split, column or key), exit 1 when ``verify`` finds a fault (naming shard, column and key).
+split, column or key), exit 1 when ``verify`` finds a fault (naming shard, column and key), when ``export``
+meets a shard that differs from its record, or when ``gc`` keeps a column whose active version is missing.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Callable, Sequence
 
 from shards.codecs import CodecError
 from shards.layout import column_dir, column_record_path, split_dir
-from shards.manifest import StoreError, load_manifest, read_json
+from shards.manifest import StoreError, StoreFault, load_manifest, read_json
 from shards.schema import VOCAB_NAME
+from shards.writer import parse_column_record
 
 PROG = "shards"
 
@@ -26,17 +28,23 @@ class UsageError(Exception):
 
 
 def _info(args: argparse.Namespace) -> int:
+    from shards.gc import is_version_dir
+
     path = split_dir(args.shards, args.split)
     m = load_manifest(path)
     vocab = path / VOCAB_NAME
-    words = len(read_json(vocab).get("words", [])) if vocab.exists() else 0
+    doc = read_json(vocab) if vocab.exists() else {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("words", []), list):
+        raise StoreError(f"{vocab}: not a vocabulary (an object with a 'words' list)")
+    words = len(doc.get("words", []))
     rows = []
     for column, fp in m.columns.items():
-        records = read_json(column_record_path(column_dir(path, column, fp))).get("shards", {})
+        record_path = column_record_path(column_dir(path, column, fp))
+        records = parse_column_record(read_json(record_path), record_path)
         done = [records[s] for s in m.shard_names if s in records]
-        nbytes = sum(r["bytes"] for r in done)
-        others = sorted(p.name[:12] for p in (path / column).iterdir() if p.is_dir() and p.name != fp)
-        rows.append({"column": column, "version": fp, "shards": len(done), "samples": sum(r["count"] for r in done),
+        nbytes = sum(r.bytes for r in done)
+        others = sorted(p.name[:12] for p in (path / column).iterdir() if p.name != fp and is_version_dir(p))
+        rows.append({"column": column, "version": fp, "shards": len(done), "samples": sum(r.count for r in done),
                      "bytes": nbytes, "bytes_per_sample": nbytes / max(1, m.num_samples), "inactive": others})
     if args.json:
         print(json.dumps({"split": m.split, "size": m.size, "shard_size": m.shard_size,
@@ -74,8 +82,13 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from shards.show import normalize_key, show_sample
+    from shards.show import check_sheet_path, normalize_key, show_sample
 
+    if args.out is not None:
+        try:
+            check_sheet_path(args.out)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if args.key is None:  # the split's first sample
         from shards.reader import StoreReader
 
@@ -99,6 +112,8 @@ def _show(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     from shards.gc import collect_garbage
 
+    if not args.min_age >= 0:
+        raise UsageError(f"--min-age must be a number of seconds >= 0, got {args.min_age:g}")
     result = collect_garbage(args.shards, args.split, dry_run=args.dry_run, min_age_s=args.min_age)
     verb = "would remove" if args.dry_run else "removed"
     for p in result.removed:
@@ -106,9 +121,13 @@ def _gc(args: argparse.Namespace) -> int:
     for p in result.kept_recent:
         print(f"kept {p} (modified less than {args.min_age:g} s ago: a build may be writing it; "
               "--min-age 0 removes it)")
+    for k in result.kept_columns:
+        print(f"kept column {k.column!r} whole ({len(k.versions)} inactive version(s)): {k.reason}; "
+              f"run `shards --shards {args.shards} --split {args.split} verify`"
+              + (" and rebuild or re-point the column" if k.faulty else ""))
     print(f"{verb} {len(result.removed)} inactive version(s) and leftover temporary file(s), "
           f"{result.bytes / 2**20:.1f} MiB")
-    return 0
+    return 1 if any(k.faulty for k in result.kept_columns) else 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -151,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["show"].add_argument("key", nargs="?", default=None,
                                  help="sample key or COCO image id, e.g. 397133 (default: the first sample)")
     parsers["show"].add_argument("--out", type=Path, default=None,
-                                 help="image path, .png or .jpg (default: show-<key>.png)")
+                                 help="image path, .png, .jpg or .jpeg (default: show-<key>.png)")
     parsers["gc"].add_argument("--dry-run", action="store_true", help="only list what would be removed")
     parsers["gc"].add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
                                help="keep versions modified more recently (default 3600: a build may be writing)")
@@ -168,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except StoreFault as e:  # a damaged store, as verify reports it
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     except (StoreError, CodecError, FileNotFoundError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

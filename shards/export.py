@@ -1,22 +1,30 @@
 """Export of a split's active columns as one plain WebDataset: one tar per shard holding every member of a sample.
 
 The result is what third-party tools expect (``webdataset.WebDataset("out/train2017-{000000..000117}.tar")``);
-tars are deterministic and written atomically, and ``export.json`` records the source versions.
+tars are deterministic, and ``export.json`` records the source versions. Every source shard is checked against
+its ``column.json`` record before it is packed, and the tars appear under their names only once all of them are
+written, so a damaged store never yields an export, nor a half-written one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
-from shards.atomic import atomic_file, atomic_write_json, fsync_dir
+from shards.atomic import atomic_write_json, fsync_dir, temp_file_beside
+from shards.manifest import StoreError, StoreFault
 from shards.reader import StoreReader
-from shards.writer import write_tar
+from shards.schema import COLUMN_RECORD_NAME
+from shards.streams import join, open_stream, read_bytes
+from shards.writer import ShardRecord, parse_column_record, write_tar
 
 EXPORT_RECORD_NAME = "export.json"
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,60 @@ class ExportResult:
 
     paths: tuple[Path, ...]
     samples: int
+
+
+class _HashingWriter:
+    """A binary file wrapper that keeps the sha256 and size of what is written through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha256, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.f.write(data)
+
+
+def _column_records(reader: StoreReader, column: str) -> dict[str, ShardRecord]:
+    """The shard records of the active version of ``column``; a missing or foreign record is a StoreFault."""
+    fp = reader.manifest.columns[column]
+    location = join(reader.root, reader.split, column, fp, COLUMN_RECORD_NAME)
+    try:
+        doc = json.loads(read_bytes(location))
+    except (OSError, ValueError) as e:
+        raise StoreFault(f"column {column!r}: cannot read {location} ({e}); run `shards verify`") from None
+    try:
+        records = parse_column_record(doc, location)
+    except StoreError as e:
+        raise StoreFault(str(e)) from None
+    if doc["fingerprint"] != fp:
+        raise StoreFault(f"{location} is for fingerprint {doc['fingerprint']!r}, the manifest says {fp!r}")
+    return records
+
+
+def _check_source(reader: StoreReader, records: dict[str, ShardRecord], column: str, shard: str) -> None:
+    """Raise a StoreFault unless the source tar of ``shard`` in ``column`` has its recorded size and sha256.
+
+    The tar is read once here and once more to pack it: a streaming check would need the reader to hash what
+    it parses, and the second read of a local shard comes from the page cache.
+    """
+    where = f"shard {shard} column {column!r}"
+    rec = records.get(shard)
+    if rec is None:
+        raise StoreFault(f"{where}: no record in column.json (the shard was never finished); run `shards verify`")
+    location = reader.shard_location(column, shard)
+    h, size = hashlib.sha256(), 0
+    try:
+        with open_stream(location) as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                h.update(block)
+                size += len(block)
+    except OSError as e:
+        raise StoreFault(f"{where}: cannot read {location} ({e}); run `shards verify`") from None
+    if size != rec.bytes or h.hexdigest() != rec.sha256:
+        what = f"{size} bytes, column.json says {rec.bytes}" if size != rec.bytes else "sha256 differs from column.json"
+        raise StoreFault(f"{where}: {location} is damaged ({what}); nothing exported; "
+                         "run `shards verify` to locate the damage")
 
 
 def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.PathLike,
@@ -41,24 +103,50 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
 
     Returns:
         The paths written and the sample count.
+
+    Raises:
+        StoreFault: a source shard differs from its ``column.json`` record (size or sha256), or has none.
+        StoreError: the store cannot be read otherwise. On any error no new tar or ``export.json`` is left in
+            ``out_dir``; a previous export there keeps its tars.
     """
     reader = StoreReader(root, split, columns, decode=False)
+    records = {c: _column_records(reader, c) for c in reader.columns}
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    paths, records, total = [], [], 0
-    for shard in reader.manifest.shard_names:
-        final = out / f"{shard}.tar"
-        with atomic_file(final) as f:
-            keys = write_tar(f, ((s.pop("__key__"), {k: v for k, v in s.items() if k != "__shard__"})
-                                 for s in reader.read_shard(shard)))
-        digest = hashlib.sha256(final.read_bytes()).hexdigest()
-        records.append({"name": shard, "count": len(keys), "sha256": digest})
-        paths.append(final)
-        total += len(keys)
-        if progress:
-            progress(shard)
+    written: list[tuple[str, Path]] = []  # (temporary name, final name): renamed only when every tar is written
+    shards, total = [], 0
+    try:
+        for shard in reader.manifest.shard_names:
+            for c in reader.columns:
+                _check_source(reader, records[c], c, shard)
+            final = out / f"{shard}.tar"
+            fd, tmp = temp_file_beside(final)
+            written.append((tmp, final))
+            with os.fdopen(fd, "wb") as f:
+                sink = _HashingWriter(f)
+                keys = write_tar(sink, ((s.pop("__key__"), {k: v for k, v in s.items() if k != "__shard__"})
+                                        for s in reader.read_shard(shard)))
+                f.flush()
+                os.fsync(f.fileno())
+            shards.append({"name": shard, "count": len(keys), "sha256": sink.sha256.hexdigest()})
+            total += len(keys)
+            if progress:
+                progress(shard)
+        with contextlib.suppress(FileNotFoundError):  # no export.json until every tar is in place
+            (out / EXPORT_RECORD_NAME).unlink()
+        for tmp, final in written:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in written:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if created:
+            with contextlib.suppress(OSError):  # only if still empty
+                out.rmdir()
+        raise
     fsync_dir(out)
     atomic_write_json(out / EXPORT_RECORD_NAME, {
         "split": split, "columns": {c: reader.manifest.columns[c] for c in reader.columns},
-        "num_samples": total, "shards": records})
-    return ExportResult(tuple(paths), total)
+        "num_samples": total, "shards": shards})
+    return ExportResult(tuple(final for _, final in written), total)

@@ -14,12 +14,17 @@ from typing import Any
 
 from shards.atomic import atomic_write_json, locked
 from shards.layout import column_dir, manifest_path
-from shards.schema import DEFAULT_SHARD_SIZE, DEFAULT_STORE_SIZE, STORE_FORMAT
+from shards.schema import COLUMNS, DEFAULT_SHARD_SIZE, DEFAULT_STORE_SIZE, MANIFEST_NAME, STORE_FORMAT
 from shards.writer import ColumnWriter
 
 
 class StoreError(RuntimeError):
     """The store on disk is missing, incomplete or inconsistent; the message names the path and the fix."""
+
+
+class StoreFault(StoreError):
+    """A file of the store differs from what the manifest or a ``column.json`` records (a damaged store, as
+    ``shards verify`` would report it); the ``shards`` command exits 1 on it, not 2."""
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -28,7 +33,7 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except FileNotFoundError:
         raise StoreError(f"{path}: not found") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{path}: corrupt JSON ({e})") from None
 
 
@@ -69,23 +74,85 @@ class Manifest:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Manifest":
+    def from_json(cls, d: Any, source: str | os.PathLike = MANIFEST_NAME) -> "Manifest":
+        """Build a manifest from its parsed JSON, checking its shape first.
+
+        Raises:
+            StoreError: ``d`` is of another store format, or not a manifest (a missing key, a wrong type):
+                one line naming ``source``, instead of a TypeError deep in a command.
+        """
+        if isinstance(d, dict) and isinstance(d.get("format"), str) and d["format"] != STORE_FORMAT:
+            raise StoreError(f"{source}: store format {d['format']!r} is not {STORE_FORMAT!r}")
+        problem = _manifest_problem(d)
+        if problem:
+            raise StoreError(f"{source}: not a store manifest ({problem})")
         d = dict(d)
         d.pop("num_samples", None)
-        d["shards"] = [ShardEntry(**s) for s in d.get("shards", [])]
+        d["shards"] = [ShardEntry(s["name"], s["count"]) for s in d["shards"]]
+        d["columns"] = dict(d["columns"])
         return cls(**d)
 
 
+_REQUIRED = {"split": str, "size": int, "shard_size": int, "shards": list, "columns": dict, "format": str}
+_OPTIONAL = {"rejected": int, "config": dict, "num_samples": int}
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+
+
+def json_kind(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages: ``[1] -> 'an array'``."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _is(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def is_plain_name(name: Any) -> bool:
+    """True for a string usable as one path component (a shard, column or fingerprint name)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
+def _manifest_problem(d: Any) -> str | None:
+    """What makes ``d`` not the JSON of a :class:`Manifest`, or None."""
+    if not isinstance(d, dict):
+        return f"{json_kind(d)}, not an object"
+    missing = [k for k in _REQUIRED if k not in d]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    unknown = sorted(set(d) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        return f"unknown key(s) {', '.join(map(repr, unknown))}"
+    for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if key in d and not _is(d[key], kind):
+            return f"{key} is {json.dumps(d[key])[:40]}, not {_TYPE_NAMES[kind]}"
+    for key, least in (("size", 1), ("shard_size", 1), ("rejected", 0)):
+        if d.get(key, least) < least:
+            return f"{key} is {d[key]}, below {least}"
+    names = set()
+    for i, s in enumerate(d["shards"]):
+        if not (isinstance(s, dict) and set(s) == {"name", "count"} and is_plain_name(s["name"])
+                and _is(s["count"], int) and s["count"] >= 0):
+            return f"shards[{i}] is {json.dumps(s)[:60]}, not {{\"name\": <shard name>, \"count\": <samples>}}"
+        if s["name"] in names:
+            return f"shard {s['name']} is listed twice"
+        names.add(s["name"])
+    for column, fp in d["columns"].items():
+        if column not in COLUMNS:
+            return f"unknown column {column!r} in columns (columns are: {', '.join(COLUMNS)})"
+        if not is_plain_name(fp):
+            return f"columns[{column!r}] is {json.dumps(fp)[:40]}, not a fingerprint"
+    return None
+
+
 def load_manifest(split_path: str | os.PathLike) -> Manifest:
-    """Read a split's manifest; a missing one is a StoreError naming the path."""
+    """Read a split's manifest; a missing, corrupt or malformed one is a StoreError naming the path."""
     path = manifest_path(split_path)
     if not path.exists():
         raise StoreError(f"{path}: no manifest; is {Path(split_path).parent} a store and "
                          f"{Path(split_path).name!r} a split built into it?")
-    m = Manifest.from_json(read_json(path))
-    if m.format != STORE_FORMAT:
-        raise StoreError(f"{path}: store format {m.format!r} is not {STORE_FORMAT!r}")
-    return m
+    return Manifest.from_json(read_json(path), path)
 
 
 def save_manifest(split_path: str | os.PathLike, manifest: Manifest) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from shards.codecs import DECODERS, CodecError
 from shards.manifest import Manifest, StoreError
-from shards.schema import COLUMNS, MANIFEST_NAME, STORE_FORMAT
+from shards.schema import COLUMNS, MANIFEST_NAME
 from shards.streams import TarError, iter_samples, join, open_stream, read_bytes
 
 Raw = tuple[str, str, dict[str, bytes]]  # (shard, key, {ext: bytes}) of all chosen columns
@@ -28,7 +28,7 @@ def load_manifest_at(root: str | os.PathLike, split: str) -> Manifest:
     """Read ``<root>/<split>/manifest.json`` from a local path, fsspec URL or ``pipe:`` command.
 
     Raises:
-        StoreError: the manifest is missing, corrupt or of another store format.
+        StoreError: the manifest is missing, corrupt, malformed or of another store format.
     """
     import json
 
@@ -38,10 +38,7 @@ def load_manifest_at(root: str | os.PathLike, split: str) -> Manifest:
     except (OSError, ValueError) as e:
         raise StoreError(f"{location}: cannot read the manifest ({e}); is {root} a store with split {split!r}?") \
             from None
-    manifest = Manifest.from_json(doc)
-    if manifest.format != STORE_FORMAT:
-        raise StoreError(f"{location}: store format {manifest.format!r} is not {STORE_FORMAT!r}")
-    return manifest
+    return Manifest.from_json(doc, location)
 
 
 def node_and_worker(rank: int | None = None, world_size: int | None = None) -> tuple[int, int, int, int]:

@@ -252,11 +252,24 @@ def contact_sheet(sample: dict[str, Any], vocab_words: list[str] | None = None) 
     return np.vstack([grid, band])
 
 
+SHEET_SUFFIXES = (".png", ".jpg", ".jpeg")  # the formats a contact sheet is written in, chosen by suffix
+
+
+def check_sheet_path(out: str | os.PathLike) -> Path:
+    """``out`` as a Path; a suffix other than .png, .jpg or .jpeg is a ValueError (no PNG bytes in a .gif)."""
+    out = Path(out)
+    if out.suffix.lower() not in SHEET_SUFFIXES:
+        raise ValueError(f"{out}: a contact sheet is written as PNG or JPEG; give --out a name ending in "
+                         f"{', '.join(SHEET_SUFFIXES)}")
+    return out
+
+
 def show_sample(root: str | os.PathLike, split: str, key: str | int, out: str | os.PathLike) -> Path:
-    """Find sample ``key`` and write its contact sheet to ``out`` (JPEG for .jpg/.jpeg, else PNG); returns the path."""
+    """Find sample ``key`` and write its contact sheet to ``out`` (JPEG for .jpg/.jpeg, PNG for .png); returns
+    the path. Raises ValueError for another suffix."""
+    out = check_sheet_path(out)
     sample = find_sample(root, split, key)
     sheet = contact_sheet(sample, load_vocab_words(root, split))
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(encode_jpeg(sheet, 92) if out.suffix.lower() in (".jpg", ".jpeg") else encode_png(sheet))
+    out.write_bytes(encode_png(sheet) if out.suffix.lower() == ".png" else encode_jpeg(sheet, 92))
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from shards.layout import column_dir, column_record_path, shard_path, split_dir
 from shards.manifest import Manifest, StoreError, load_manifest, read_json
 from shards.schema import COLUMNS, resolve_shape
 from shards.streams import TarError, iter_samples
-from shards.writer import file_sha256
+from shards.writer import ShardRecord, file_sha256, parse_column_record
 
 
 @dataclass(frozen=True)
@@ -105,22 +105,23 @@ def verify_split(root: str | os.PathLike, split: str, columns: Sequence[str] | N
     return report
 
 
-def _column_records(path: Path, manifest: Manifest, column: str) -> tuple[dict[str, Any], Fault | None]:
-    """The shard records of the active version of ``column``, or a fault when they are missing."""
+def _column_records(path: Path, manifest: Manifest, column: str) -> tuple[dict[str, ShardRecord], Fault | None]:
+    """The shard records of the active version of ``column``, or a fault when they are missing or malformed."""
     fp = manifest.columns[column]
     record_path = column_record_path(column_dir(path, column, fp))
     try:
         doc = read_json(record_path)
+        records = parse_column_record(doc, record_path)
     except StoreError as e:
         return {}, Fault("-", column, None, str(e))
-    if doc.get("fingerprint") != fp:
-        return {}, Fault("-", column, None, f"{record_path} is for fingerprint {doc.get('fingerprint')!r}, "
+    if doc["fingerprint"] != fp:
+        return {}, Fault("-", column, None, f"{record_path} is for fingerprint {doc['fingerprint']!r}, "
                                             f"the manifest says {fp!r}")
-    return doc.get("shards", {}), None
+    return records, None
 
 
 def _check_shard(path: Path, manifest: Manifest, column: str, shard: str, count: int,
-                 records: dict[str, Any] | None, base_keys: list[str] | None,
+                 records: dict[str, ShardRecord] | None, base_keys: list[str] | None,
                  decode: bool) -> tuple[list[str], list[Fault]]:
     """Check one shard of one column; returns (its keys, faults)."""
     file = shard_path(column_dir(path, column, manifest.columns[column]), shard)
@@ -139,7 +140,7 @@ def _check_shard(path: Path, manifest: Manifest, column: str, shard: str, count:
     rec = (records or {}).get(shard)
     if records is not None and rec is None:
         return fault("no record in column.json (the shard was never finished)")
-    changed = records is not None and (file.stat().st_size != rec["bytes"] or file_sha256(file) != rec["sha256"])
+    changed = records is not None and (file.stat().st_size != rec.bytes or file_sha256(file) != rec.sha256)
     col = COLUMNS[column]
     exts = set(col.exts)
     try:
@@ -167,10 +168,13 @@ def _check_shard(path: Path, manifest: Manifest, column: str, shard: str, count:
                      base_keys[len(keys)])
     if len(keys) != count:
         return fault(f"{len(keys)} samples, the manifest says {count}")
-    if changed:
+    if changed and decode:
         return fault("yet every member parses and decodes: the bytes changed inside a member's data")
-    if records is not None and rec["count"] != len(keys):
-        return fault(f"{len(keys)} samples, column.json says {rec['count']}")
+    if changed:  # members were not decoded (--no-decode), so nothing is known about their data
+        return fault("every member parses, but members were not decoded; verify without --no-decode to find "
+                     "the damaged member")
+    if records is not None and rec.count != len(keys):
+        return fault(f"{len(keys)} samples, column.json says {rec.count}")
     return keys, faults
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Iterable, Mapping
@@ -27,6 +28,35 @@ class ShardRecord:
     bytes: int
     sha256: str
     keys_sha256: str  # sha256 of the keys joined by newlines: equal across aligned columns
+
+
+_RECORD_FIELDS = {"count": int, "bytes": int, "sha256": str, "keys_sha256": str}
+
+
+def parse_column_record(doc: Any, source: str | os.PathLike) -> dict[str, ShardRecord]:
+    """The shard records of a parsed ``column.json``, by shard name.
+
+    Raises:
+        StoreError: ``doc`` is not a column record (wrong shape or types): one line naming ``source``.
+    """
+    from shards.manifest import StoreError, json_kind  # local import: manifest imports this module
+
+    def bad(problem: str) -> StoreError:
+        return StoreError(f"{source}: not a column record ({problem})")
+
+    if not isinstance(doc, dict):
+        raise bad(f"{json_kind(doc)}, not an object")
+    if not isinstance(doc.get("fingerprint"), str) or not isinstance(doc.get("shards"), dict):
+        raise bad("needs a string 'fingerprint' and a 'shards' object")
+    records = {}
+    for name, rec in doc["shards"].items():
+        if not (isinstance(rec, dict) and set(rec) == set(_RECORD_FIELDS) and all(
+                isinstance(rec[k], t) and not isinstance(rec[k], bool) for k, t in _RECORD_FIELDS.items())
+                and rec["count"] >= 0 and rec["bytes"] >= 0):
+            raise bad(f"shard {name}: {json.dumps(rec)[:80]} is not "
+                      f"{{count, bytes, sha256, keys_sha256}}")
+        records[name] = ShardRecord(**rec)
+    return records
 
 
 def keys_digest(keys: Iterable[str]) -> str:
@@ -137,7 +167,7 @@ class ColumnWriter:
 
     def records(self) -> dict[str, ShardRecord]:
         """Every finished shard of this version, by shard name."""
-        return {name: ShardRecord(**rec) for name, rec in self._load()["shards"].items()}
+        return parse_column_record(self._load(), self.record_path)
 
     def is_done(self, shard: str, check_sha256: bool = True) -> bool:
         """True when the shard has a record, its file exists, and (optionally) its sha256 matches."""
@@ -153,7 +183,9 @@ class ColumnWriter:
         doc = read_json(self.record_path) if self.record_path.exists() else None
         if doc is None:
             doc = {"column": self.column.name, "fingerprint": self.fingerprint, "spec": self.spec, "shards": {}}
-        elif doc.get("fingerprint") != self.fingerprint:
-            raise ValueError(f"{self.record_path} belongs to fingerprint {doc.get('fingerprint')!r}, "
-                             f"not {self.fingerprint!r}")
+        else:
+            parse_column_record(doc, self.record_path)  # a malformed record is a StoreError, not a TypeError
+            if doc["fingerprint"] != self.fingerprint:
+                raise ValueError(f"{self.record_path} belongs to fingerprint {doc['fingerprint']!r}, "
+                                 f"not {self.fingerprint!r}")
         return doc
