@@ -377,8 +377,7 @@ class _Run:
             if m is None or m.columns.get("base") != p.fps["base"] or m.shards != shards:
                 m = Manifest(split=cfg.split, size=cfg.size, shard_size=cfg.shard_size, shards=shards)
             m.rejected = len(rejected)
-            if self.stats and any(st.run for st in self.stats.values()):
-                m.config = cfg.to_json()  # the settings of the last build that wrote something
+            m.config = cfg.to_json()  # the last build's settings: what `pipeline status` compares against
             if m.to_json() != before:
                 save_manifest(p.split_path, m)
         rejected_file = p.split_path / REJECTED_NAME

@@ -109,10 +109,35 @@ def _read_config_file(path: str) -> dict[str, Any]:
         if p.suffix == ".toml":
             import tomllib
 
-            return tomllib.loads(p.read_text())
-        return json.loads(p.read_text())
+            doc = tomllib.loads(p.read_text())
+        else:
+            doc = json.loads(p.read_text())
     except (ValueError, ImportError) as e:
         raise BuildError(f"config file {path!r} cannot be read: {e}") from None
+    if not isinstance(doc, dict):
+        raise BuildError(f"config file {path!r} holds a {type(doc).__name__}, not an object of settings")
+    return doc
+
+
+def _check_types(values: dict[str, Any], source: str) -> None:
+    """A setting of the wrong type (``"size": "big"``, ``"depth_params": "input_size=518"``) is one line."""
+    kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "Mapping": (dict,),
+             "tuple": (tuple, list)}
+    for f in dataclasses.fields(BuildConfig):
+        if f.name not in values:
+            continue
+        value, annotation = values[f.name], str(f.type)
+        if value is None and "None" in annotation:
+            continue
+        expected = kinds.get(annotation.split("[")[0].split(" |")[0])
+        if expected is None:
+            continue
+        wrong = not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
+        if not wrong and expected == (tuple, list):
+            wrong = not all(isinstance(v, str) for v in value)
+        if wrong:
+            raise BuildError(f"setting {f.name} in {source} must be {annotation.replace('Mapping', 'a mapping')}, "
+                             f"got {value!r}")
 
 
 def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildConfig:
@@ -143,11 +168,13 @@ def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildC
                          f"{', '.join(sorted(fields))}")
     for s in TEACHER_STAGES:
         key = f"{s}_params"
-        if isinstance(values.get(key), list):
+        if isinstance(values.get(key), list) and all(isinstance(p, (list, tuple)) and len(p) == 2
+                                                     for p in values[key]):
             values[key] = dict(values[key])
     if isinstance(values.get("stages"), (list, str)):
         stages = values["stages"]
         values["stages"] = tuple(stages.split(",") if isinstance(stages, str) else stages)
+    _check_types(values, getattr(args, "config", None) or "the settings")
     return BuildConfig(**values)
 
 
@@ -236,7 +263,13 @@ def _teachers(args: argparse.Namespace) -> int:
 def _make_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import make_demo
 
-    print(make_demo(args.out))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {args.out} is a file; pass a folder to create the demo in")
+    try:
+        print(make_demo(out))
+    except FileExistsError as e:  # a folder that holds someone else's COCO tree is left alone
+        raise BuildError(str(e)) from None
     return 0
 
 
@@ -291,8 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except OSError as e:  # a disk that fills up or turns read-only mid-run
-        where = f" {e.filename}" if e.filename else ""
-        print(f"pipeline: error:{where}: {e.strerror or e}", file=sys.stderr)
+        where = f" {e.filename}:" if e.filename else ""
+        print(f"pipeline: error:{where} {e.strerror or e}", file=sys.stderr)
         return 1
 
 

@@ -4,6 +4,7 @@ split into shards and find the unfinished (stage, shard) units."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,9 +58,18 @@ def available_splits(coco_root: Path) -> list[str]:
 
 def check_inputs(config: "BuildConfig") -> Path:
     """The cheap checks: flags, COCO root, split. Returns the resolved COCO root."""
-    for name, value in (("size", config.size), ("shard-size", config.shard_size), ("batch-size", config.batch_size)):
-        if int(value) < 1:
-            raise BuildError(f"--{name} must be >= 1, got {value}")
+    counts = [("size", config.size, 1), ("shard-size", config.shard_size, 1), ("batch-size", config.batch_size, 1),
+              ("vocab-size", config.vocab_size, 1), ("actors-per-teacher", config.actors_per_teacher, 1),
+              ("max-inflight-shards", config.max_inflight_shards, 1), ("retries", config.retries, 0)]
+    if config.num_cpus is not None:  # a cluster without CPUs would wait forever for its first task
+        counts.append(("num-cpus", config.num_cpus, 1))
+    for name, value, least in counts:
+        if int(value) < least:
+            raise BuildError(f"--{name} must be >= {least}, got {value}")
+    if not (math.isfinite(config.cpus_per_teacher) and config.cpus_per_teacher >= 0):
+        raise BuildError(f"--cpus-per-teacher must be a finite number >= 0, got {config.cpus_per_teacher}")
+    if not (math.isfinite(config.normals_scale) and config.normals_scale > 0):
+        raise BuildError(f"--normals-scale must be a finite number > 0, got {config.normals_scale}")
     if config.gpus_per_teacher is not None:
         try:
             check_gpu_share(config.gpus_per_teacher)
@@ -133,11 +143,15 @@ def load_teachers(config: "BuildConfig", factories: dict[str, TeacherFactory], e
         raise BuildError(str(e)) from None
     for s, result in started.items():
         name, _, params = teacher_choice(config, s)
-        if isinstance(result, TeacherError):
-            raise BuildError(f"{s} teacher {name!r}: {result}") from None
-        if isinstance(result, TypeError):  # an unknown --*-param keyword
+        if isinstance(result, TeacherError):  # its message names the teacher already, most of the time
+            text = str(result).removeprefix(f"teacher {name!r}: ")
+            raise BuildError(f"{s} teacher {name!r}: {text}") from None
+        if isinstance(result, TypeError) and "unexpected keyword argument" in str(result):  # a --*-param
             raise BuildError(f"{s} teacher {name!r} does not take these parameters {sorted(params)}: "
                              f"{result}") from None
+        if isinstance(result, (TypeError, ValueError)) and params:  # a parameter value of the wrong kind
+            raise BuildError(f"{s} teacher {name!r} cannot use the parameters {params} "
+                             f"(--{s}-param): {type(result).__name__}: {result}") from None
         if isinstance(result, BaseException):
             raise result
         fps[s] = result

@@ -29,7 +29,13 @@ def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]
         "teachers": {"recorded": [stage, ...], "loaded": [stage, ...]}}.
     """
     quiet_model_loading()  # a status query loads teachers only to fingerprint them: no bars
-    plan = prepare(dataclasses.replace(config, stages=(), force=False), reuse_recorded=not recheck)
+    config = dataclasses.replace(config, stages=(), force=False)
+    if str(config.device).startswith("cuda"):  # a build's GPU setting, queried where no GPU is (a login node)
+        import torch
+
+        if not torch.cuda.is_available():
+            config = dataclasses.replace(config, device="cpu")  # the device enters no fingerprint
+    plan = prepare(config, reuse_recorded=not recheck)
     rows = []
     for s in (st.name for st in STAGES):
         requested, active = plan.fps[s], plan.active.get(s)

@@ -236,7 +236,7 @@ def test_contact_sheet_masks_letterbox_padding_and_backs_legends() -> None:
 
 
 @pytest.mark.parametrize("device, text", [
-    ("bogus", "student eval: error: unknown device 'bogus' (--device); use cpu, cuda, cuda:N or auto"),
+    ("bogus", "student eval: error: unknown device 'bogus' (--device); use cpu, cuda, cuda:N, mps or auto"),
     ("cuda:99", "student eval: error: --device cuda:99: "),
 ])
 def test_student_bad_device(store: Path, tiny_checkpoint: str, capsys: pytest.CaptureFixture, device: str,
@@ -249,7 +249,7 @@ def test_student_bad_device(store: Path, tiny_checkpoint: str, capsys: pytest.Ca
 @pytest.mark.parametrize("flag, value, text", [
     ("--batch-size", "0", "student train: --batch-size must be >= 1, got 0"),
     ("--epochs", "0", "student train: --epochs must be >= 1, got 0"),
-    ("--lr", "-1", "student train: --lr must be > 0, got -1.0"),
+    ("--lr", "-1", "student train: --lr must be a finite number > 0, got -1.0"),
 ])
 def test_student_train_rejects_impossible_numbers(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                   flag: str, value: str, text: str) -> None:
@@ -327,3 +327,64 @@ def test_student_predict_bad_tile_and_store_without_vocab(tiny_checkpoint: str, 
                          str(tmp_path / "nosuch"), "--out", str(tmp_path / "out")]) == 2
     line = _one_line(capsys)
     assert line.startswith("student predict: error: --shards ") and "pass --vocab vocab.json" in line
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--retries", "-1"], "--retries must be >= 0, got -1"),
+    (["--actors-per-teacher", "0"], "--actors-per-teacher must be >= 1, got 0"),
+    (["--num-cpus", "0"], "--num-cpus must be >= 1, got 0"),  # a Ray cluster without CPUs waits forever
+    (["--max-inflight-shards", "0"], "--max-inflight-shards must be >= 1, got 0"),
+    (["--cpus-per-teacher", "-1"], "--cpus-per-teacher must be a finite number >= 0, got -1.0"),
+    (["--normals-scale", "nan"], "--normals-scale must be a finite number > 0, got nan"),
+])
+def test_pipeline_impossible_numbers_fail_before_any_work(demo_root: Path, tmp_path: Path, flags: list[str],
+                                                          message: str, capsys: pytest.CaptureFixture) -> None:
+    rc = pipeline_main(["build-targets", "--coco-root", str(demo_root), "--split", SPLIT,
+                        "--out", str(tmp_path / "store"), *flags])
+    assert rc == 2
+    assert _one_line(capsys) == f"pipeline: error: {message}"
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"size": "big"}, "setting size in {path} must be int, got 'big'"),
+    ({"depth_params": "input_size=518"}, "setting depth_params in {path} must be a mapping[str, Any], "
+                                         "got 'input_size=518'"),
+    ({"stages": [1]}, "setting stages in {path} must be tuple[str, ...], got (1,)"),
+    ({"progress": 1}, "setting progress in {path} must be bool, got 1"),
+    ([1, 2], "config file '{path}' holds a list, not an object of settings"),
+])
+def test_pipeline_config_values_of_the_wrong_type(tmp_path: Path, doc, message: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "build.json"
+    path.write_text(json.dumps(doc))
+    assert pipeline_main(["build-targets", "--config", str(path)]) == 2
+    assert _one_line(capsys) == "pipeline: error: " + message.format(path=path)
+
+
+def test_pipeline_bad_parameter_value_is_not_called_unknown(demo_root: Path, tmp_path: Path, fakes,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    rc = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--split", SPLIT,
+                        "--out", str(tmp_path / "store"), "--depth-param", "input_size=abc", "--device", "cpu",
+                        "--stages", "depth"])
+    assert rc == 2
+    err = _one_line(capsys)  # depth-anything-v2 compares input_size before it loads anything
+    assert "cannot use the parameters {'input_size': 'abc'} (--depth-param)" in err and "does not take" not in err
+    rc = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--split", SPLIT,
+                        "--out", str(tmp_path / "store"), "--depth-teacher", "fake-depth", "--depth-param",
+                        "nosuch=1", "--device", "cpu", "--stages", "depth"])
+    assert rc == 2
+    assert "does not take these parameters ['nosuch']" in _one_line(capsys)
+
+
+def test_make_demo_bad_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "afile").write_text("x")
+    assert pipeline_main(["make-demo", "--out", str(tmp_path / "afile")]) == 2
+    assert _one_line(capsys) == f"pipeline: error: --out {tmp_path / 'afile'} is a file; pass a folder to create " \
+                                "the demo in"
+    foreign = tmp_path / "foreign"
+    (foreign / "annotations").mkdir(parents=True)
+    (foreign / "annotations" / "captions_train2017.json").write_text("{}")
+    assert pipeline_main(["make-demo", "--out", str(foreign)]) == 2
+    err = _one_line(capsys)
+    assert "already holds a COCO-like tree" in err and "error::" not in err

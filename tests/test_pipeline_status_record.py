@@ -114,3 +114,27 @@ def test_hub_checkpoints_are_keyed_by_the_cached_commit(tmp_path: Path, monkeypa
     pinned = TeacherFactory(FakeDepth, {"checkpoint": "org/model", "revision": "v1"})
     (refs / "v1").write_text("0f0f\n")
     assert teacher_settings(pinned)["files"] == {"checkpoint": "0f0f"}
+
+
+def test_status_after_a_build_that_switched_back_to_an_existing_version(store) -> None:
+    cfg, _ = store
+    other = dataclasses.replace(cfg, depth_params={"gain": 2.0})
+    assert build_targets(other)["ok"]
+    back = build_targets(cfg)  # every unit of the first version is still there: nothing runs, depth is activated
+    assert back["ok"] and not any(st["run"] for st in back["stages"].values())
+    assert main(["status", "--out", cfg.out]) == 0  # the settings come from the last build, the one switching back
+    status = split_status(dataclasses.replace(cfg))
+    assert all(r["state"] == "current" for r in status["stages"])
+
+
+def test_status_of_a_gpu_build_where_no_gpu_is(store, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import torch
+
+    cfg, _ = store
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    devices = []
+    real_build = TeacherFactory.build
+    monkeypatch.setattr(TeacherFactory, "build", lambda self: devices.append(self.kwargs["device"]) or real_build(self))
+    status = split_status(dataclasses.replace(cfg, device="cuda"), recheck=True)
+    assert status["teachers"]["loaded"] == list(TEACHER_STAGES) and devices == ["cpu"] * 4
+    assert all(r["state"] == "current" for r in status["stages"])
