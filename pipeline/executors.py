@@ -11,6 +11,7 @@ import logging
 import math
 import os
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -164,17 +165,39 @@ class Executor(ABC):
         """Release workers and teachers."""
 
 
+class _Unit:
+    """A unit submitted to the local executor: run when a ``wait`` or ``result`` needs it, in submission order
+    (so a unit's inputs, submitted before it, have run by then)."""
+
+    __slots__ = ("fn", "args", "value", "error", "ran")
+
+    def __init__(self, fn: Callable[..., Any], args: Sequence[Any]) -> None:
+        self.fn, self.args = fn, args
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.ran = False
+
+
 class _Done:
-    """A finished local unit: its value or its exception."""
+    """A handle of the local executor: a unit's value, or item ``index`` of it (``num_returns`` > 1)."""
 
-    __slots__ = ("value", "error")
+    __slots__ = ("unit", "index")
 
-    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
+    def __init__(self, unit: _Unit, index: int | None = None) -> None:
+        self.unit, self.index = unit, index
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.unit.error
+
+    @property
+    def value(self) -> Any:
+        return self.unit.value if self.index is None else self.unit.value[self.index]
 
 
 class LocalExecutor(Executor):
-    """Runs every unit at once in this process (same unit code as Ray); retries a failing unit.
+    """Runs every unit in this process (same unit code as Ray), one at a time in submission order, when the
+    build waits for it (so its progress moves unit by unit); retries a failing unit.
 
     Args:
         retries: extra attempts of a unit that raised.
@@ -185,48 +208,58 @@ class LocalExecutor(Executor):
     def __init__(self, retries: int = 3) -> None:
         self.retries = retries
         self.teachers: dict[str, Any] = {}
+        self._queue: deque[_Unit] = deque()
 
     def start(self, teachers: Mapping[str, TeacherFactory]) -> dict[str, Any]:
         return {stage: _build_into(self.teachers, stage, factory) for stage, factory in teachers.items()}
 
-    def _run(self, fn: Callable[..., Any], args: Sequence[Any]) -> _Done:
-        for arg in args:
+    def _run(self, unit: _Unit) -> None:
+        unit.ran = True
+        for arg in unit.args:
             if isinstance(arg, _Done) and arg.error is not None:
-                return _Done(error=arg.error)
-        args = [a.value if isinstance(a, _Done) else a for a in args]
+                unit.error = arg.error
+                return
+        args = [a.value if isinstance(a, _Done) else a for a in unit.args]
         for attempt in range(self.retries + 1):
             try:
-                return _Done(fn(*args))
+                unit.value = unit.fn(*args)
+                return
             except Exception as e:  # a failed unit is reported, not fatal to the build
                 if attempt == self.retries:
-                    return _Done(error=e)
-                log.warning("unit %s failed (%s), retrying", getattr(fn, "__name__", fn), e)
-        raise AssertionError("unreachable")
+                    unit.error = e
+                    return
+                log.warning("unit %s failed (%s), retrying", getattr(unit.fn, "__name__", unit.fn), e)
+
+    def _enqueue(self, fn: Callable[..., Any], args: Sequence[Any]) -> _Unit:
+        unit = _Unit(fn, args)
+        self._queue.append(unit)
+        return unit
 
     def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
-        done = self._run(fn, args)
-        if num_returns == 1:
-            return done
-        if done.error is not None:
-            return [_Done(error=done.error) for _ in range(num_returns)]
-        return [_Done(v) for v in done.value]
+        unit = self._enqueue(fn, args)
+        return _Done(unit) if num_returns == 1 else [_Done(unit, i) for i in range(num_returns)]
 
     def submit_teacher(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._run(fn, (self.teachers[stage], *args))
+        return _Done(self._enqueue(fn, (self.teachers[stage], *args)))
 
     def placement(self) -> dict[str, str]:
         return {stage: f"in-process on {teacher.device}" for stage, teacher in self.teachers.items()}
 
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
-        return list(handles)
+        while self._queue and not any(h.unit.ran for h in handles):
+            self._run(self._queue.popleft())
+        return [h for h in handles if h.unit.ran]
 
     def result(self, handle: Any) -> Any:
+        while not handle.unit.ran:
+            self._run(self._queue.popleft())
         if handle.error is not None:
             raise handle.error
         return handle.value
 
     def close(self) -> None:
         self.teachers.clear()
+        self._queue.clear()
 
 
 class RayExecutor(Executor):

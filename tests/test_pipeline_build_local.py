@@ -197,3 +197,19 @@ def test_shards_in_flight_fit_the_executors_memory_budget(demo_root: Path, fakes
     ex.budget = 1  # never below one shard: the build still runs
     report = build_targets(cfg, executor=ex)
     assert report["ok"] and report["samples"] > 0
+
+
+def test_local_progress_moves_unit_by_unit(demo_root: Path, fakes: dict[str, int], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import build
+
+    seen = []  # (stage, images predicted by the teachers so far) at each progress update
+    real_update = build.Progress.update
+    monkeypatch.setattr(build.Progress, "update", lambda self, stage, n: (
+        seen.append((stage, sum(fakes.values()))), real_update(self, stage, n))[1])
+    cfg = make_config(demo_root, tmp_path / "store")  # shards of 4, several in flight at once
+    report = build_targets(cfg)
+    assert report["ok"]
+    assert seen[0] == ("base", 0)  # the first shard's decode is reported before any teacher ran
+    first_depth = next(i for i, (stage, _) in enumerate(seen) if stage == "depth")
+    assert seen[first_depth][1] <= 4 * cfg.shard_size  # ... and its depth before the teachers of a second shard
