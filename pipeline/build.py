@@ -18,7 +18,7 @@ from shards.schema import BUILD_REPORT_NAME, REJECTED_NAME, VOCAB_NAME
 from shards.writer import ColumnWriter
 
 from pipeline.executors import Executor, make_executor, quiet_model_loading
-from pipeline.plan import BuildError, Plan, prepare
+from pipeline.plan import BuildError, Plan, check_gensim_model, prepare
 from pipeline.progress import Progress
 from pipeline.stages import stage as get_stage
 from pipeline.teacher_record import record_fingerprints
@@ -129,6 +129,8 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
         raise BuildError(str(e)) from None
     try:  # the teachers load once, where they run (on Ray: in the actors, which also give the fingerprints)
         plan = prepare(config, ex)
+        if "tokens" in plan.run_stages and plan.vocab_path is None and plan.pending["tokens"]:
+            check_gensim_model(plan.config.glove)  # the vocabulary is built at the end: know now it can be
         record_fingerprints(plan.split_path, plan.factories, plan.teacher_fps)  # for `pipeline status`
         return _Run(plan, ex).run()
     finally:

@@ -4,6 +4,7 @@ split into shards and find the unfinished (stage, shard) units."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -187,6 +188,33 @@ def tokens_params(config: "BuildConfig", store_root: Path) -> tuple[dict[str, An
     return {"vocab_size": int(config.vocab_size), "glove": glove_id, "stopwords": "default"}, None
 
 
+def check_gensim_model(name: str) -> None:
+    """A GloVe model named for gensim's downloader must be downloaded already or be known to its download list;
+    otherwise a build would only find out after the whole caption column (one line, exit 2)."""
+    if os.path.isfile(name):
+        return
+    try:
+        import gensim.downloader
+    except ImportError:
+        raise BuildError(f"--glove {name}: gensim is not installed; pass a GloVe text file (glove.6B.300d.txt) "
+                         "or `pip install gensim`") from None
+    if (Path(gensim.downloader.BASE_DIR) / name).is_dir():
+        return
+    quiet = logging.getLogger("gensim.downloader")
+    level, quiet.level = quiet.level, logging.CRITICAL  # it logs its own failure to reach the list: one line here
+    try:
+        known = gensim.downloader.info(name_only=True)["models"]
+    except Exception as e:  # noqa: BLE001 - offline: a URLError, a socket error, ...
+        raise BuildError(f"--glove {name}: not in gensim's data folder {gensim.downloader.BASE_DIR} and its "
+                         f"download list cannot be reached ({type(e).__name__}); pass --glove glove.6B.300d.txt "
+                         "(a GloVe text file)") from None
+    finally:
+        quiet.setLevel(level)
+    if name not in known:
+        raise BuildError(f"--glove {name}: gensim knows no such model (glove models: "
+                         f"{', '.join(m for m in known if m.startswith('glove'))}), and it is no file")
+
+
 def absolute_paths(config: "BuildConfig") -> "BuildConfig":
     """The config with every local path made absolute: Ray workers do not share the driver's directory."""
     changes: dict[str, Any] = {"out": os.path.abspath(config.out), "coco_root": os.path.abspath(config.coco_root)}
@@ -221,10 +249,14 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
     store_root = Path(config.out)
     split_path = split_dir(store_root, config.split)
     derived: dict[str, dict[str, Any]] = {"normals": {"scale": float(config.normals_scale)}, "groups": {}}
+    factories = teacher_factories(config, [s for s in TEACHER_STAGES if s in needed])
+    for s, factory in factories.items():  # ground truth the split lacks fails now, not on every image later
+        problem = factory.cls.check_records(rec.to_record() for rec in records)
+        if problem:
+            raise BuildError(f"{s} teacher {teacher_choice(config, s)[0]!r}: {problem}")
     vocab_path = None
     if "tokens" in needed:  # checked before the teachers load: a bad GloVe file or vocabulary fails fast
         derived["tokens"], vocab_path = tokens_params(config, store_root)
-    factories = teacher_factories(config, [s for s in TEACHER_STAGES if s in needed])
     recorded = recorded_fingerprints(split_path, factories) if reuse_recorded else {}
     loaded = {s: f for s, f in factories.items() if s not in recorded}
     teacher_fps = {**recorded, **load_teachers(config, loaded, executor if executor is not None else LocalExecutor())}

@@ -83,5 +83,6 @@ def summary_table(report: Mapping[str, Any]) -> str:
     if report["failures"]:
         first = report["failures"][0]
         error = (first["error"].strip().splitlines() or [""])[0]
-        tail += f"; {len(report['failures'])} unit(s) failed, first {first['stage']} {first['shard']}: {error}"
+        where = f"{first['stage']} {first['shard']}" if first["shard"] else first["stage"]  # the vocabulary: no shard
+        tail += f"; {len(report['failures'])} unit(s) failed, first {where}: {error}"
     return "\n".join(lines + [tail])

@@ -20,7 +20,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -102,6 +102,12 @@ class Teacher(ABC):
         """Whether this teacher would run on a CUDA device in this environment (default ``spec.uses_gpu``); an
         executor gives no GPU share to a teacher that says no."""
         return cls.spec.uses_gpu
+
+    @classmethod
+    def check_records(cls, records: Iterable[Mapping[str, Any]]) -> str | None:
+        """Why this teacher cannot serve a split whose COCO records (``TeacherInput.record`` dicts) are
+        ``records``, or None; the build asks before any work (ground truth the split lacks, say)."""
+        return None
 
     @abstractmethod
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:

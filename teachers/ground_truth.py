@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from abc import abstractmethod
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -50,6 +51,18 @@ class PanopticGroundTruth(_GroundTruth):
         uses_gpu=False,
     )
 
+    @classmethod
+    def check_records(cls, records: Iterable[Mapping[str, Any]]) -> str | None:
+        first = next((r["panoptic"] for r in records if r.get("panoptic")), None)
+        if first is None:
+            return ("the split has no panoptic annotations (annotations/panoptic_<split>.json from COCO's "
+                    "panoptic_annotations_trainval2017.zip); use a panoptic model teacher for it")
+        folder = os.path.dirname(first["file"])
+        if not os.path.isdir(folder):
+            return (f"its panoptic PNG folder {folder} does not exist (unzip panoptic_<split>.zip, inside "
+                    "panoptic_annotations_trainval2017.zip, into annotations/)")
+        return None
+
     def _read(self, inp: TeacherInput) -> np.ndarray:
         pan = inp.record.get("panoptic")
         if not pan:
@@ -79,6 +92,12 @@ class CaptionGroundTruth(_GroundTruth):
         needs_annotations=True,
         uses_gpu=False,
     )
+
+    @classmethod
+    def check_records(cls, records: Iterable[Mapping[str, Any]]) -> str | None:
+        if not any(r.get("captions") for r in records):
+            return "the split has no caption annotations; use a caption model teacher for it"
+        return None
 
     def _read(self, inp: TeacherInput) -> list[str]:
         captions = [str(c).strip() for c in inp.record.get("captions") or [] if str(c).strip()]

@@ -388,3 +388,45 @@ def test_make_demo_bad_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert pipeline_main(["make-demo", "--out", str(foreign)]) == 2
     err = _one_line(capsys)
     assert "already holds a COCO-like tree" in err and "error::" not in err
+
+
+@pytest.mark.parametrize("remove", ["panoptic_{split}.json", "panoptic_{split}"])
+def test_pipeline_missing_panoptic_ground_truth_fails_before_any_work(demo_root: Path, tmp_path: Path, remove: str,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    coco = tmp_path / "coco"
+    shutil.copytree(demo_root, coco)
+    gone = coco / "annotations" / remove.format(split=SPLIT)
+    shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
+    rc = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(coco), "--split", SPLIT,
+                        "--out", str(tmp_path / "store"), "--stages", "panoptic", "--panoptic-teacher",
+                        "panoptic-gt"])
+    assert rc == 2
+    err = _one_line(capsys)
+    assert err.startswith("pipeline: error: panoptic teacher 'panoptic-gt': ")
+    assert ("no panoptic annotations" if remove.endswith(".json") else "PNG folder") in err
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("listing, message", [
+    (OSError("no network"), "its download list cannot be reached (OSError)"),
+    ({"models": {"glove-twitter-25": {}}}, "gensim knows no such model (glove models: glove-twitter-25)"),
+])
+def test_pipeline_gensim_glove_that_cannot_be_had(demo_root: Path, tmp_path: Path, monkeypatch, listing, message,
+                                                  fakes, capsys: pytest.CaptureFixture) -> None:
+    import gensim.downloader
+
+    def info(name_only: bool = False):
+        if isinstance(listing, Exception):
+            raise listing
+        return listing
+
+    monkeypatch.setattr(gensim.downloader, "info", info)
+    monkeypatch.setattr(gensim.downloader, "BASE_DIR", str(tmp_path / "gensim-data"))
+    rc = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--split",
+                        "train2017", "--out", str(tmp_path / "store"), "--glove", "glove-wiki-gigaword-300",
+                        "--device", "cpu", *(f"--{s}-teacher=fake-{s}" for s in ("depth", "panoptic", "text",
+                                                                                   "caption"))])
+    assert rc == 2
+    err = _one_line(capsys)
+    assert err.startswith("pipeline: error: --glove glove-wiki-gigaword-300: ") and message in err
+    assert fakes == {} and not (tmp_path / "store").exists()  # before any unit ran or file was written
