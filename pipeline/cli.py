@@ -210,11 +210,13 @@ def _check_paths(config: BuildConfig) -> None:
     probe = out.absolute()
     while not probe.exists() and probe != probe.parent:  # the folder the build would create ``out`` in
         probe = probe.parent
+    split = out.absolute() / config.split  # an existing split folder is where the build writes
     try:
         if not probe.is_dir():
             raise NotADirectoryError(20, f"{probe} is a file, not a folder")
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-test-"):
-            pass
+        for folder in (probe, split) if split.is_dir() else (probe,):
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
     except OSError as e:
         raise BuildError(f"cannot write the store at {str(out)!r} ({e.strerror or e}); "
                          "pass --out a writable folder") from None

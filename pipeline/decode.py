@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 
 import numpy as np
 
@@ -41,12 +42,16 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
     return data
 
 
-def decode_image_bytes(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, np.ndarray | None]:
+def decode_image_bytes(data: bytes, name: str = "<bytes>", expected_size: tuple[int, int] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode image bytes to RGB uint8 whatever the container says.
 
     Args:
         data: file content.
         name: used in error messages.
+        expected_size: (width, height) the annotations give: an image whose header says another size (either
+            orientation) is rejected as ``size-mismatch`` before its pixels are decoded (a small file can
+            hold a huge image).
 
     Returns:
         ``(oriented, raw)``: the (H, W, 3) uint8 RGB image with EXIF orientation applied, and the image as
@@ -55,8 +60,17 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, 
     if not data:
         raise RejectedImage("empty", f"image file is empty: {name}")
     if data.startswith(PNG_MAGIC):
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            _check_size(struct.unpack(">II", data[16:24]), expected_size, name)
         return _decode_png(data, name), None
-    return _decode_pillow(data, name)
+    return _decode_pillow(data, name, expected_size)
+
+
+def _check_size(size: tuple[int, int], expected: tuple[int, int] | None, name: str) -> None:
+    """Reject an image whose header size is neither ``expected`` (w, h) nor its transpose."""
+    if expected is not None and tuple(size) not in (tuple(expected), tuple(expected)[::-1]):
+        raise RejectedImage("size-mismatch", f"{name} is {size[0]}x{size[1]} but its annotations say "
+                                             f"{expected[0]}x{expected[1]}")
 
 
 def _decode_png(data: bytes, name: str) -> np.ndarray:
@@ -78,15 +92,17 @@ def _decode_png(data: bytes, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, 2::-1])
 
 
-def _decode_pillow(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _decode_pillow(data: bytes, name: str, expected_size: tuple[int, int] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only
     except UnidentifiedImageError:
         raise RejectedImage("undecodable", f"not an image file: {name}") from None
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise RejectedImage("undecodable", f"cannot open image {name}: {e}") from None
+    _check_size(img.size, expected_size, name)
     orientation = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
     if img.format == "JPEG" and img.mode in ("RGB", "L") and orientation == 1:
         fast = _decode_simplejpeg(data)

@@ -47,8 +47,9 @@ def _as_record(record: ImageRecord | Mapping[str, Any]) -> ImageRecord:
 
 def _image_in_annotation_frame(rec: ImageRecord) -> np.ndarray:
     """Decode the record's image in the frame its annotations use (oriented, else as stored)."""
-    oriented, raw = decode_image_bytes(read_image_bytes(rec.path), rec.path)
-    if rec.width <= 0 or rec.height <= 0:
+    expected = (rec.width, rec.height) if rec.width > 0 and rec.height > 0 else None
+    oriented, raw = decode_image_bytes(read_image_bytes(rec.path), rec.path, expected)
+    if expected is None:
         return oriented
     for image in (oriented, raw):
         if image is not None and image.shape[:2] == (rec.height, rec.width):

@@ -170,3 +170,39 @@ def test_polygons_with_any_number_of_points(n: int) -> None:
         assert 29 <= area <= 33 and (mask[10, 11:40] == 255).all()
     else:
         assert area == 1 and mask[10, 10] == 255
+
+
+def test_an_image_whose_header_contradicts_its_annotations_is_rejected_undecoded(monkeypatch) -> None:
+    import io
+    import zlib
+
+    import cv2
+    from PIL import Image
+
+    from pipeline.decode import RejectedImage, decode_image_bytes
+
+    def png(width: int, height: int) -> bytes:  # a 1-bit PNG of any size in a few kilobytes
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return (len(body).to_bytes(4, "big") + kind + body
+                    + zlib.crc32(kind + body).to_bytes(4, "big"))
+        rows = zlib.compress((b"\0" + b"\0" * ((width + 7) // 8)) * height, 9)
+        ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([1, 0, 0, 0, 0])
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("the pixels were decoded")
+
+    bomb = png(20000, 20000)
+    assert len(bomb) < 200_000
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    with pytest.raises(RejectedImage) as err:
+        decode_image_bytes(bomb, "bomb.jpg", expected_size=(640, 480))
+    assert err.value.reason == "size-mismatch" and "20000x20000" in str(err.value)
+    buf = io.BytesIO()
+    Image.new("RGB", (30000, 20), "red").save(buf, "JPEG")
+    with pytest.raises(RejectedImage) as err:  # the Pillow path reads the header only too
+        decode_image_bytes(buf.getvalue(), "wide.jpg", expected_size=(640, 480))
+    assert err.value.reason == "size-mismatch"
+    monkeypatch.undo()
+    image, _ = decode_image_bytes(png(48, 64), "small.png", expected_size=(64, 48))  # the transpose is allowed
+    assert image.shape == (64, 48, 3)
