@@ -430,3 +430,23 @@ def test_pipeline_gensim_glove_that_cannot_be_had(demo_root: Path, tmp_path: Pat
     err = _one_line(capsys)
     assert err.startswith("pipeline: error: --glove glove-wiki-gigaword-300: ") and message in err
     assert fakes == {} and not (tmp_path / "store").exists()  # before any unit ran or file was written
+
+
+def test_pipeline_read_only_split_folder_fails_before_any_work(demo_root: Path, tmp_path: Path, monkeypatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    import tempfile
+
+    (tmp_path / "store" / SPLIT).mkdir(parents=True)  # as an earlier build leaves it
+    real = tempfile.NamedTemporaryFile
+
+    def read_only_split(*args, dir=None, **kwargs):  # the test runs as root: permissions would not stop it
+        if Path(dir).name == SPLIT:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only_split)
+    rc = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--split", SPLIT,
+                        "--out", str(tmp_path / "store")])
+    assert rc == 2
+    err = _one_line(capsys)
+    assert "cannot write the store at" in err and "Permission denied" in err
