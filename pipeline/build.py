@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,7 +19,7 @@ from shards.writer import ColumnWriter
 
 from pipeline.executors import Executor, make_executor, quiet_model_loading
 from pipeline.plan import BuildError, Plan, check_gensim_model, prepare
-from pipeline.progress import Progress
+from pipeline.progress import NOT_RUN, Progress
 from pipeline.stages import stage as get_stage
 from pipeline.teacher_record import record_fingerprints
 from pipeline.units import (UnitResult, decode_unit, derived_unit, load_vocabulary, read_rejected, teacher_predict,
@@ -127,12 +127,13 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
                                        quiet=not config.progress)
     except ValueError as e:  # an unknown executor name
         raise BuildError(str(e)) from None
+    t0 = time.perf_counter()
     try:  # the teachers load once, where they run (on Ray: in the actors, which also give the fingerprints)
         plan = prepare(config, ex)
         if "tokens" in plan.run_stages and plan.vocab_path is None and plan.pending["tokens"]:
             check_gensim_model(plan.config.glove)  # the vocabulary is built at the end: know now it can be
         record_fingerprints(plan.split_path, plan.factories, plan.teacher_fps)  # for `pipeline status`
-        return _Run(plan, ex).run()
+        return _Run(plan, ex).run(setup_seconds=time.perf_counter() - t0)
     finally:
         ex.close()
 
@@ -284,9 +285,10 @@ class _Run:
                 progress.shrink(other, len(result.rejected))
 
     # ---- the loop --------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        p, t0 = self.plan, time.perf_counter()
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    def run(self, setup_seconds: float = 0.0) -> dict[str, Any]:
+        """Run every pending unit; ``setup_seconds`` (planning and loading the teachers) count in the wall time."""
+        p, t0 = self.plan, time.perf_counter() - setup_seconds
+        started = (datetime.now(timezone.utc) - timedelta(seconds=setup_seconds)).isoformat(timespec="seconds")
         shard_queue = [sh for sh in p.shards if any(
             sh in p.pending[s] for s in p.run_stages if get_stage(s).kind in ("base", "teacher"))]
         limit = self._inflight_limit()
@@ -308,7 +310,7 @@ class _Run:
                     break
                 for handle in self.ex.wait(list(self.inflight), timeout=0.5):
                     self._finish(handle, progress)
-        return self._conclude(started, time.perf_counter() - t0, placement)
+        return self._conclude(started, time.perf_counter() - t0, setup_seconds, placement)
 
     def _inflight_limit(self) -> int:
         """``max_inflight_shards``, lowered where that many decoded shards would not fit the executor's memory
@@ -330,11 +332,11 @@ class _Run:
         decoding = {sh for k, _, sh in self.inflight.values() if k == "decode"}
         return len(decoding | set(self.decoded))
 
-    def _conclude(self, started: str, wall: float, placement: Mapping[str, str]) -> dict[str, Any]:
+    def _conclude(self, started: str, wall: float, setup: float, placement: Mapping[str, str]) -> dict[str, Any]:
         p, cfg = self.plan, self.cfg
         for s in p.run_stages:  # units never submitted because an input failed
             for shard in sorted(p.pending[s]):
-                self.failures.append({"stage": s, "shard": shard, "error": "not run: an input unit failed"})
+                self.failures.append({"stage": s, "shard": shard, "error": NOT_RUN})
         manifest = None
         if all(self._stage_done("base", sh) for sh in p.shards):
             manifest = self._write_manifest()
@@ -351,7 +353,7 @@ class _Run:
         samples = manifest.num_samples if manifest else None
         rejected = manifest.rejected if manifest else None
         report = {
-            "split": cfg.split, "started": started, "wall_seconds": round(wall, 3),
+            "split": cfg.split, "started": started, "wall_seconds": round(wall, 3), "setup_seconds": round(setup, 3),
             "executor": self.ex.name, "ok": not self.failures,
             "samples": samples, "rejected": rejected, "image_ids": sum(len(r) for r in p.records.values()),
             "stages": {s: st.to_json() for s, st in self.stats.items()}, "teachers": dict(placement),

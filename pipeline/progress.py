@@ -65,6 +65,10 @@ class Progress:
             bar.close()
 
 
+#: The error of a unit the build never ran because a unit it reads failed (build-report.json "failures").
+NOT_RUN = "not run: an input unit failed"
+
+
 def summary_table(report: Mapping[str, Any]) -> str:
     """The end-of-build table: per stage images, busy seconds, images/s, units run/skipped/failed, rejected."""
     head = ("stage", "images", "busy s", "img/s", "run", "skipped", "failed", "rejected", "active")
@@ -78,11 +82,16 @@ def summary_table(report: Mapping[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    setup = report.get("setup_seconds")
     tail = (f"{report['split']}: {report['samples']} samples, {report['rejected']} rejected, "
-            f"{report['image_ids']} image ids, {report['wall_seconds']:.1f} s on {report['executor']}")
-    if report["failures"]:
-        first = report["failures"][0]
+            f"{report['image_ids']} image ids, {report['wall_seconds']:.1f} s on {report['executor']}"
+            + (f" ({setup:.1f} s of it checking inputs and loading teachers)" if setup else ""))
+    failed = [f for f in report["failures"] if f["error"] != NOT_RUN]
+    if failed:
+        first = failed[0]
         error = (first["error"].strip().splitlines() or [""])[0]
         where = f"{first['stage']} {first['shard']}" if first["shard"] else first["stage"]  # the vocabulary: no shard
-        tail += f"; {len(report['failures'])} unit(s) failed, first {where}: {error}"
+        not_run = len(report["failures"]) - len(failed)
+        tail += (f"; {len(failed)} unit(s) failed" + (f" ({not_run} more not run: their input failed)"
+                                                      if not_run else "") + f", first {where}: {error}")
     return "\n".join(lines + [tail])

@@ -123,7 +123,8 @@ class DPTextDETRTeacher(Teacher):
         self.checkpoint = os.path.expanduser(checkpoint or DEFAULT_CHECKPOINT)
         if checkpoint is None and not os.path.isfile(self.checkpoint):
             raise TeacherError(f"teacher 'dptext-detr': no checkpoint given and {self.checkpoint} does not exist; "
-                               "download a model_final.pth from github.com/ymy-k/DPText-DETR and pass checkpoint=")
+                               "download a model_final.pth from github.com/ymy-k/DPText-DETR and pass checkpoint= "
+                               "(pipeline: --text-checkpoint)")
         self.threshold, self.min_size, self.max_size = threshold, min_size, max_size
         self.model, self.cfg = load_dptext_detr(self.checkpoint)
         self.model.to(device)

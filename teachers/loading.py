@@ -41,8 +41,14 @@ def checkpoint_identity(checkpoint: str, revision: str | None = None) -> dict[st
 
 
 def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, prefixed with its type."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    """The first non-empty line of an exception's message, prefixed with its type. torch's refusal of a pickle
+    that holds more than tensors is said plainly: its own message advises ``weights_only=False``, which would
+    run whatever code the file holds."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        return ("it holds pickled Python objects besides tensors, which safe loading (weights_only=True) refuses "
+                "to run; use a plain state-dict or safetensors file")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from teachers.base import TeacherError
+from teachers.loading import first_line
 
 
 def read_checkpoint(path: str | os.PathLike, teacher: str) -> dict[str, Any]:
@@ -31,8 +32,7 @@ def read_checkpoint(path: str | os.PathLike, teacher: str) -> dict[str, Any]:
             return load_file(path, device="cpu")
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is one user-facing line
-        raise TeacherError(f"teacher {teacher!r}: cannot read checkpoint {path}: "
-                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise TeacherError(f"teacher {teacher!r}: cannot read checkpoint {path}: {first_line(exc)}") from None
     if not isinstance(obj, dict):
         raise TeacherError(f"teacher {teacher!r}: checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj

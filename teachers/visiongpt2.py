@@ -153,7 +153,8 @@ class VisionGPT2Teacher(Teacher):
         self.checkpoint = os.path.expanduser(checkpoint or DEFAULT_CHECKPOINT)
         if checkpoint is None and not os.path.exists(self.checkpoint):
             raise TeacherError(f"teacher 'visiongpt2': no checkpoint given and {self.checkpoint} does not exist; "
-                               "download captioner.pt of github.com/shreydan/VisionGPT2 and pass checkpoint=")
+                               "download captioner.pt of github.com/shreydan/VisionGPT2 and pass checkpoint= "
+                               "(pipeline: --caption-checkpoint)")
         self.model, self.cfg, weights = load_visiongpt2(self.checkpoint)
         if max_tokens < 1 or max_tokens + 1 > self.cfg.seq_len:
             raise TeacherError(f"max_tokens must be in 1..{self.cfg.seq_len - 1}, got {max_tokens}")

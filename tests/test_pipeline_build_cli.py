@@ -119,7 +119,7 @@ def test_build_and_status_commands(demo_root: Path, tmp_path: Path, capsys, fake
 
 
 def test_progress_lines_off_a_terminal_and_summary_table(capsys) -> None:
-    from pipeline.progress import Progress, summary_table
+    from pipeline.progress import NOT_RUN, Progress, summary_table
 
     with Progress({"depth": (2, 10), "normals": (0, 0)}, enabled=True, header="teachers: depth here") as progress:
         progress.update("depth", 5)
@@ -132,10 +132,13 @@ def test_progress_lines_off_a_terminal_and_summary_table(capsys) -> None:
              "active": None}
     table = summary_table({"split": "val2017", "samples": 9, "rejected": 1, "image_ids": 10, "wall_seconds": 4.0,
                            "executor": "local", "stages": {"depth": stage},
-                           "failures": [{"stage": "depth", "shard": "val2017-000001", "error": "boom\ntrace"}]})
+                           "setup_seconds": 1.5, "failures": [
+                               {"stage": "normals", "shard": "val2017-000001", "error": NOT_RUN},
+                               {"stage": "depth", "shard": "val2017-000001", "error": "boom\ntrace"}]})
     rows = table.splitlines()
     assert rows[2].split() == ["depth", "9", "3.0", "3.0", "2", "1", "1", "0", "-"]
-    assert rows[-1].endswith("1 unit(s) failed, first depth val2017-000001: boom")
+    assert "4.0 s on local (1.5 s of it checking inputs and loading teachers)" in rows[-1]
+    assert rows[-1].endswith("1 unit(s) failed (1 more not run: their input failed), first depth val2017-000001: boom")
 
 
 def test_glove_file_in_the_wrong_format_fails_before_any_work(demo_root: Path, tmp_path: Path, capsys,
