@@ -184,6 +184,12 @@ def _build_targets(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     _check_paths(config)
+    if config.executor == "local":
+        ignored = [flag for flag, value in (("--ray-address", config.ray_address), ("--num-cpus", config.num_cpus),
+                                            ("--gpus-per-teacher", config.gpus_per_teacher))
+                   if value is not None]
+        if ignored:
+            print(f"pipeline: note: {', '.join(ignored)} apply to --executor ray only; ignored", file=sys.stderr)
     report = build_targets(config)
     print(summary_table(report))
     return 0 if report["ok"] else 1
@@ -314,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pipeline`` command; returns the exit code (2 = bad input, 1 = some unit failed, 130 = Ctrl-C)."""
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # argparse names the top-level parser; the flags belong to the subcommand
+            raise BuildError(f"unrecognized arguments: {' '.join(extra)} (see `pipeline {args.command} --help`)")
         func = args.func
         del args.func
         return func(args)

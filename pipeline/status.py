@@ -47,8 +47,8 @@ def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]
                 done += 1
             elif old is not None and old.is_done(shard, check_sha256=False):
                 stale += 1
-        if active == requested:
-            state = "current"
+        if active == requested:  # a shard of it missing or damaged: the next build repairs it
+            state = "current" if done == len(plan.shards) else "incomplete"
         elif active is None:
             state = "partial" if done else "not built"
         else:

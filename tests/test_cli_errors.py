@@ -450,3 +450,18 @@ def test_pipeline_read_only_split_folder_fails_before_any_work(demo_root: Path, 
     assert rc == 2
     err = _one_line(capsys)
     assert "cannot write the store at" in err and "Permission denied" in err
+
+
+def test_pipeline_unknown_flag_points_at_the_subcommands_help(capsys: pytest.CaptureFixture) -> None:
+    assert pipeline_main(["status", "--bogus"]) == 2
+    assert _one_line(capsys) == "pipeline: error: unrecognized arguments: --bogus (see `pipeline status --help`)"
+
+
+def test_pipeline_ray_flags_with_the_local_executor_are_noted(demo_root: Path, tmp_path: Path, fakes,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    rc = pipeline_main(["build-targets", "--executor", "local", "--num-cpus", "2", "--coco-root", str(demo_root),
+                        "--out", str(tmp_path / "store"), "--no-progress", "--device", "cpu", "--size", "32",
+                        "--glove", str(demo_root / "glove" / "glove.demo.300d.txt"),
+                        *(f"--{s}-teacher=fake-{s}" for s in ("depth", "panoptic", "text", "caption"))])
+    assert rc == 0
+    assert "pipeline: note: --num-cpus apply to --executor ray only; ignored" in capsys.readouterr().err

@@ -138,3 +138,16 @@ def test_status_of_a_gpu_build_where_no_gpu_is(store, monkeypatch: pytest.Monkey
     status = split_status(dataclasses.replace(cfg, device="cuda"), recheck=True)
     assert status["teachers"]["loaded"] == list(TEACHER_STAGES) and devices == ["cpu"] * 4
     assert all(r["state"] == "current" for r in status["stages"])
+
+
+def test_status_says_incomplete_for_a_damaged_shard_of_the_active_version(store) -> None:
+    cfg, _ = store
+    split = Path(cfg.out) / "train2017"
+    text = json.loads((split / "manifest.json").read_text())["columns"]["text"]
+    tar = sorted((split / "text" / text).glob("*.tar"))[0]
+    data = bytearray(tar.read_bytes())
+    data[600] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    rows = {r["stage"]: r for r in split_status(cfg)["stages"]}
+    assert rows["text"]["state"] == "incomplete" and rows["text"]["missing"] == 1
+    assert rows["depth"]["state"] == "current"
