@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     """Export, then check onnxruntime against PyTorch; exit code 1 when they disagree."""
     from student.checkpoint import CheckpointError, load_checkpoint
 
+    if args.check_batch < 0 or not args.atol >= 0:  # ``not >=`` also refuses NaN
+        print(f"student export: error: --check-batch must be >= 0 and --atol >= 0, got {args.check_batch} and "
+              f"{args.atol}", file=sys.stderr)
+        return 2
     try:
         model, cfg, _ = load_checkpoint(args.checkpoint, map_location="cpu")
     except CheckpointError as e:
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
               f"the default --opset {OPSET} works", file=sys.stderr)
         return 2
     print(f"wrote {path} (opset {args.opset}, input images uint8 (batch, 3, {cfg.image_size}, {cfg.image_size}))")
-    if args.check_batch <= 0:
+    if args.check_batch == 0:
         return 0
     diffs = compare_onnx(model, path, cfg.image_size, args.check_batch)
     worst = max(diffs.values())

@@ -223,7 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--joint-threshold", type=float, default=0.5,
                         help="minimum joint peak score 0..1 (default: 0.5)")
     parser.add_argument("--word-threshold", type=float, default=DEFAULT_DECODE_THRESHOLD,
-                        help=f"minimum cosine similarity of a decoded word (default: {DEFAULT_DECODE_THRESHOLD})")
+                        help=f"minimum cosine similarity -1..1 of a decoded word (default: {DEFAULT_DECODE_THRESHOLD})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,6 +233,11 @@ def run(args: argparse.Namespace) -> int:
     if args.tile < 16:
         print(f"student predict: error: --tile must be >= 16, got {args.tile}", file=sys.stderr)
         return 2
+    for flag, value, low in (("--joint-threshold", args.joint_threshold, 0.0),
+                             ("--word-threshold", args.word_threshold, -1.0)):
+        if not low <= value <= 1.0:  # also refuses NaN
+            print(f"student predict: error: {flag} must be in {low:g}..1, got {value}", file=sys.stderr)
+            return 2
     try:
         inputs = expand_inputs(args.inputs)
         model, cfg, extra = load_checkpoint(args.checkpoint, map_location=args.device)

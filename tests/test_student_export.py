@@ -72,3 +72,10 @@ def test_compare_reports_a_broken_export(exported: str) -> None:
 
 def test_missing_checkpoint_is_a_usage_error(tmp_path) -> None:
     assert export.run(_parse(["--checkpoint", str(tmp_path / "nope.pt"), "--onnx", str(tmp_path / "m.onnx")])) == 2
+
+
+@pytest.mark.parametrize("flags", [["--atol", "-1"], ["--check-batch", "-1"], ["--atol", "nan"]])
+def test_impossible_check_settings_are_usage_errors(tiny_checkpoint: str, tmp_path, flags) -> None:
+    onnx = tmp_path / "m.onnx"
+    assert export.run(_parse(["--checkpoint", tiny_checkpoint, "--onnx", str(onnx), *flags])) == 2
+    assert not onnx.exists()  # refused before exporting

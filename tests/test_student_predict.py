@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from shards.codecs import encode_png
 from shards.geometry import Letterbox, letterbox_image
 from shards.taxonomy import CHANNELS, GLOVE_DIM, JOINTS, NUM_TOKENS
 from shards.vocab import Vocabulary
@@ -137,6 +138,11 @@ def test_usage_errors(tiny_checkpoint: str, tmp_path) -> None:
     assert main(["predict", "--checkpoint", tiny_checkpoint, str(tmp_path / "missing.jpg")]) == 2
     assert main(["predict", "--checkpoint", str(tmp_path / "none.pt"), str(tmp_path)]) == 2
     assert main(["predict", "--checkpoint", tiny_checkpoint, str(tmp_path)]) == 2  # empty folder
+    image = tmp_path / "a.png"
+    image.write_bytes(encode_png(np.zeros((20, 30, 3), np.uint8)))
+    assert main(["predict", "--checkpoint", tiny_checkpoint, str(image), "--out", str(tmp_path / "out")]) == 0
+    for flag, value in (("--joint-threshold", "-1"), ("--word-threshold", "5"), ("--joint-threshold", "nan")):
+        assert main(["predict", "--checkpoint", tiny_checkpoint, str(image), flag, value]) == 2
 
 
 @pytest.mark.parametrize(("w", "h"), [(640, 480), (333, 500), (64, 64), (40, 30), (701, 333)])
