@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from shards.codecs import DECODERS, CodecError
 from shards.manifest import Manifest, StoreError
-from shards.schema import COLUMNS
+from shards.schema import COLUMNS, MANIFEST_NAME
 from shards.reader import StoreReader, load_manifest_at
 from student.augment import AugmentConfig, augment, sample_rng
 from student.targets import StoreSample, TargetSizes, allocate_batch, from_store, pack_targets
@@ -198,6 +199,14 @@ def _allocate(batch: int, size: int, vocab: int, shared: bool) -> dict[str, torc
     return out
 
 
+def _splits_of(root: str | os.PathLike) -> list[str]:
+    """The splits of a local store (folders holding a manifest.json); none for a remote or missing root."""
+    path = Path(root)
+    if not path.is_dir():
+        return []
+    return sorted(p.parent.name for p in path.glob(f"*/{MANIFEST_NAME}"))
+
+
 def open_split(root: str | os.PathLike, split: str, *, train: bool, batch_size: int = 32, seed: int = 0,
                shuffle_buffer: int = 256,
                sizes: TargetSizes = TargetSizes(), augment: AugmentConfig | None = AugmentConfig(),
@@ -220,7 +229,15 @@ def open_split(root: str | os.PathLike, split: str, *, train: bool, batch_size: 
     Raises:
         StoreError: the split does not exist or lacks a needed column.
     """
-    manifest = load_manifest_at(root, split)
+    try:
+        manifest = load_manifest_at(root, split)
+    except StoreError:
+        splits = _splits_of(root)
+        if not splits or split in splits:  # no store there at all, or the split's manifest is damaged
+            raise
+        raise StoreError(f"store {root} has no split {split!r} (it has {', '.join(splits)}); build it with "
+                         f"`pipeline build-targets --split {split}`, or pick another with --train-split / "
+                         "--val-split") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
         raise StoreError(f"store {root} split {split} lacks column(s) {', '.join(missing)}; build them with "

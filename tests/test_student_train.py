@@ -325,3 +325,12 @@ def test_malformed_training_state_is_one_line(store: Path, tmp_path: Path, capsy
     assert cli.main(["train", "--resume", str(bad), "--shards", str(store), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "training state" in err and "bad.pt" in err
+
+
+def test_a_split_the_store_lacks_names_the_splits_it_has(store: Path, tmp_path: Path, capsys) -> None:
+    argv = ["train", "--shards", str(store), "--model", "tiny", "--workers", "0", "--out", str(tmp_path / "r"),
+            "--val-split", "test2017"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "has no split 'test2017' (it has train2017, val2017)" in err and "--val-split" in err
