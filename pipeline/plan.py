@@ -201,7 +201,8 @@ def check_gensim_model(name: str) -> None:
     if (Path(gensim.downloader.BASE_DIR) / name).is_dir():
         return
     quiet = logging.getLogger("gensim.downloader")
-    level, quiet.level = quiet.level, logging.CRITICAL  # it logs its own failure to reach the list: one line here
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # it logs its own failure to reach the list: one line here
     try:
         known = gensim.downloader.info(name_only=True)["models"]
     except Exception as e:  # noqa: BLE001 - offline: a URLError, a socket error, ...
