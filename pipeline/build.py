@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -116,7 +117,8 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
         BuildError: bad input found before any work (missing COCO root, unknown split or teacher, a checkpoint
             that does not load, no vocabulary for a non-train split); one line.
     """
-    if not config.progress:
+    quiet = not (config.progress and sys.stderr.isatty())  # weight-loading bars only on a terminal
+    if quiet:
         quiet_model_loading()
     try:  # nothing starts here: a Ray cluster starts when prepare loads the teachers, after the cheap checks
         ex = executor or make_executor(config.executor, address=config.ray_address, num_cpus=config.num_cpus,
@@ -124,7 +126,7 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
                                        cpus_per_teacher=config.cpus_per_teacher,
                                        actors_per_teacher=config.actors_per_teacher,
                                        shared_actors=config.shared_teacher_actors, retries=config.retries,
-                                       quiet=not config.progress)
+                                       quiet=quiet)
     except ValueError as e:  # an unknown executor name
         raise BuildError(str(e)) from None
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
@@ -106,8 +107,6 @@ def quiet_model_loading() -> None:
     """Turn off the progress bars model libraries draw while loading weights, in this process (and in the
     processes it starts from now on): what ``--no-progress`` promises."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by transformers when it is imported
-    import sys
-
     if "transformers" in sys.modules:  # already imported: its switch was read then
         from transformers.utils import logging as hf_logging
 
@@ -307,6 +306,8 @@ class RayExecutor(Executor):
     def start(self, teachers: Mapping[str, TeacherFactory]) -> dict[str, Any]:
         import ray
 
+        if not (sys.stdout.isatty() and sys.stderr.isatty()):  # the workers' log lines, copied here, go to a
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # file or a pipe: no colour codes in them
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
             if self.address:
