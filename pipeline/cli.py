@@ -55,7 +55,8 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{s}-teacher", dest=f"{s}_teacher", default=S,
                        help=f"{s} teacher (default {getattr(DEFAULTS, f'{s}_teacher')}; see `pipeline teachers`)")
         p.add_argument(f"--{s}-checkpoint", dest=f"{s}_checkpoint", default=S,
-                       help=f"{s} teacher weights: hub id, folder or file (default: its published weights)")
+                       help=f"{s} teacher weights: hub id, folder or file (default: the teacher's own; `pipeline teachers` "
+                            f"names it)")
         p.add_argument(f"--{s}-param", dest=f"{s}_params", type=_param, action="append", default=S,
                        metavar="KEY=VALUE", help=f"extra {s} teacher parameter (repeatable; VALUE as JSON)")
     p.add_argument("--normals-scale", dest="normals_scale", type=float, default=S,
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recheck", action="store_true",
                    help="load every teacher to fingerprint it, instead of taking the fingerprint the last build "
                         "recorded for the same settings and unchanged weight files (also catches a hub model "
-                        "updated since, or a package upgraded with new weights)")
+                        "updated upstream since)")
     p.set_defaults(func=_status)
     p = add("teachers", "list the registered teachers with their specs")
     p.add_argument("--task", default=None, help="only teachers of this task (depth, panoptic, text, caption)")
@@ -333,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pipeline: interrupted; finished units are kept: run the same command again to resume",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except OSError as e:  # a disk that fills up or turns read-only mid-run
         where = f" {e.filename}:" if e.filename else ""
         print(f"pipeline: error:{where} {e.strerror or e}", file=sys.stderr)

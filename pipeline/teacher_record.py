@@ -5,10 +5,10 @@ which ``Teacher.fingerprint`` leaves out) and the weights those keywords name. E
 ``<split>/teachers.json`` the fingerprint of each teacher it loaded, next to its *settings*: the teacher's
 class and source files (their sha256), its keywords, the size and modification time of every local file or
 folder a keyword or the default checkpoint names, and the commit that the local Hugging Face cache resolves
-for a hub id. ``pipeline status`` takes a recorded fingerprint when the settings it would load a teacher with
-are exactly those, and loads that teacher otherwise (with ``--recheck``, always). What the settings cannot see
-is a hub model that a new download would update (only the local cache is read) and a package that ships its
-weights (RapidOCR's) upgraded in place; ``--recheck`` covers both.
+for a hub id (the default checkpoint, ``Teacher.default_checkpoint``, when none is given). ``pipeline status``
+takes a recorded fingerprint when the settings it would load a teacher with are exactly those, and loads that
+teacher otherwise (with ``--recheck``, always). What the settings cannot see is a hub model that a new download
+would update (only the local cache is read); ``--recheck`` covers it.
 
 The file is a cache: deleting it only makes the next ``pipeline status`` load the teachers.
 """
@@ -89,10 +89,8 @@ def teacher_settings(factory: "TeacherFactory") -> dict[str, Any] | None:
         return None
     kwargs = {k: v for k, v in factory.kwargs.items() if k not in NOT_IN_FINGERPRINT}
     named = dict(kwargs)
-    if named.get("checkpoint") is None:  # the class's default checkpoint, when it has one
-        param = inspect.signature(cls).parameters.get("checkpoint")
-        if param is not None and isinstance(param.default, str):
-            named["checkpoint"] = param.default
+    if named.get("checkpoint") is None and hasattr(cls, "default_checkpoint"):  # the weights it loads then
+        named["checkpoint"] = cls.default_checkpoint()
     files: dict[str, Any] = {}
     for key, value in sorted(named.items()):
         if not isinstance(value, str) or not value:

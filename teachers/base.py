@@ -16,6 +16,7 @@ dict):
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from abc import ABC, abstractmethod
@@ -25,6 +26,16 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 
 TASKS = ("depth", "panoptic", "text", "caption")
+
+
+#: Environment variable naming the folder of weights no hub serves (DPText-DETR's, VisionGPT2's); default
+#: ``~/.cache/ymap-distill``.
+MODEL_CACHE_ENV = "YMAP_DISTILL_CACHE"
+
+
+def model_cache(*parts: str) -> str:
+    """A path under the model cache folder (``$YMAP_DISTILL_CACHE``, else ``~/.cache/ymap-distill``)."""
+    return os.path.join(os.path.expanduser(os.environ.get(MODEL_CACHE_ENV) or "~/.cache/ymap-distill"), *parts)
 
 
 class TeacherError(RuntimeError):
@@ -102,6 +113,13 @@ class Teacher(ABC):
         """Whether this teacher would run on a CUDA device in this environment (default ``spec.uses_gpu``); an
         executor gives no GPU share to a teacher that says no."""
         return cls.spec.uses_gpu
+
+    @classmethod
+    def default_checkpoint(cls) -> str | None:
+        """The weights this teacher loads when given no checkpoint (a hub id, URL or path), None for none; by
+        default the ``checkpoint`` keyword's default."""
+        param = inspect.signature(cls.__init__).parameters.get("checkpoint")
+        return param.default if param is not None and isinstance(param.default, str) else None
 
     @classmethod
     def check_records(cls, records: Iterable[Mapping[str, Any]]) -> str | None:

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, sha256_of_path
+from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, model_cache, sha256_of_path
 from teachers.dptext_detr_model import DPTextConfig, DPTextDETR
 from teachers.strict_load import load_strict, read_checkpoint
 
-DEFAULT_CHECKPOINT = "~/.cache/ymap-distill/dptext-detr/totaltext_final.pth"
 PREFIX = "dptext_detr."
 PIXEL_MEAN = (123.675, 116.280, 103.530)  # RGB, 0..255
 PIXEL_STD = (58.395, 57.120, 57.375)
@@ -120,7 +119,7 @@ class DPTextDETRTeacher(Teacher):
             raise TeacherError(f"threshold must be in [0, 1], got {threshold}")
         if min_size < 32 or max_size < min_size:
             raise TeacherError(f"need 32 <= min_size <= max_size, got {min_size}, {max_size}")
-        self.checkpoint = os.path.expanduser(checkpoint or DEFAULT_CHECKPOINT)
+        self.checkpoint = os.path.expanduser(checkpoint or self.default_checkpoint())
         if checkpoint is None and not os.path.isfile(self.checkpoint):
             raise TeacherError(f"teacher 'dptext-detr': no checkpoint given and {self.checkpoint} does not exist; "
                                "download a model_final.pth from github.com/ymy-k/DPText-DETR and pass checkpoint= "
@@ -129,6 +128,12 @@ class DPTextDETRTeacher(Teacher):
         self.model, self.cfg = load_dptext_detr(self.checkpoint)
         self.model.to(device)
         self._weights_sha = sha256_of_path(self.checkpoint)
+
+    @classmethod
+    def default_checkpoint(cls) -> str:
+        """``<model cache>/dptext-detr/totaltext_final.pth``: the model cache is ``$YMAP_DISTILL_CACHE``, else
+        ``~/.cache/ymap-distill``."""
+        return model_cache("dptext-detr", "totaltext_final.pth")
 
     def identity(self) -> dict[str, Any]:
         return {"weights_sha256": self._weights_sha, "threshold": self.threshold, "min_size": self.min_size,

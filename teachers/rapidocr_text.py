@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
+from teachers.base import MissingExtraError, Teacher, TeacherError, TeacherInput, TeacherSpec
 from teachers.loading import checkpoint_identity, load_or_fail, require
 from teachers.preprocess import letterbox_batch
 
@@ -73,6 +73,14 @@ class RapidOCRTeacher(Teacher):
         self._identity = {**checkpoint_identity(self.checkpoint), "input_size": self.input_size,
                           "thresh": float(thresh), "box_thresh": float(box_thresh),
                           "unclip_ratio": float(unclip_ratio)}
+
+    @classmethod
+    def default_checkpoint(cls) -> str | None:
+        """The detection model inside the installed rapidocr package (None without the extra)."""
+        try:
+            return packaged_model_path()
+        except MissingExtraError:
+            return None
 
     @classmethod
     def can_use_gpu(cls) -> bool:

@@ -68,6 +68,9 @@ def describe(task: str | None = None) -> str:
             lines.append(f"    units:   {spec.units}")
         if spec.extra:
             lines.append(f"    extra:   pip install 'ymap-distill[{spec.extra}]'")
+        default = teacher_class(name).default_checkpoint()
+        if default is not None:
+            lines.append(f"    weights: {default} (without --{spec.task}-checkpoint)")
         params = [f"{p.name}={p.default!r}" for p in inspect.signature(teacher_class(name).__init__).parameters.values()
                   if p.kind is p.KEYWORD_ONLY and p.default is not p.empty]
         lines.append(f"    params:  {', '.join(params)}")

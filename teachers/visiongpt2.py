@@ -19,11 +19,10 @@ import cv2
 import numpy as np
 import torch
 
-from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, sha256_of_path
+from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, model_cache, sha256_of_path
 from teachers.strict_load import load_strict, read_checkpoint
 from teachers.visiongpt2_model import VisionGPT2, VisionGPT2Config
 
-DEFAULT_CHECKPOINT = "~/.cache/ymap-distill/visiongpt2/captioner.pt"
 WEIGHTS_NAME = "captioner.pt"
 SAFETENSORS_NAME = "captioner.safetensors"
 CONFIG_NAME = "config.json"
@@ -150,7 +149,7 @@ class VisionGPT2Teacher(Teacher):
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         if temperature <= 0:
             raise TeacherError(f"temperature must be > 0, got {temperature}")
-        self.checkpoint = os.path.expanduser(checkpoint or DEFAULT_CHECKPOINT)
+        self.checkpoint = os.path.expanduser(checkpoint or self.default_checkpoint())
         if checkpoint is None and not os.path.exists(self.checkpoint):
             raise TeacherError(f"teacher 'visiongpt2': no checkpoint given and {self.checkpoint} does not exist; "
                                "download captioner.pt of github.com/shreydan/VisionGPT2 and pass checkpoint= "
@@ -172,6 +171,12 @@ class VisionGPT2Teacher(Teacher):
         self.max_tokens, self.sample, self.temperature, self.seed = max_tokens, sample, temperature, seed
         self.model.to(device)
         self._weights_sha = sha256_of_path(weights)
+
+    @classmethod
+    def default_checkpoint(cls) -> str:
+        """``<model cache>/visiongpt2/captioner.pt``: the model cache is ``$YMAP_DISTILL_CACHE``, else
+        ``~/.cache/ymap-distill``."""
+        return model_cache("visiongpt2", "captioner.pt")
 
     def identity(self) -> dict[str, Any]:
         ident = {"weights_sha256": self._weights_sha, "tokenizer": self.tokenizer_name,

@@ -72,3 +72,19 @@ def test_missing_local_checkpoint_fails_at_once_without_a_hub_lookup(name: str, 
     missing = str(tmp_path / "no" / "such" / "model")  # not a hub id: must not be looked up (and retried) there
     with pytest.raises(TeacherError, match="is no such file or folder"):
         create_teacher(name, checkpoint=missing)
+
+
+def test_default_checkpoints_and_the_model_cache_folder(tmp_path, monkeypatch) -> None:
+    import os
+
+    from teachers.registry import teacher_class
+
+    monkeypatch.setenv("YMAP_DISTILL_CACHE", str(tmp_path))
+    assert teacher_class("dptext-detr").default_checkpoint() == os.path.join(str(tmp_path), "dptext-detr",
+                                                                             "totaltext_final.pth")
+    assert teacher_class("visiongpt2").default_checkpoint() == os.path.join(str(tmp_path), "visiongpt2",
+                                                                            "captioner.pt")
+    assert teacher_class("depth-anything-v2").default_checkpoint() == "depth-anything/Depth-Anything-V2-Large-hf"
+    assert teacher_class("caption-gt").default_checkpoint() is None
+    with pytest.raises(Exception, match=str(tmp_path)):  # the message names where it looked
+        teacher_class("visiongpt2")()
