@@ -11,4 +11,5 @@ COPY pipeline pipeline
 COPY student student
 RUN pip install --no-cache-dir -e '.[ocr,detectron2-sources]' \
  && bash .ci/install-detectron2-sources.sh "$(command -v python)"
-ENV HF_HOME=/models/huggingface TORCH_HOME=/models/torch
+ENV HF_HOME=/models/huggingface TORCH_HOME=/models/torch GENSIM_DATA_DIR=/models/gensim-data \
+    FVCORE_CACHE=/models/fvcore YMAP_DISTILL_CACHE=/models/ymap-distill

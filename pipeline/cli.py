@@ -108,8 +108,14 @@ def _read_config_file(path: str) -> dict[str, Any]:
         raise BuildError(f"config file {path!r} does not exist")
     try:
         if p.suffix == ".toml":
-            import tomllib
-
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: the same parser as the tomli package
+                try:
+                    import tomli as tomllib
+                except ImportError:
+                    raise BuildError(f"config file {path!r}: TOML needs Python 3.11+ or `pip install tomli`; "
+                                     "or write it as JSON") from None
             doc = tomllib.loads(p.read_text())
         else:
             doc = json.loads(p.read_text())

@@ -27,7 +27,13 @@ def test_compose_file_describes_the_cluster() -> None:
     for svc in services.values():
         for port in svc.get("ports", []):
             assert port.startswith("${BIND:-127.0.0.1}:"), port
+    for name, svc in services.items():  # every download and cache lands on the shared /models volume
+        env = svc["environment"]
+        assert all(env[k].startswith("/models/") for k in ("HF_HOME", "TORCH_HOME", "GENSIM_DATA_DIR",
+                                                          "FVCORE_CACHE", "YMAP_DISTILL_CACHE")), name
+    assert devices[0]["count"] == "${GPUS_PER_WORKER:-all}"  # one worker takes the host's GPUs
     job = services["pipeline"]
+    assert job["environment"]["RAY_ADDRESS"] == "auto"
     assert job["command"][0] == "build-targets" and "exec pipeline" in job["entrypoint"][2]
     assert (ROOT / job.get("build", doc["x-node"]["build"])["dockerfile"]).is_file()
 
