@@ -197,9 +197,31 @@ def _build_targets(args: argparse.Namespace) -> int:
                    if value is not None]
         if ignored:
             print(f"pipeline: note: {', '.join(ignored)} apply to --executor ray only; ignored", file=sys.stderr)
+    _note_teachers_differ_from_vocab_split(config)
     report = build_targets(config)
     print(summary_table(report))
     return 0 if report["ok"] else 1
+
+
+def _note_teachers_differ_from_vocab_split(config: BuildConfig) -> None:
+    """A split built with other teachers than the split whose vocabulary it shares (train's) is allowed, and
+    rarely meant: build-targets takes no settings from an earlier build. Say so before the work starts."""
+    if config.split == config.vocab_split:
+        return
+    from shards.layout import split_dir
+    from shards.manifest import StoreError, load_manifest
+
+    try:
+        recorded = load_manifest(split_dir(config.out, config.vocab_split)).config
+    except StoreError:
+        return
+    keys = [f"{s}_{k}" for s in TEACHER_STAGES for k in ("teacher", "checkpoint", "params")] + ["dtype"]
+    ours = config.to_json()
+    differ = [k for k in keys if k in recorded and recorded[k] != ours[k]]
+    if differ:
+        print(f"pipeline: note: {config.split} is built with other teacher settings than {config.vocab_split} "
+              f"was ({', '.join(differ)}); pass the same ones (a shared --config file) to keep the splits alike",
+              file=sys.stderr)
 
 
 def _check_paths(config: BuildConfig) -> None:

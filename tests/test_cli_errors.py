@@ -465,3 +465,18 @@ def test_pipeline_ray_flags_with_the_local_executor_are_noted(demo_root: Path, t
                         *(f"--{s}-teacher=fake-{s}" for s in ("depth", "panoptic", "text", "caption"))])
     assert rc == 0
     assert "pipeline: note: --num-cpus apply to --executor ray only; ignored" in capsys.readouterr().err
+
+
+def test_pipeline_notes_a_split_built_with_other_teachers_than_train(demo_root: Path, tmp_path: Path, fakes,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    common = ["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--out", str(tmp_path / "s"),
+              "--no-progress", "--device", "cpu", "--size", "32",
+              "--glove", str(demo_root / "glove" / "glove.demo.300d.txt"),
+              *(f"--{s}-teacher=fake-{s}" for s in ("depth", "panoptic", "text", "caption"))]
+    assert pipeline_main(common + ["--split", "train2017"]) == 0
+    capsys.readouterr()
+    assert pipeline_main(common + ["--split", SPLIT]) == 0  # the same settings: no note
+    assert "note:" not in capsys.readouterr().err
+    assert pipeline_main(common + ["--split", SPLIT, "--depth-param", "gain=2"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {SPLIT} is built with other teacher settings than train2017 was (depth_params)" in err
