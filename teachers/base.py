@@ -142,19 +142,33 @@ class Teacher(ABC):
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def sha256_of_path(path: str | os.PathLike) -> str:
-    """sha256 of a weights file, or of every file (name + bytes, sorted) of a model folder."""
+def sha256_of_path(path: str | os.PathLike, names: Sequence[str] | None = None) -> str:
+    """sha256 of a weights file, or of the files of a model folder: each one's relative name, size and bytes,
+    in sorted order. Hidden files and folders (``.git``, the hub's ``.cache`` download records) and notes
+    (``*.md``, ``*.txt`` other than a tokenizer's ``merges.txt``) are left out: they change no output.
+
+    Args:
+        path: a file or folder.
+        names: hash only these files of the folder (those that exist), e.g. a tokenizer's.
+    """
     h = hashlib.sha256()
-    if os.path.isdir(path):
-        for root, _dirs, files in sorted(os.walk(path)):
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                h.update(os.path.relpath(full, path).encode())
-                with open(full, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-    else:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    if not os.path.isdir(path):
+        _hash_file(h, path)
+        return h.hexdigest()
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), path)
+            if names is not None and rel not in names:
+                continue
+            if name.startswith(".") or (name.endswith((".md", ".txt")) and name != "merges.txt"):
+                continue
+            h.update(rel.encode() + b"\0" + os.path.getsize(os.path.join(root, name)).to_bytes(8, "little"))
+            _hash_file(h, os.path.join(root, name))
     return h.hexdigest()
+
+
+def _hash_file(h: Any, path: str | os.PathLike) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)

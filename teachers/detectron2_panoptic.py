@@ -115,8 +115,11 @@ class PanopticFPNTeacher(Teacher):
         if bad:
             raise TeacherError(f"teacher {self.name!r}: checkpoint {self.checkpoint!r} does not fit the config "
                                f"({len(bad)} missing or mis-shaped weights, e.g. {bad[0]})")
+        unplaced = self.cfg.clone()  # where it runs changes no output: leave the device out of the fingerprint
+        unplaced.defrost()
+        unplaced.MODEL.DEVICE = ""
         self._identity = {"weights_sha256": sha256_of_path(path), "input_size": self.input_size,
-                          "config_sha256": hashlib.sha256(self.cfg.dump().encode()).hexdigest()}
+                          "config_sha256": hashlib.sha256(unplaced.dump().encode()).hexdigest()}
 
     def _config(self, config: str, local_config: bool, opts: Sequence[str]) -> Any:
         from detectron2 import model_zoo

@@ -21,6 +21,7 @@ from PIL import Image
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, model_cache, sha256_of_path
 from teachers.dptext_detr_model import DPTextConfig, DPTextDETR
+from teachers.loading import unit_interval
 from teachers.strict_load import load_strict, read_checkpoint
 
 PREFIX = "dptext_detr."
@@ -115,8 +116,7 @@ class DPTextDETRTeacher(Teacher):
     def __init__(self, *, checkpoint: str | None = None, threshold: float = 0.4, min_size: int = 1000,
                  max_size: int = 1800, device: str = "cpu", dtype: str = "float32", batch_size: int = 4) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        if not 0.0 <= threshold <= 1.0:
-            raise TeacherError(f"threshold must be in [0, 1], got {threshold}")
+        threshold = unit_interval("threshold", threshold)
         if min_size < 32 or max_size < min_size:
             raise TeacherError(f"need 32 <= min_size <= max_size, got {min_size}, {max_size}")
         self.checkpoint = os.path.expanduser(checkpoint or self.default_checkpoint())

@@ -73,10 +73,17 @@ class PanopticGroundTruth(_GroundTruth):
                 rgb = decode_png(f.read())
         except (OSError, CodecError) as exc:
             raise TeacherError(f"image {inp.image_id}: cannot read panoptic PNG {pan['file']!r} ({exc})") from exc
-        if rgb.ndim != 3 or rgb.shape[:2] != inp.image.shape[:2]:
-            raise TeacherError(f"image {inp.image_id}: panoptic PNG {pan['file']!r} has shape {rgb.shape}, "
-                               f"the image is {inp.image.shape[:2]}")
-        return contiguous_from_coco_png(rgb[..., :3], pan["segments_info"])
+        if rgb.ndim != 3 or rgb.shape[2] < 3:
+            raise TeacherError(f"image {inp.image_id}: panoptic PNG {pan['file']!r} is not RGB (shape {rgb.shape}); "
+                               "COCO panoptic PNGs encode segment ids in RGB")
+        if rgb.shape[:2] != inp.image.shape[:2]:
+            raise TeacherError(f"image {inp.image_id}: panoptic PNG {pan['file']!r} is {rgb.shape[1]}x{rgb.shape[0]}, "
+                               f"the image {inp.image.shape[1]}x{inp.image.shape[0]}")
+        try:
+            return contiguous_from_coco_png(rgb[..., :3], pan["segments_info"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TeacherError(f"image {inp.image_id}: malformed panoptic segments_info ({type(exc).__name__}: "
+                               f"{exc})") from None
 
 
 class CaptionGroundTruth(_GroundTruth):
@@ -100,7 +107,10 @@ class CaptionGroundTruth(_GroundTruth):
         return None
 
     def _read(self, inp: TeacherInput) -> list[str]:
-        captions = [str(c).strip() for c in inp.record.get("captions") or [] if str(c).strip()]
+        raw = inp.record.get("captions") or []
+        if isinstance(raw, str):  # one caption given as a string, not a list of them
+            raw = [raw]
+        captions = [str(c).strip() for c in raw if str(c).strip()]
         if not captions:
             raise TeacherError(f"image {inp.image_id} has no caption annotation")
         return captions

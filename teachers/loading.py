@@ -46,8 +46,10 @@ def first_line(exc: BaseException) -> str:
     run whatever code the file holds."""
     text = str(exc)
     if "Weights only load failed" in text:
-        return ("it holds pickled Python objects besides tensors, which safe loading (weights_only=True) refuses "
-                "to run; use a plain state-dict or safetensors file")
+        if "Unsupported global" in text:
+            return ("it holds pickled Python objects besides tensors, which safe loading (weights_only=True) "
+                    "refuses to run; use a plain state-dict or safetensors file")
+        return "not a PyTorch weights file, or a damaged one (safe loading cannot parse it)"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
@@ -76,6 +78,17 @@ def load_or_fail(teacher: str, checkpoint: str, load: Callable[[], T]) -> T:
     except Exception as exc:  # noqa: BLE001 - every loader failure is reported the same way
         raise TeacherError(f"teacher {teacher!r} cannot load checkpoint {checkpoint!r} "
                            f"({first_line(exc)})") from exc
+
+
+def unit_interval(name: str, value: Any) -> float:
+    """``value`` as a float in [0, 1]; anything else (NaN included) is a TeacherError naming the parameter."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:
+        raise TeacherError(f"{name} must be a number in [0, 1], got {value!r}")
+    return number
 
 
 def torch_dtype(name: str) -> Any:

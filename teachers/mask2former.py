@@ -6,7 +6,7 @@ from typing import Any
 
 from shards.taxonomy import NUM_PANOPTIC_CLASSES, PANOPTIC_CLASSES, PANOPTIC_VOID
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, torch_dtype
+from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, torch_dtype, unit_interval
 from teachers.panoptic_ids import PANOPTIC_OUTPUTS
 from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox_batch, unletterbox
 
@@ -19,8 +19,9 @@ class Mask2FormerTeacher(Teacher):
 
     The merge follows Mask2Former's ``panoptic_inference``: keep queries whose best class is not
     "no object" and scores above ``score_threshold``; each pixel goes to the query maximising
-    score x mask probability; a query whose pixels are under ``overlap_threshold`` of its own mask
-    (probability >= 0.5) is dropped and its pixels become void.
+    score x mask probability, and stays void unless it also lies in that query's own mask (probability
+    >= 0.5); a query that wins less than ``overlap_threshold`` of its own mask is dropped and its pixels
+    become void.
 
     Args:
         checkpoint: hub id or a local ``save_pretrained`` folder of a 133-class COCO panoptic model.
@@ -51,8 +52,8 @@ class Mask2FormerTeacher(Teacher):
 
         self.checkpoint = checkpoint
         self.input_size = int(input_size)
-        self.score_threshold = float(score_threshold)
-        self.overlap_threshold = float(overlap_threshold)
+        self.score_threshold = unit_interval("score_threshold", score_threshold)
+        self.overlap_threshold = unit_interval("overlap_threshold", overlap_threshold)
         self.model = from_pretrained_strict(Mask2FormerForUniversalSegmentation, self.name, checkpoint, revision)
         if self.model.config.num_labels != NUM_PANOPTIC_CLASSES:
             raise TeacherError(f"teacher {self.name!r}: checkpoint {checkpoint!r} has {self.model.config.num_labels} "
@@ -92,12 +93,17 @@ class Mask2FormerTeacher(Teacher):
         """Per-pixel class of the panoptic merge, (H, W) uint8 numpy (void where no valid segment)."""
         import torch
 
+        q = len(scores)
         owner = (mask_probs * scores[:, None, None]).argmax(0)  # (H, W) query index
-        area = torch.bincount(owner.flatten(), minlength=len(scores))  # pixels each query wins
-        own_area = (mask_probs >= 0.5).flatten(1).sum(1)  # pixels of each query's own mask
-        valid = (area > 0) & (own_area > 0) & (area > self.overlap_threshold * own_area)
+        own = mask_probs >= 0.5  # (Q, H, W) each query's own mask
+        inside = own.gather(0, owner[None])[0]  # the pixel lies in the mask of the query that wins it
+        area = torch.bincount(owner.flatten(), minlength=q)  # pixels each query wins
+        painted = torch.bincount(owner[inside], minlength=q)  # ... that are also inside its own mask
+        own_area = own.flatten(1).sum(1)
+        valid = (area > 0) & (own_area > 0) & (painted > 0) & (area >= self.overlap_threshold * own_area)
         lut = torch.where(valid, labels, torch.full_like(labels, PANOPTIC_VOID)).to(torch.uint8)
-        return lut[owner].cpu().numpy()
+        classes = torch.where(inside, lut[owner], torch.full_like(owner, PANOPTIC_VOID, dtype=torch.uint8))
+        return classes.cpu().numpy()
 
 
 def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from teachers.base import MissingExtraError, Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.loading import checkpoint_identity, load_or_fail, require
+from teachers.loading import checkpoint_identity, load_or_fail, require, unit_interval
 from teachers.preprocess import letterbox_batch
 
 EXTRA = "ocr"
@@ -55,6 +55,9 @@ class RapidOCRTeacher(Teacher):
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         if input_size < STRIDE or input_size % STRIDE:
             raise TeacherError(f"input_size must be a positive multiple of {STRIDE}, got {input_size}")
+        thresh, box_thresh = unit_interval("thresh", thresh), unit_interval("box_thresh", box_thresh)
+        if not (isinstance(unclip_ratio, (int, float)) and 0 < unclip_ratio < float("inf")):
+            raise TeacherError(f"unclip_ratio must be a finite number > 0, got {unclip_ratio!r}")
         ort = require("onnxruntime", self.name, EXTRA)
         utils = require("rapidocr.ch_ppocr_det.utils", self.name, EXTRA)
         self.checkpoint = os.path.expanduser(checkpoint) if checkpoint else packaged_model_path()

@@ -38,6 +38,20 @@ def read_checkpoint(path: str | os.PathLike, teacher: str) -> dict[str, Any]:
     return obj
 
 
+def _tied(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Key -> the first key (sorted) of a tensor it shares its storage with, for every later such key."""
+    first: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    tied = {}
+    for key in sorted(tensors):
+        t = tensors[key]
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if ident in first:
+            tied[key] = first[ident]
+        else:
+            first[ident] = key
+    return tied
+
+
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], *, prefix: str, source: str,
                 teacher: str) -> None:
     """Load ``state`` into ``model`` requiring exactly the model's keys (each under ``prefix``) and shapes.
@@ -50,6 +64,10 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], *, prefix: str
         teacher: teacher name, for the error message.
     """
     expected = {prefix + k: v for k, v in model.state_dict().items()}
+    state = dict(state)
+    for alias, original in _tied(expected).items():  # tied weights saved once (safetensors' save_model)
+        if alias not in state and original in state:
+            state[alias] = state[original]
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     problems = []

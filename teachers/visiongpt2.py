@@ -24,6 +24,9 @@ from teachers.strict_load import load_strict, read_checkpoint
 from teachers.visiongpt2_model import VisionGPT2, VisionGPT2Config
 
 WEIGHTS_NAME = "captioner.pt"
+#: The files of a GPT-2 tokenizer folder that decide its output.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
 SAFETENSORS_NAME = "captioner.safetensors"
 CONFIG_NAME = "config.json"
 TINY_CORPUS = [
@@ -131,7 +134,8 @@ class VisionGPT2Teacher(Teacher):
         max_tokens: most tokens per caption (the official default is 50).
         sample: sample with ``temperature`` instead of greedy decoding.
         temperature: sampling temperature (> 0).
-        seed: seed of the sampling generator (reset per ``predict`` call, so results do not depend on order).
+        seed: seed of sampling, combined with each image's id (so a caption depends neither on the batch nor on
+            the order).
         device, dtype, batch_size: see ``Teacher``.
     """
 
@@ -147,7 +151,7 @@ class VisionGPT2Teacher(Teacher):
                  sample: bool = False, temperature: float = 1.0, seed: int = 0, device: str = "cpu",
                  dtype: str = "float32", batch_size: int = 16) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        if temperature <= 0:
+        if not 0 < temperature < float("inf"):  # also refuses NaN
             raise TeacherError(f"temperature must be > 0, got {temperature}")
         self.checkpoint = os.path.expanduser(checkpoint or self.default_checkpoint())
         if checkpoint is None and not os.path.exists(self.checkpoint):
@@ -162,6 +166,9 @@ class VisionGPT2Teacher(Teacher):
                                                                                       "tokenizer.json"))
             tokenizer = self.checkpoint if has_tok else "gpt2"
         self.tokenizer_name = tokenizer
+        # a local tokenizer by its files (where the folder lies changes nothing), a hub one by its name
+        self._tokenizer_id = (f"sha256:{sha256_of_path(tokenizer, TOKENIZER_FILES)}" if os.path.isdir(tokenizer)
+                              else tokenizer)
         self.tokenizer = load_tokenizer(tokenizer)
         if len(self.tokenizer) != self.cfg.vocab_size:
             raise TeacherError(f"teacher 'visiongpt2': tokenizer {tokenizer!r} has {len(self.tokenizer)} tokens, "
@@ -179,7 +186,7 @@ class VisionGPT2Teacher(Teacher):
         return model_cache("visiongpt2", "captioner.pt")
 
     def identity(self) -> dict[str, Any]:
-        ident = {"weights_sha256": self._weights_sha, "tokenizer": self.tokenizer_name,
+        ident = {"weights_sha256": self._weights_sha, "tokenizer": self._tokenizer_id,
                  "max_tokens": self.max_tokens, "sample": self.sample, "config": asdict(self.cfg)}
         if self.sample:
             ident.update(temperature=self.temperature, seed=self.seed)
@@ -199,7 +206,10 @@ class VisionGPT2Teacher(Teacher):
     @torch.inference_mode()
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
         images = self.preprocess([inp.image for inp in inputs])
-        gen = torch.Generator(device=self.device).manual_seed(self.seed) if self.sample else None
+        gen = None
+        if self.sample:  # one generator per image, seeded by the image: batches and order change nothing
+            gen = [torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + inp.image_id)
+                   for inp in inputs]
         autocast = (torch.autocast("cuda", dtype=getattr(torch, self.dtype)) if self.dtype != "float32"
                     else contextlib.nullcontext())
         with autocast:

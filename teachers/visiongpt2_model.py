@@ -15,6 +15,7 @@ Decoder block N cross-attends to the output of ViT block N.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -226,7 +227,7 @@ class VisionGPT2(nn.Module):
     @torch.no_grad()
     def generate(self, images: torch.Tensor, *, bos_id: int, eos_id: int, max_tokens: int = 50,
                  sample: bool = False, temperature: float = 1.0, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> list[list[int]]:
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> list[list[int]]:
         """Caption token ids per image, without the start token and cut before the first end token.
 
         Args:
@@ -237,7 +238,8 @@ class VisionGPT2(nn.Module):
             sample: draw from softmax(logits / temperature) instead of taking the argmax.
             temperature: sampling temperature (> 0).
             use_cache: reuse keys/values of earlier positions (else recompute the whole prefix each step).
-            generator: random generator for sampling.
+            generator: random generator for sampling, or one per image (then an image's caption does not
+                depend on the other images of the batch).
 
         Returns:
             One list of token ids per image.
@@ -257,7 +259,11 @@ class VisionGPT2(nn.Module):
             logits = logits.float()
             if sample:
                 probs = (logits / temperature).softmax(-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                if isinstance(generator, Sequence):
+                    nxt = torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=g)[:, 0]
+                                     for i, g in enumerate(generator)])
+                else:
+                    nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
             else:
                 nxt = logits.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)

@@ -76,3 +76,8 @@ def test_config_overrides_change_the_fingerprint(tiny) -> None:
     other = create_teacher(NAME, checkpoint=tiny, input_size=96,
                            opts=("MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", "0.3"))
     assert base.fingerprint() != other.fingerprint()
+
+
+def test_the_device_is_not_part_of_the_fingerprint(tiny) -> None:
+    assert (create_teacher(NAME, checkpoint=tiny, input_size=96, device="cpu").fingerprint()
+            == create_teacher(NAME, checkpoint=tiny, input_size=96, device="cpu:0").fingerprint())

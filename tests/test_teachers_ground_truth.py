@@ -75,7 +75,7 @@ def test_panoptic_gt_errors_are_one_line(tmp_path) -> None:
     rgb, segments, _ = _coco_panoptic()
     path = tmp_path / "ok.png"
     path.write_bytes(encode_png(rgb))
-    with pytest.raises(TeacherError, match="has shape"):
+    with pytest.raises(TeacherError, match="is 8x6, the image 8x5"):
         teacher([TeacherInput(np.zeros((5, 8, 3), np.uint8), 7,
                               {"panoptic": {"file": str(path), "segments_info": segments}})])
     with pytest.raises(TeacherError, match="takes no checkpoint"):
@@ -109,3 +109,44 @@ def test_ground_truth_ignores_device_and_dtype(name: str) -> None:
 def test_model_teachers_refuse_half_precision_on_cpu(name: str) -> None:
     with pytest.raises(TeacherError, match="dtype float16 needs a CUDA device"):  # before any weights load
         create_teacher(name, device="cpu", dtype="float16")
+
+
+def test_caption_gt_takes_one_caption_given_as_a_string() -> None:
+    teacher = create_teacher("caption-gt")
+    img = np.zeros((4, 4, 3), np.uint8)
+    assert teacher([TeacherInput(img, 1, {"captions": " a dog on a sofa "})]) == [{"captions": ["a dog on a sofa"]}]
+
+
+def test_panoptic_gt_grayscale_png_and_malformed_segments(tmp_path) -> None:
+    teacher = create_teacher("panoptic-gt")
+    img = np.zeros((5, 8, 3), np.uint8)
+    gray = tmp_path / "gray.png"
+    gray.write_bytes(encode_png(np.zeros((5, 8), np.uint8)))
+    with pytest.raises(TeacherError, match="is not RGB"):
+        teacher([TeacherInput(img, 7, {"panoptic": {"file": str(gray), "segments_info": []}})])
+    rgb = tmp_path / "rgb.png"
+    rgb.write_bytes(encode_png(np.full((5, 8, 3), 1, np.uint8)))
+    with pytest.raises(TeacherError, match="malformed panoptic segments_info"):
+        teacher([TeacherInput(img, 7, {"panoptic": {"file": str(rgb), "segments_info": [{"id": 65793}]}})])
+
+
+def test_folder_fingerprints_leave_out_hidden_files_and_notes(tmp_path) -> None:
+    from teachers.base import sha256_of_path
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "merges.txt").write_text("a b")
+    base = sha256_of_path(tmp_path)
+    (tmp_path / "README.md").write_text("notes")
+    (tmp_path / ".cache" / "huggingface").mkdir(parents=True)
+    (tmp_path / ".cache" / "huggingface" / "x.metadata").write_text("downloaded at 12:00")
+    assert sha256_of_path(tmp_path) == base
+    (tmp_path / "merges.txt").write_text("a c")  # a tokenizer's merges are not notes
+    assert sha256_of_path(tmp_path) != base
+
+
+def test_load_errors_say_what_the_file_is(tmp_path) -> None:
+    from teachers.strict_load import read_checkpoint
+
+    (tmp_path / "g.pth").write_text("garbage")
+    with pytest.raises(TeacherError, match="not a PyTorch weights file, or a damaged one"):
+        read_checkpoint(tmp_path / "g.pth", "visiongpt2")

@@ -4,6 +4,7 @@ real loading path, run on a batch of differently sized real photos (scikit-image
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -165,3 +166,30 @@ def test_checkpoint_of_another_architecture_is_refused(name, other, checkpoints)
     # transformers alone would load it with random weights and a warning
     with pytest.raises(TeacherError, match="not 'depth_anything'|not 'mask2former'|not 'vision-encoder-decoder'"):
         create_teacher(name, checkpoint=checkpoints[other], **CASES[name])
+
+
+def test_mask2former_merge_leaves_pixels_outside_the_winning_mask_void() -> None:
+    import torch
+
+    from shards.taxonomy import PANOPTIC_VOID
+    from teachers.mask2former import Mask2FormerTeacher
+
+    merge = Mask2FormerTeacher.__new__(Mask2FormerTeacher)  # the merge alone, without a model
+    merge.overlap_threshold = 0.8
+    probs = torch.tensor([[[0.9, 0.9, 0.3, 0.1]], [[0.1, 0.1, 0.2, 0.1]]])  # (Q=2, H=1, W=4)
+    classes = merge._merge(probs, torch.tensor([1.0, 1.0]), torch.tensor([5, 7]))
+    # query 0 wins every pixel; only the two inside its own mask (p >= 0.5) take its class
+    assert classes.tolist() == [[5, 5, PANOPTIC_VOID, PANOPTIC_VOID]]
+    probs = torch.tensor([[[0.9, 0.9, 0.9, 0.1]], [[0.2, 0.2, 0.95, 0.6]]])
+    classes = merge._merge(probs, torch.tensor([1.0, 1.0]), torch.tensor([5, 7]))
+    # query 0 keeps 2 of its 3 mask pixels (< 0.8): dropped, void; query 1 wins its whole mask
+    assert classes.tolist() == [[PANOPTIC_VOID, PANOPTIC_VOID, 7, 7]]
+
+
+@pytest.mark.parametrize("name, params, needle", [
+    ("mask2former", {"score_threshold": float("nan")}, "score_threshold must be a number in [0, 1]"),
+    ("mask2former", {"overlap_threshold": 1.5}, "overlap_threshold must be a number in [0, 1]"),
+])
+def test_impossible_thresholds_are_refused(name, params, needle, checkpoints) -> None:
+    with pytest.raises(TeacherError, match=re.escape(needle)):
+        create_teacher(name, checkpoint=checkpoints[name], **params)

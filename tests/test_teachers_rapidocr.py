@@ -82,3 +82,11 @@ def test_takes_a_gpu_share_only_with_the_cuda_provider(monkeypatch) -> None:
         assert cls.can_use_gpu() is expected
         assert TeacherFactory(cls, {"device": "auto"}).wants_gpu() is expected
     assert not TeacherFactory(cls, {"device": "cpu"}).wants_gpu()
+
+
+@pytest.mark.parametrize("params", [{"thresh": -0.1}, {"box_thresh": float("nan")}, {"unclip_ratio": 0.0}])
+def test_impossible_postprocessing_parameters(params) -> None:
+    from teachers import TeacherError
+
+    with pytest.raises(TeacherError, match="must be"):
+        create_teacher("rapidocr", **params)

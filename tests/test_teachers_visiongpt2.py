@@ -189,3 +189,46 @@ def test_teacher_on_real_photos_returns_one_caption_each(tiny_dir) -> None:
     inputs = [TeacherInput(im) for im in photos[:2]]
     assert sampler(inputs) == sampler(inputs)  # the generator is reseeded per call
     assert sampler.fingerprint() != teacher.fingerprint()
+
+
+def test_sampled_captions_depend_neither_on_the_batch_nor_on_the_order(tiny_dir) -> None:
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    inputs = [TeacherInput(im, image_id=i) for i, im in enumerate(photos)]
+    one = create_teacher("visiongpt2", checkpoint=tiny_dir, max_tokens=10, sample=True, batch_size=1)
+    four = create_teacher("visiongpt2", checkpoint=tiny_dir, max_tokens=10, sample=True, batch_size=4)
+    alone = one(inputs)
+    assert four(inputs) == alone
+    assert four(inputs[::-1]) == alone[::-1]
+
+
+def test_fingerprint_follows_the_files_not_the_folder(tiny_dir, tmp_path) -> None:
+    import shutil
+
+    base = create_teacher("visiongpt2", checkpoint=tiny_dir).fingerprint()
+    copy = shutil.copytree(tiny_dir, tmp_path / "copy")
+    (copy / "README.md").write_text("notes")  # and a note beside the weights changes nothing either
+    assert create_teacher("visiongpt2", checkpoint=str(copy)).fingerprint() == base
+    assert create_teacher("visiongpt2", checkpoint=tiny_dir, tokenizer=str(copy) + "/").fingerprint() == base
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 7}))
+    assert create_teacher("visiongpt2", checkpoint=str(copy)).fingerprint() != base  # the tokenizer changed
+
+
+def test_safetensors_with_tied_weights_saved_once_load(tiny_dir, tmp_path) -> None:
+    import shutil
+
+    import safetensors.torch
+
+    model, _, _ = load_visiongpt2(tiny_dir)
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_dir, folder, ignore=shutil.ignore_patterns("captioner.pt"))
+    safetensors.torch.save_model(model, str(folder / "captioner.safetensors"))  # drops one of each tied pair
+    loaded = create_teacher("visiongpt2", checkpoint=str(folder)).model.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.parametrize("params", [{"temperature": float("nan")}, {"temperature": 0.0}])
+def test_impossible_sampling_parameters(tiny_dir, params) -> None:
+    with pytest.raises(TeacherError, match="temperature must be > 0"):
+        create_teacher("visiongpt2", checkpoint=tiny_dir, sample=True, **params)
