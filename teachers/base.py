@@ -95,14 +95,20 @@ class Teacher(ABC):
             raise TeacherError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
         if dtype != "float32" and self.spec.uses_gpu and not str(device).startswith("cuda"):
             raise TeacherError(f"dtype {dtype} needs a CUDA device (got device={device!r})")
-        if batch_size < 1:
-            raise TeacherError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise TeacherError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if self.spec.uses_gpu:  # a model teacher puts tensors on it: an unknown or absent device fails here
+            _check_device(str(device))
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
 
     def __call__(self, inputs: Sequence[TeacherInput]) -> list[dict[str, Any]]:
         """Predict every input, ``batch_size`` images per model call; one dict per input, in order."""
+        for inp in inputs:
+            if not isinstance(inp, TeacherInput):
+                raise TeacherError(f"teacher {self.name!r} takes TeacherInput(image, image_id, record) items, "
+                                   f"got a {type(inp).__name__}")
         out: list[dict[str, Any]] = []
         for i in range(0, len(inputs), self.batch_size):
             out.extend(self.predict(list(inputs[i:i + self.batch_size])))
@@ -140,6 +146,22 @@ class Teacher(ABC):
         that runs a model (``spec.uses_gpu``): the ground-truth readers give the same output at any dtype."""
         ident = {"teacher": self.name, **({"dtype": self.dtype} if self.spec.uses_gpu else {}), **self.identity()}
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _check_device(device: str) -> None:
+    """TeacherError unless ``device`` is cpu, or a CUDA device this process sees."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise TeacherError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise TeacherError(f"device {device!r}: {count} CUDA GPU(s) visible here")
+    elif parsed.type != "cpu":
+        raise TeacherError(f"device {device!r}: teachers run on cpu or cuda")
 
 
 def sha256_of_path(path: str | os.PathLike, names: Sequence[str] | None = None) -> str:

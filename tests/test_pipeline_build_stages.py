@@ -137,5 +137,6 @@ def test_auto_device_is_cpu_for_a_teacher_that_never_uses_a_gpu(monkeypatch) -> 
     from pipeline.executors import TeacherFactory
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine (or an actor that sees one)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert TeacherFactory(pipeline_fakes.FakeDepth, {"device": "auto"}).build().device == "cuda"
     assert TeacherFactory(pipeline_fakes.FakeCaption, {"device": "auto"}).build().device == "cpu"

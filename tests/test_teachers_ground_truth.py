@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -150,3 +152,20 @@ def test_load_errors_say_what_the_file_is(tmp_path) -> None:
     (tmp_path / "g.pth").write_text("garbage")
     with pytest.raises(TeacherError, match="not a PyTorch weights file, or a damaged one"):
         read_checkpoint(tmp_path / "g.pth", "visiongpt2")
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"device": "bogus"}, "unknown device 'bogus'"), ({"device": "cuda:7"}, "CUDA GPU(s) visible here"),
+    ({"batch_size": 2.5}, "batch_size must be an integer >= 1"),
+])
+def test_model_teacher_device_and_batch_size_are_checked(kwargs, needle, tmp_path) -> None:
+    from teachers.tiny import save_tiny_checkpoint
+
+    checkpoint = save_tiny_checkpoint("depth-anything-v2", tmp_path / "depth")
+    with pytest.raises(TeacherError, match=re.escape(needle)):
+        create_teacher("depth-anything-v2", checkpoint=checkpoint, **kwargs)
+
+
+def test_inputs_must_be_teacher_inputs() -> None:
+    with pytest.raises(TeacherError, match="takes TeacherInput"):
+        create_teacher("caption-gt")([np.zeros((4, 4, 3), np.uint8)])
