@@ -31,6 +31,8 @@ class _NumpyUnpickler(pickle.Unpickler):
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+               ("_codecs", "encode"),  # bytes in Python 3 pickles of protocol 0 to 2 (text -> bytes only)
                ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
 
     def find_class(self, module: str, name: str) -> Any:

@@ -73,7 +73,10 @@ class RapidOCRTeacher(Teacher):
         self.input_name = self.session.get_inputs()[0].name
         self.postprocess = utils.DBPostProcess(thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio,
                                                use_dilation=True, score_mode="fast")
+        from importlib.metadata import version
+
         self._identity = {**checkpoint_identity(self.checkpoint), "input_size": self.input_size,
+                          "rapidocr": version("rapidocr"),  # its DB post-processing is part of the output
                           "thresh": float(thresh), "box_thresh": float(box_thresh),
                           "unclip_ratio": float(unclip_ratio)}
 

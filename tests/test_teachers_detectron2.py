@@ -81,3 +81,14 @@ def test_config_overrides_change_the_fingerprint(tiny) -> None:
 def test_the_device_is_not_part_of_the_fingerprint(tiny) -> None:
     assert (create_teacher(NAME, checkpoint=tiny, input_size=96, device="cpu").fingerprint()
             == create_teacher(NAME, checkpoint=tiny, input_size=96, device="cpu:0").fingerprint())
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_numpy_pickles_of_every_protocol_load(tiny, tmp_path, protocol) -> None:
+    from teachers.detectron2_panoptic import read_weights
+
+    blobs = {"conv.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "name": "caffe2"}
+    path = tmp_path / f"p{protocol}.pkl"
+    path.write_bytes(pickle.dumps({"blobs": blobs}, protocol=protocol))
+    loaded = read_weights(str(path))["model"]
+    np.testing.assert_array_equal(loaded["conv.weight"], blobs["conv.weight"])
