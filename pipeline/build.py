@@ -134,7 +134,7 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
         plan = prepare(config, ex)
         if "tokens" in plan.run_stages and plan.vocab_path is None and plan.pending["tokens"]:
             check_gensim_model(plan.config.glove)  # the vocabulary is built at the end: know now it can be
-        record_fingerprints(plan.split_path, plan.factories, plan.teacher_fps)  # for `pipeline status`
+        record_fingerprints(plan.split_path, plan.teacher_settings, plan.teacher_fps)  # for `pipeline status`
         return _Run(plan, ex).run(setup_seconds=time.perf_counter() - t0)
     finally:
         ex.close()

@@ -55,8 +55,8 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{s}-teacher", dest=f"{s}_teacher", default=S,
                        help=f"{s} teacher (default {getattr(DEFAULTS, f'{s}_teacher')}; see `pipeline teachers`)")
         p.add_argument(f"--{s}-checkpoint", dest=f"{s}_checkpoint", default=S,
-                       help=f"{s} teacher weights: hub id, folder or file (default: the teacher's own; `pipeline teachers` "
-                            f"names it)")
+                       help=f"{s} teacher weights: hub id, folder or file (default: the teacher's own, which "
+                            "`pipeline teachers` names)")
         p.add_argument(f"--{s}-param", dest=f"{s}_params", type=_param, action="append", default=S,
                        metavar="KEY=VALUE", help=f"extra {s} teacher parameter (repeatable; VALUE as JSON)")
     p.add_argument("--normals-scale", dest="normals_scale", type=float, default=S,
@@ -215,8 +215,10 @@ def _note_teachers_differ_from_vocab_split(config: BuildConfig) -> None:
         recorded = load_manifest(split_dir(config.out, config.vocab_split)).config
     except StoreError:
         return
+    from pipeline.plan import absolute_paths
+
     keys = [f"{s}_{k}" for s in TEACHER_STAGES for k in ("teacher", "checkpoint", "params")] + ["dtype"]
-    ours = config.to_json()
+    ours = absolute_paths(config).to_json()  # as the manifest records a build's settings
     differ = [k for k in keys if k in recorded and recorded[k] != ours[k]]
     if differ:
         print(f"pipeline: note: {config.split} is built with other teacher settings than {config.vocab_split} "

@@ -19,7 +19,7 @@ from shards.writer import ColumnWriter
 from pipeline.executors import ClusterResourceError, Executor, LocalExecutor, TeacherFactory, check_gpu_share
 from pipeline.stages import STAGES, TEACHER_STAGES, ancestors, dependants, fingerprint, resolve_specs, stage
 from pipeline.targets.tokens import check_glove_file
-from pipeline.teacher_record import recorded_fingerprints
+from pipeline.teacher_record import recorded_fingerprints, teacher_settings
 from pipeline.units import rejected_path
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class Plan:
     vocab_path: str | None = None  # vocabulary of the tokens stage when it already exists
     teacher_fps: dict[str, str] = field(default_factory=dict)  # teacher stage -> the teacher's own fingerprint
     recorded: list[str] = field(default_factory=list)  # teacher stages fingerprinted from teachers.json
+    teacher_settings: dict[str, Any] = field(default_factory=dict)  # stage -> teacher_record.teacher_settings
 
     def teacher_stages_to_run(self) -> list[str]:
         return [s for s in self.run_stages if stage(s).kind == "teacher" and self.pending[s]]
@@ -258,7 +259,8 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
     vocab_path = None
     if "tokens" in needed:  # checked before the teachers load: a bad GloVe file or vocabulary fails fast
         derived["tokens"], vocab_path = tokens_params(config, store_root)
-    recorded = recorded_fingerprints(split_path, factories) if reuse_recorded else {}
+    settings = {s: teacher_settings(f) for s, f in factories.items()}  # read before loading: what was loaded
+    recorded = recorded_fingerprints(split_path, settings) if reuse_recorded else {}
     loaded = {s: f for s, f in factories.items() if s not in recorded}
     teacher_fps = {**recorded, **load_teachers(config, loaded, executor if executor is not None else LocalExecutor())}
     teacher_ids = {s: (teacher_choice(config, s)[0], fp) for s, fp in teacher_fps.items()}
@@ -290,4 +292,4 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         if existing.is_file() and not (config.force and "tokens" in chosen):
             vocab_path = str(existing)
     return Plan(config, split_path, shards, by_shard, specs, fps, run_stages, pending, active,
-                loaded, vocab_path, teacher_fps, sorted(recorded, key=TEACHER_STAGES.index))
+                loaded, vocab_path, teacher_fps, sorted(recorded, key=TEACHER_STAGES.index), settings)

@@ -2,13 +2,17 @@
 
 A teacher's fingerprint depends on its class, its constructor keywords (except the device and the batch size,
 which ``Teacher.fingerprint`` leaves out) and the weights those keywords name. Every build records in
-``<split>/teachers.json`` the fingerprint of each teacher it loaded, next to its *settings*: the teacher's
-class and source files (their sha256), its keywords, the size and modification time of every local file or
-folder a keyword or the default checkpoint names, and the commit that the local Hugging Face cache resolves
-for a hub id (the default checkpoint, ``Teacher.default_checkpoint``, when none is given). ``pipeline status``
-takes a recorded fingerprint when the settings it would load a teacher with are exactly those, and loads that
-teacher otherwise (with ``--recheck``, always). What the settings cannot see is a hub model that a new download
-would update (only the local cache is read); ``--recheck`` covers it.
+``<split>/teachers.json`` the fingerprint of each teacher it loaded, next to its *settings*, read before the
+teachers load: the teacher's class, the sha256 of the ``teachers`` package's sources, the versions of the
+packages that shape outputs (torch, transformers, detectron2, rapidocr, ...), its keywords, the size and
+modification time of every local file or folder a keyword or the default checkpoint names (hidden files left
+out), and the commit that the local Hugging Face cache resolves for a hub id (the default checkpoint,
+``Teacher.default_checkpoint``, when none is given; short names through ``Teacher.resolve_checkpoint``).
+``pipeline status`` takes a recorded fingerprint when the settings it would load a teacher with are exactly
+those, and loads that teacher otherwise (with ``--recheck``, always). What the settings cannot see: a hub model
+that a new download would update (only the local cache is read), a file replaced by one of the same size and
+modification time (``cp -p``, ``rsync -a``), and the base files a local detectron2 YAML names in ``_BASE_``;
+``--recheck`` covers them.
 
 The file is a cache: deleting it only makes the next ``pipeline status`` load the teachers.
 """
@@ -44,8 +48,10 @@ def _path_state(path: str) -> list[Any]:
     if os.path.isdir(path):
         state = []
         for root, dirs, files in os.walk(path):
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # the hub's download records change
             for name in sorted(files):
+                if name.startswith("."):
+                    continue
                 full = os.path.join(root, name)
                 st = os.stat(full)
                 state.append([os.path.relpath(full, path), st.st_size, st.st_mtime_ns])
@@ -67,41 +73,70 @@ def _hub_ref(model_id: str, revision: Any) -> str | None:
         return None
 
 
+#: Installed packages whose code shapes a teacher's output (model code, default configs, post-processing).
+PACKAGES = ("torch", "torchvision", "transformers", "detectron2", "onnxruntime", "rapidocr", "numpy", "opencv-python",
+            "opencv-python-headless", "pillow")
+
+
 def _code_sha256(cls: type) -> str | None:
-    """sha256 of the source files of ``cls`` and the teacher classes it derives from, plus the shared loading
-    helpers; None when a source cannot be read (a class defined in ``__main__`` or a notebook)."""
-    modules = [c.__module__ for c in cls.__mro__ if c.__module__ not in ("builtins", "abc")] + ["teachers.loading"]
+    """sha256 of the source files of ``cls`` and the teacher classes it derives from and of every module of the
+    ``teachers`` package (model ports and default configs live beside the teacher classes); None when a source
+    cannot be read (a class defined in a notebook)."""
+    import teachers
+
+    files = [Path(f) for f in sorted(Path(teachers.__file__).parent.glob("*.py"))]
+    for c in cls.__mro__:
+        if c.__module__ not in ("builtins", "abc"):
+            try:
+                source = inspect.getsourcefile(importlib.import_module(c.__module__))
+                files.append(Path(source))  # type: ignore[arg-type]
+            except (ImportError, TypeError):
+                return None
     h = hashlib.sha256()
-    for name in dict.fromkeys(modules):
-        try:
-            h.update(Path(inspect.getsourcefile(importlib.import_module(name))).read_bytes())  # type: ignore[arg-type]
-        except (ImportError, TypeError, OSError):
-            return None
+    for path in dict.fromkeys(files):
+        h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def teacher_settings(factory: "TeacherFactory") -> dict[str, Any] | None:
     """What a teacher's fingerprint is a function of, read without loading it (see the module docstring);
-    None when it cannot be told (its source is not a file)."""
+    None when it cannot be told (its source is not a file, a file it names cannot be read)."""
     cls = factory.cls
-    code = _code_sha256(cls)
-    if code is None:
+    try:
+        code = _code_sha256(cls)
+        if code is None:
+            return None
+        kwargs = {k: v for k, v in factory.kwargs.items() if k not in NOT_IN_FINGERPRINT}
+        named = dict(kwargs)
+        if named.get("checkpoint") is None and hasattr(cls, "default_checkpoint"):  # the weights it loads then
+            named["checkpoint"] = cls.default_checkpoint()
+        if isinstance(named.get("checkpoint"), str) and hasattr(cls, "resolve_checkpoint"):  # short names
+            named["checkpoint"] = cls.resolve_checkpoint(named["checkpoint"])
+        files: dict[str, Any] = {}
+        for key, value in sorted(named.items()):
+            if not isinstance(value, str) or not value:
+                continue
+            path = os.path.expanduser(value)
+            if os.path.exists(path):
+                files[key] = _path_state(path)
+            elif _HUB_ID.fullmatch(value):
+                files[key] = _hub_ref(value, kwargs.get("revision"))
+    except OSError:  # a dangling link, an unreadable file: no record, status loads the teacher
         return None
-    kwargs = {k: v for k, v in factory.kwargs.items() if k not in NOT_IN_FINGERPRINT}
-    named = dict(kwargs)
-    if named.get("checkpoint") is None and hasattr(cls, "default_checkpoint"):  # the weights it loads then
-        named["checkpoint"] = cls.default_checkpoint()
-    files: dict[str, Any] = {}
-    for key, value in sorted(named.items()):
-        if not isinstance(value, str) or not value:
-            continue
-        path = os.path.expanduser(value)
-        if os.path.exists(path):
-            files[key] = _path_state(path)
-        elif _HUB_ID.fullmatch(value):
-            files[key] = _hub_ref(value, kwargs.get("revision"))
     settings = {"teacher": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}",
-                "code_sha256": code, "kwargs": kwargs, "files": files}
+                "code_sha256": code, "packages": _versions(), "kwargs": kwargs, "files": files}
     return json.loads(json.dumps(settings, sort_keys=True, default=str))  # as it reads back from the file
 
 
@@ -113,30 +148,27 @@ def _read(split_path: Path) -> list[dict[str, Any]]:
     return [e for e in entries if isinstance(e, dict) and {"stage", "settings", "fingerprint"} <= set(e)]
 
 
-def recorded_fingerprints(split_path: Path, factories: Mapping[str, "TeacherFactory"]) -> dict[str, str]:
-    """stage -> the fingerprint a build recorded for exactly the settings of ``factories[stage]``."""
+def recorded_fingerprints(split_path: Path, settings: Mapping[str, dict[str, Any] | None]) -> dict[str, str]:
+    """stage -> the fingerprint a build recorded for exactly ``settings[stage]`` (``teacher_settings``)."""
     entries = _read(split_path)
     found = {}
-    for stage, factory in factories.items():
-        settings = teacher_settings(factory)
-        if settings is None:
+    for stage, wanted in settings.items():
+        if wanted is None:
             continue
         for e in entries:
-            if e["stage"] == stage and e["settings"] == settings:
+            if e["stage"] == stage and e["settings"] == wanted:
                 found[stage] = str(e["fingerprint"])
                 break
     return found
 
 
-def record_fingerprints(split_path: Path, factories: Mapping[str, "TeacherFactory"],
+def record_fingerprints(split_path: Path, settings: Mapping[str, dict[str, Any] | None],
                         fps: Mapping[str, str]) -> None:
-    """Add the loaded teachers' fingerprints with their settings to ``<split>/teachers.json`` (newest first).
-    A record that cannot be written is only a warning: the next status loads the teachers."""
-    new = []
-    for stage, factory in factories.items():
-        settings = teacher_settings(factory)
-        if settings is not None and stage in fps:
-            new.append({"stage": stage, "settings": settings, "fingerprint": fps[stage]})
+    """Add the loaded teachers' fingerprints with their settings (read before they loaded) to
+    ``<split>/teachers.json``, newest first. A record that cannot be written is only a warning: the next status
+    loads the teachers."""
+    new = [{"stage": stage, "settings": wanted, "fingerprint": fps[stage]}
+           for stage, wanted in settings.items() if wanted is not None and stage in fps]
     if not new:
         return
     before = _read(split_path)

@@ -128,6 +128,11 @@ class Teacher(ABC):
         return param.default if param is not None and isinstance(param.default, str) else None
 
     @classmethod
+    def resolve_checkpoint(cls, checkpoint: str) -> str:
+        """The hub id, URL or path a ``checkpoint`` value names (a teacher's short names resolve here)."""
+        return checkpoint
+
+    @classmethod
     def check_records(cls, records: Iterable[Mapping[str, Any]]) -> str | None:
         """Why this teacher cannot serve a split whose COCO records (``TeacherInput.record`` dicts) are
         ``records``, or None; the build asks before any work (ground truth the split lacks, say)."""
@@ -167,7 +172,7 @@ def _check_device(device: str) -> None:
 def sha256_of_path(path: str | os.PathLike, names: Sequence[str] | None = None) -> str:
     """sha256 of a weights file, or of the files of a model folder: each one's relative name, size and bytes,
     in sorted order. Hidden files and folders (``.git``, the hub's ``.cache`` download records) and notes
-    (``*.md``, ``*.txt`` other than a tokenizer's ``merges.txt``) are left out: they change no output.
+    (``README*``, ``LICENSE*``, ``*.md``) are left out: they change no output.
 
     Args:
         path: a file or folder.
@@ -183,7 +188,7 @@ def sha256_of_path(path: str | os.PathLike, names: Sequence[str] | None = None) 
             rel = os.path.relpath(os.path.join(root, name), path)
             if names is not None and rel not in names:
                 continue
-            if name.startswith(".") or (name.endswith((".md", ".txt")) and name != "merges.txt"):
+            if name.startswith(".") or name.upper().startswith(("README", "LICENSE")) or name.endswith(".md"):
                 continue
             h.update(rel.encode() + b"\0" + os.path.getsize(os.path.join(root, name)).to_bytes(8, "little"))
             _hash_file(h, os.path.join(root, name))

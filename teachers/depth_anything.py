@@ -47,7 +47,7 @@ class DepthAnythingTeacher(Teacher):
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         if input_size < PATCH:
             raise TeacherError(f"input_size must be >= {PATCH}, got {input_size}")
-        self.checkpoint = VARIANTS.get(checkpoint, checkpoint)
+        self.checkpoint = self.resolve_checkpoint(checkpoint)
         self.input_size = int(input_size)
         from transformers import DepthAnythingForDepthEstimation
 
@@ -56,6 +56,11 @@ class DepthAnythingTeacher(Teacher):
         self.kind = "metric" if self.model.config.depth_estimation_type == "metric" else "relative"
         self._identity = {**checkpoint_identity(self.checkpoint, hub_revision(self.model, revision)),
                           "input_size": self.input_size, "kind": self.kind}
+
+    @classmethod
+    def resolve_checkpoint(cls, checkpoint: str) -> str:
+        """A short name of ``VARIANTS`` -> its hub id; anything else as it is."""
+        return VARIANTS.get(checkpoint, checkpoint)
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)

@@ -61,7 +61,8 @@ class Mask2FormerTeacher(Teacher):
         self.model.to(device=device, dtype=torch_dtype(dtype)).eval()
         self._identity = {**checkpoint_identity(checkpoint, hub_revision(self.model, revision)),
                           "input_size": self.input_size, "score_threshold": self.score_threshold,
-                          "overlap_threshold": self.overlap_threshold}
+                          "overlap_threshold": self.overlap_threshold,
+                          "merge": 2}  # 2: pixels outside the winning query's own mask are void
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)

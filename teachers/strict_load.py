@@ -38,18 +38,17 @@ def read_checkpoint(path: str | os.PathLike, teacher: str) -> dict[str, Any]:
     return obj
 
 
-def _tied(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
-    """Key -> the first key (sorted) of a tensor it shares its storage with, for every later such key."""
-    first: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    tied = {}
+def _tied(tensors: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Groups of two or more keys whose tensors are one (tied weights: the same storage, offset, shape and
+    strides), each sorted."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
     for key in sorted(tensors):
         t = tensors[key]
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if ident in first:
-            tied[key] = first[ident]
-        else:
-            first[ident] = key
-    return tied
+        if t.numel() == 0:  # empty tensors share no data worth tying
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        groups.setdefault(ident, []).append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], *, prefix: str, source: str,
@@ -65,9 +64,11 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], *, prefix: str
     """
     expected = {prefix + k: v for k, v in model.state_dict().items()}
     state = dict(state)
-    for alias, original in _tied(expected).items():  # tied weights saved once (safetensors' save_model)
-        if alias not in state and original in state:
-            state[alias] = state[original]
+    for keys in _tied(expected):  # tied weights saved once (safetensors' save_model keeps either one)
+        present = [k for k in keys if k in state]
+        for key in keys:
+            if present and key not in state:
+                state[key] = state[present[0]]
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     problems = []

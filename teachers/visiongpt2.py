@@ -189,7 +189,7 @@ class VisionGPT2Teacher(Teacher):
         ident = {"weights_sha256": self._weights_sha, "tokenizer": self._tokenizer_id,
                  "max_tokens": self.max_tokens, "sample": self.sample, "config": asdict(self.cfg)}
         if self.sample:
-            ident.update(temperature=self.temperature, seed=self.seed)
+            ident.update(temperature=self.temperature, seed=self.seed, sampling="per-image")
         return ident
 
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:

@@ -142,8 +142,11 @@ def test_folder_fingerprints_leave_out_hidden_files_and_notes(tmp_path) -> None:
     (tmp_path / ".cache" / "huggingface").mkdir(parents=True)
     (tmp_path / ".cache" / "huggingface" / "x.metadata").write_text("downloaded at 12:00")
     assert sha256_of_path(tmp_path) == base
-    (tmp_path / "merges.txt").write_text("a c")  # a tokenizer's merges are not notes
+    (tmp_path / "merges.txt").write_text("a c")  # a tokenizer's files are not notes
     assert sha256_of_path(tmp_path) != base
+    changed = sha256_of_path(tmp_path)
+    (tmp_path / "vocab.txt").write_text("[PAD]")
+    assert sha256_of_path(tmp_path) != changed
 
 
 def test_load_errors_say_what_the_file_is(tmp_path) -> None:
