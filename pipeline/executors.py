@@ -168,10 +168,10 @@ class _Unit:
     """A unit submitted to the local executor: run when a ``wait`` or ``result`` needs it, in submission order
     (so a unit's inputs, submitted before it, have run by then)."""
 
-    __slots__ = ("fn", "args", "value", "error", "ran")
+    __slots__ = ("fn", "args", "returns", "value", "error", "ran")
 
-    def __init__(self, fn: Callable[..., Any], args: Sequence[Any]) -> None:
-        self.fn, self.args = fn, args
+    def __init__(self, fn: Callable[..., Any], args: Sequence[Any], returns: int = 1) -> None:
+        self.fn, self.args, self.returns = fn, args, returns
         self.value: Any = None
         self.error: BaseException | None = None
         self.ran = False
@@ -214,28 +214,38 @@ class LocalExecutor(Executor):
 
     def _run(self, unit: _Unit) -> None:
         unit.ran = True
+        try:
+            self._attempt(unit)
+        finally:
+            unit.fn, unit.args = None, ()  # a finished unit holds no inputs (decoded pixels) alive
+
+    def _attempt(self, unit: _Unit) -> None:
         for arg in unit.args:
             if isinstance(arg, _Done) and arg.error is not None:
                 unit.error = arg.error
                 return
         args = [a.value if isinstance(a, _Done) else a for a in unit.args]
+        name = getattr(unit.fn, "__name__", unit.fn)
         for attempt in range(self.retries + 1):
             try:
-                unit.value = unit.fn(*args)
+                value = unit.fn(*args)
+                if unit.returns > 1 and len(value) != unit.returns:
+                    raise ValueError(f"unit {name} returned {len(value)} values, not {unit.returns}")
+                unit.value = value
                 return
             except Exception as e:  # a failed unit is reported, not fatal to the build
                 if attempt == self.retries:
                     unit.error = e
                     return
-                log.warning("unit %s failed (%s), retrying", getattr(unit.fn, "__name__", unit.fn), e)
+                log.warning("unit %s failed (%s), retrying", name, e)
 
-    def _enqueue(self, fn: Callable[..., Any], args: Sequence[Any]) -> _Unit:
-        unit = _Unit(fn, args)
+    def _enqueue(self, fn: Callable[..., Any], args: Sequence[Any], returns: int = 1) -> _Unit:
+        unit = _Unit(fn, args, returns)
         self._queue.append(unit)
         return unit
 
     def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
-        unit = self._enqueue(fn, args)
+        unit = self._enqueue(fn, args, num_returns)
         return _Done(unit) if num_returns == 1 else [_Done(unit, i) for i in range(num_returns)]
 
     def submit_teacher(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:

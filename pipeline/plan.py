@@ -4,7 +4,6 @@ split into shards and find the unfinished (stage, shard) units."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -201,17 +200,16 @@ def check_gensim_model(name: str) -> None:
                          "or `pip install gensim`") from None
     if (Path(gensim.downloader.BASE_DIR) / name).is_dir():
         return
-    quiet = logging.getLogger("gensim.downloader")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # it logs its own failure to reach the list: one line here
-    try:
-        known = gensim.downloader.info(name_only=True)["models"]
-    except Exception as e:  # noqa: BLE001 - offline: a URLError, a socket error, ...
+    import json
+    from urllib.request import urlopen
+
+    try:  # read the list itself, with a timeout: gensim's own call falls back to a stale local copy offline
+        with urlopen(gensim.downloader.DATA_LIST_URL, timeout=15) as response:
+            known = json.loads(response.read().decode())["models"]
+    except Exception as e:  # noqa: BLE001 - offline: a URLError, a socket timeout, ...
         raise BuildError(f"--glove {name}: not in gensim's data folder {gensim.downloader.BASE_DIR} and its "
                          f"download list cannot be reached ({type(e).__name__}); pass --glove glove.6B.300d.txt "
                          "(a GloVe text file)") from None
-    finally:
-        quiet.setLevel(level)
     if name not in known:
         raise BuildError(f"--glove {name}: gensim knows no such model (glove models: "
                          f"{', '.join(m for m in known if m.startswith('glove'))}), and it is no file")

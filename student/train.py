@@ -34,16 +34,25 @@ from student.model import YMapNet
 from student.targets import TargetSizes
 
 
+class _HardStop(KeyboardInterrupt):
+    """A second Ctrl-C inside a training step: stop at once and save nothing (the step is half done)."""
+
+
 class _StepGuard:
     """Holds a Ctrl-C (SIGINT) that arrives during a training step until the step has finished, so that the
     checkpoint it leads to never holds a half-done step (BatchNorm statistics updated but the step not counted,
-    or weights partly updated); outside a step, or at a second Ctrl-C, it interrupts at once as usual. Only the
-    main thread can take signals: elsewhere it does nothing."""
+    or weights partly updated). Outside a step a Ctrl-C interrupts at once; a second one inside a step stops
+    without saving. With ``hold_always`` (several ranks) every Ctrl-C outside a step is held too: the ranks stop
+    together after a step they agree on (see ``_agree``), none waiting in a collective for one that left. Only
+    the main thread can take signals: elsewhere it does nothing."""
 
-    def __init__(self) -> None:
-        self.in_step = False
+    _UNSET = object()
+
+    def __init__(self, hold_always: bool = False) -> None:
+        self.hold_always = hold_always
+        self.in_step = hold_always
         self.pending = False
-        self._previous: Any = None
+        self._previous: Any = self._UNSET
 
     def __enter__(self) -> "_StepGuard":
         if threading.current_thread() is threading.main_thread():
@@ -51,14 +60,23 @@ class _StepGuard:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not self._UNSET:  # None: a handler installed from C; default is what stands then
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self.in_step and not self.pending:
-            self.pending = True  # the loop stops before its next step
+            self.pending = True  # the loop stops after this step
             return
-        raise KeyboardInterrupt
+        raise _HardStop if self.in_step else KeyboardInterrupt
+
+
+def _agree(stop: bool, diverged: bool, world: int, device: torch.device) -> tuple[bool, bool]:
+    """(stop, diverged) as any rank has them: every rank acts alike or a collective would wait forever."""
+    if world == 1:
+        return stop, diverged
+    flags = torch.tensor([float(stop), float(diverged)], device=device)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return bool(flags[0]), bool(flags[1])
 
 
 def lr_at(cfg: TrainConfig, epoch: float) -> float:
@@ -206,9 +224,9 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         bar = _progress(cfg, main, steps_per_epoch, skip, epoch)
         tick = time.perf_counter()
         try:
-            with _StepGuard() as guard:
+            with _StepGuard(hold_always=world > 1) as guard:
                 for b in range(skip, steps_per_epoch):
-                    if guard.pending or (stop_at_step is not None and state["step"] >= stop_at_step):
+                    if stop_at_step is not None and state["step"] >= stop_at_step:
                         raise KeyboardInterrupt
                     host = next(batches)
                     guard.in_step = True
@@ -221,11 +239,12 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                         out = net(batch["images"])
                     loss, parts = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
                                                batch.get("multihot"), gains)
-                    if not torch.isfinite(loss):  # nothing sensible can come of the steps after it
+                    stop, diverged = _agree(guard.pending, not bool(torch.isfinite(loss)), world, device)
+                    if diverged:  # nothing sensible can come of the steps after it
                         raise FloatingPointError(
                             f"the training loss is {loss.item()} at step {state['step'] + 1}; lower --lr (or use "
                             f"--amp none), and check the store with `shards verify`; {last} holds the last "
-                            "finished epoch")
+                            "finished epoch, if one finished")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -247,9 +266,16 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                         writer.add_scalar("train/samples_per_s", rate, state["step"])
                         for name, value in parts.items():
                             writer.add_scalar(f"train/{name}", value.item(), state["step"])
-                    guard.in_step = False
-                if guard.pending:  # Ctrl-C during the epoch's last step
+                    guard.in_step = guard.hold_always
+                    if stop or (world == 1 and guard.pending):  # the step is done: save it and stop
+                        raise KeyboardInterrupt
+                if _agree(guard.pending, False, world, device)[0]:  # Ctrl-C during the epoch's last step
                     raise KeyboardInterrupt
+        except _HardStop:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            raise
         except KeyboardInterrupt:
             bar.close()
             return interrupted(epoch)
@@ -383,6 +409,10 @@ def run(args: argparse.Namespace) -> int:
     except FloatingPointError as e:  # a diverged run
         print(f"student train: {e}", file=sys.stderr)
         return 1
+    except _HardStop:
+        print("student train: stopped at once by a second Ctrl-C; the half-done step is not saved (last.pt, if "
+              "any, holds the last save)", file=sys.stderr)
+        return 130
     state = "interrupted" if result["interrupted"] else "done"
     best = result["best"] if math.isfinite(result["best"]) else None  # no validation ran: JSON has no Infinity
     if int(os.environ.get("RANK", 0)) == 0:

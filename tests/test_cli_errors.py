@@ -413,14 +413,18 @@ def test_pipeline_missing_panoptic_ground_truth_fails_before_any_work(demo_root:
 ])
 def test_pipeline_gensim_glove_that_cannot_be_had(demo_root: Path, tmp_path: Path, monkeypatch, listing, message,
                                                   fakes, capsys: pytest.CaptureFixture) -> None:
+    import io
+    import urllib.request
+
     import gensim.downloader
 
-    def info(name_only: bool = False):
+    def urlopen(url: str, timeout: float):  # gensim's list of models, or no network
+        assert url == gensim.downloader.DATA_LIST_URL and timeout > 0
         if isinstance(listing, Exception):
             raise listing
-        return listing
+        return io.BytesIO(json.dumps(listing).encode())
 
-    monkeypatch.setattr(gensim.downloader, "info", info)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     monkeypatch.setattr(gensim.downloader, "BASE_DIR", str(tmp_path / "gensim-data"))
     rc = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--split",
                         "train2017", "--out", str(tmp_path / "store"), "--glove", "glove-wiki-gigaword-300",

@@ -334,3 +334,25 @@ def test_a_split_the_store_lacks_names_the_splits_it_has(store: Path, tmp_path: 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "has no split 'test2017' (it has train2017, val2017)" in err and "--val-split" in err
+
+
+def test_a_second_ctrl_c_inside_a_step_stops_without_saving_it(store: Path, tmp_path: Path, monkeypatch,
+                                                               one_thread) -> None:
+    import os
+    import signal
+
+    import student.train as train_module
+
+    real_loss = train_module.compute_loss
+
+    def loss_then_two_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # held: the step would finish
+        os.kill(os.getpid(), signal.SIGINT)  # the second one stops at once
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "compute_loss", loss_then_two_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(store, tmp_path / "run"))
+    assert not (tmp_path / "run" / "last.pt").exists()  # nothing half-done was saved
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is restored
