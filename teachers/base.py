@@ -155,6 +155,8 @@ class Teacher(ABC):
 
 def _check_device(device: str) -> None:
     """TeacherError unless ``device`` is cpu, or a CUDA device this process sees."""
+    if device == "cpu":  # the common case needs no torch import (an actor process starts faster without it)
+        return
     import torch
 
     try:

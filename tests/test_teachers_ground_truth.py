@@ -172,3 +172,13 @@ def test_model_teacher_device_and_batch_size_are_checked(kwargs, needle, tmp_pat
 def test_inputs_must_be_teacher_inputs() -> None:
     with pytest.raises(TeacherError, match="takes TeacherInput"):
         create_teacher("caption-gt")([np.zeros((4, 4, 3), np.uint8)])
+
+
+def test_a_cpu_teacher_checks_its_device_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from teachers.base import _check_device; _check_device('cpu'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # a Ray actor hosting such a teacher starts without torch's import time
