@@ -199,8 +199,12 @@ def _build_targets(args: argparse.Namespace) -> int:
             print(f"pipeline: note: {', '.join(ignored)} apply to --executor ray only; ignored", file=sys.stderr)
     _note_teachers_differ_from_vocab_split(config)
     report = build_targets(config)
-    print(summary_table(report))
-    return 0 if report["ok"] else 1
+    code = 0 if report["ok"] else 1
+    try:
+        print(summary_table(report))
+    except BrokenPipeError:  # piped into `head`: the build's result still decides the exit code
+        sys.stdout = open(os.devnull, "w")
+    return code
 
 
 def _note_teachers_differ_from_vocab_split(config: BuildConfig) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, torch_dtype
+from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, integer, torch_dtype
 from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox_batch, unletterbox
 
 DEFAULT_CHECKPOINT = "depth-anything/Depth-Anything-V2-Large-hf"
@@ -45,8 +45,7 @@ class DepthAnythingTeacher(Teacher):
     def __init__(self, *, checkpoint: str = DEFAULT_CHECKPOINT, revision: str | None = None,
                  input_size: int = 686, device: str = "cpu", dtype: str = "float32", batch_size: int = 8) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        if input_size < PATCH:
-            raise TeacherError(f"input_size must be >= {PATCH}, got {input_size}")
+        input_size = integer("input_size", input_size, PATCH)
         self.checkpoint = self.resolve_checkpoint(checkpoint)
         self.input_size = int(input_size)
         from transformers import DepthAnythingForDepthEstimation

@@ -13,7 +13,7 @@ import pickle
 from typing import Any, Sequence
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, sha256_of_path
-from teachers.loading import load_or_fail, require
+from teachers.loading import integer, load_or_fail, require
 from teachers.panoptic_ids import PANOPTIC_OUTPUTS, contiguous_from_detectron2
 from teachers.preprocess import letterbox_batch
 
@@ -97,8 +97,7 @@ class PanopticFPNTeacher(Teacher):
                  opts: Sequence[str] = (), input_size: int = 1067, device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 4) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        if input_size < STRIDE:
-            raise TeacherError(f"input_size must be >= {STRIDE}, got {input_size}")
+        input_size = integer("input_size", input_size, STRIDE)
         require("detectron2", self.name, "detectron2")
         from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.modeling import build_model

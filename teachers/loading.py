@@ -80,6 +80,13 @@ def load_or_fail(teacher: str, checkpoint: str, load: Callable[[], T]) -> T:
                            f"({first_line(exc)})") from exc
 
 
+def integer(name: str, value: Any, least: int) -> int:
+    """``value`` as an int >= ``least``; a float, a string or a smaller number is a TeacherError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise TeacherError(f"{name} must be an integer >= {least}, got {value!r}")
+    return value
+
+
 def unit_interval(name: str, value: Any) -> float:
     """``value`` as a float in [0, 1]; anything else (NaN included) is a TeacherError naming the parameter."""
     try:

@@ -6,7 +6,8 @@ from typing import Any
 
 from shards.taxonomy import NUM_PANOPTIC_CLASSES, PANOPTIC_CLASSES, PANOPTIC_VOID
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, torch_dtype, unit_interval
+from teachers.loading import (checkpoint_identity, from_pretrained_strict, hub_revision, integer, torch_dtype,
+                              unit_interval)
 from teachers.panoptic_ids import PANOPTIC_OUTPUTS
 from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox_batch, unletterbox
 
@@ -46,8 +47,7 @@ class Mask2FormerTeacher(Teacher):
                  input_size: int = 1067, score_threshold: float = 0.8, overlap_threshold: float = 0.8,
                  device: str = "cpu", dtype: str = "float32", batch_size: int = 4) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        if input_size < STRIDE:
-            raise TeacherError(f"input_size must be >= {STRIDE}, got {input_size}")
+        input_size = integer("input_size", input_size, STRIDE)
         from transformers import Mask2FormerForUniversalSegmentation
 
         self.checkpoint = checkpoint

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from teachers.base import MissingExtraError, Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.loading import checkpoint_identity, load_or_fail, require, unit_interval
+from teachers.loading import checkpoint_identity, integer, load_or_fail, require, unit_interval
 from teachers.preprocess import letterbox_batch
 
 EXTRA = "ocr"
@@ -53,7 +53,7 @@ class RapidOCRTeacher(Teacher):
                  box_thresh: float = 0.5, unclip_ratio: float = 1.6, device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 8) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        if input_size < STRIDE or input_size % STRIDE:
+        if integer("input_size", input_size, STRIDE) % STRIDE:
             raise TeacherError(f"input_size must be a positive multiple of {STRIDE}, got {input_size}")
         thresh, box_thresh = unit_interval("thresh", thresh), unit_interval("box_thresh", box_thresh)
         if not (isinstance(unclip_ratio, (int, float)) and 0 < unclip_ratio < float("inf")):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, load_or_fail, torch_dtype
+from teachers.loading import (checkpoint_identity, from_pretrained_strict, hub_revision, integer, load_or_fail,
+                              torch_dtype)
 from teachers.preprocess import resize_batch
 
 DEFAULT_CHECKPOINT = "nlpconnect/vit-gpt2-image-captioning"
@@ -37,8 +38,7 @@ class ViTGPT2Teacher(Teacher):
     def __init__(self, *, checkpoint: str = DEFAULT_CHECKPOINT, revision: str | None = None, num_beams: int = 4,
                  max_length: int = 16, device: str = "cpu", dtype: str = "float32", batch_size: int = 16) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        if num_beams < 1 or max_length < 1:
-            raise TeacherError(f"num_beams and max_length must be >= 1, got {num_beams} and {max_length}")
+        num_beams, max_length = integer("num_beams", num_beams, 1), integer("max_length", max_length, 1)
         from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
         self.checkpoint = checkpoint
@@ -62,6 +62,10 @@ class ViTGPT2Teacher(Teacher):
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else self.tokenizer.eos_token_id
         if self.start_id is None:
             raise TeacherError(f"teacher {self.name!r}: checkpoint {checkpoint!r} defines no decoder start token")
+        positions = getattr(config.decoder, "n_positions", None) or getattr(config.decoder, "max_position_embeddings",
+                                                                            None)
+        if positions and self.max_length > positions:
+            raise TeacherError(f"max_length must be at most {positions} (the decoder's positions), got {max_length}")
         self._identity = {**checkpoint_identity(checkpoint, hub_revision(self.model, revision)),
                           "num_beams": self.num_beams, "max_length": self.max_length}
 

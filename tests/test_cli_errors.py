@@ -368,8 +368,8 @@ def test_pipeline_bad_parameter_value_is_not_called_unknown(demo_root: Path, tmp
                         "--out", str(tmp_path / "store"), "--depth-param", "input_size=abc", "--device", "cpu",
                         "--stages", "depth"])
     assert rc == 2
-    err = _one_line(capsys)  # depth-anything-v2 compares input_size before it loads anything
-    assert "cannot use the parameters {'input_size': 'abc'} (--depth-param)" in err and "does not take" not in err
+    err = _one_line(capsys)  # depth-anything-v2 checks input_size before it loads anything
+    assert "input_size must be an integer >= 14, got 'abc'" in err and "does not take" not in err
     rc = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--split", SPLIT,
                         "--out", str(tmp_path / "store"), "--depth-teacher", "fake-depth", "--depth-param",
                         "nosuch=1", "--device", "cpu", "--stages", "depth"])

@@ -193,3 +193,14 @@ def test_mask2former_merge_leaves_pixels_outside_the_winning_mask_void() -> None
 def test_impossible_thresholds_are_refused(name, params, needle, checkpoints) -> None:
     with pytest.raises(TeacherError, match=re.escape(needle)):
         create_teacher(name, checkpoint=checkpoints[name], **params)
+
+
+@pytest.mark.parametrize("name, params, needle", [
+    ("depth-anything-v2", {"input_size": 700.5}, "input_size must be an integer >= 14, got 700.5"),
+    ("mask2former", {"input_size": "big"}, "input_size must be an integer >= 32, got 'big'"),
+    ("vit-gpt2", {"max_length": 10**6}, "max_length must be at most 64 (the decoder's positions)"),
+    ("vit-gpt2", {"num_beams": 0}, "num_beams must be an integer >= 1, got 0"),
+])
+def test_impossible_sizes_are_refused(name, params, needle, checkpoints) -> None:
+    with pytest.raises(TeacherError, match=re.escape(needle)):
+        create_teacher(name, checkpoint=checkpoints[name], **params)
