@@ -56,12 +56,9 @@ def _column_records(reader: StoreReader, column: str) -> dict[str, ShardRecord]:
     except (OSError, ValueError) as e:
         raise StoreFault(f"column {column!r}: cannot read {location} ({e}); run `shards verify`") from None
     try:
-        records = parse_column_record(doc, location)
+        return parse_column_record(doc, location, fp)
     except StoreError as e:
         raise StoreFault(str(e)) from None
-    if doc["fingerprint"] != fp:
-        raise StoreFault(f"{location} is for fingerprint {doc['fingerprint']!r}, the manifest says {fp!r}")
-    return records
 
 
 def _check_source(reader: StoreReader, records: dict[str, ShardRecord], column: str, shard: str) -> None:

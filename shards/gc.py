@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards.atomic import locked
-from shards.layout import column_dir, manifest_path, shard_path, split_dir
+from shards.layout import column_dir, manifest_path, split_dir
 from shards.manifest import Manifest, StoreError, load_manifest, read_json
 from shards.schema import COLUMN_RECORD_NAME, COLUMNS
 from shards.writer import ColumnWriter
@@ -82,13 +82,11 @@ def _active_problem(split_path: Path, manifest: Manifest, column: str) -> str | 
         return f"its active version {fp[:12]} does not exist"
     writer = ColumnWriter(split_path, column, fp)
     try:
-        records = writer.records()
+        writer.records()  # a broken column.json is reported as such, not as a missing shard
     except (StoreError, ValueError) as e:
         return f"its active version {fp[:12]} has no usable column.json ({e})"
     for entry in manifest.shards:
-        rec = records.get(entry.name)
-        path = shard_path(writer.dir, entry.name)
-        if rec is None or not path.is_file() or path.stat().st_size != rec.bytes:
+        if not writer.is_done(entry.name, check_sha256=False):
             return f"its active version {fp[:12]} lacks shard {entry.name} (no record, no file or a wrong size)"
     return None
 

@@ -33,11 +33,18 @@ class ShardRecord:
 _RECORD_FIELDS = {"count": int, "bytes": int, "sha256": str, "keys_sha256": str}
 
 
-def parse_column_record(doc: Any, source: str | os.PathLike) -> dict[str, ShardRecord]:
+def parse_column_record(doc: Any, source: str | os.PathLike, fingerprint: str | None = None
+                        ) -> dict[str, ShardRecord]:
     """The shard records of a parsed ``column.json``, by shard name.
 
+    Args:
+        doc: the parsed file.
+        source: where it was read, for messages.
+        fingerprint: the version it must belong to (the manifest's), if known.
+
     Raises:
-        StoreError: ``doc`` is not a column record (wrong shape or types): one line naming ``source``.
+        StoreError: ``doc`` is not a column record (wrong shape or types), or one of another version: one line
+            naming ``source``.
     """
     from shards.manifest import StoreError, json_kind  # local import: manifest imports this module
 
@@ -56,6 +63,8 @@ def parse_column_record(doc: Any, source: str | os.PathLike) -> dict[str, ShardR
             raise bad(f"shard {name}: {json.dumps(rec)[:80]} is not "
                       f"{{count, bytes, sha256, keys_sha256}}")
         records[name] = ShardRecord(**rec)
+    if fingerprint is not None and doc["fingerprint"] != fingerprint:
+        raise StoreError(f"{source} is for fingerprint {doc['fingerprint']!r}, the manifest says {fingerprint!r}")
     return records
 
 
