@@ -5,9 +5,10 @@ which ``Teacher.fingerprint`` leaves out) and the weights those keywords name. E
 ``<split>/teachers.json`` the fingerprint of each teacher it loaded, next to its *settings*, read before the
 teachers load: the teacher's class, the sha256 of the ``teachers`` package's sources, the versions of the
 packages that shape outputs (torch, transformers, detectron2, rapidocr, ...), its keywords, the size and
-modification time of every local file or folder a keyword or the default checkpoint names (hidden files left
-out), and the commit that the local Hugging Face cache resolves for a hub id (the default checkpoint,
-``Teacher.default_checkpoint``, when none is given; short names through ``Teacher.resolve_checkpoint``).
+modification time of every local file or folder a keyword or the default checkpoint names (of a folder, the
+files its fingerprint hashes), and the commit that the local Hugging Face cache resolves for a hub id (the
+default checkpoint, ``Teacher.default_checkpoint``, when none is given; short names through
+``Teacher.resolve_checkpoint``).
 ``pipeline status`` takes a recorded fingerprint when the settings it would load a teacher with are exactly
 those, and loads that teacher otherwise (with ``--recheck``, always). What the settings cannot see: a hub model
 that a new download would update (only the local cache is read), a file replaced by one of the same size and
@@ -44,18 +45,12 @@ _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def _path_state(path: str) -> list[Any]:
-    """Size and modification time of a file, or of every file (relative name, sorted) of a folder."""
+    """Size and modification time of a file, or of each of the files a folder's fingerprint hashes
+    (``teachers.base.model_files``, with their relative names)."""
+    from teachers.base import model_files
+
     if os.path.isdir(path):
-        state = []
-        for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # the hub's download records change
-            for name in sorted(files):
-                if name.startswith("."):
-                    continue
-                full = os.path.join(root, name)
-                st = os.stat(full)
-                state.append([os.path.relpath(full, path), st.st_size, st.st_mtime_ns])
-        return state
+        return [[rel, *_path_state(os.path.join(path, rel))] for rel in model_files(path)]
     st = os.stat(path)
     return [st.st_size, st.st_mtime_ns]
 

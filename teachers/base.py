@@ -171,10 +171,23 @@ def _check_device(device: str) -> None:
         raise TeacherError(f"device {device!r}: teachers run on cpu or cuda")
 
 
+def model_files(folder: str | os.PathLike) -> list[str]:
+    """The files of a model folder that can change a teacher's output, as relative paths in a fixed order:
+    hidden files and folders (``.git``, the hub's ``.cache`` download records) and notes (``README*``,
+    ``LICENSE*``, ``*.md``) are left out."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or name.upper().startswith(("README", "LICENSE")) or name.endswith(".md"):
+                continue
+            found.append(os.path.relpath(os.path.join(root, name), folder))
+    return found
+
+
 def sha256_of_path(path: str | os.PathLike, names: Sequence[str] | None = None) -> str:
-    """sha256 of a weights file, or of the files of a model folder: each one's relative name, size and bytes,
-    in sorted order. Hidden files and folders (``.git``, the hub's ``.cache`` download records) and notes
-    (``README*``, ``LICENSE*``, ``*.md``) are left out: they change no output.
+    """sha256 of a weights file, or of the ``model_files`` of a folder: each one's relative name, size and
+    bytes, in order.
 
     Args:
         path: a file or folder.
@@ -184,16 +197,12 @@ def sha256_of_path(path: str | os.PathLike, names: Sequence[str] | None = None) 
     if not os.path.isdir(path):
         _hash_file(h, path)
         return h.hexdigest()
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            rel = os.path.relpath(os.path.join(root, name), path)
-            if names is not None and rel not in names:
-                continue
-            if name.startswith(".") or name.upper().startswith(("README", "LICENSE")) or name.endswith(".md"):
-                continue
-            h.update(rel.encode() + b"\0" + os.path.getsize(os.path.join(root, name)).to_bytes(8, "little"))
-            _hash_file(h, os.path.join(root, name))
+    for rel in model_files(path):
+        if names is not None and rel not in names:
+            continue
+        full = os.path.join(path, rel)
+        h.update(rel.encode() + b"\0" + os.path.getsize(full).to_bytes(8, "little"))
+        _hash_file(h, full)
     return h.hexdigest()
 
 
