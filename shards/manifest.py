@@ -13,28 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from shards.atomic import atomic_write_json, locked
+from shards.errors import StoreError, StoreFault, is_json_type, json_kind, read_json
 from shards.layout import column_dir, manifest_path
 from shards.schema import COLUMNS, DEFAULT_SHARD_SIZE, DEFAULT_STORE_SIZE, MANIFEST_NAME, STORE_FORMAT
 from shards.writer import ColumnWriter
 
-
-class StoreError(RuntimeError):
-    """The store on disk is missing, incomplete or inconsistent; the message names the path and the fix."""
-
-
-class StoreFault(StoreError):
-    """A file of the store differs from what the manifest or a ``column.json`` records (a damaged store, as
-    ``shards verify`` would report it); the ``shards`` command exits 1 on it, not 2."""
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise StoreError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{path}: corrupt JSON ({e})") from None
+# StoreError, StoreFault and read_json are defined in shards.errors (the writer needs them too) and offered here,
+# where the store's readers have always imported them from.
+__all__ = ["Manifest", "ShardEntry", "StoreError", "StoreFault", "activate_column", "is_plain_name", "load_manifest",
+           "missing_shards", "read_json", "save_manifest", "update_manifest"]
 
 
 @dataclass
@@ -98,17 +85,6 @@ _OPTIONAL = {"rejected": int, "config": dict, "num_samples": int}
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
 
 
-def json_kind(value: Any) -> str:
-    """The JSON name of a parsed value's type, for messages: ``[1] -> 'an array'``."""
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-             float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _is(value: Any, kind: type) -> bool:
-    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-
-
 def is_plain_name(name: Any) -> bool:
     """True for a string usable as one path component (a shard, column or fingerprint name)."""
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
@@ -125,7 +101,7 @@ def _manifest_problem(d: Any) -> str | None:
     if unknown:
         return f"unknown key(s) {', '.join(map(repr, unknown))}"
     for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
-        if key in d and not _is(d[key], kind):
+        if key in d and not is_json_type(d[key], kind):
             return f"{key} is {json.dumps(d[key])[:40]}, not {_TYPE_NAMES[kind]}"
     for key, least in (("size", 1), ("shard_size", 1), ("rejected", 0)):
         if d.get(key, least) < least:
@@ -133,7 +109,7 @@ def _manifest_problem(d: Any) -> str | None:
     names = set()
     for i, s in enumerate(d["shards"]):
         if not (isinstance(s, dict) and set(s) == {"name", "count"} and is_plain_name(s["name"])
-                and _is(s["count"], int) and s["count"] >= 0):
+                and is_json_type(s["count"], int) and s["count"] >= 0):
             return f"shards[{i}] is {json.dumps(s)[:60]}, not {{\"name\": <shard name>, \"count\": <samples>}}"
         if s["name"] in names:
             return f"shard {s['name']} is listed twice"

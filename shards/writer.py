@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Iterable, Mapping
 
 from shards.atomic import atomic_write_bytes, atomic_write_json, locked
 from shards.codecs import encode_sample
+from shards.errors import StoreError, is_json_type, json_kind, read_json
 from shards.layout import column_dir, column_record_path, shard_path
 from shards.schema import column as get_column
 
@@ -46,8 +47,6 @@ def parse_column_record(doc: Any, source: str | os.PathLike, fingerprint: str | 
         StoreError: ``doc`` is not a column record (wrong shape or types), or one of another version: one line
             naming ``source``.
     """
-    from shards.manifest import StoreError, json_kind  # local import: manifest imports this module
-
     def bad(problem: str) -> StoreError:
         return StoreError(f"{source}: not a column record ({problem})")
 
@@ -58,7 +57,7 @@ def parse_column_record(doc: Any, source: str | os.PathLike, fingerprint: str | 
     records = {}
     for name, rec in doc["shards"].items():
         if not (isinstance(rec, dict) and set(rec) == set(_RECORD_FIELDS) and all(
-                isinstance(rec[k], t) and not isinstance(rec[k], bool) for k, t in _RECORD_FIELDS.items())
+                is_json_type(rec[k], t) for k, t in _RECORD_FIELDS.items())
                 and rec["count"] >= 0 and rec["bytes"] >= 0):
             raise bad(f"shard {name}: {json.dumps(rec)[:80]} is not "
                       f"{{count, bytes, sha256, keys_sha256}}")
@@ -187,8 +186,6 @@ class ColumnWriter:
         return not check_sha256 or file_sha256(path) == rec.sha256
 
     def _load(self) -> dict[str, Any]:
-        from shards.manifest import read_json  # local import: manifest imports this module
-
         doc = read_json(self.record_path) if self.record_path.exists() else None
         if doc is None:
             doc = {"column": self.column.name, "fingerprint": self.fingerprint, "spec": self.spec, "shards": {}}
