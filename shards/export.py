@@ -2,8 +2,8 @@
 
 The result is what third-party tools expect (``webdataset.WebDataset("out/train2017-{000000..000117}.tar")``);
 tars are deterministic, and ``export.json`` records the source versions. Every source shard is checked against
-its ``column.json`` record before it is packed, and the tars appear under their names only once all of them are
-written, so a damaged store never yields an export, nor a half-written one.
+its ``column.json`` record while it is packed (read once, hashed on the way), and the tars appear under their
+names only once all of them are written, so a damaged store never yields an export, nor a half-written one.
 """
 
 from __future__ import annotations
@@ -61,29 +61,81 @@ def _column_records(reader: StoreReader, column: str) -> dict[str, ShardRecord]:
         raise StoreFault(str(e)) from None
 
 
-def _check_source(reader: StoreReader, records: dict[str, ShardRecord], column: str, shard: str) -> None:
-    """Raise a StoreFault unless the source tar of ``shard`` in ``column`` has its recorded size and sha256.
+class _HashingReader:
+    """A stream wrapper that keeps the sha256 and size of what is read through it; closing it first reads the
+    rest (the tar's trailing blocks, or all that follows a parse error), so the digest covers the whole file."""
 
-    The tar is read once here and once more to pack it: a streaming check would need the reader to hash what
-    it parses, and the second read of a local shard comes from the page cache.
-    """
-    where = f"shard {shard} column {column!r}"
-    rec = records.get(shard)
-    if rec is None:
-        raise StoreFault(f"{where}: no record in column.json (the shard was never finished); run `shards verify`")
-    location = reader.shard_location(column, shard)
-    h, size = hashlib.sha256(), 0
-    try:
-        with open_stream(location) as f:
-            for block in iter(lambda: f.read(_CHUNK), b""):
-                h.update(block)
-                size += len(block)
-    except OSError as e:
-        raise StoreFault(f"{where}: cannot read {location} ({e}); run `shards verify`") from None
-    if size != rec.bytes or h.hexdigest() != rec.sha256:
-        what = f"{size} bytes, column.json says {rec.bytes}" if size != rec.bytes else "sha256 differs from column.json"
-        raise StoreFault(f"{where}: {location} is damaged ({what}); nothing exported; "
+    def __init__(self, location: str) -> None:
+        self.location, self.sha256, self.bytes = location, hashlib.sha256(), 0
+        self.f = open_stream(location)
+        self.error: OSError | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+    def close(self) -> None:
+        try:
+            while self.read(_CHUNK):
+                pass
+        except OSError as e:
+            self.error = e
+        finally:
+            self.f.close()
+
+    def __enter__(self) -> "_HashingReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check(where: str, rec: ShardRecord, stream: _HashingReader) -> None:
+    """Raise a StoreFault unless ``stream``, read to its end, had the size and sha256 that ``rec`` records."""
+    if stream.error is not None:
+        raise StoreFault(f"{where}: cannot read {stream.location} ({stream.error}); run `shards verify`")
+    if stream.bytes != rec.bytes or stream.sha256.hexdigest() != rec.sha256:
+        what = (f"{stream.bytes} bytes, column.json says {rec.bytes}" if stream.bytes != rec.bytes
+                else "sha256 differs from column.json")
+        raise StoreFault(f"{where}: {stream.location} is damaged ({what}); nothing exported; "
                          "run `shards verify` to locate the damage")
+
+
+def _pack_shard(reader: StoreReader, records: dict[str, dict[str, ShardRecord]], shard: str,
+                sink: BinaryIO) -> list[str]:
+    """Write the joined samples of ``shard`` as one tar to ``sink``, checking every source tar against its
+    ``column.json`` record on the way (each is read once); returns the keys.
+
+    Raises:
+        StoreFault: a source tar has no record, cannot be read, or differs from its record (also when that
+            difference is what made it unreadable as a tar).
+    """
+    where = {c: f"shard {shard} column {c!r}" for c in reader.columns}
+    for c in reader.columns:
+        if shard not in records[c]:
+            raise StoreFault(f"{where[c]}: no record in column.json (the shard was never finished); "
+                             "run `shards verify`")
+    streams: dict[str, _HashingReader] = {}
+
+    def opener(location: str) -> _HashingReader:
+        streams[location] = _HashingReader(location)
+        return streams[location]
+
+    try:
+        keys = write_tar(sink, ((s.pop("__key__"), {k: v for k, v in s.items() if k != "__shard__"})
+                                for s in reader.read_shard(shard, opener)))
+    except StoreError as e:  # unreadable: a damaged file says so as a fault, whatever the parser tripped on
+        for c in reader.columns:
+            location = reader.shard_location(c, shard)
+            if location not in streams:  # the tar that failed to open (they open in column order)
+                raise StoreFault(f"{e}; run `shards verify`") from None
+            _check(where[c], records[c][shard], streams[location])
+        raise
+    for c in reader.columns:
+        _check(where[c], records[c][shard], streams[reader.shard_location(c, shard)])
+    return keys
 
 
 def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.PathLike,
@@ -115,15 +167,12 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
     shards, total = [], 0
     try:
         for shard in reader.manifest.shard_names:
-            for c in reader.columns:
-                _check_source(reader, records[c], c, shard)
             final = out / f"{shard}.tar"
             fd, tmp = temp_file_beside(final)
             written.append((tmp, final))
             with os.fdopen(fd, "wb") as f:
                 sink = _HashingWriter(f)
-                keys = write_tar(sink, ((s.pop("__key__"), {k: v for k, v in s.items() if k != "__shard__"})
-                                        for s in reader.read_shard(shard)))
+                keys = _pack_shard(reader, records, shard, sink)
                 f.flush()
                 os.fsync(f.fileno())
             shards.append({"name": shard, "count": len(keys), "sha256": sink.sha256.hexdigest()})

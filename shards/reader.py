@@ -12,7 +12,7 @@ import os
 import random
 import sys
 from contextlib import ExitStack
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from shards.codecs import DECODERS, CodecError
 from shards.manifest import Manifest, StoreError
@@ -115,12 +115,13 @@ class StoreReader:
         """Where the tar of ``shard`` of the active version of ``column`` lives."""
         return join(self.root, self.split, column, self.manifest.columns[column], f"{shard}.tar")
 
-    def read_shard(self, shard: str) -> Iterator[dict[str, Any]]:
-        """Every sample of one shard in stored order (no splitting, no shuffling), decoded per ``decode``."""
+    def read_shard(self, shard: str, opener: Callable[[str], BinaryIO] = open_stream) -> Iterator[dict[str, Any]]:
+        """Every sample of one shard in stored order (no splitting, no shuffling), decoded per ``decode``;
+        ``opener`` opens each column's tar (``open_stream``, or a wrapper of it that also hashes the bytes)."""
         if shard not in self.manifest.shard_names:
             raise StoreError(f"no shard {shard!r} in split {self.split!r} "
                              f"({len(self.manifest.shards)} shards: {', '.join(self.manifest.shard_names[:3])}...)")
-        stream = self._join_shard(shard)
+        stream = self._join_shard(shard, opener)
         return self._decode(stream) if self.decode else self._raw(stream)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -153,14 +154,14 @@ class StoreReader:
         for shard in shards:
             yield from self._join_shard(shard)
 
-    def _join_shard(self, shard: str) -> Iterator[Raw]:
+    def _join_shard(self, shard: str, opener: Callable[[str], BinaryIO] = open_stream) -> Iterator[Raw]:
         """Read every chosen column of one shard in lockstep; keys must match sample by sample."""
         with ExitStack() as stack:
             columns = []
             for c in self.columns:
                 location = self.shard_location(c, shard)
                 try:
-                    f = stack.enter_context(open_stream(location))
+                    f = stack.enter_context(opener(location))
                 except OSError as e:
                     raise StoreError(f"shard {shard} column {c!r}: cannot open {location} ({e})") from None
                 columns.append((c, iter_samples(f), self._exts[c]))

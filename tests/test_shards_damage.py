@@ -260,6 +260,33 @@ def test_export_refuses_a_damaged_shard(store: Path, tmp_path: Path, damage: str
         export_webdataset(store, SPLIT, out_dir, ["base", "normals"])
 
 
+def test_export_reads_each_source_shard_once(clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shards.export
+    import shards.reader
+
+    opened: list[str] = []
+    real = shards.export.open_stream
+
+    def counting(location: str):
+        opened.append(location)
+        return real(location)
+
+    for module in (shards.export, shards.reader):  # a check before packing would open every tar twice
+        monkeypatch.setattr(module, "open_stream", counting)
+    reader = StoreReader(clean, SPLIT)
+    export_webdataset(clean, SPLIT, tmp_path / "x")
+    expected = [reader.shard_location(c, s) for s in reader.manifest.shard_names for c in reader.columns]
+    assert opened == expected
+
+
+def test_export_names_a_missing_source_shard(store: Path, tmp_path: Path) -> None:
+    f = _shard(store, "depth", "train2017-000001")
+    f.unlink()
+    with pytest.raises(StoreFault, match=r"shard train2017-000001 column 'depth': cannot open .*depth"):
+        export_webdataset(store, SPLIT, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_failed_export_keeps_a_previous_one(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out_dir = tmp_path / "x"
     export_webdataset(store, SPLIT, out_dir)
@@ -273,8 +300,8 @@ def test_export_removes_its_temporary_tars_on_any_error(store: Path, tmp_path: P
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     real = StoreReader.read_shard
 
-    def read_shard(self: StoreReader, shard: str):  # the third shard breaks half-way through
-        for i, sample in enumerate(real(self, shard)):
+    def read_shard(self: StoreReader, shard: str, *args: Any):  # the third shard breaks half-way through
+        for i, sample in enumerate(real(self, shard, *args)):
             if shard.endswith("2") and i == 0:
                 raise StoreError("disk went away")
             yield sample
