@@ -225,6 +225,10 @@ def absolute_paths(config: "BuildConfig") -> "BuildConfig":
     return dataclasses.replace(config, **changes)
 
 
+#: Threads that check the sha256 of finished shards when a build plans (a resumed train2017 store: tens of GB).
+HASH_THREADS = min(8, os.cpu_count() or 1)
+
+
 def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recorded: bool = False) -> Plan:
     """Check the inputs and plan the build; raises BuildError (one line) before any unit runs.
 
@@ -281,9 +285,11 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
 
     pending: dict[str, set[str]] = {}
     for s in run_stages:
-        writer = ColumnWriter(split_path, s, fps[s])
-        forced = config.force and s in chosen
-        pending[s] = {sh for sh in shards if forced or not writer.is_done(sh)
+        if config.force and s in chosen:
+            pending[s] = set(shards)
+            continue
+        done = ColumnWriter(split_path, s, fps[s]).done_shards(shards, threads=HASH_THREADS)
+        pending[s] = {sh for sh in shards if sh not in done
                       or (s == "base" and not rejected_path(split_path, fps[s], sh).is_file())}
     if "tokens" in run_stages and vocab_path is None:
         existing = column_dir(split_path, "tokens", fps["tokens"]) / VOCAB_NAME

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]:
     """Status of every stage of ``config.split`` against the versions ``config`` asks for.
 
-    A shard is *done* when the requested version holds it (record, size and sha256 valid), *stale* when only
+    A shard is *done* when the requested version holds it (record, size and sha256 valid; for base also its
+    list of rejected images), *stale* when only
     the active, older version holds it, else *missing*. A teacher's fingerprint comes from the split's
     ``teachers.json`` when a build recorded it for the same settings (``pipeline.teacher_record``); otherwise,
     and for every teacher with ``recheck``, the teacher is loaded here to compute it.
@@ -37,16 +38,13 @@ def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]
             config = dataclasses.replace(config, device="cpu")  # the device enters no fingerprint
     plan = prepare(config, reuse_recorded=not recheck)
     rows = []
-    for s in (st.name for st in STAGES):
+    for s in (st.name for st in STAGES):  # every stage is planned (no --stages, no --force)
         requested, active = plan.fps[s], plan.active.get(s)
-        new = ColumnWriter(plan.split_path, s, requested)
-        old = ColumnWriter(plan.split_path, s, active) if active and active != requested else None
-        done = stale = 0
-        for shard in plan.shards:
-            if new.is_done(shard):
-                done += 1
-            elif old is not None and old.is_done(shard, check_sha256=False):
-                stale += 1
+        pending = plan.pending[s]  # the shards the requested version lacks (sha256 checked by the planner)
+        done = len(plan.shards) - len(pending)
+        stale = 0
+        if active and active != requested:
+            stale = len(ColumnWriter(plan.split_path, s, active).done_shards(pending, check_sha256=False))
         if active == requested:  # a shard of it missing or damaged: the next build repairs it
             state = "current" if done == len(plan.shards) else "incomplete"
         elif active is None:
