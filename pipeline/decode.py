@@ -104,9 +104,11 @@ def _decode_pillow(data: bytes, name: str, expected_size: tuple[int, int] | None
         raise RejectedImage("undecodable", f"cannot open image {name}: {e}") from None
     _check_size(img.size, expected_size, name)
     orientation = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
-    if img.format == "JPEG" and img.mode in ("RGB", "L") and orientation == 1:
-        fast = _decode_simplejpeg(data)
-        if fast is not None:
+    if img.format == "JPEG":
+        fast, problem = _decode_simplejpeg(data)
+        if problem is not None and "premature end" in problem.lower():  # Pillow would fill the rest with grey
+            raise RejectedImage("truncated", f"{name}: {problem}")
+        if fast is not None and img.mode in ("RGB", "L") and orientation == 1:
             return fast, None
     try:
         img.load()
@@ -121,16 +123,20 @@ def _decode_pillow(data: bytes, name: str, expected_size: tuple[int, int] | None
     return _to_rgb(ImageOps.exif_transpose(img)), raw
 
 
-def _decode_simplejpeg(data: bytes) -> np.ndarray | None:
-    """libjpeg-turbo fast path; None sends the image to Pillow (which gives the precise error)."""
+def _decode_simplejpeg(data: bytes) -> tuple[np.ndarray | None, str | None]:
+    """libjpeg-turbo's strict decode: (RGB, None), or (None, libjpeg's complaint) for Pillow to decide on.
+
+    Pillow decodes leniently: entropy-coded data that ends early ("premature end of data segment", also when a
+    cut file was given an end marker) becomes grey rows; the caller rejects that. Other complaints (extraneous
+    bytes before a marker, a colour space to convert) leave the image to Pillow."""
     try:
         import simplejpeg
     except ImportError:  # pragma: no cover - depends on the environment
-        return None
+        return None, None
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
-    except ValueError:
-        return None
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True), None
+    except ValueError as e:
+        return None, str(e)
 
 
 def _to_rgb(img) -> np.ndarray:

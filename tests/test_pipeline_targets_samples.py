@@ -206,3 +206,24 @@ def test_an_image_whose_header_contradicts_its_annotations_is_rejected_undecoded
     monkeypatch.undo()
     image, _ = decode_image_bytes(png(48, 64), "small.png", expected_size=(64, 48))  # the transpose is allowed
     assert image.shape == (64, 48, 3)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_cut_jpeg_given_an_end_marker_is_truncated_not_grey(tmp_path: Path, orientation: int) -> None:
+    """libjpeg fills entropy data that ends early with grey and only warns; such a file is rejected, while a
+    benign warning (stray bytes before the end marker) still decodes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rng.integers(0, 255, (96, 128, 3), np.uint8)).save(buf, "JPEG", quality=90, exif=exif)
+    data = buf.getvalue()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2] + b"\xff\xd9")
+    with pytest.raises(RejectedImage) as err:
+        decode_image(tmp_path / "cut.jpg")
+    assert err.value.reason == "truncated" and "premature end" in err.value.detail
+    (tmp_path / "good.jpg").write_bytes(data)
+    (tmp_path / "stray.jpg").write_bytes(data[:-2] + b"\x00\x00\x00" + b"\xff\xd9")
+    assert np.array_equal(decode_image(tmp_path / "stray.jpg"), decode_image(tmp_path / "good.jpg"))
