@@ -421,9 +421,12 @@ class RayExecutor(Executor):
 
         try:
             return ray.get(handle)
-        except ray.exceptions.RayTaskError as e:  # re-raise the unit's own exception
-            cause = e.as_instanceof_cause()
-            raise cause from None
+        except ray.exceptions.RayTaskError as e:  # the unit's own exception, without Ray's traceback and colours
+            if isinstance(e.cause, Exception):
+                raise e.cause from None
+            raise
+        except ray.exceptions.RayError as e:  # an actor or worker died, an object was lost: its first line
+            raise RuntimeError(f"{type(e).__name__}: {(str(e).strip() or 'no detail').splitlines()[0]}") from None
 
     def close(self) -> None:
         import ray

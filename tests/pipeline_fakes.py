@@ -92,6 +92,16 @@ def teacher_gpus(teacher: Teacher) -> tuple[str, int, float]:
     return teacher.name, os.getpid(), float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
+def teacher_fails(teacher: Teacher) -> None:
+    from teachers.base import TeacherError
+
+    raise TeacherError(f"image 73: {teacher.name} cannot read its input")
+
+
+def takes(value: Any) -> Any:
+    return value
+
+
 def register() -> None:
     """Add the fakes to this process's teacher registry."""
     from teachers.registry import register_teacher

@@ -43,6 +43,7 @@ def test_ray_build_matches_local_and_survives_a_dead_actor(demo_root: Path, tmp_
 def test_teachers_share_one_actor_on_cpu_and_get_their_own_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
     from pipeline.executors import RayExecutor, TeacherFactory
+    from teachers.base import TeacherError
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     factories = {"depth": TeacherFactory(pipeline_fakes.FakeDepth), "text": TeacherFactory(pipeline_fakes.FakeText)}
@@ -54,6 +55,12 @@ def test_teachers_share_one_actor_on_cpu_and_get_their_own_when_asked(monkeypatc
             ex.start(factories)
             handles = {s: ex.submit_teacher(s, pipeline_fakes.teacher_process) for s in factories}
             seen[layout] = {s: ex.result(h) for s, h in handles.items()}
+            if layout is None:  # a failed unit, and one that depends on it, fail with the unit's own exception
+                failed = ex.submit_teacher("text", pipeline_fakes.teacher_fails)
+                for handle in (failed, ex.submit(pipeline_fakes.takes, failed)):
+                    with pytest.raises(TeacherError) as err:
+                        ex.result(handle)
+                    assert str(err.value) == "image 73: fake-text cannot read its input"
             ex.close()
         shared, separate = seen[None], seen[False]
         assert shared["depth"][0] == "fake-depth" and shared["text"][0] == "fake-text"
