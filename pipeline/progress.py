@@ -94,4 +94,6 @@ def summary_table(report: Mapping[str, Any]) -> str:
         not_run = len(report["failures"]) - len(failed)
         tail += (f"; {len(failed)} unit(s) failed" + (f" ({not_run} more not run: their input failed)"
                                                       if not_run else "") + f", first {where}: {error}")
-    return "\n".join(lines + [tail])
+    placement = report.get("teachers") or {}
+    where = ["teachers: " + "; ".join(f"{s} {at}" for s, at in placement.items())] if placement else []
+    return "\n".join(lines + where + [tail])

@@ -131,12 +131,13 @@ def test_progress_lines_off_a_terminal_and_summary_table(capsys) -> None:
     stage = {"images": 9, "seconds": 3.0, "images_per_s": 3.0, "run": 2, "skipped": 1, "failed": 1, "rejected": 0,
              "active": None}
     table = summary_table({"split": "val2017", "samples": 9, "rejected": 1, "image_ids": 10, "wall_seconds": 4.0,
-                           "executor": "local", "stages": {"depth": stage},
+                           "executor": "local", "stages": {"depth": stage}, "teachers": {"depth": "in-process on cpu"},
                            "setup_seconds": 1.5, "failures": [
                                {"stage": "normals", "shard": "val2017-000001", "error": NOT_RUN},
                                {"stage": "depth", "shard": "val2017-000001", "error": "boom\ntrace"}]})
     rows = table.splitlines()
     assert rows[2].split() == ["depth", "9", "3.0", "3.0", "2", "1", "1", "0", "-"]
+    assert rows[-2] == "teachers: depth in-process on cpu"  # also with --no-progress, which prints no header
     assert "4.0 s on local (1.5 s of it checking inputs and loading teachers)" in rows[-1]
     assert rows[-1].endswith("1 unit(s) failed (1 more not run: their input failed), first depth val2017-000001: boom")
 
