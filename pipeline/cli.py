@@ -32,7 +32,7 @@ def _param(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def _add_build_flags(p: argparse.ArgumentParser) -> None:
+def _add_build_flags(p: argparse.ArgumentParser, verb: str = "build") -> None:
     S = argparse.SUPPRESS  # unset flags stay absent, so a config file's values are not overridden
     p.add_argument("--config", metavar="FILE",
                    help="JSON or TOML file of settings, keys as BuildConfig's fields (coco_root, depth_teacher, "
@@ -41,7 +41,7 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=S, help=f"split to build (default {DEFAULTS.split})")
     p.add_argument("--out", default=S, help=f"store root (default {DEFAULTS.out})")
     p.add_argument("--stages", default=S, type=lambda t: tuple(s for s in t.split(",") if s),
-                   help=f"comma-separated stages (and their dependants) to build; stages: "
+                   help=f"comma-separated stages (and their dependants) to {verb}; stages: "
                         f"{','.join(s.name for s in STAGES)}")
     p.add_argument("--size", type=int, default=S, help=f"store size S (default {DEFAULTS.size})")
     p.add_argument("--shard-size", dest="shard_size", type=int, default=S,
@@ -162,12 +162,16 @@ def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildC
     if last_build:
         from shards.layout import split_dir
         from shards.manifest import StoreError, load_manifest
+        from shards.schema import MANIFEST_NAME
 
         where = {k: values.get(k, getattr(DEFAULTS, k)) for k in ("out", "split")}
-        try:
-            recorded = load_manifest(split_dir(where["out"], where["split"])).config
-        except StoreError:
-            recorded = {}
+        split_path = split_dir(where["out"], where["split"])
+        recorded = {}
+        if (split_path / MANIFEST_NAME).exists():  # not built yet: nothing recorded
+            try:
+                recorded = load_manifest(split_path).config
+            except StoreError as e:  # a damaged manifest is said, not taken for a split never built
+                raise BuildError(f"{e}; the next build-targets of the split rewrites it") from None
         values = {**{k: v for k, v in recorded.items() if k in fields}, **values}
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -337,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_build_targets)
     p = add("status", "active and requested version of every column of a split; "
                       "settings not given default to what the split's last build recorded")
-    _add_build_flags(p)
+    _add_build_flags(p, verb="show")
     p.add_argument("--recheck", action="store_true",
                    help="load every teacher to fingerprint it, instead of taking the fingerprint the last build "
                         "recorded for the same settings and unchanged weight files (also catches a hub model "

@@ -10,14 +10,15 @@ from shards.writer import ColumnWriter
 
 from pipeline.executors import quiet_model_loading
 from pipeline.plan import prepare
-from pipeline.stages import STAGES
+from pipeline.stages import STAGES, dependants
 
 if TYPE_CHECKING:
     from pipeline.build import BuildConfig
 
 
 def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]:
-    """Status of every stage of ``config.split`` against the versions ``config`` asks for.
+    """Status of every stage of ``config.split`` (of ``config.stages`` and their dependants, if given) against the
+    versions ``config`` asks for.
 
     A shard is *done* when the requested version holds it (record, size and sha256 valid; for base also its
     list of rejected images), *stale* when only
@@ -30,7 +31,8 @@ def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]
         "teachers": {"recorded": [stage, ...], "loaded": [stage, ...]}}.
     """
     quiet_model_loading()  # a status query loads teachers only to fingerprint them: no bars
-    config = dataclasses.replace(config, stages=(), force=False)
+    shown = dependants(config.stages) if config.stages else [st.name for st in STAGES]
+    config = dataclasses.replace(config, stages=(), force=False)  # every stage planned, nothing forced
     if str(config.device).startswith("cuda"):  # a build's GPU setting, queried where no GPU is (a login node)
         import torch
 
@@ -38,7 +40,7 @@ def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]
             config = dataclasses.replace(config, device="cpu")  # the device enters no fingerprint
     plan = prepare(config, reuse_recorded=not recheck)
     rows = []
-    for s in (st.name for st in STAGES):  # every stage is planned (no --stages, no --force)
+    for s in shown:
         requested, active = plan.fps[s], plan.active.get(s)
         pending = plan.pending[s]  # the shards the requested version lacks (sha256 checked by the planner)
         done = len(plan.shards) - len(pending)

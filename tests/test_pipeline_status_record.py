@@ -91,6 +91,18 @@ def test_status_command_says_where_the_versions_come_from(store, capsys) -> None
     assert "depth, panoptic, text, caption loaded now" in capsys.readouterr().out
 
 
+def test_status_of_some_stages_and_of_a_damaged_manifest(store, capsys) -> None:
+    cfg, _ = store
+    assert main(["status", "--out", cfg.out, "--stages", "depth"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table[3:5]] == ["depth", "normals"] and len(table) == 6  # + teacher line
+    (Path(cfg.out) / cfg.split / "manifest.json").write_text('{"split": "train2017"')
+    assert main(["status", "--out", cfg.out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "manifest.json: corrupt JSON" in err and "the next build-targets of the split rewrites it" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_a_copied_store_keeps_its_record(store, tmp_path: Path) -> None:
     cfg, _ = store
     copy = tmp_path / "copy"
