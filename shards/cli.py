@@ -1,8 +1,9 @@
 """The ``shards`` command: ``info``, ``verify``, ``show``, ``gc`` and ``export`` on a store split.
 
-Errors a user can cause end in one line on stderr: exit 2 for usage errors (bad flag, no such store,
-split, column or key), exit 1 when ``verify`` finds a fault (naming shard, column and key), when ``export``
-meets a shard that differs from its record, or when ``gc`` keeps a column whose active version is missing.
+Errors end in one line on stderr: exit 2 for usage errors (bad flag, no such store, split, column or key, an
+``--out`` that cannot be one), exit 1 for a damaged store (any command that meets a corrupt manifest or
+``column.json``, a missing, truncated or altered shard, a member that does not decode; ``verify`` names shard,
+column and key) and when ``gc`` keeps a column whose active version is missing.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def _info(args: argparse.Namespace) -> int:
     rows = []
     for column, fp in m.columns.items():
         record_path = column_record_path(column_dir(path, column, fp))
-        records = parse_column_record(read_json(record_path), record_path)
+        try:
+            records = parse_column_record(read_json(record_path), record_path)
+        except StoreError as e:  # the active version's record missing: a damaged store, as verify reports it
+            raise StoreFault(f"column {column!r}: {e}; run `shards verify`") from None
         done = [records[s] for s in m.shard_names if s in records]
         nbytes = sum(r.bytes for r in done)
         others = sorted(p.name[:12] for p in (path / column).iterdir() if p.name != fp and is_version_dir(p))
@@ -131,9 +135,12 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from shards.export import export_webdataset
+    from shards.export import ExportTargetError, export_webdataset
 
-    result = export_webdataset(args.shards, args.split, args.out, args.columns)
+    try:
+        result = export_webdataset(args.shards, args.split, args.out, args.columns)
+    except ExportTargetError as e:
+        raise UsageError(str(e)) from None
     print(f"wrote {len(result.paths)} tars, {result.samples} samples, to {args.out}")
     return 0
 
@@ -187,10 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except StoreFault as e:  # a damaged store, as verify reports it
+    except (StoreFault, CodecError) as e:  # a damaged store (a member that does not decode too), as verify says
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    except (StoreError, CodecError, FileNotFoundError) as e:
+    except (StoreError, FileNotFoundError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,8 +24,8 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except FileNotFoundError:
         raise StoreError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{path}: corrupt JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # there, but damaged
+        raise StoreFault(f"{path}: corrupt JSON ({e})") from None
 
 
 def json_kind(value: Any) -> str:

@@ -1,9 +1,10 @@
 """Export of a split's active columns as one plain WebDataset: one tar per shard holding every member of a sample.
 
 The result is what third-party tools expect (``webdataset.WebDataset("out/train2017-{000000..000117}.tar")``);
-tars are deterministic, and ``export.json`` records the source versions. Every source shard is checked against
-its ``column.json`` record while it is packed (read once, hashed on the way), and the tars appear under their
-names only once all of them are written, so a damaged store never yields an export, nor a half-written one.
+tars are deterministic, ``export.json`` records the source versions, and ``vocab.json`` comes along with the
+tokens column. Every source shard is checked against its ``column.json`` record while it is packed (read once,
+hashed on the way), and the tars appear under their names only once all of them are written, so a damaged
+store never yields an export, nor a half-written one.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
-from shards.atomic import atomic_write_json, fsync_dir, temp_file_beside
+from shards.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, temp_file_beside
 from shards.manifest import StoreError, StoreFault
 from shards.reader import StoreReader
-from shards.schema import COLUMN_RECORD_NAME
-from shards.streams import join, open_stream, read_bytes
+from shards.schema import COLUMN_RECORD_NAME, MANIFEST_NAME, VOCAB_NAME
+from shards.streams import is_url, join, open_stream, read_bytes
 from shards.writer import ShardRecord, parse_column_record, write_tar
 
 EXPORT_RECORD_NAME = "export.json"
@@ -138,6 +139,33 @@ def _pack_shard(reader: StoreReader, records: dict[str, dict[str, ShardRecord]],
     return keys
 
 
+class ExportTargetError(ValueError):
+    """``--out`` cannot take an export (a file, or a folder inside the store)."""
+
+
+def _vocabulary(reader: StoreReader) -> bytes:
+    """The split's ``vocab.json``, which an export of the tokens column carries; a missing one is a StoreFault."""
+    location = join(reader.root, reader.split, VOCAB_NAME)
+    try:
+        return read_bytes(location)
+    except OSError as e:
+        raise StoreFault(f"column 'tokens': cannot read {location} ({e}), which its ids index; "
+                         "run `shards verify`") from None
+
+
+def _check_out(root: str | os.PathLike, out: Path) -> None:
+    """Raise ExportTargetError for an ``out`` that is a file, or a folder of a local store's split (its tars would
+    land among the store's own, or replace them)."""
+    if out.exists() and not out.is_dir():
+        raise ExportTargetError(f"--out {out} is a file, not a folder")
+    if is_url(root):
+        return
+    store, target = Path(root).resolve(), out.resolve()
+    if target == store or (target.is_relative_to(store)
+                           and (store / target.relative_to(store).parts[0] / MANIFEST_NAME).is_file()):
+        raise ExportTargetError(f"--out {out} is inside the store {root}; export to a folder outside it")
+
+
 def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.PathLike,
                       columns: Sequence[str] | None = None,
                       progress: Callable[[str], None] | None = None) -> ExportResult:
@@ -157,10 +185,13 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
         StoreFault: a source shard differs from its ``column.json`` record (size or sha256), or has none.
         StoreError: the store cannot be read otherwise. On any error no new tar or ``export.json`` is left in
             ``out_dir``; a previous export there keeps its tars.
+        ExportTargetError: ``out_dir`` is a file, the store root or inside one of its splits.
     """
+    out = Path(out_dir)
+    _check_out(root, out)
     reader = StoreReader(root, split, columns, decode=False)
     records = {c: _column_records(reader, c) for c in reader.columns}
-    out = Path(out_dir)
+    vocab = _vocabulary(reader) if "tokens" in reader.columns else None
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     written: list[tuple[str, Path]] = []  # (temporary name, final name): renamed only when every tar is written
@@ -191,6 +222,8 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
             with contextlib.suppress(OSError):  # only if still empty
                 out.rmdir()
         raise
+    if vocab is not None:  # the ids of tokens.json index it
+        atomic_write_bytes(out / VOCAB_NAME, vocab)
     fsync_dir(out)
     atomic_write_json(out / EXPORT_RECORD_NAME, {
         "split": split, "columns": {c: reader.manifest.columns[c] for c in reader.columns},

@@ -9,6 +9,7 @@ active one is missing, broken or not recorded at all, the other versions may be 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -145,7 +146,8 @@ def collect_garbage(root: str | os.PathLike, split: str, *, dry_run: bool = Fals
     result = GcResult()
     now = time.time()
     path = split_dir(root, split)
-    with locked(manifest_path(path)):  # no column can be activated meanwhile
+    # no column can be activated meanwhile; a dry run removes nothing, so it needs no lock (nor write access)
+    with contextlib.nullcontext() if dry_run else locked(manifest_path(path)):
         manifest = load_manifest(path)
         superseded, result.kept_columns = _plan(path, manifest)
         for version in superseded:

@@ -65,14 +65,14 @@ class Manifest:
         """Build a manifest from its parsed JSON, checking its shape first.
 
         Raises:
-            StoreError: ``d`` is of another store format, or not a manifest (a missing key, a wrong type):
+            StoreError: ``d`` is of another store format; StoreFault: not a manifest (a missing key, a wrong type):
                 one line naming ``source``, instead of a TypeError deep in a command.
         """
         if isinstance(d, dict) and isinstance(d.get("format"), str) and d["format"] != STORE_FORMAT:
             raise StoreError(f"{source}: store format {d['format']!r} is not {STORE_FORMAT!r}")
         problem = _manifest_problem(d)
         if problem:
-            raise StoreError(f"{source}: not a store manifest ({problem})")
+            raise StoreFault(f"{source}: not a store manifest ({problem})")
         d = dict(d)
         d.pop("num_samples", None)
         d["shards"] = [ShardEntry(s["name"], s["count"]) for s in d["shards"]]

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from shards.codecs import DECODERS, CodecError
-from shards.manifest import Manifest, StoreError
+from shards.manifest import Manifest, StoreError, StoreFault
 from shards.schema import COLUMNS, MANIFEST_NAME
 from shards.streams import TarError, iter_samples, join, open_stream, read_bytes
 
@@ -163,7 +163,7 @@ class StoreReader:
                 try:
                     f = stack.enter_context(opener(location))
                 except OSError as e:
-                    raise StoreError(f"shard {shard} column {c!r}: cannot open {location} ({e})") from None
+                    raise StoreFault(f"shard {shard} column {c!r}: cannot open {location} ({e})") from None
                 columns.append((c, iter_samples(f), self._exts[c]))
             n = 0
             while True:
@@ -171,7 +171,7 @@ class StoreReader:
                 for c, it, exts in columns[1:]:
                     other, members = self._next(shard, (c, it, exts), n)
                     if other != key:
-                        raise StoreError(f"shard {shard}: key mismatch at sample {n}, column {columns[0][0]!r} "
+                        raise StoreFault(f"shard {shard}: key mismatch at sample {n}, column {columns[0][0]!r} "
                                          f"has {key or 'no more samples'} but column {c!r} has "
                                          f"{other or 'no more samples'}")
                     merged.update(members)
@@ -190,9 +190,9 @@ class StoreReader:
         except StopIteration:
             return None, {}
         except (TarError, OSError) as e:
-            raise StoreError(f"shard {shard} column {name!r}: {e} (after {n} samples)") from None
+            raise StoreFault(f"shard {shard} column {name!r}: {e} (after {n} samples)") from None
         if members.keys() != exts:
-            raise StoreError(f"shard {shard} column {name!r} key {key}: members {sorted(members)}, "
+            raise StoreFault(f"shard {shard} column {name!r} key {key}: members {sorted(members)}, "
                              f"expected {sorted(exts)}")
         return key, members
 
@@ -222,7 +222,7 @@ def _decode_chunk(chunk: list[Raw], decoders: dict[str, Callable[[bytes], Any]])
             try:
                 sample[ext] = decode(members[ext])
             except CodecError as e:
-                raise StoreError(f"shard {shard} key {key} member {ext}: {e}") from None
+                raise StoreFault(f"shard {shard} key {key} member {ext}: {e}") from None
     return samples
 
 

@@ -3,11 +3,13 @@
 Checks, shard by shard and column by column: the file exists with the recorded size and sha256, the tar
 parses (header checksums, no truncation), each sample has exactly the column's members, the keys equal
 the base column's keys in order, the count matches the manifest, and every member decodes to the
-schema's dtype and shape. The first fault is reported with its shard, column and (where known) key.
+schema's dtype and shape; and the split's ``vocab.json`` (loads, for the tokens column) and ``rejected.jsonl`` (as
+many lines as the manifest counts). The first fault is reported with its shard, column and (where known) key.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 from shards.codecs import CodecError, decode_member
 from shards.layout import column_dir, column_record_path, shard_path, split_dir
 from shards.manifest import Manifest, StoreError, load_manifest, read_json
-from shards.schema import COLUMNS, resolve_shape
+from shards.schema import COLUMNS, REJECTED_NAME, VOCAB_NAME, resolve_shape
 from shards.streams import TarError, iter_samples
 from shards.writer import ShardRecord, file_sha256, parse_column_record
 
@@ -33,8 +35,8 @@ class Fault:
     message: str
 
     def __str__(self) -> str:
-        where = f"shard {self.shard} column {self.column!r}" + (f" key {self.key}" if self.key else "")
-        return f"{where}: {self.message}"
+        where = (f"shard {self.shard} " if self.shard != "-" else "") + f"column {self.column!r}"
+        return f"{where}{f' key {self.key}' if self.key else ''}: {self.message}"
 
 
 @dataclass
@@ -86,6 +88,10 @@ def verify_split(root: str | os.PathLike, split: str, columns: Sequence[str] | N
             if first_only:
                 return report
         records[name] = rec
+    for fault in _split_file_faults(path, manifest, chosen):
+        report.faults.append(fault)
+        if first_only:
+            return report
     base_first = ["base"] + [c for c in chosen if c != "base"] if "base" in manifest.columns else chosen
     for entry in manifest.shards:
         if progress:
@@ -103,6 +109,37 @@ def verify_split(root: str | os.PathLike, split: str, columns: Sequence[str] | N
         report.shards += 1
         report.samples += entry.count
     return report
+
+
+def _split_file_faults(path: Path, manifest: Manifest, chosen: Sequence[str]) -> list[Fault]:
+    """Faults of the split's own files that the chosen columns need: ``vocab.json`` (the ids of tokens.json mean
+    nothing without it) and ``rejected.jsonl`` (one line per image the manifest counts as rejected)."""
+    from shards.vocab import Vocabulary
+
+    faults = []
+    if "tokens" in chosen:
+        vocab = path / VOCAB_NAME
+        try:
+            Vocabulary.load(vocab)
+        except ValueError as e:
+            faults.append(Fault("-", "tokens", None, f"{e} (the tokens column needs it)"))
+        else:
+            own = column_dir(path, "tokens", manifest.columns["tokens"]) / VOCAB_NAME
+            if own.is_file() and own.read_bytes() != vocab.read_bytes():
+                faults.append(Fault("-", "tokens", None, f"{vocab} differs from the column's own {own}"))
+    if "base" in chosen:
+        rejected = path / REJECTED_NAME
+        try:
+            lines = rejected.read_text(encoding="utf-8").splitlines() if rejected.exists() else []
+            ids = [json.loads(line)["id"] for line in lines]
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+            faults.append(Fault("-", "base", None, f"{rejected} is unreadable or malformed ({type(e).__name__}: {e})"))
+        else:
+            if len(ids) != manifest.rejected:
+                what = f"holds {len(ids)} line(s)" if rejected.exists() else "is missing"
+                faults.append(Fault("-", "base", None, f"{rejected} {what}; the manifest counts "
+                                                       f"{manifest.rejected} rejected image(s)"))
+    return faults
 
 
 def _column_records(path: Path, manifest: Manifest, column: str) -> tuple[dict[str, ShardRecord], Fault | None]:

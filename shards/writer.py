@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Iterable, Mapping
 
 from shards.atomic import atomic_write_bytes, atomic_write_json, locked
 from shards.codecs import encode_sample
-from shards.errors import StoreError, is_json_type, json_kind, read_json
+from shards.errors import StoreFault, is_json_type, json_kind, read_json
 from shards.layout import column_dir, column_record_path, shard_path
 from shards.schema import column as get_column
 
@@ -45,11 +45,11 @@ def parse_column_record(doc: Any, source: str | os.PathLike, fingerprint: str | 
         fingerprint: the version it must belong to (the manifest's), if known.
 
     Raises:
-        StoreError: ``doc`` is not a column record (wrong shape or types), or one of another version: one line
+        StoreFault: ``doc`` is not a column record (wrong shape or types), or one of another version: one line
             naming ``source``.
     """
-    def bad(problem: str) -> StoreError:
-        return StoreError(f"{source}: not a column record ({problem})")
+    def bad(problem: str) -> StoreFault:
+        return StoreFault(f"{source}: not a column record ({problem})")
 
     if not isinstance(doc, dict):
         raise bad(f"{json_kind(doc)}, not an object")
@@ -64,7 +64,7 @@ def parse_column_record(doc: Any, source: str | os.PathLike, fingerprint: str | 
                       f"{{count, bytes, sha256, keys_sha256}}")
         records[name] = ShardRecord(**rec)
     if fingerprint is not None and doc["fingerprint"] != fingerprint:
-        raise StoreError(f"{source} is for fingerprint {doc['fingerprint']!r}, the manifest says {fingerprint!r}")
+        raise StoreFault(f"{source} is for fingerprint {doc['fingerprint']!r}, the manifest says {fingerprint!r}")
     return records
 
 
@@ -206,7 +206,7 @@ class ColumnWriter:
         if doc is None:
             doc = {"column": self.column.name, "fingerprint": self.fingerprint, "spec": self.spec, "shards": {}}
         else:
-            parse_column_record(doc, self.record_path)  # a malformed record is a StoreError, not a TypeError
+            parse_column_record(doc, self.record_path)  # a malformed record is a StoreFault, not a TypeError
             if doc["fingerprint"] != self.fingerprint:
                 raise ValueError(f"{self.record_path} belongs to fingerprint {doc['fingerprint']!r}, "
                                  f"not {self.fingerprint!r}")

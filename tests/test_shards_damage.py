@@ -101,11 +101,11 @@ BAD_MANIFESTS = {
 def test_binary_manifest_is_corrupt_json(store: Path, capsys: pytest.CaptureFixture) -> None:
     manifest_path(store / SPLIT).write_bytes(b"\xff\xfe\x00 not text")
     rc, _, err = _run(capsys, "--shards", str(store), "verify")
-    assert rc == 2 and "manifest.json: corrupt JSON" in _one_line(err)
+    assert rc == 1 and "manifest.json: corrupt JSON" in _one_line(err)  # a damaged store, as verify's faults
 
 
 @pytest.mark.parametrize("case", list(BAD_MANIFESTS))
-def test_malformed_manifest_is_one_line_exit_2_everywhere(store: Path, tmp_path: Path, case: str,
+def test_malformed_manifest_is_one_line_exit_1_everywhere(store: Path, tmp_path: Path, case: str,
                                                           capsys: pytest.CaptureFixture) -> None:
     edit, needle = BAD_MANIFESTS[case]
     _edit_manifest(store, edit)
@@ -113,7 +113,7 @@ def test_malformed_manifest_is_one_line_exit_2_everywhere(store: Path, tmp_path:
     for command in (["info"], ["verify"], ["show"], ["gc", "--min-age", "0"], ["export", "--out", str(tmp_path / "x")]):
         rc, out, err = _run(capsys, "--shards", str(store), *command)
         line = _one_line(err)
-        assert rc == 2 and out == "" and line.startswith(f"shards: error: {path}: not a store manifest ("), command
+        assert rc == 1 and out == "" and line.startswith(f"shards: error: {path}: not a store manifest ("), command
         assert needle in line, (command, line)
     assert not (tmp_path / "x").exists()
     assert sum(1 for _ in (store / SPLIT).rglob("*.tar")) == 8 * 3  # gc removed nothing
@@ -139,7 +139,7 @@ def test_malformed_column_record(store: Path, tmp_path: Path, doc: Any, capsys: 
         doc["shards"]["train2017-000001"]["bytes"] = "many"
     record.write_text(json.dumps(doc))
     rc, _, err = _run(capsys, "--shards", str(store), "info")
-    assert rc == 2 and f"{record}: not a column record (" in _one_line(err)
+    assert rc == 1 and f"column 'depth': {record}: not a column record (" in _one_line(err)
     rc, _, err = _run(capsys, "--shards", str(store), "verify")
     assert rc == 1 and "column 'depth'" in _one_line(err) and "not a column record" in err
     rc, _, err = _run(capsys, "--shards", str(store), "export", "--out", str(tmp_path / "x"))
@@ -238,7 +238,8 @@ def test_export_records_the_sha256_of_what_it_wrote(clean: Path, tmp_path: Path)
     result = export_webdataset(clean, SPLIT, tmp_path / "x")
     record = json.loads((tmp_path / "x" / "export.json").read_text())
     assert [s["sha256"] for s in record["shards"]] == [file_sha256(p) for p in result.paths]
-    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["export.json"] + [p.name for p in result.paths]
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == (["export.json"] + [p.name for p in result.paths]
+                                                                  + ["vocab.json"])
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -351,3 +352,73 @@ def test_show_refuses_an_unknown_image_suffix(clean: Path, tmp_path: Path, capsy
     assert rc == 0 and (tmp_path / "x.JPEG").read_bytes()[:3] == b"\xff\xd8\xff"
     rc, out, _ = _run(capsys, "--shards", str(clean), "show", "--out", str(tmp_path / "x.png"))
     assert rc == 0 and (tmp_path / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- the split's own files: vocab.json and rejected.jsonl ------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_verify_checks_the_vocabulary_the_tokens_need(store: Path, capsys: pytest.CaptureFixture,
+                                                      damage: str) -> None:
+    vocab = store / SPLIT / "vocab.json"
+    vocab.write_text("garbage") if damage == "garbage" else vocab.unlink()
+    rc, line = _verify(store, capsys)
+    assert rc == 1 and line.startswith("shards verify: column 'tokens': ") and "(the tokens column needs it)" in line
+    assert ("is malformed" if damage == "garbage" else "not found") in line
+    assert main(["--shards", str(store), "--split", SPLIT, "verify", "--columns", "base", "depth"]) == 0
+
+
+def test_verify_counts_the_rejected_lines(store: Path, capsys: pytest.CaptureFixture) -> None:
+    rejected = store / SPLIT / "rejected.jsonl"
+    assert load_manifest(store / SPLIT).rejected == 0 and not rejected.exists()
+    assert main(["--shards", str(store), "--split", SPLIT, "verify"]) == 0
+    rejected.write_text(json.dumps({"id": 5, "reason": "truncated"}) + "\n")
+    rc, line = _verify(store, capsys)
+    assert rc == 1 and "rejected.jsonl holds 1 line(s); the manifest counts 0 rejected image(s)" in line
+    rejected.write_text("{not json\n")
+    rc, line = _verify(store, capsys)
+    assert rc == 1 and "rejected.jsonl is unreadable or malformed (JSONDecodeError" in line
+
+
+def test_export_carries_the_vocabulary_and_refuses_an_out_it_would_damage(store: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    export_webdataset(store, SPLIT, tmp_path / "x")
+    assert (tmp_path / "x" / "vocab.json").read_bytes() == (store / SPLIT / "vocab.json").read_bytes()
+    export_webdataset(store, SPLIT, tmp_path / "y", ["base", "depth"])
+    assert not (tmp_path / "y" / "vocab.json").exists()  # no tokens, no vocabulary
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    fp = load_manifest(store / SPLIT).columns["base"]
+    (tmp_path / "afile").write_text("x")
+    for out, problem in ((tmp_path / "afile", "is a file, not a folder"),
+                         (store / SPLIT / "base" / fp, "is inside the store"), (store, "is inside the store")):
+        rc, _, err = _run(capsys, "--shards", str(store), "export", "--out", str(out))
+        assert rc == 2 and problem in _one_line(err), out
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+
+
+def test_damage_met_by_info_and_show_is_exit_1(store: Path, capsys: pytest.CaptureFixture) -> None:
+    f = _shard(store, "depth", "train2017-000000")
+    f.write_bytes(f.read_bytes()[:1500])
+    key = next(iter(StoreReader(store, SPLIT, ["base"], decode=False).read_shard("train2017-000000")))["__key__"]
+    rc, _, err = _run(capsys, "--shards", str(store), "show", key, "--out", str(store.parent / "s.png"))
+    assert rc == 1 and "truncated tar" in _one_line(err)
+    column_record_path(f.parent).unlink()
+    rc, _, err = _run(capsys, "--shards", str(store), "info")
+    assert rc == 1 and _one_line(err).startswith("shards: error: column 'depth': ") and "not found" in err
+
+
+def test_gc_dry_run_takes_no_lock(store: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dry run works on a store mounted read-only, where the manifest's lock file cannot be created."""
+    import errno
+
+    import shards.gc
+
+    def read_only(path: Any):
+        raise OSError(errno.EROFS, "Read-only file system", f"{path}.lock")
+
+    _old_version(store, "depth")
+    monkeypatch.setattr(shards.gc, "locked", read_only)
+    rc, out, _ = _run(capsys, "--shards", str(store), "gc", "--min-age", "0", "--dry-run")
+    assert rc == 0 and "would remove" in out and OLD_FP in out
+    rc, _, err = _run(capsys, "--shards", str(store), "gc", "--min-age", "0")
+    assert rc == 1 and "Read-only file system" in _one_line(err)
