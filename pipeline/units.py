@@ -266,10 +266,6 @@ def vocab_unit(split_path: str, caption_fp: str, shards: Sequence[str], glove: s
     captions = (members["caption.json"] for shard in shards
                 for _key, members in read_column_shard(split_path, "caption", caption_fp, shard))
     vocab = build_vocabulary(captions, load_glove(glove), size=size)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    vocab.save(tmp)
-    os.replace(tmp, out)
-    return str(out), time.perf_counter() - t0
+    vocab.save(out_path)  # atomically
+    return str(out_path), time.perf_counter() - t0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.atomic import atomic_write_bytes
 from shards.taxonomy import GLOVE_DIM
 
 VOCAB_FORMAT = "ymap-vocab/1"
@@ -58,11 +59,8 @@ class Vocabulary:
                 "vectors": [[float(x) for x in row] for row in self.vectors]}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``vocab.json`` (atomically: temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, path)
+        """Write ``vocab.json`` atomically (``shards.atomic``: nothing is left behind if the write fails)."""
+        atomic_write_bytes(path, json.dumps(self.to_json(), separators=(",", ":")).encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocabulary":

@@ -118,6 +118,21 @@ def test_vocabulary_json_round_trip(glove, tmp_path: Path) -> None:
         Vocabulary.load(tmp_path / "bad.json")
 
 
+def test_a_failed_vocabulary_write_leaves_nothing_behind(glove, tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import os
+
+    vocab = build_vocabulary(TRAIN, glove)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        vocab.save(tmp_path / "vocab.json")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_demo_glove_file(demo_root: Path) -> None:
     kv = load_glove(demo_root / "glove" / "glove.demo.300d.txt")
     assert kv.vector_size == 300 and "cat" in kv and "crema" not in kv
