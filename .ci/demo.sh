@@ -28,7 +28,7 @@ done
 
 echo "== student: a short training run of the TINY model on the demo store (CPU)"
 "$BIN/student" train --shards "$STORE" --model tiny --epochs 2 --steps-per-epoch 4 --batch-size 4 --workers 2 \
-  --device cpu --out "$DEMO/runs/student"
+  --device cpu --out "$DEMO/runs/student" --overwrite  # a second `make demo` replaces the first run
 "$BIN/student" eval --checkpoint "$DEMO/runs/student/last.pt" --shards "$STORE" --split val2017 \
   --json "$DEMO/eval.json" --no-progress
 "$BIN/student" predict --checkpoint "$DEMO/runs/student/last.pt" "$DEMO/val2017/000000000073.jpg" \

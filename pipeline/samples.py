@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from pipeline.coco import ImageRecord
-from pipeline.decode import RejectedImage, decode_image_bytes, read_image_bytes
+from shards.images import RejectedImage, decode_image_bytes, read_image_bytes
 from pipeline.targets.depth import quantise_depth
 from pipeline.targets.groups import groups_from_classes
 from pipeline.targets.normals import DEFAULT_NORMALS_SCALE, normals_from_depth

@@ -63,6 +63,29 @@ def saved_model_config(saved: Any, path: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(f"{path}: its model_cfg is not a valid model config ({e})") from None
 
 
+def load_problem(error: BaseException, limit: int = 200) -> str:
+    """The first useful line of a ``load_state_dict`` error, at most ``limit`` characters.
+
+    torch's message opens with a header (``Error(s) in loading state_dict for YMapNet:``) and then lists
+    every problem on its own line (``size mismatch for X: ...``, ``Missing key(s) in state_dict: ...``);
+    this keeps the first problem and says how many more there are.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    details = [line for line in lines if not line.startswith("Error(s) in loading state_dict")]
+    text = details[0] if details else (lines[0] if lines else type(error).__name__)
+    if len(text) > limit:
+        text = text[:limit - 3].rstrip() + "..."
+    return text + (f" (and {len(details) - 1} more)" if len(details) > 1 else "")
+
+
+def load_weights(model: torch.nn.Module, state: Any, path: str | os.PathLike) -> None:
+    """``model.load_state_dict(state)``; weights that do not fit are one CheckpointError line naming the file."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: weights do not match the saved config ({load_problem(e)})") from None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> tuple[YMapNet, ModelConfig, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
@@ -82,10 +105,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: not a student checkpoint (needs 'model' and 'model_cfg' entries)")
     cfg = saved_model_config(payload.pop("model_cfg"), path)
     model = YMapNet(cfg)
-    try:
-        model.load_state_dict(payload.pop("model"))
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the saved config ({str(e).splitlines()[0]})") from None
+    load_weights(model, payload.pop("model"), path)
     model.to(map_location)
     model.eval()
     return model, cfg, payload

@@ -20,7 +20,7 @@ from shards.manifest import Manifest, StoreError
 from shards.schema import COLUMNS, MANIFEST_NAME
 from shards.reader import StoreReader, load_manifest_at
 from student.augment import AugmentConfig, augment, sample_rng
-from student.targets import StoreSample, TargetSizes, allocate_batch, from_store, pack_targets
+from student.targets import PoseError, StoreSample, TargetSizes, allocate_batch, from_store, pack_targets
 from student.values import device_targets
 
 #: batch buffers each loader process reuses: the DataLoader's 2 prefetched, one being pinned, one in use
@@ -67,9 +67,11 @@ class SampleTransform:
             try:
                 decoded[ext] = DECODERS[codec](raw[ext])
             except CodecError as e:  # name the sample: `shards verify` then finds the shard's other faults
-                raise StoreError(f"shard {raw.get('__shard__', '?')} key {raw['__key__']} member {ext}: {e} "
-                                 "(run `shards verify`)") from None
-        sample = from_store(decoded)
+                raise _member_error(raw, ext, e) from None
+        try:
+            sample = from_store(decoded)
+        except PoseError as e:  # decodes as JSON, but not the structure the base stage writes
+            raise _member_error(raw, "pose.json", e) from None
         if self.augment is not None:
             sample = augment(sample, sample_rng(self.seed, self.epoch or 0, sample.key), self.augment)
         return sample
@@ -78,6 +80,12 @@ class SampleTransform:
         """Render the sample's targets into row ``index`` of the batch buffers ``out``."""
         radius, width = self.sizes.at(self.epoch)
         pack_targets(sample, radius, width, self.multihot_vocab, out, index)
+
+
+def _member_error(raw: dict[str, Any], ext: str, error: BaseException) -> StoreError:
+    """One line naming the shard, key and member of a sample the student cannot use."""
+    return StoreError(f"shard {raw.get('__shard__', '?')} key {raw['__key__']} member {ext}: {error} "
+                      "(run `shards verify`)")
 
 
 class StudentDataset(IterableDataset):
@@ -264,6 +272,19 @@ def make_loader(dataset: StudentDataset, workers: int, pin_memory: bool = False)
         dataset.slots.share_memory_()
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False)
+
+
+def close_loader(batches: Iterator[Any] | None) -> None:
+    """End the worker processes of a DataLoader iterator now, as its ``__del__`` would.
+
+    An exception raised out of a loop over the iterator keeps it alive in a reference cycle (through the
+    traceback's frames) until the garbage collector runs, and the collector's shutdown of its workers then
+    takes seconds per worker; call this in a ``finally`` around such loops. Single-process iterators have
+    nothing to end.
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 from shards.manifest import StoreError
 from shards.reader import load_manifest_at
 from shards.taxonomy import CHANNEL_GROUPS, NUM_TOKENS
-from student.data import error_line, make_loader, open_split, to_device
+from student.data import close_loader, error_line, make_loader, open_split, to_device
 from student.metrics import HDM_THRESHOLDS, MetricSums
 from student.targets import TargetSizes
 
@@ -51,19 +51,24 @@ def evaluate(model: Callable[[torch.Tensor], dict[str, torch.Tensor]], root: str
     bar = tqdm(total=total, desc=f"eval {split}", unit="img", disable=not progress, file=sys.stderr)
     if limit is not None:  # several workers interleave their shards; one keeps the store's order (first N)
         workers = min(workers, 1)
-    with torch.no_grad():
-        for host in make_loader(dataset, workers):
-            if seen >= total:
-                break
-            keep = min(total - seen, len(host["key"]))
-            batch = to_device({k: v[:keep] for k, v in host.items() if isinstance(v, torch.Tensor)},
-                              torch.device(device))
-            out = model(batch["images"])
-            sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"], pose_mask=batch["pose_mask"])
-            dataset.release(host)
-            seen += keep
-            bar.update(keep)
-    bar.close()
+    batches = iter(make_loader(dataset, workers))
+    try:
+        with torch.no_grad():
+            for host in batches:
+                if seen >= total:
+                    break
+                keep = min(total - seen, len(host["key"]))
+                batch = to_device({k: v[:keep] for k, v in host.items() if isinstance(v, torch.Tensor)},
+                                  torch.device(device))
+                out = model(batch["images"])
+                sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"],
+                            pose_mask=batch["pose_mask"])
+                dataset.release(host)
+                seen += keep
+                bar.update(keep)
+    finally:
+        close_loader(batches)  # now, also after an error (see close_loader)
+        bar.close()
     return _table(sums.compute(), split, seen)
 
 

@@ -24,7 +24,7 @@ _NOSE = JOINTS.index("nose")
 # --- joints -------------------------------------------------------------------------------------------------
 
 def find_peaks(heatmaps: np.ndarray, threshold: float = 0.5, radius: int = 4,
-               max_peaks: int = 20) -> list[np.ndarray]:
+               max_peaks: int = 20, valid: np.ndarray | None = None) -> list[np.ndarray]:
     """Local maxima of each joint heatmap after non-maximum suppression.
 
     Args:
@@ -32,6 +32,9 @@ def find_peaks(heatmaps: np.ndarray, threshold: float = 0.5, radius: int = 4,
         threshold: minimum score, where score = (value + 1) / 2 in [0, 1].
         radius: suppression radius in pixels; of two peaks closer than this the weaker goes.
         max_peaks: at most this many peaks per joint (the strongest).
+        valid: (H, W) bool, the image content of the letterbox (``Letterbox.valid_mask``); default all. Scores
+            outside it count as 0: no peak lies there, none there suppresses one inside, and a peak's
+            sub-pixel centroid stays within the content's pixels.
 
     Returns:
         Per joint a (K, 3) float array of (x, y, score), strongest first; x, y are continuous store
@@ -42,9 +45,14 @@ def find_peaks(heatmaps: np.ndarray, threshold: float = 0.5, radius: int = 4,
 
     out = []
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    valid = None if valid is None else np.asarray(valid, bool)
     for hm in np.asarray(heatmaps, np.float32):
         score = (hm + 1.0) * 0.5
+        if valid is not None:
+            score = np.where(valid, score, np.float32(0.0))
         local_max = (score >= cv2.dilate(score, kernel)) & (score >= threshold)
+        if valid is not None:
+            local_max &= valid  # also at threshold 0
         ys, xs = np.nonzero(local_max)
         order = np.argsort(-score[ys, xs], kind="stable")
         kept: list[tuple[int, int]] = []

@@ -17,10 +17,12 @@ from shards.schema import VOCAB_NAME
 from shards.taxonomy import CHANNELS, JOINTS
 from shards.vocab import DEFAULT_DECODE_THRESHOLD, Vocabulary, decode_glove
 from student import panels
+from shards.images import RejectedImage, decode_image_bytes
 from student.postprocess import Person, find_peaks, group_people, refine_depth
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # a GIF: its first frame
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+MAX_TILE = 1024  # a panel is 2 x 4 tiles: 2048 x 4096 pixels at most (an MPEG-4 frame must be < 8192 wide)
 
 
 @dataclass
@@ -90,11 +92,12 @@ class Predictor:
         return [self._post(im, box, m, t) for im, box, m, t in zip(boxed, boxes, maps, tokens)]
 
     def _post(self, image: np.ndarray, box: Letterbox, maps: np.ndarray, tokens: np.ndarray) -> Prediction:
-        peaks = find_peaks(maps[CHANNELS["joints"].slice], threshold=self.peak_threshold)
+        valid = box.valid_mask()  # joints are found on the image, never on the letterbox border
+        peaks = find_peaks(maps[CHANNELS["joints"].slice], threshold=self.peak_threshold, valid=valid)
         people = group_people(peaks, maps[CHANNELS["pafs"].slice])
         depth = (maps[CHANNELS["depth"].start] + 1.0) * 0.5  # [-1, 1] -> [0, 1], larger = nearer
         if self.refine:
-            depth = refine_depth(depth, maps[CHANNELS["normals"].slice], valid=box.valid_mask())
+            depth = refine_depth(depth, maps[CHANNELS["normals"].slice], valid=valid)
         words = None if self.vocab is None else decode_glove(tokens, self.vocab, self.word_threshold)
         return Prediction(image, box, maps, depth.astype(np.float32), people, words)
 
@@ -114,14 +117,17 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file as (h, w, 3) uint8 RGB (grey and alpha images converted)."""
-    import cv2
-
-    data = np.fromfile(str(path), np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise ValueError(f"{path} is not a readable image")
-    return bgr[..., ::-1].copy()
+    """Read an image file as (h, w, 3) uint8 RGB with the store's decoder (``shards.images``): EXIF orientation
+    applied, grey to three channels, 16 bits to their high byte (rounded), alpha composited on black; a file the
+    base stage would reject (truncated, undecodable) is a ValueError naming it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable image ({e.strerror or e})") from None
+    try:
+        return decode_image_bytes(data, str(path))[0]
+    except RejectedImage as e:
+        raise ValueError(f"{path} is not a readable image ({e.reason}: {e.detail})") from None
 
 
 def video_frames(path: Path) -> tuple[float, Iterator[np.ndarray]]:
@@ -167,13 +173,18 @@ def predict_video(predictor: Predictor, path: Path, target: Path, tile: int) -> 
             if writer is None:
                 writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                          (panel.shape[1], panel.shape[0]))
+                if not writer.isOpened():  # an unwritable folder, a too-long name, no MPEG-4 encoder
+                    raise OSError(f"could not write {target}")
             writer.write(np.ascontiguousarray(panel[..., ::-1]))
             results.append(pred.to_json())
     finally:
+        frames.close()  # releases the capture now, also when the writer failed
         if writer is not None:
             writer.release()
     if not results:
         raise ValueError(f"{path} has no readable frames")
+    if not target.is_file() or target.stat().st_size == 0:
+        raise OSError(f"could not write {target}")
     return target, results
 
 
@@ -218,20 +229,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                              "(default: train2017)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-refine", action="store_true", help="skip the depth refinement")
-    parser.add_argument("--tile", type=int, default=256, help="side of each panel tile in pixels, >= 16 "
-                                                              "(default: 256)")
+    parser.add_argument("--tile", type=int, default=256,
+                        help=f"side of each panel tile in pixels, 16..{MAX_TILE} (default: 256)")
     parser.add_argument("--joint-threshold", type=float, default=0.5,
                         help="minimum joint peak score 0..1 (default: 0.5)")
     parser.add_argument("--word-threshold", type=float, default=DEFAULT_DECODE_THRESHOLD,
                         help=f"minimum cosine similarity -1..1 of a decoded word (default: {DEFAULT_DECODE_THRESHOLD})")
 
 
+def opencv_error_line(error: BaseException) -> str:
+    """The useful part of a ``cv2.error`` in one line (its message holds the OpenCV source location and a
+    trailing newline): ``(-4:Insufficient memory) Failed to allocate ...``."""
+    text = " ".join(str(error).split())
+    return text.split(" error: ", 1)[1] if " error: " in text else text
+
+
 def run(args: argparse.Namespace) -> int:
-    """Predict every input; exit code 2 on a missing checkpoint or input."""
+    """Predict every input; exit code 2 on a missing checkpoint or input, 1 when an input failed."""
+    import cv2
+
     from student.checkpoint import CheckpointError, load_checkpoint
 
     if args.tile < 16:
         print(f"student predict: error: --tile must be >= 16, got {args.tile}", file=sys.stderr)
+        return 2
+    if args.tile > MAX_TILE:  # the panel is 2 x 4 tiles: a huge tile cannot even be allocated
+        print(f"student predict: error: --tile must be <= {MAX_TILE}, got {args.tile}", file=sys.stderr)
         return 2
     for flag, value, low in (("--joint-threshold", args.joint_threshold, 0.0),
                              ("--word-threshold", args.word_threshold, -1.0)):
@@ -271,6 +294,14 @@ def run(args: argparse.Namespace) -> int:
                 doc = pred.to_json()
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        except cv2.error as e:  # e.g. an image too large to allocate: this input fails, the next ones run
+            print(f"error: {path}: OpenCV: {opencv_error_line(e)}", file=sys.stderr)
+            failed += 1
+            continue
+        except MemoryError:
+            print(f"error: {path}: out of memory", file=sys.stderr)
             failed += 1
             continue
         if args.json:

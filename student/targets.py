@@ -73,24 +73,68 @@ class StoreSample:
                        glove=np.zeros_like(self.glove), token_ids=())
 
 
+class PoseError(ValueError):
+    """A ``pose.json`` without the structure the base stage writes; the message says what is wrong in it."""
+
+
 def from_store(sample: Mapping[str, Any]) -> StoreSample:
     """Build a :class:`StoreSample` from a decoded reader sample (members of base, depth, normals, text,
-    groups and tokens)."""
+    groups and tokens).
+
+    Raises:
+        PoseError: its ``pose.json`` is malformed (see :func:`pose_keypoints` and :func:`crowd_mask`).
+    """
     pose = sample["pose.json"]
+    keypoints = pose_keypoints(pose)
     return StoreSample(
         key=str(sample["__key__"]), image=sample["jpg"], depth=sample["depth.png"], normals=sample["normals.png"],
-        text=sample["text.png"], groups=sample["groups.png"], keypoints=pose_keypoints(pose),
-        crowd=crowd_mask(pose, sample["jpg"].shape[0]) if pose.get("crowd") else None,
+        text=sample["text.png"], groups=sample["groups.png"], keypoints=keypoints,
+        crowd=crowd_mask(pose, sample["jpg"].shape[0]) if pose["crowd"] else None,
         glove=np.asarray(sample["glove.npy"], np.float16),
         token_ids=tuple(int(i) for i in sample["tokens.json"].get("ids", [])))
 
 
 def pose_keypoints(pose: Mapping[str, Any]) -> np.ndarray:
-    """(P, 17, 3) float32 keypoints of the persons of a ``pose.json`` dict."""
-    persons = [p["keypoints"] for p in pose.get("persons", [])]
-    if not persons:
-        return np.zeros((0, len(JOINTS), 3), np.float32)
-    return np.asarray(persons, np.float32).reshape(len(persons), len(JOINTS), 3)
+    """(P, 17, 3) float32 keypoints of the persons of a ``pose.json`` dict.
+
+    The base stage always writes ``{"persons": [{"keypoints": 17 x [x, y, v], "bbox": ...}, ...], "crowd":
+    [...]}`` (DESIGN 3); a COCO-style flat list of 51 numbers per person is read too.
+
+    Raises:
+        PoseError: ``pose`` is not such a dict (``{}`` included: the writer never leaves a key out).
+    """
+    if not isinstance(pose, Mapping):
+        raise PoseError(f"holds a JSON {type(pose).__name__}, expected an object with persons and crowd")
+    missing = [k for k in ("persons", "crowd") if k not in pose]
+    if missing:
+        raise PoseError(f"lacks {' and '.join(repr(k) for k in missing)} (the base stage writes both)")
+    if not isinstance(pose["persons"], list) or not isinstance(pose["crowd"], list):
+        raise PoseError("its persons and crowd must be lists")
+    out = np.zeros((len(pose["persons"]), len(JOINTS), 3), np.float32)
+    for i, person in enumerate(pose["persons"]):
+        if not isinstance(person, Mapping):
+            raise PoseError(f"persons[{i}] is {_describe(person)}, expected an object with keypoints")
+        kp = person.get("keypoints")
+        try:
+            arr = np.asarray(kp, np.float32) if isinstance(kp, list) else None
+        except (TypeError, ValueError):  # ragged, or not numbers
+            arr = None
+        if arr is None or arr.shape not in ((len(JOINTS), 3), (len(JOINTS) * 3,)):
+            raise PoseError(f"persons[{i}] needs keypoints of {len(JOINTS)} [x, y, v] triples, got {_describe(kp)}")
+        if not np.isfinite(arr).all():
+            raise PoseError(f"persons[{i}] has keypoints that are not finite numbers")
+        out[i] = arr.reshape(len(JOINTS), 3)
+    return out
+
+
+def _describe(value: Any) -> str:
+    """A short account of a JSON value for an error message: ``a list of 1 item(s)``, ``nothing``, ``a str``."""
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    if value is None:
+        return "nothing"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def crowd_mask(pose: Mapping[str, Any], size: int) -> np.ndarray:
@@ -98,34 +142,48 @@ def crowd_mask(pose: Mapping[str, Any], size: int) -> np.ndarray:
 
     A region's ``segmentation`` (store-size RLE dict or polygons ``[x0, y0, x1, y1, ...]`` in continuous
     store pixels) is used when present, else its ``bbox``.
+
+    Raises:
+        PoseError: a region is malformed (names it: ``crowd[i]``).
     """
+    mask = np.zeros((size, size), np.uint8)
+    for i, region in enumerate(pose.get("crowd", [])):
+        try:
+            _draw_crowd(mask, region, size)
+        except PoseError as e:
+            raise PoseError(f"crowd[{i}] {e}") from None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise PoseError(f"crowd[{i}] is malformed ({type(e).__name__}: {e})") from None
+    return mask
+
+
+def _draw_crowd(mask: np.ndarray, region: Mapping[str, Any], size: int) -> None:
+    """Set the pixels of one crowd region of ``crowd_mask`` to 1."""
     import cv2
 
-    mask = np.zeros((size, size), np.uint8)
-    for region in pose.get("crowd", []):
-        seg = region.get("segmentation")
-        if isinstance(seg, dict):
-            from pycocotools import mask as mask_utils
+    if not isinstance(region, Mapping):
+        raise PoseError(f"is {_describe(region)}, expected an object with bbox or segmentation")
+    seg = region.get("segmentation")
+    if isinstance(seg, dict):
+        from pycocotools import mask as mask_utils
 
-            rle = {"size": list(seg["size"]), "counts": seg["counts"]}
-            if isinstance(rle["counts"], str):
-                rle["counts"] = rle["counts"].encode()
-            decoded = mask_utils.decode(rle)
-            if decoded.shape != mask.shape:
-                raise ValueError(f"crowd RLE of size {decoded.shape} in a {size}-pixel store")
-            mask |= decoded.astype(np.uint8)
-            continue
-        if seg:
-            polys = [np.asarray(p, np.float32).reshape(-1, 2) for p in seg if len(p) >= 6]
-            # fillPoly takes integer vertices with pixel centres at integers (ours are at i + 0.5) and
-            # fills the boundary too: the region grows by at most one pixel, harmless for an ignore mask
-            cv2.fillPoly(mask, [np.round(p - 0.5).astype(np.int32) for p in polys], 1)
-        else:  # pixels whose centre lies in the box
-            x, y, w, h = (float(v) for v in region["bbox"])
-            c0, c1 = max(0, math.ceil(x - 0.5)), max(0, math.ceil(x + w - 0.5))
-            r0, r1 = max(0, math.ceil(y - 0.5)), max(0, math.ceil(y + h - 0.5))
-            mask[r0:r1, c0:c1] = 1
-    return mask
+        rle = {"size": list(seg["size"]), "counts": seg["counts"]}
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode()
+        decoded = mask_utils.decode(rle)
+        if decoded.shape != mask.shape:
+            raise PoseError(f"has an RLE of size {decoded.shape} in a {size}-pixel store")
+        mask |= decoded.astype(np.uint8)
+    elif seg:
+        polys = [np.asarray(p, np.float32).reshape(-1, 2) for p in seg if len(p) >= 6]
+        # fillPoly takes integer vertices with pixel centres at integers (ours are at i + 0.5) and
+        # fills the boundary too: the region grows by at most one pixel, harmless for an ignore mask
+        cv2.fillPoly(mask, [np.round(p - 0.5).astype(np.int32) for p in polys], 1)
+    else:  # pixels whose centre lies in the box
+        x, y, w, h = (float(v) for v in region["bbox"])
+        c0, c1 = max(0, math.ceil(x - 0.5)), max(0, math.ceil(x + w - 0.5))
+        r0, r1 = max(0, math.ceil(y - 0.5)), max(0, math.ceil(y + h - 0.5))
+        mask[r0:r1, c0:c1] = 1
 
 
 def _scaled(value: float, size: int) -> float:

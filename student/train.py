@@ -9,9 +9,11 @@ optional bf16 autocast and single-node multi-GPU with torchrun (DDP; ranks read 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -22,16 +24,22 @@ from typing import Any
 
 import torch
 
+from shards.atomic import atomic_write_bytes
 from shards.manifest import StoreError
+from shards.streams import is_url
 from student.augment import AugmentConfig
-from student.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, saved_model_config
+from student.checkpoint import (CheckpointError, load_problem, load_weights, read_checkpoint, save_checkpoint,
+                                saved_model_config)
 from student.cli import resolve_device
 from student.config import ModelConfig, TrainConfig
-from student.data import StudentDataset, error_line, make_loader, open_split, skip_remainder, to_device
+from student.data import StudentDataset, close_loader, error_line, make_loader, open_split, skip_remainder, to_device
 from student.loss import compute_loss
 from student.metrics import MetricSums, image_panel
 from student.model import YMapNet
 from student.targets import TargetSizes
+
+#: what a run writes into its --out folder; a new run refuses a folder holding any of them (see --overwrite)
+RUN_FILES = ("last.pt", "best.pt", "train_config.json", "tb")
 
 
 class _HardStop(KeyboardInterrupt):
@@ -112,33 +120,43 @@ def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, 
     """One pass over the validation split (at most ``cfg.val_steps`` batches); returns (metrics, image panel)."""
     model.eval()
     sums, panel = MetricSums(device), None
-    loader = make_loader(dataset, cfg.workers, pin_memory=device.type == "cuda")
+    batches = iter(make_loader(dataset, cfg.workers, pin_memory=device.type == "cuda"))
     gains = cfg.loss_gains()
-    with torch.no_grad():
-        for i, host in enumerate(loader):
-            if cfg.val_steps and i >= cfg.val_steps:
-                break
-            batch = to_device(host, device)
-            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp == "bf16"):
-                out = model(batch["images"])
-            loss, _ = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
-                                   batch.get("multihot"), gains)
-            sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"], loss, batch["pose_mask"])
-            if panel is None:
-                panel = image_panel(batch["images"], out["maps"], batch["targets"])
-            dataset.release(host)
+    try:
+        with torch.no_grad():
+            for i, host in enumerate(batches):
+                if cfg.val_steps and i >= cfg.val_steps:
+                    break
+                batch = to_device(host, device)
+                with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp == "bf16"):
+                    out = model(batch["images"])
+                loss, _ = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
+                                       batch.get("multihot"), gains)
+                sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"], loss, batch["pose_mask"])
+                if panel is None:
+                    panel = image_panel(batch["images"], out["maps"], batch["targets"])
+                dataset.release(host)
+    finally:
+        close_loader(batches)  # now, also after an error or Ctrl-C (see close_loader)
     if world > 1:
         torch.distributed.all_reduce(sums.sums)
     return sums.compute(), panel
 
 
-def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume) a student; the Python API behind ``student train``.
 
+    Nothing is written into ``cfg.out`` before the first training step has finished (or a checkpoint is
+    saved): a run that fails before that leaves the folder as it was.
+
     Args:
-        cfg: the run's configuration.
+        cfg: the run's configuration; a local ``shards`` path is made absolute (the saved configs then work
+            from any folder).
         resume: a checkpoint of an earlier run to continue from (its loader position included).
         stop_at_step: save a checkpoint and return once this global step is reached (as an interrupt does).
+        overwrite: replace the run ``cfg.out`` holds (its ``RUN_FILES``) instead of refusing; a run resumed
+            in its own checkpoint's folder goes on there without it.
 
     Returns:
         ``{"losses": [train loss of every step run here], "epochs": epochs completed, "best": best val loss,
@@ -146,12 +164,15 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         "samples_per_s": training samples per second over the steps after each epoch's first}``.
 
     Raises:
-        StoreError: the store lacks a split or a needed column.
-        CheckpointError: ``resume`` cannot be loaded.
+        StoreError: the store lacks a split or a needed column, or a split's image size does not fit the model.
+        CheckpointError: ``resume`` cannot be loaded, or its weights or optimiser state do not fit its config.
+        ValueError: ``cfg.out`` holds another run and ``overwrite`` is not set.
     """
+    cfg = replace(cfg, shards=absolute_store(cfg.shards))
+    out_dir = Path(cfg.out)
+    replacing = _check_out(out_dir, resume, overwrite)  # before anything is written, on every rank alike
     device, rank, world = setup_device(cfg.device)
     main = rank == 0
-    out_dir = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     sizes = TargetSizes(cfg.heatmap_radius, cfg.paf_width, cfg.size_step_epochs)
     train_ds = open_split(cfg.shards, cfg.train_split, train=True, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -170,34 +191,54 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         state.update({k: payload[k] for k in state})
     else:
         model_cfg = model_config(cfg, train_ds.manifest.size)
-    if model_cfg.image_size != train_ds.manifest.size:
-        raise StoreError(f"store {cfg.shards} has {train_ds.manifest.size}-pixel images but the model expects "
-                         f"{model_cfg.image_size}")
+    for split, ds in ((cfg.train_split, train_ds), (cfg.val_split, val_ds)):  # before an epoch is spent
+        if ds.manifest.size != model_cfg.image_size:
+            expects = f"the checkpoint {resume} expects" if resume else \
+                f"the model (made for split {cfg.train_split}) expects"
+            raise StoreError(f"store {cfg.shards}/{split} has {ds.manifest.size}-pixel samples but {expects} "
+                             f"{model_cfg.image_size}")
     if model_cfg.multihot_vocab:
         train_ds.transform.multihot_vocab = val_ds.transform.multihot_vocab = model_cfg.multihot_vocab
     model = YMapNet(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if resume:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        load_weights(model, payload["model"], resume)
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{resume}: its optimiser state does not fit the model ({load_problem(e)})") \
+                from None
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     gains = cfg.loss_gains()
     steps_per_epoch = cfg.steps_per_epoch or max(1, train_ds.manifest.num_samples // (cfg.batch_size * world))
 
     writer = None
-    if main:
+    opened = False
+
+    def open_outputs() -> None:
+        """Write train_config.json and open TensorBoard (rank 0, once): after the first finished step or
+        validation, or at the first save, so that a run failing before leaves an existing folder untouched."""
+        nonlocal writer, opened
+        if opened or not main:
+            return
+        opened = True
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "train_config.json").write_text(json.dumps(
-            {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "parameters": model.parameter_counts()}, indent=1))
+        if replacing:  # --overwrite: the earlier run's files go only now
+            _remove_run(out_dir)
+        atomic_write_bytes(out_dir / "train_config.json", json.dumps(
+            {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "parameters": model.parameter_counts()},
+            indent=1).encode())
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(out_dir / "tb"))
+
     losses: list[float] = []
 
     def checkpoint(name: str) -> Path:
         path = out_dir / name
         if main:
+            open_outputs()
             save_checkpoint(path, model, model_cfg, optimizer=optimizer.state_dict(), train_cfg=cfg.to_dict(),
                             **state)
         return path
@@ -207,14 +248,15 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
 
     def interrupted(epoch: int) -> dict[str, Any]:
         """Save ``last.pt`` at the last finished step and say so (Ctrl-C, or ``stop_at_step``)."""
+        saved = checkpoint("last.pt")
         if writer is not None:
             writer.close()
-        saved = checkpoint("last.pt")
         return {"losses": losses, "epochs": epoch, "best": state["best"], "val": state["metrics"],
                 "checkpoint": str(saved), "interrupted": True, "samples_per_s": _rate(timed)}
 
     for epoch in range(state["epoch"], cfg.epochs):
         skip = state["position"]["batch"] if state["position"]["epoch"] == epoch else 0  # resumed inside it
+        batches = None
         if skip < steps_per_epoch:  # else the run stopped in this epoch's validation: that comes next
             train_ds.set_epoch(epoch, skip)
             batches = iter(make_loader(train_ds, cfg.workers, pin_memory=device.type == "cuda"))
@@ -260,6 +302,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                     tick = now
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{rate:.1f}")
                     bar.update(1)
+                    open_outputs()
                     if writer is not None:
                         writer.add_scalar("train/loss", losses[-1], state["step"])
                         writer.add_scalar("train/lr", lr, state["step"])
@@ -279,6 +322,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         except KeyboardInterrupt:
             bar.close()
             return interrupted(epoch)
+        finally:
+            close_loader(batches)  # the epoch's stream is done: its workers end now, also after an error
         bar.close()
 
         try:  # a Ctrl-C here loses no training: resuming runs this validation again, then goes on
@@ -289,6 +334,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         val_loss = metrics.get("loss", math.inf)  # no loss: the val split gave no batch
         improved = val_loss < state["best"]
         state["best"], state["stale"] = (val_loss, 0) if improved else (state["best"], state["stale"] + 1)
+        open_outputs()
         if writer is not None:
             for name, value in metrics.items():
                 writer.add_scalar(f"val/{name}", value, epoch + 1)
@@ -309,6 +355,53 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         torch.distributed.destroy_process_group()
     return {"losses": losses, "epochs": state["epoch"], "best": state["best"], "val": state["metrics"],
             "checkpoint": str(last), "interrupted": False, "samples_per_s": _rate(timed)}
+
+
+def absolute_store(root: str) -> str:
+    """A local store path made absolute (a resumed run, or predict finding the vocabulary, may start in another
+    folder); URLs and ``pipe:`` commands unchanged."""
+    if is_url(root) or str(root).startswith("file://"):
+        return str(root)
+    return os.path.abspath(root)
+
+
+def _check_out(out_dir: Path, resume: str | None, overwrite: bool) -> bool:
+    """Whether this run replaces another one in ``out_dir``; without ``overwrite`` that is a ValueError.
+
+    A run resumed from a checkpoint in ``out_dir`` itself is that folder's own run going on: nothing to replace.
+    A folder the run could not write is an error now too, not after the first step (when the run first writes).
+    """
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == out_dir else f": {existing}"
+        raise ValueError(f"--out {out_dir}{where} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "Permission denied (--out)", str(existing))
+    if resume is not None and Path(resume).resolve().parent == out_dir.resolve():
+        return False
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not found:
+        return False
+    if overwrite:
+        return True
+    if resume is not None:
+        hint = "choose another --out"
+    elif "last.pt" in found:
+        hint = f"continue it with --resume {out_dir / 'last.pt'}, choose a new --out"
+    else:
+        hint = "choose a new --out"
+    raise ValueError(f"--out {out_dir} already holds a run ({', '.join(found)}); {hint}, or pass --overwrite to "
+                     "replace it")
+
+
+def _remove_run(out_dir: Path) -> None:
+    """Delete the ``RUN_FILES`` of an earlier run in ``out_dir`` (``--overwrite``)."""
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def _rate(timed: list[float]) -> float | None:
@@ -368,6 +461,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar")
     parser.add_argument("--resume", help="checkpoint to continue from (its config is the base of this run's; the run "
                                          "goes on in the checkpoint's folder unless --out is given)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run --out already holds (its last.pt, best.pt, train_config.json and tb/, "
+                             "removed once the first step has trained) instead of refusing to start")
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
@@ -382,6 +478,17 @@ def _check_numbers(cfg: TrainConfig) -> None:
     for flag, value in (("--lr", cfg.lr), ("--lr-final", cfg.lr_final)):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+
+
+def _store_hint(error: BaseException, args: argparse.Namespace, flags: dict[str, Any], base: TrainConfig) -> str:
+    """For a resumed run whose saved store is not there (a relative --shards saved by an older version, read
+    from another folder; or a store that moved): how to name it."""
+    if not (isinstance(error, StoreError) and args.resume and "shards" not in flags) or is_url(base.shards):
+        return ""
+    if Path(base.shards).is_dir():
+        return ""
+    return (f" (the store path {base.shards} comes from {args.resume}; pass --shards to say where the store is "
+            "now)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -402,12 +509,12 @@ def run(args: argparse.Namespace) -> int:
             flags.setdefault("out", str(Path(args.resume).resolve().parent))
         cfg = replace(base, **flags)
         _check_numbers(cfg)
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     except (StoreError, CheckpointError, ValueError) as e:
-        print(f"student train: {error_line(e)}", file=sys.stderr)
+        print(f"student train: error: {error_line(e)}{_store_hint(e, args, flags, base)}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # a diverged run
-        print(f"student train: {e}", file=sys.stderr)
+        print(f"student train: error: {e}", file=sys.stderr)
         return 1
     except _HardStop:
         print("student train: stopped at once by a second Ctrl-C; the half-done step is not saved (last.pt, if "

@@ -247,9 +247,9 @@ def test_student_bad_device(store: Path, tiny_checkpoint: str, capsys: pytest.Ca
 
 
 @pytest.mark.parametrize("flag, value, text", [
-    ("--batch-size", "0", "student train: --batch-size must be >= 1, got 0"),
-    ("--epochs", "0", "student train: --epochs must be >= 1, got 0"),
-    ("--lr", "-1", "student train: --lr must be a finite number > 0, got -1.0"),
+    ("--batch-size", "0", "student train: error: --batch-size must be >= 1, got 0"),
+    ("--epochs", "0", "student train: error: --epochs must be >= 1, got 0"),
+    ("--lr", "-1", "student train: error: --lr must be a finite number > 0, got -1.0"),
 ])
 def test_student_train_rejects_impossible_numbers(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                   flag: str, value: str, text: str) -> None:
@@ -299,7 +299,7 @@ def test_a_split_without_samples_is_named_not_hung(empty: Path, tiny_checkpoint:
     assert student_main(["train", "--shards", str(empty), "--train-split", SPLIT, "--val-split", SPLIT,
                          "--model", "tiny", "--device", "cpu", "--workers", "0", "--no-progress",
                          "--out", str(tmp_path / "run")]) == 2
-    assert _one_line(capsys) == (f"student train: split '{SPLIT}' of store {empty} has no samples "
+    assert _one_line(capsys) == (f"student train: error: split '{SPLIT}' of store {empty} has no samples "
                                  f"(5 images rejected: see {empty / SPLIT / 'rejected.jsonl'})")
 
 

@@ -179,7 +179,7 @@ def test_an_image_whose_header_contradicts_its_annotations_is_rejected_undecoded
     import cv2
     from PIL import Image
 
-    from pipeline.decode import RejectedImage, decode_image_bytes
+    from shards.images import RejectedImage, decode_image_bytes
 
     def png(width: int, height: int) -> bytes:  # a 1-bit PNG of any size in a few kilobytes
         def chunk(kind: bytes, body: bytes) -> bytes:

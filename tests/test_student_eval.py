@@ -145,3 +145,64 @@ def test_checkpoint_and_store_faults_are_one_line(store: str, tmp_path, capsys: 
                          "--workers", workers, "--no-progress", "--device", "auto"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "member depth.png" in err and "shards verify" in err, err
+
+
+def test_weights_that_do_not_fit_their_config_name_the_first_mismatch(store: str, tmp_path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from dataclasses import replace
+
+    from student import cli
+
+    cfg = ModelConfig.tiny(image_size=SIZE)
+    ckpt = tmp_path / "mismatched.pt"
+    save_checkpoint(ckpt, YMapNet(replace(cfg, bridge_filters=8)), cfg)  # weights of another network
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--shards", store, "--split", SPLIT, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"student eval: error: {ckpt}: weights do not match the saved config (size mismatch for "
+                          "bridge.0.weight: copying a param with shape torch.Size([8, 16, 3, 3]) from checkpoint")
+
+
+def _set_pose(split_path, pose: object) -> list[str]:
+    """Rewrite every pose.json of the split's first base shard (a valid shard, recorded); the keys."""
+    from shards.manifest import load_manifest
+    from shards.streams import iter_samples
+    from shards.writer import ColumnWriter
+
+    manifest = load_manifest(split_path)
+    writer = ColumnWriter(split_path, "base", manifest.columns["base"])
+    name = manifest.shard_names[0]
+    with open(writer.dir / f"{name}.tar", "rb") as f:
+        samples = list(iter_samples(f))
+    for _, members in samples:
+        members["pose.json"] = json.dumps(pose).encode()
+    writer.write_encoded_shard(name, samples)
+    return [key for key, _ in samples]
+
+
+@pytest.mark.parametrize("pose, problem", [
+    ({"persons": [{"keypoints": [[1.0, 2.0, 2]], "bbox": [0, 0, 1, 1]}], "crowd": []},
+     "persons[0] needs keypoints of 17 [x, y, v] triples, got a list of 1 item(s)"),
+    ({}, "lacks 'persons' and 'crowd' (the base stage writes both)"),
+    ([], "holds a JSON list, expected an object with persons and crowd"),
+    ({"persons": [], "crowd": [{"bbox": [1, 2]}]}, "crowd[0] is malformed (ValueError: "),
+])
+def test_pose_json_of_the_wrong_structure_is_one_line(store: str, tmp_path, capsys: pytest.CaptureFixture,
+                                                      pose: object, problem: str) -> None:
+    import shutil
+
+    from student import cli
+
+    cfg = ModelConfig.tiny(image_size=SIZE)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, YMapNet(cfg), cfg)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(store, damaged)
+    keys = _set_pose(damaged / SPLIT, pose)
+    for workers in ("0", "2"):  # in a loader worker too
+        assert cli.main(["eval", "--checkpoint", str(ckpt), "--shards", str(damaged), "--split", SPLIT,
+                         "--workers", workers, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert err.startswith(f"student eval: error: shard {SPLIT}-000000 key {keys[0]} member pose.json: {problem}")
+        assert err.endswith("(run `shards verify`)")

@@ -111,3 +111,24 @@ def test_refinement_keeps_far_and_border_pixels_fixed() -> None:
     np.testing.assert_array_equal(refined[:, :10], noisy[:, :10])
     np.testing.assert_array_equal(refined[-8:], noisy[-8:])
     assert np.abs(refined - noisy)[:-8, 10:].max() > 0
+
+
+def test_peaks_stay_on_the_image_content_of_the_letterbox() -> None:
+    """With ``valid`` no peak lies on the border, none there suppresses one inside, and a peak on the content's
+    edge keeps its centroid inside (the border's scores count as 0)."""
+    size = 32
+    valid = np.zeros((size, size), bool)
+    valid[:, 10:22] = True  # content columns 10..21, continuous x in [10, 22)
+    kp = np.zeros((2, len(JOINTS), 3), np.float32)
+    kp[0, 0] = (4.5, 16.5, 2)  # nose on the left bar
+    kp[1, 0] = (10.5, 8.5, 2)  # another nose on the content's first column
+    kp[1, 5] = (7.5, 20.5, 2)  # a shoulder on the bar, strong enough to suppress its neighbours without the mask
+    maps = render_heatmaps(kp, size, 8)
+    maps[5, 20, 11] = 0.9  # a weaker shoulder peak inside, 4 pixels from the one on the bar
+    plain = find_peaks(maps, threshold=0.5)
+    assert len(plain[0]) == 2 and plain[5].shape[0] == 1 and plain[5][0, 0] < 10  # the bar wins without the mask
+    masked = find_peaks(maps, threshold=0.5, valid=valid)
+    assert masked[0].shape == (1, 3) and 10.0 <= masked[0][0, 0] <= 11.0 and masked[0][0, 1] == 8.5
+    assert masked[5].shape == (1, 3) and 10.0 <= masked[5][0, 0] < 22.0
+    for joint in find_peaks(maps, threshold=0.0, valid=valid):  # threshold 0: the zeroed border is no peak
+        assert ((joint[:, 0] >= 10.0) & (joint[:, 0] <= 22.0)).all()

@@ -156,3 +156,166 @@ def test_predict_input_is_the_store_letterbox(tiny_checkpoint: str, w: int, h: i
     box = Letterbox.fit(w, h, SIZE)
     assert pred.geometry == box and pred.to_json()["size"] == [w, h]
     np.testing.assert_array_equal(pred.image, letterbox_image(image, box))
+
+
+# ---- a new-user review: failures are reported, inputs decode as the store decodes them ---------------------
+
+
+def _errors(err: str) -> list[str]:
+    """stderr without the note that no vocabulary was found."""
+    return [line for line in err.strip().splitlines() if not line.startswith("note: no vocabulary")]
+
+
+def _clip(path, frames: int = 2) -> None:
+    import cv2
+
+    rng = np.random.default_rng(2)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (48, 32))
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    writer.release()
+
+
+def test_a_video_panel_that_cannot_be_written_is_an_error(tiny_checkpoint: str, tmp_path, capsys) -> None:
+    clip = tmp_path / "clip.mp4"
+    _clip(clip)
+    out = tmp_path / "out"
+    (out / "clip.panel.mp4").mkdir(parents=True)  # the MP4 cannot be created there
+    assert main(["predict", "--checkpoint", tiny_checkpoint, str(clip), "--out", str(out), "--tile", "32"]) == 1
+    captured = capsys.readouterr()
+    assert _errors(captured.err) == [f"student predict: error: could not write {out / 'clip.panel.mp4'}"]
+    assert "->" not in captured.out  # no success reported
+
+
+def test_tile_has_an_upper_bound_and_an_opencv_failure_fails_one_input(tiny_checkpoint: str, tmp_path, capsys,
+                                                                       monkeypatch) -> None:
+    import cv2
+
+    import student.predict as predict_module
+
+    image = tmp_path / "a.png"
+    image.write_bytes(encode_png(np.zeros((20, 30, 3), np.uint8)))
+    assert main(["predict", "--checkpoint", tiny_checkpoint, str(image), "--tile", "100000"]) == 2
+    assert capsys.readouterr().err.strip() == "student predict: error: --tile must be <= 1024, got 100000"
+    other = tmp_path / "b.png"
+    other.write_bytes(encode_png(np.zeros((20, 30, 3), np.uint8)))
+    real_write = predict_module.write_png
+
+    def fail_first(path, rgb):  # what OpenCV raises when a buffer cannot be allocated
+        if path.name.startswith("a."):
+            raise cv2.error("OpenCV(5.0.0) /io/alloc.cpp:73: error: (-4:Insufficient memory) Failed to allocate "
+                            "1228800000000 bytes in function 'OutOfMemoryError'\n")
+        real_write(path, rgb)
+
+    monkeypatch.setattr(predict_module, "write_png", fail_first)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", tiny_checkpoint, str(image), str(other), "--out", str(out),
+                 "--tile", "16"]) == 1
+    captured = capsys.readouterr()
+    assert _errors(captured.err) == [(f"error: {image}: OpenCV: (-4:Insufficient memory) Failed to allocate "
+                                      "1228800000000 bytes in function 'OutOfMemoryError'")]
+    assert captured.out.strip() == f"{other} -> {out / 'b.panel.png'}"  # the next input still ran
+
+
+def test_a_folder_takes_gif_images_as_a_named_gif_does(tiny_checkpoint: str, tmp_path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    Image.fromarray(np.full((24, 40, 3), 90, np.uint8)).save(folder / "anim.GIF")
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", tiny_checkpoint, str(folder), "--out", str(out), "--json",
+                 "--tile", "16"]) == 0
+    assert json.loads((out / "anim.json").read_text())["size"] == [40, 24]
+
+
+def _png(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_read_image_composites_alpha_on_black_and_rounds_16_bits_like_the_store(tmp_path) -> None:
+    """Predict reads its inputs with the base stage's decoder (shards.images): these are its pixel values."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    cases: dict[str, tuple[bytes, list]] = {}
+    # RGBA: (c * a + 127) // 255 on black; a fully transparent pixel is black whatever its colour
+    rgba = np.array([[[200, 100, 50, 128], [10, 250, 30, 255], [255, 255, 255, 0]]], np.uint8)
+    cases["rgba.png"] = (_png(Image.fromarray(rgba, "RGBA")), [[100, 50, 25], [10, 250, 30], [0, 0, 0]])
+    la = np.array([[[200, 128], [50, 0]]], np.uint8)
+    cases["la.png"] = (_png(Image.fromarray(la, "LA")), [[100, 100, 100], [0, 0, 0]])
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 255, 0])
+    palette.putdata([0, 1])
+    buf = io.BytesIO()
+    palette.save(buf, "PNG", transparency=0)
+    cases["palette.png"] = (buf.getvalue(), [[0, 0, 0], [0, 255, 0]])
+    buf = io.BytesIO()
+    palette.save(buf, "GIF", transparency=0)
+    cases["palette.gif"] = (buf.getvalue(), [[0, 0, 0], [0, 255, 0]])
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "WEBP", lossless=True)
+    cases["rgba.webp"] = (buf.getvalue(), [[100, 50, 25], [10, 250, 30], [0, 0, 0]])
+    # 16 bits: the high byte, rounded, (v + 128) // 257 (OpenCV's own conversion would give 0 and 255)
+    grey16 = np.array([[255, 65280, 32896, 65535]], np.uint16)
+    cases["grey16.png"] = (cv2.imencode(".png", grey16)[1].tobytes(), [[v] * 3 for v in (1, 254, 128, 255)])
+    bgra16 = np.array([[[65280, 255, 65535, 65535], [65535, 65535, 65535, 32896]]], np.uint16)
+    cases["bgra16.png"] = (cv2.imencode(".png", bgra16)[1].tobytes(), [[255, 1, 254], [128, 128, 128]])
+    for name, (data, expected) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        got = read_image(path)
+        assert got.dtype == np.uint8 and got.tolist() == [expected], name
+
+
+def test_predict_letterboxes_a_transparent_image_as_the_store_does(tiny_checkpoint: str, tmp_path) -> None:
+    from PIL import Image
+
+    from student.checkpoint import load_checkpoint
+
+    rgba = np.zeros((40, 50, 4), np.uint8)
+    rgba[..., :3] = 255  # white, transparent except a half-opaque band
+    rgba[10:20, :, 3] = 128
+    path = tmp_path / "logo.png"
+    path.write_bytes(_png(Image.fromarray(rgba, "RGBA")))
+    model, _, _ = load_checkpoint(tiny_checkpoint)
+    pred = Predictor(model, SIZE, refine=False)(read_image(path))
+    composite = np.zeros((40, 50, 3), np.uint8)
+    composite[10:20] = 128  # (255 * 128 + 127) // 255
+    np.testing.assert_array_equal(pred.image, letterbox_image(composite, Letterbox.fit(50, 40, SIZE)))
+
+
+def test_no_joint_is_found_on_the_letterbox_border(tiny_checkpoint: str) -> None:
+    """A network that draws a whole person on the padding: predict finds nobody there, and no peak."""
+    from student.checkpoint import load_checkpoint
+
+    _, cfg, _ = load_checkpoint(tiny_checkpoint)
+    photo = np.zeros((300, 100, 3), np.uint8)  # 21 pixels of content in the middle of 64, bars of 21 and 22
+    box = Letterbox.fit(100, 300, SIZE)
+    assert box.offset_x == 21
+    pose = np.array([(0.50, 0.08), (0.55, 0.05), (0.45, 0.05), (0.60, 0.07), (0.40, 0.07), (0.70, 0.24),
+                     (0.30, 0.24), (0.82, 0.40), (0.18, 0.40), (0.88, 0.55), (0.12, 0.55), (0.62, 0.56),
+                     (0.38, 0.56), (0.64, 0.77), (0.36, 0.77), (0.65, 0.96), (0.35, 0.96)])
+    truth = np.ones((1, len(JOINTS), 3), np.float32)
+    truth[0, :, :2] = np.array([1.0, 4.0]) + pose * [18.0, 56.0]  # store pixels, all in the left bar
+    radius, width = TargetSizes().at(None)
+
+    class Rendered(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            maps = -torch.ones(images.shape[0], 44, SIZE, SIZE)
+            maps[:, CHANNELS["joints"].slice] = torch.from_numpy(render_heatmaps(truth, SIZE, radius))
+            maps[:, CHANNELS["pafs"].slice] = torch.from_numpy(render_pafs(truth, SIZE, width))
+            return {"maps": maps, "tokens": torch.zeros(images.shape[0], NUM_TOKENS, GLOVE_DIM)}
+
+    pred = Predictor(Rendered(), cfg.image_size, refine=False)(photo)
+    assert pred.people == []
+    from student.postprocess import find_peaks
+
+    unmasked = find_peaks(pred.maps[CHANNELS["joints"].slice])  # the person is there without the mask
+    assert sum(len(p) for p in unmasked) == len(JOINTS)

@@ -139,3 +139,34 @@ def test_pack_and_device_targets_match_numpy_conversions() -> None:
     assert np.allclose(full[CHANNELS["normals"].slice], V.normals_to_target(sample.normals), atol=1e-6)
     assert np.array_equal(full[CHANNELS["text"].slice][0], V.text_to_target(sample.text))
     assert np.array_equal(full[CHANNELS["groups"].slice], V.groups_to_target(sample.groups))
+
+
+def test_pose_json_structure_is_checked() -> None:
+    triples = [[float(j), 2.0 * j, 2] for j in range(len(JOINTS))]
+    flat = [v for t in triples for v in t]  # COCO's flat list of 51 numbers is read too
+    got = T.pose_keypoints({"persons": [{"keypoints": triples}, {"keypoints": flat}], "crowd": []})
+    assert got.shape == (2, len(JOINTS), 3) and np.array_equal(got[0], got[1]) and got[0, 3].tolist() == [3, 6, 2]
+    assert T.pose_keypoints({"persons": [], "crowd": []}).shape == (0, len(JOINTS), 3)
+    for pose, problem in (
+            ({}, "lacks 'persons' and 'crowd' (the base stage writes both)"),
+            ({"persons": []}, "lacks 'crowd'"),
+            ([], "holds a JSON list, expected an object with persons and crowd"),
+            ({"persons": {}, "crowd": []}, "its persons and crowd must be lists"),
+            ({"persons": [[1, 2, 3]], "crowd": []},
+             "persons[0] is a list of 3 item(s), expected an object with keypoints"),
+            ({"persons": [{"keypoints": triples[:1]}], "crowd": []},
+             "persons[0] needs keypoints of 17 [x, y, v] triples, got a list of 1 item(s)"),
+            ({"persons": [{"keypoints": triples}, {}], "crowd": []},
+             "persons[1] needs keypoints of 17 [x, y, v] triples, got nothing"),
+            ({"persons": [{"keypoints": [[1, 2]] * 17}], "crowd": []}, "persons[0] needs keypoints of 17"),
+            ({"persons": [{"keypoints": [["a", 2, 3]] * 17}], "crowd": []}, "persons[0] needs keypoints of 17")):
+        with pytest.raises(T.PoseError) as info:
+            T.pose_keypoints(pose)
+        assert str(info.value).startswith(problem), (pose, str(info.value))
+    for crowd, problem in (([7], "crowd[0] is an int, expected an object with bbox or segmentation"),
+                           ([{"bbox": [0, 0, 4, 4]}, {}], "crowd[1] is malformed (KeyError: 'bbox')"),
+                           ([{"segmentation": {"size": [8, 8], "counts": "0"}}],
+                            "crowd[0] has an RLE of size (8, 8) in a 32-pixel store")):
+        with pytest.raises(T.PoseError) as info:
+            T.crowd_mask({"persons": [], "crowd": crowd}, 32)
+        assert str(info.value).startswith(problem), (crowd, str(info.value))

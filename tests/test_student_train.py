@@ -307,6 +307,7 @@ def test_resume_goes_on_in_the_checkpoints_folder(store: Path, tmp_path: Path, c
 @pytest.mark.parametrize("flags, message", [
     (["--seed", "-1"], "--seed must be >= 0"), (["--lr", "inf"], "--lr must be a finite number"),
     (["--device", "meta"], "'meta' devices are not supported"), (["--device", "mps"], "no Apple MPS device"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
 ])
 def test_bad_training_flags_are_one_line(store: Path, tmp_path: Path, capsys, flags, message) -> None:
     if flags[-1] == "mps" and torch.backends.mps.is_available():
@@ -315,6 +316,7 @@ def test_bad_training_flags_are_one_line(store: Path, tmp_path: Path, capsys, fl
     assert cli.main(argv + flags) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+    assert err.startswith("student train: error: ")  # as every other error line of the student commands
 
 
 def test_malformed_training_state_is_one_line(store: Path, tmp_path: Path, capsys, tiny_checkpoint: str) -> None:
@@ -356,3 +358,214 @@ def test_a_second_ctrl_c_inside_a_step_stops_without_saving_it(store: Path, tmp_
         train(_cfg(store, tmp_path / "run"))
     assert not (tmp_path / "run" / "last.pt").exists()  # nothing half-done was saved
     assert signal.getsignal(signal.SIGINT) is before  # the handler is restored
+
+
+# ---- a new-user review: runs never overwrite each other, checks before an epoch is spent --------------------
+
+
+def _tiny_run(store: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--shards", str(store), "--model", "tiny", "--epochs", "1", "--steps-per-epoch", "1",
+            "--batch-size", "2", "--workers", "0", "--out", str(out), "--no-progress", "--val-steps", "1", *extra]
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    """Every file below ``out`` (TensorBoard event files included) by relative path."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_refuses_a_folder_holding_a_run(store: Path, tmp_path: Path, capsys, one_thread) -> None:
+    out = tmp_path / "run"
+    assert cli.main(_tiny_run(store, out)) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert {"last.pt", "best.pt", "train_config.json"} <= set(before) and any(k.startswith("tb/") for k in before)
+    assert cli.main(_tiny_run(store, out, "--epochs", "2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"student train: error: --out {out} already holds a run")
+    assert f"--resume {out / 'last.pt'}" in err and "--overwrite" in err
+    assert _snapshot(out) == before  # nothing written, TensorBoard included
+    # a resumed run goes on in its own folder, but does not take over another run's folder either
+    other = tmp_path / "other"
+    assert cli.main(_tiny_run(store, other)) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(other / "last.pt"), "--out", str(out), "--epochs", "2"]) == 2
+    assert "already holds a run" in capsys.readouterr().err and _snapshot(out) == before
+    # --overwrite replaces the run: fresh checkpoints, one TensorBoard log, no file of the old run left
+    assert cli.main(_tiny_run(store, out, "--seed", "3", "--overwrite")) == 0
+    after = _snapshot(out)
+    assert json.loads(after["train_config.json"])["train"]["seed"] == 3
+    assert torch.load(out / "last.pt", weights_only=True)["train_cfg"]["seed"] == 3
+    assert len([k for k in after if k.startswith("tb/")]) == 1 and not set(after) & (set(before) - {
+        "last.pt", "best.pt", "train_config.json"})
+
+
+def test_overwrite_is_in_the_help(capsys) -> None:
+    assert cli.main(["train", "--help"]) == 0
+    assert "--overwrite" in capsys.readouterr().out
+
+
+def test_a_resume_that_fails_early_leaves_the_run_as_it_was(store: Path, tmp_path: Path, monkeypatch, capsys,
+                                                             one_thread) -> None:
+    import student.train as train_module
+
+    out = tmp_path / "run"
+    assert cli.main(_tiny_run(store, out)) == 0
+    before = _snapshot(out)
+    real_loss = train_module.compute_loss
+
+    def nan_loss(*args, **kwargs):  # fails in the first step of the resumed run
+        loss, parts = real_loss(*args, **kwargs)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(train_module, "compute_loss", nan_loss)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(out / "last.pt"), "--epochs", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("student train: error: the training loss is nan")
+    assert _snapshot(out) == before  # train_config.json not rewritten, no new TensorBoard event file
+
+
+@pytest.fixture(scope="module")
+def mixed_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train2017 at 32 pixels, val2017 at 64."""
+    root = tmp_path_factory.mktemp("mixed_store")
+    write_synthetic_store(root, "train2017", 8, 8, size=SIZE, seed=0)
+    write_synthetic_store(root, "val2017", 4, 4, size=2 * SIZE, seed=1)
+    return root
+
+
+def test_a_val_split_of_another_size_is_refused_before_training(mixed_store: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli.main(_tiny_run(mixed_store, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err == (f"student train: error: store {mixed_store}/val2017 has 64-pixel samples but the model (made for "
+                   f"split train2017) expects {SIZE}")
+    assert not out.exists()  # refused before anything was written
+
+
+def test_resuming_against_a_val_split_of_another_size_names_the_checkpoint(store: Path, mixed_store: Path,
+                                                                           tmp_path: Path, capsys,
+                                                                           one_thread) -> None:
+    out = tmp_path / "run"
+    assert cli.main(_tiny_run(store, out)) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(out / "last.pt"), "--shards", str(mixed_store), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"student train: error: store {mixed_store}/val2017 has 64-pixel samples but the checkpoint "
+                   f"{out / 'last.pt'} expects {SIZE}")
+    assert _snapshot(out) == before
+
+
+def _training_checkpoint(path: Path, model_cfg, weights: dict, optimizer: dict, store: Path) -> Path:
+    from student.checkpoint import save_checkpoint
+    from student.model import YMapNet
+
+    model = YMapNet(model_cfg)
+    model.load_state_dict(weights)
+    train_cfg = _cfg(store, path.parent).to_dict()
+    save_checkpoint(path, model, model_cfg, optimizer=optimizer, train_cfg=train_cfg, epoch=0, step=0,
+                    position={"epoch": 0, "batch": 0}, best=math.inf, stale=0, metrics={})
+    return path
+
+
+def test_checkpoint_weights_or_optimiser_that_do_not_fit_are_one_line(store: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    from student.config import ModelConfig
+    from student.model import YMapNet
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(SIZE)
+    other = replace(cfg, bridge_filters=8)  # same keys, other shapes
+    model = YMapNet(cfg)
+    good = torch.optim.Adam(model.parameters()).state_dict()
+    run = tmp_path / "run"
+    run.mkdir()
+    mismatched = _training_checkpoint(run / "mismatched.pt", cfg, model.state_dict(), good, store)
+    payload = torch.load(mismatched, weights_only=True)
+    payload["model"] = YMapNet(other).state_dict()  # weights of another network under this config
+    torch.save(payload, mismatched)
+    assert cli.main(["train", "--resume", str(mismatched), "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"student train: error: {mismatched}: weights do not match the saved config (size "
+                          "mismatch for bridge.")
+    foreign = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]).state_dict()
+    alien = _training_checkpoint(run / "alien.pt", cfg, model.state_dict(), foreign, store)
+    assert cli.main(["train", "--resume", str(alien), "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"student train: error: {alien}: its optimiser state does not fit the model (")
+    assert sorted(p.name for p in run.iterdir()) == ["alien.pt", "mismatched.pt"]  # nothing else written
+
+
+def test_store_path_is_saved_absolute_and_a_lost_store_is_named(store: Path, tmp_path: Path, monkeypatch, capsys,
+                                                               one_thread) -> None:
+    monkeypatch.chdir(store.parent)
+    out = tmp_path / "run"
+    assert cli.main(_tiny_run(Path(store.name), out)) == 0  # a relative --shards
+    assert torch.load(out / "last.pt", weights_only=True)["train_cfg"]["shards"] == str(store)
+    assert json.loads((out / "train_config.json").read_text())["train"]["shards"] == str(store)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli.main(["train", "--resume", str(out / "last.pt"), "--epochs", "2", "--no-tensorboard"]) == 0
+    # a checkpoint that saved a relative path (as older versions did), resumed from another folder
+    payload = torch.load(out / "last.pt", weights_only=True)
+    payload["train_cfg"]["shards"] = store.name
+    old = out / "old.pt"
+    torch.save(payload, old)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(old), "--epochs", "3", "--no-tensorboard"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("student train: error: ")
+    assert f"the store path {store.name} comes from {old}; pass --shards" in err
+    assert cli.main(["train", "--resume", str(old), "--epochs", "3", "--no-tensorboard", "--shards", str(store)]) == 0
+
+
+def test_pose_json_of_the_wrong_structure_is_one_line_naming_it(tmp_path: Path, capsys) -> None:
+    import re
+
+    root = tmp_path / "store"
+    write_synthetic_store(root, "train2017", 4, 4, size=SIZE, seed=0)
+    write_synthetic_store(root, "val2017", 4, 4, size=SIZE, seed=1)
+    keys = _set_pose(root / "train2017", {"persons": [{"keypoints": [[1.0, 2.0, 2]], "bbox": [0, 0, 1, 1]}],
+                                          "crowd": []})
+    for workers in ("0", "2"):
+        argv = ["train", "--shards", str(root), "--model", "tiny", "--epochs", "1", "--steps-per-epoch", "2",
+                "--batch-size", "2", "--workers", workers, "--out", str(tmp_path / "run"), "--no-progress"]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        found = re.fullmatch(r"student train: error: shard train2017-000000 key (\d+) member pose.json: persons\[0\] "
+                             r"needs keypoints of 17 \[x, y, v\] triples, got a list of 1 item\(s\) "
+                             r"\(run `shards verify`\)", err)
+        assert found and found.group(1) in keys, err
+    assert not (tmp_path / "run").exists()  # failed in the first step: nothing written
+
+
+def _set_pose(split_path: Path, pose: object) -> list[str]:
+    """Rewrite every pose.json of the split's first base shard (a valid shard, recorded); the keys."""
+    from shards.manifest import load_manifest
+    from shards.streams import iter_samples
+    from shards.writer import ColumnWriter
+
+    manifest = load_manifest(split_path)
+    writer = ColumnWriter(split_path, "base", manifest.columns["base"])
+    name = manifest.shard_names[0]
+    with open(writer.dir / f"{name}.tar", "rb") as f:
+        samples = list(iter_samples(f))
+    for _, members in samples:
+        members["pose.json"] = json.dumps(pose).encode()
+    writer.write_encoded_shard(name, samples)
+    return [key for key, _ in samples]
+
+
+def test_an_out_that_is_a_file_is_refused_before_training(store: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile").write_text("x")
+    for out, text in ((tmp_path / "afile", f"--out {tmp_path / 'afile'} is a file, not a folder"),
+                      (tmp_path / "afile" / "run", f"--out {tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a "
+                                                   "file, not a folder")):
+        assert cli.main(_tiny_run(store, out)) == 2
+        assert capsys.readouterr().err.strip() == f"student train: error: {text}"

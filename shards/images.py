@@ -1,7 +1,9 @@
-"""Robust image decoding for the base stage: EXIF orientation, grayscale, CMYK, PNG-in-.jpg, 16-bit PNG.
+"""Image files -> the store's RGB: EXIF orientation, grayscale, CMYK, PNG-in-.jpg, 16-bit PNG, alpha.
 
-Everything that cannot give an RGB image raises :class:`RejectedImage` with a short machine-readable
-reason (``missing``, ``empty``, ``truncated``, ``undecodable``) and a one-line detail.
+The one decoder of the project: the pipeline's base stage makes the store's images with it and ``student
+predict`` reads its inputs with it, so a photo is the same pixels in both. Everything that cannot give an RGB
+image raises :class:`RejectedImage` with a short machine-readable reason (``missing``, ``empty``,
+``truncated``, ``undecodable``, ``size-mismatch``) and a one-line detail.
 """
 
 from __future__ import annotations
