@@ -37,3 +37,23 @@ def synthetic_store_fixtures(split: str, *, num_samples: int, shard_size: int, s
         return tmp_path / "s"
 
     return clean, store
+
+
+def set_pose(split_path: Path, pose: object) -> list[str]:
+    """Rewrite every pose.json of the split's first base shard with ``pose`` (a valid shard, recorded in its
+    column.json, so only what the student makes of the value is tested); returns the shard's keys."""
+    import json
+
+    from shards.manifest import load_manifest
+    from shards.streams import iter_samples
+    from shards.writer import ColumnWriter
+
+    manifest = load_manifest(split_path)
+    writer = ColumnWriter(split_path, "base", manifest.columns["base"])
+    name = manifest.shard_names[0]
+    with open(writer.dir / f"{name}.tar", "rb") as f:
+        samples = list(iter_samples(f))
+    for _, members in samples:
+        members["pose.json"] = json.dumps(pose).encode()
+    writer.write_encoded_shard(name, samples)
+    return [key for key, _ in samples]

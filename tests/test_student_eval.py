@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from shards.synthetic import write_synthetic_store
+from shards_stores import set_pose
 from student import eval as student_eval
 from student.checkpoint import save_checkpoint
 from student.config import ModelConfig
@@ -163,23 +164,6 @@ def test_weights_that_do_not_fit_their_config_name_the_first_mismatch(store: str
                           "bridge.0.weight: copying a param with shape torch.Size([8, 16, 3, 3]) from checkpoint")
 
 
-def _set_pose(split_path, pose: object) -> list[str]:
-    """Rewrite every pose.json of the split's first base shard (a valid shard, recorded); the keys."""
-    from shards.manifest import load_manifest
-    from shards.streams import iter_samples
-    from shards.writer import ColumnWriter
-
-    manifest = load_manifest(split_path)
-    writer = ColumnWriter(split_path, "base", manifest.columns["base"])
-    name = manifest.shard_names[0]
-    with open(writer.dir / f"{name}.tar", "rb") as f:
-        samples = list(iter_samples(f))
-    for _, members in samples:
-        members["pose.json"] = json.dumps(pose).encode()
-    writer.write_encoded_shard(name, samples)
-    return [key for key, _ in samples]
-
-
 @pytest.mark.parametrize("pose, problem", [
     ({"persons": [{"keypoints": [[1.0, 2.0, 2]], "bbox": [0, 0, 1, 1]}], "crowd": []},
      "persons[0] needs keypoints of 17 [x, y, v] triples, got a list of 1 item(s)"),
@@ -198,7 +182,7 @@ def test_pose_json_of_the_wrong_structure_is_one_line(store: str, tmp_path, caps
     save_checkpoint(ckpt, YMapNet(cfg), cfg)
     damaged = tmp_path / "damaged"
     shutil.copytree(store, damaged)
-    keys = _set_pose(damaged / SPLIT, pose)
+    keys = set_pose(damaged / SPLIT, pose)
     for workers in ("0", "2"):  # in a loader worker too
         assert cli.main(["eval", "--checkpoint", str(ckpt), "--shards", str(damaged), "--split", SPLIT,
                          "--workers", workers, "--no-progress"]) == 2

@@ -71,6 +71,26 @@ def test_predict_photo_writes_panel_and_json(tiny_checkpoint: str, vocab_path: s
         assert len(person["keypoints"]) == len(JOINTS) and all(len(k) == 3 for k in person["keypoints"])
 
 
+#: a standing person: (x, y) of the 17 COCO joints as fractions of their box
+STANDING = np.array([(0.50, 0.08), (0.55, 0.05), (0.45, 0.05), (0.60, 0.07), (0.40, 0.07), (0.70, 0.24),
+                     (0.30, 0.24), (0.82, 0.40), (0.18, 0.40), (0.88, 0.55), (0.12, 0.55), (0.62, 0.56),
+                     (0.38, 0.56), (0.64, 0.77), (0.36, 0.77), (0.65, 0.96), (0.35, 0.96)])
+
+
+def _drawing(truth: np.ndarray) -> torch.nn.Module:
+    """A stand-in network whose maps are the heatmaps and PAFs rendered from ``truth`` (P, 17, 3) store pixels."""
+    radius, width = TargetSizes().at(None)
+
+    class Drawing(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            maps = -torch.ones(images.shape[0], 44, SIZE, SIZE)
+            maps[:, CHANNELS["joints"].slice] = torch.from_numpy(render_heatmaps(truth, SIZE, radius))
+            maps[:, CHANNELS["pafs"].slice] = torch.from_numpy(render_pafs(truth, SIZE, width))
+            return {"maps": maps, "tokens": torch.zeros(images.shape[0], NUM_TOKENS, GLOVE_DIM)}
+
+    return Drawing()
+
+
 def test_json_people_are_in_original_pixels(tiny_checkpoint: str) -> None:
     """A model that outputs rendered maps of a known person: JSON keypoints land on the person in the photo."""
     from student.checkpoint import load_checkpoint
@@ -78,23 +98,12 @@ def test_json_people_are_in_original_pixels(tiny_checkpoint: str) -> None:
     model, cfg, _ = load_checkpoint(tiny_checkpoint)
     photo = np.zeros((300, 200, 3), np.uint8)  # letterboxed into 64 x 64 with side bars
     box = Letterbox.fit(200, 300, SIZE)
-    # a standing person in the photo (x, y as fractions of a box at (50, 30) of 100 x 240 pixels), COCO order
-    pose = np.array([(0.50, 0.08), (0.55, 0.05), (0.45, 0.05), (0.60, 0.07), (0.40, 0.07), (0.70, 0.24),
-                     (0.30, 0.24), (0.82, 0.40), (0.18, 0.40), (0.88, 0.55), (0.12, 0.55), (0.62, 0.56),
-                     (0.38, 0.56), (0.64, 0.77), (0.36, 0.77), (0.65, 0.96), (0.35, 0.96)])
-    in_photo = np.array([50.0, 30.0]) + pose * [100.0, 240.0]
+    # a standing person in the photo, in a box at (50, 30) of 100 x 240 pixels
+    in_photo = np.array([50.0, 30.0]) + STANDING * [100.0, 240.0]
     truth = np.ones((1, len(JOINTS), 3), np.float32)
     truth[0, :, :2] = box.to_store(in_photo)
-    radius, width = TargetSizes().at(None)
 
-    class Rendered(torch.nn.Module):
-        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-            maps = -torch.ones(images.shape[0], 44, SIZE, SIZE)
-            maps[:, CHANNELS["joints"].slice] = torch.from_numpy(render_heatmaps(truth, SIZE, radius))
-            maps[:, CHANNELS["pafs"].slice] = torch.from_numpy(render_pafs(truth, SIZE, width))
-            return {"maps": maps, "tokens": torch.zeros(images.shape[0], NUM_TOKENS, GLOVE_DIM)}
-
-    pred = Predictor(Rendered(), cfg.image_size, refine=False)(photo)
+    pred = Predictor(_drawing(truth), cfg.image_size, refine=False)(photo)
     doc = pred.to_json()
     assert len(doc["people"]) == 1
     got = np.array([k[:2] for k in doc["people"][0]["keypoints"]], float)
@@ -299,21 +308,10 @@ def test_no_joint_is_found_on_the_letterbox_border(tiny_checkpoint: str) -> None
     photo = np.zeros((300, 100, 3), np.uint8)  # 21 pixels of content in the middle of 64, bars of 21 and 22
     box = Letterbox.fit(100, 300, SIZE)
     assert box.offset_x == 21
-    pose = np.array([(0.50, 0.08), (0.55, 0.05), (0.45, 0.05), (0.60, 0.07), (0.40, 0.07), (0.70, 0.24),
-                     (0.30, 0.24), (0.82, 0.40), (0.18, 0.40), (0.88, 0.55), (0.12, 0.55), (0.62, 0.56),
-                     (0.38, 0.56), (0.64, 0.77), (0.36, 0.77), (0.65, 0.96), (0.35, 0.96)])
     truth = np.ones((1, len(JOINTS), 3), np.float32)
-    truth[0, :, :2] = np.array([1.0, 4.0]) + pose * [18.0, 56.0]  # store pixels, all in the left bar
-    radius, width = TargetSizes().at(None)
+    truth[0, :, :2] = np.array([1.0, 4.0]) + STANDING * [18.0, 56.0]  # store pixels, all in the left bar
 
-    class Rendered(torch.nn.Module):
-        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-            maps = -torch.ones(images.shape[0], 44, SIZE, SIZE)
-            maps[:, CHANNELS["joints"].slice] = torch.from_numpy(render_heatmaps(truth, SIZE, radius))
-            maps[:, CHANNELS["pafs"].slice] = torch.from_numpy(render_pafs(truth, SIZE, width))
-            return {"maps": maps, "tokens": torch.zeros(images.shape[0], NUM_TOKENS, GLOVE_DIM)}
-
-    pred = Predictor(Rendered(), cfg.image_size, refine=False)(photo)
+    pred = Predictor(_drawing(truth), cfg.image_size, refine=False)(photo)
     assert pred.people == []
     from student.postprocess import find_peaks
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from shards.synthetic import write_synthetic_store
+from shards_stores import set_pose
 from student import cli
 from student.config import TrainConfig
 from student.data import SLOTS_PER_WORKER, make_loader, open_split, skip_remainder, to_device
@@ -530,7 +531,7 @@ def test_pose_json_of_the_wrong_structure_is_one_line_naming_it(tmp_path: Path, 
     root = tmp_path / "store"
     write_synthetic_store(root, "train2017", 4, 4, size=SIZE, seed=0)
     write_synthetic_store(root, "val2017", 4, 4, size=SIZE, seed=1)
-    keys = _set_pose(root / "train2017", {"persons": [{"keypoints": [[1.0, 2.0, 2]], "bbox": [0, 0, 1, 1]}],
+    keys = set_pose(root / "train2017", {"persons": [{"keypoints": [[1.0, 2.0, 2]], "bbox": [0, 0, 1, 1]}],
                                           "crowd": []})
     for workers in ("0", "2"):
         argv = ["train", "--shards", str(root), "--model", "tiny", "--epochs", "1", "--steps-per-epoch", "2",
@@ -543,23 +544,6 @@ def test_pose_json_of_the_wrong_structure_is_one_line_naming_it(tmp_path: Path, 
                              r"\(run `shards verify`\)", err)
         assert found and found.group(1) in keys, err
     assert not (tmp_path / "run").exists()  # failed in the first step: nothing written
-
-
-def _set_pose(split_path: Path, pose: object) -> list[str]:
-    """Rewrite every pose.json of the split's first base shard (a valid shard, recorded); the keys."""
-    from shards.manifest import load_manifest
-    from shards.streams import iter_samples
-    from shards.writer import ColumnWriter
-
-    manifest = load_manifest(split_path)
-    writer = ColumnWriter(split_path, "base", manifest.columns["base"])
-    name = manifest.shard_names[0]
-    with open(writer.dir / f"{name}.tar", "rb") as f:
-        samples = list(iter_samples(f))
-    for _, members in samples:
-        members["pose.json"] = json.dumps(pose).encode()
-    writer.write_encoded_shard(name, samples)
-    return [key for key, _ in samples]
 
 
 def test_an_out_that_is_a_file_is_refused_before_training(store: Path, tmp_path: Path, capsys) -> None:
