@@ -172,7 +172,7 @@ def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildC
                 recorded = load_manifest(split_path).config
             except StoreError as e:  # a damaged manifest is said, not taken for a split never built
                 raise BuildError(f"{e}; the next build-targets of the split rewrites it") from None
-        kept = fields - {"stages", "force"}  # what the last build ran is not what this query asks to see
+        kept = fields - {"stages", "force", "progress"}  # how the last build ran, not what this query asks
         values = {**{k: v for k, v in recorded.items() if k in kept}, **values}
     unknown = sorted(set(values) - fields)
     if unknown:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -225,6 +226,13 @@ def absolute_paths(config: "BuildConfig") -> "BuildConfig":
     return dataclasses.replace(config, **changes)
 
 
+def _say(config: "BuildConfig", line: str) -> None:
+    """A line about slow set-up work for someone watching a terminal (not with ``--no-progress``; not in logs,
+    where an error on bad input stays the only line)."""
+    if config.progress and sys.stderr.isatty():
+        print(line, file=sys.stderr, flush=True)
+
+
 #: Threads that check the sha256 of finished shards when a build plans (a resumed train2017 store: tens of GB).
 HASH_THREADS = min(8, os.cpu_count() or 1)
 
@@ -243,6 +251,7 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
 
     config = absolute_paths(config)
     root = check_inputs(config)
+    _say(config, f"reading the COCO annotations of {config.split}")  # about half a minute on train2017
     try:
         records = load_split(root, config.split)
     except CocoError as e:
@@ -264,6 +273,8 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
     settings = {s: teacher_settings(f) for s, f in factories.items()}  # read before loading: what was loaded
     recorded = recorded_fingerprints(split_path, settings) if reuse_recorded else {}
     loaded = {s: f for s, f in factories.items() if s not in recorded}
+    if loaded:  # weights can take minutes to load (and Ray actors to start)
+        _say(config, "loading teachers: " + ", ".join(f"{s} {teacher_choice(config, s)[0]}" for s in loaded))
     teacher_fps = {**recorded, **load_teachers(config, loaded, executor if executor is not None else LocalExecutor())}
     teacher_ids = {s: (teacher_choice(config, s)[0], fp) for s, fp in teacher_fps.items()}
     specs = resolve_specs(config.size, config.shard_size, teacher_ids, derived)
