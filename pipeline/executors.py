@@ -425,8 +425,10 @@ class RayExecutor(Executor):
             if isinstance(e.cause, Exception):
                 raise e.cause from None
             raise
-        except ray.exceptions.RayError as e:  # an actor or worker died, an object was lost: its first line
-            raise RuntimeError(f"{type(e).__name__}: {(str(e).strip() or 'no detail').splitlines()[0]}") from None
+        except ray.exceptions.RayError as e:  # an actor or worker died, an object was lost: on one line (the
+            # cause, e.g. out of memory, is on a later line of Ray's message)
+            text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or "no detail"
+            raise RuntimeError(f"{type(e).__name__}: {text[:400]}") from None
 
     def close(self) -> None:
         import ray

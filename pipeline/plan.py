@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from shards.layout import column_dir, split_dir
 from shards.manifest import StoreError, load_manifest
@@ -83,9 +83,7 @@ def check_inputs(config: "BuildConfig") -> Path:
     if config.executor == "ray" and str(config.device).startswith("cuda:") and config.device != "cuda:0":
         raise BuildError(f"--device {config.device}: on Ray each teacher actor sees only the GPU it reserved, as "
                          "cuda:0; use --device cuda (or auto), or --executor local to pick a GPU of this machine")
-    for s in config.stages:
-        if s not in {st.name for st in STAGES}:
-            raise BuildError(f"unknown stage {s!r}; stages are: {', '.join(st.name for st in STAGES)}")
+    check_stages(config.stages)
     root = Path(config.coco_root).expanduser()
     if not root.is_dir():
         raise BuildError(f"COCO root {str(root)!r} does not exist; pass --coco-root DIR "
@@ -100,6 +98,13 @@ def check_inputs(config: "BuildConfig") -> Path:
 def teacher_choice(config: "BuildConfig", s: str) -> tuple[str, str | None, dict[str, Any]]:
     """(teacher name, checkpoint, extra parameters) configured for teacher stage ``s``."""
     return getattr(config, f"{s}_teacher"), getattr(config, f"{s}_checkpoint"), dict(getattr(config, f"{s}_params"))
+
+
+def check_stages(names: Iterable[str]) -> None:
+    """Raise BuildError for a name that is no stage (``--stages``)."""
+    for s in names:
+        if s not in {st.name for st in STAGES}:
+            raise BuildError(f"unknown stage {s!r}; stages are: {', '.join(st.name for st in STAGES)}")
 
 
 def teacher_factories(config: "BuildConfig", stages: list[str]) -> dict[str, TeacherFactory]:

@@ -39,7 +39,7 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("base", "base", (), "2", doc="decode, letterbox to SxS, keypoints to store pixels"),
+    Stage("base", "base", (), "3", doc="decode, letterbox to SxS, keypoints to store pixels"),  # 3: cut JPEGs
     Stage("depth", "teacher", ("base",), "2", "depth", "teacher depth mapped into the letterbox"),
     Stage("normals", "derived", ("depth",), "1", doc="3x3 Sobel normals of the depth", reads_meta=True),
     Stage("panoptic", "teacher", ("base",), "1", "panoptic", "contiguous panoptic classes"),

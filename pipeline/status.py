@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from shards.writer import ColumnWriter
 
 from pipeline.executors import quiet_model_loading
-from pipeline.plan import prepare
+from pipeline.plan import check_stages, prepare
 from pipeline.stages import STAGES, dependants
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]
         "teachers": {"recorded": [stage, ...], "loaded": [stage, ...]}}.
     """
     quiet_model_loading()  # a status query loads teachers only to fingerprint them: no bars
+    check_stages(config.stages)
     shown = dependants(config.stages) if config.stages else [st.name for st in STAGES]
     config = dataclasses.replace(config, stages=(), force=False)  # every stage planned, nothing forced
     if str(config.device).startswith("cuda"):  # a build's GPU setting, queried where no GPU is (a login node)

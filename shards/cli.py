@@ -36,7 +36,7 @@ def _info(args: argparse.Namespace) -> int:
     vocab = path / VOCAB_NAME
     doc = read_json(vocab) if vocab.exists() else {}
     if not isinstance(doc, dict) or not isinstance(doc.get("words", []), list):
-        raise StoreError(f"{vocab}: not a vocabulary (an object with a 'words' list)")
+        raise StoreFault(f"{vocab}: not a vocabulary (an object with a 'words' list); run `shards verify`")
     words = len(doc.get("words", []))
     rows = []
     for column, fp in m.columns.items():

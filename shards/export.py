@@ -70,6 +70,7 @@ class _HashingReader:
         self.location, self.sha256, self.bytes = location, hashlib.sha256(), 0
         self.f = open_stream(location)
         self.error: OSError | None = None
+        self.closed = self.complete = False  # complete: read to its end, so the digest is the file's
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
@@ -77,20 +78,27 @@ class _HashingReader:
         self.bytes += len(data)
         return data
 
-    def close(self) -> None:
+    def close(self, drain: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
         try:
-            while self.read(_CHUNK):
+            while drain and self.read(_CHUNK):
                 pass
+            self.complete = drain
         except OSError as e:
             self.error = e
-        finally:
+        try:
             self.f.close()
+        except OSError as e:  # a pipe: stream whose command failed says so when closed
+            self.error = self.error or e
 
     def __enter__(self) -> "_HashingReader":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        # the rest is read for the digest after a normal end or a read error, not after Ctrl-C or a failed write
+        self.close(drain=kind is None or issubclass(kind, (StoreError, OSError)))
 
 
 def _check(where: str, rec: ShardRecord, stream: _HashingReader) -> None:
@@ -132,7 +140,15 @@ def _pack_shard(reader: StoreReader, records: dict[str, dict[str, ShardRecord]],
             location = reader.shard_location(c, shard)
             if location not in streams:  # the tar that failed to open (they open in column order)
                 raise StoreFault(f"{e}; run `shards verify`") from None
-            _check(where[c], records[c][shard], streams[location])
+            stream = streams[location]
+            stream.close()
+            if not stream.complete and stream.error is None:  # left part-read (the reader was abandoned): again
+                try:
+                    stream = _HashingReader(location)
+                except OSError as oe:
+                    raise StoreFault(f"{where[c]}: cannot read {location} ({oe}); run `shards verify`") from None
+                stream.close()
+            _check(where[c], records[c][shard], stream)
         raise
     for c in reader.columns:
         _check(where[c], records[c][shard], streams[reader.shard_location(c, shard)])
@@ -156,8 +172,10 @@ def _vocabulary(reader: StoreReader) -> bytes:
 def _check_out(root: str | os.PathLike, out: Path) -> None:
     """Raise ExportTargetError for an ``out`` that is a file, or a folder of a local store's split (its tars would
     land among the store's own, or replace them)."""
-    if out.exists() and not out.is_dir():
-        raise ExportTargetError(f"--out {out} is a file, not a folder")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ExportTargetError(f"--out {out} is a file, not a folder" if existing == out else
+                                f"--out {out}: {existing} is a file, not a folder")
     if is_url(root):
         return
     store, target = Path(root).resolve(), out.resolve()
@@ -224,6 +242,9 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
         raise
     if vocab is not None:  # the ids of tokens.json index it
         atomic_write_bytes(out / VOCAB_NAME, vocab)
+    else:  # an earlier export's, whose tokens are gone
+        with contextlib.suppress(FileNotFoundError):
+            (out / VOCAB_NAME).unlink()
     fsync_dir(out)
     atomic_write_json(out / EXPORT_RECORD_NAME, {
         "split": split, "columns": {c: reader.manifest.columns[c] for c in reader.columns},

@@ -110,8 +110,8 @@ def _decode_pillow(data: bytes, name: str, expected_size: tuple[int, int] | None
         fast, problem = _decode_simplejpeg(data)
         if problem is not None and "premature end" in problem.lower():  # Pillow would fill the rest with grey
             raise RejectedImage("truncated", f"{name}: {problem}")
-        if fast is not None and img.mode in ("RGB", "L") and orientation == 1:
-            return fast, None
+        if fast is not None and img.mode in ("RGB", "L") and orientation in _ORIENT:
+            return (fast, None) if orientation == 1 else (np.ascontiguousarray(_ORIENT[orientation](fast)), fast)
     try:
         img.load()
     except OSError as e:
@@ -123,6 +123,19 @@ def _decode_pillow(data: bytes, name: str, expected_size: tuple[int, int] | None
     if orientation == 1:
         return raw, None
     return _to_rgb(ImageOps.exif_transpose(img)), raw
+
+
+#: EXIF orientation -> the array operation of Pillow's ``ImageOps.exif_transpose`` (a test holds them equal)
+_ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored
+    3: lambda a: a[::-1, ::-1],  # rotated 180
+    4: lambda a: a[::-1],  # flipped
+    5: lambda a: a.transpose(1, 0, 2),  # transposed
+    6: lambda a: np.rot90(a, -1),  # rotated 90 clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # transversed
+    8: lambda a: np.rot90(a, 1),  # rotated 90 counter-clockwise
+}
 
 
 def _decode_simplejpeg(data: bytes) -> tuple[np.ndarray | None, str | None]:

@@ -115,7 +115,7 @@ class StoreReader:
         """Where the tar of ``shard`` of the active version of ``column`` lives."""
         return join(self.root, self.split, column, self.manifest.columns[column], f"{shard}.tar")
 
-    def read_shard(self, shard: str, opener: Callable[[str], BinaryIO] = open_stream) -> Iterator[dict[str, Any]]:
+    def read_shard(self, shard: str, opener: Callable[[str], BinaryIO] | None = None) -> Iterator[dict[str, Any]]:
         """Every sample of one shard in stored order (no splitting, no shuffling), decoded per ``decode``;
         ``opener`` opens each column's tar (``open_stream``, or a wrapper of it that also hashes the bytes)."""
         if shard not in self.manifest.shard_names:
@@ -154,8 +154,9 @@ class StoreReader:
         for shard in shards:
             yield from self._join_shard(shard)
 
-    def _join_shard(self, shard: str, opener: Callable[[str], BinaryIO] = open_stream) -> Iterator[Raw]:
+    def _join_shard(self, shard: str, opener: Callable[[str], BinaryIO] | None = None) -> Iterator[Raw]:
         """Read every chosen column of one shard in lockstep; keys must match sample by sample."""
+        opener = opener or open_stream
         with ExitStack() as stack:
             columns = []
             for c in self.columns:

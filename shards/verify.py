@@ -20,6 +20,7 @@ import numpy as np
 from shards.codecs import CodecError, decode_member
 from shards.layout import column_dir, column_record_path, shard_path, split_dir
 from shards.manifest import Manifest, StoreError, load_manifest, read_json
+from shards.pose import pose_problem
 from shards.schema import COLUMNS, REJECTED_NAME, VOCAB_NAME, resolve_shape
 from shards.streams import TarError, iter_samples
 from shards.writer import ShardRecord, file_sha256, parse_column_record
@@ -227,6 +228,9 @@ def _member_problem(member, data: bytes, size: int) -> str | None:
         value = decode_member(member, data)
     except CodecError as e:
         return f"does not decode ({e})"
+    if member.ext == "pose.json":
+        problem = pose_problem(value)
+        return f"is not a pose record: {problem}" if problem else None
     if member.dtype is None or member.codec == "json":
         return None
     if not isinstance(value, np.ndarray):

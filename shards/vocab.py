@@ -67,13 +67,15 @@ class Vocabulary:
         """Read a ``vocab.json``; a missing or malformed file raises ValueError naming it."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
             if data.get("format") != VOCAB_FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {VOCAB_FORMAT!r}")
             return cls(list(data["words"]), [int(c) for c in data["counts"]], float(data["scale"]),
                        np.asarray(data["vectors"], np.float32))
         except FileNotFoundError:
             raise ValueError(f"vocabulary file not found: {path}") from None
-        except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"vocabulary file {path} is malformed: {e}") from None
 
 

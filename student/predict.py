@@ -304,7 +304,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {path}: out of memory", file=sys.stderr)
             failed += 1
             continue
+        except OSError as e:  # its output could not be written (a full disk, a name too long): the next ones run
+            print(f"error: {path}: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+            failed += 1
+            continue
         if args.json:
-            (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=1))
+            try:
+                (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=1))
+            except OSError as e:
+                print(f"error: {path}: could not write {out_dir / f'{name}.json'} ({e.strerror or e})",
+                      file=sys.stderr)
+                failed += 1
+                continue
         print(f"{path} -> {target}")
     return 1 if failed else 0

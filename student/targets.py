@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from shards.pose import describe, pose_problem
 from shards.taxonomy import GLOVE_DIM, JOINT_RADIUS_OFFSET, JOINTS, LIMBS, NUM_TOKENS
 
 REFERENCE_SIZE = 256  # target sizes of DESIGN 5.5 are in pixels of a 256-pixel store
@@ -95,46 +96,18 @@ def from_store(sample: Mapping[str, Any]) -> StoreSample:
 
 
 def pose_keypoints(pose: Mapping[str, Any]) -> np.ndarray:
-    """(P, 17, 3) float32 keypoints of the persons of a ``pose.json`` dict.
-
-    The base stage always writes ``{"persons": [{"keypoints": 17 x [x, y, v], "bbox": ...}, ...], "crowd":
-    [...]}`` (DESIGN 3); a COCO-style flat list of 51 numbers per person is read too.
+    """(P, 17, 3) float32 keypoints of the persons of a ``pose.json`` dict (``shards.pose`` describes it).
 
     Raises:
-        PoseError: ``pose`` is not such a dict (``{}`` included: the writer never leaves a key out).
+        PoseError: ``pose`` is not of that structure (``{}`` included: the writer never leaves a key out).
     """
-    if not isinstance(pose, Mapping):
-        raise PoseError(f"holds a JSON {type(pose).__name__}, expected an object with persons and crowd")
-    missing = [k for k in ("persons", "crowd") if k not in pose]
-    if missing:
-        raise PoseError(f"lacks {' and '.join(repr(k) for k in missing)} (the base stage writes both)")
-    if not isinstance(pose["persons"], list) or not isinstance(pose["crowd"], list):
-        raise PoseError("its persons and crowd must be lists")
+    problem = pose_problem(pose)
+    if problem:
+        raise PoseError(problem)
     out = np.zeros((len(pose["persons"]), len(JOINTS), 3), np.float32)
     for i, person in enumerate(pose["persons"]):
-        if not isinstance(person, Mapping):
-            raise PoseError(f"persons[{i}] is {_describe(person)}, expected an object with keypoints")
-        kp = person.get("keypoints")
-        try:
-            arr = np.asarray(kp, np.float32) if isinstance(kp, list) else None
-        except (TypeError, ValueError):  # ragged, or not numbers
-            arr = None
-        if arr is None or arr.shape not in ((len(JOINTS), 3), (len(JOINTS) * 3,)):
-            raise PoseError(f"persons[{i}] needs keypoints of {len(JOINTS)} [x, y, v] triples, got {_describe(kp)}")
-        if not np.isfinite(arr).all():
-            raise PoseError(f"persons[{i}] has keypoints that are not finite numbers")
-        out[i] = arr.reshape(len(JOINTS), 3)
+        out[i] = np.asarray(person["keypoints"], np.float32).reshape(len(JOINTS), 3)
     return out
-
-
-def _describe(value: Any) -> str:
-    """A short account of a JSON value for an error message: ``a list of 1 item(s)``, ``nothing``, ``a str``."""
-    if isinstance(value, list):
-        return f"a list of {len(value)} item(s)"
-    if value is None:
-        return "nothing"
-    name = type(value).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def crowd_mask(pose: Mapping[str, Any], size: int) -> np.ndarray:
@@ -162,7 +135,7 @@ def _draw_crowd(mask: np.ndarray, region: Mapping[str, Any], size: int) -> None:
     import cv2
 
     if not isinstance(region, Mapping):
-        raise PoseError(f"is {_describe(region)}, expected an object with bbox or segmentation")
+        raise PoseError(f"is {describe(region)}, expected an object with bbox or segmentation")
     seg = region.get("segmentation")
     if isinstance(seg, dict):
         from pycocotools import mask as mask_utils

@@ -166,7 +166,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     Raises:
         StoreError: the store lacks a split or a needed column, or a split's image size does not fit the model.
         CheckpointError: ``resume`` cannot be loaded, or its weights or optimiser state do not fit its config.
-        ValueError: ``cfg.out`` holds another run and ``overwrite`` is not set.
+        ValueError: ``cfg.out`` holds another run and ``overwrite`` is not set, or is a file.
+        PermissionError: ``cfg.out`` (or the folder it would be made in) cannot be written.
     """
     cfg = replace(cfg, shards=absolute_store(cfg.shards))
     out_dir = Path(cfg.out)
@@ -247,7 +248,12 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     timed = [0, 0.0]  # samples and seconds of the steps after each epoch's first
 
     def interrupted(epoch: int) -> dict[str, Any]:
-        """Save ``last.pt`` at the last finished step and say so (Ctrl-C, or ``stop_at_step``)."""
+        """Save ``last.pt`` at the last finished step and say so (Ctrl-C, or ``stop_at_step``). Before this run
+        finished a step or a validation it saves nothing: ``--out`` stays as it was (an earlier run there whole,
+        even with ``--overwrite``), and the checkpoint to go on from is the one resumed, if any."""
+        if not (losses or opened):
+            return {"losses": losses, "epochs": epoch, "best": state["best"], "val": state["metrics"],
+                    "checkpoint": resume, "interrupted": True, "samples_per_s": None}
         saved = checkpoint("last.pt")
         if writer is not None:
             writer.close()

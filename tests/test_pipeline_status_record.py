@@ -96,6 +96,8 @@ def test_status_of_some_stages_and_of_a_damaged_manifest(store, capsys) -> None:
     assert main(["status", "--out", cfg.out, "--stages", "depth"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in table[3:5]] == ["depth", "normals"] and len(table) == 6  # + teacher line
+    assert main(["status", "--out", cfg.out, "--stages", "dpeth"]) == 2
+    assert capsys.readouterr().err.startswith("pipeline: error: unknown stage 'dpeth'; stages are: base,")
     (Path(cfg.out) / cfg.split / "manifest.json").write_text('{"split": "train2017"')
     assert main(["status", "--out", cfg.out]) == 2
     err = capsys.readouterr().err.strip()

@@ -227,3 +227,20 @@ def test_a_cut_jpeg_given_an_end_marker_is_truncated_not_grey(tmp_path: Path, or
     (tmp_path / "good.jpg").write_bytes(data)
     (tmp_path / "stray.jpg").write_bytes(data[:-2] + b"\x00\x00\x00" + b"\xff\xd9")
     assert np.array_equal(decode_image(tmp_path / "stray.jpg"), decode_image(tmp_path / "good.jpg"))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_of_the_fast_jpeg_path_is_pillows(orientation: int) -> None:
+    from PIL import Image, ImageOps
+
+    from shards.images import decode_image_bytes
+
+    rgb = np.random.default_rng(orientation).integers(0, 255, (40, 64, 3), np.uint8)
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(buf, "JPEG", quality=95, exif=exif)
+    oriented, raw = decode_image_bytes(buf.getvalue())
+    pillow = Image.open(io.BytesIO(buf.getvalue()))
+    assert np.array_equal(oriented, np.asarray(ImageOps.exif_transpose(pillow).convert("RGB")))
+    assert raw is None if orientation == 1 else np.array_equal(raw, np.asarray(pillow.convert("RGB")))

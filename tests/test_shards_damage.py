@@ -280,12 +280,16 @@ def test_export_reads_each_source_shard_once(clean: Path, tmp_path: Path, monkey
     assert opened == expected
 
 
-def test_export_names_a_missing_source_shard(store: Path, tmp_path: Path) -> None:
+def test_export_names_a_missing_source_shard(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     f = _shard(store, "depth", "train2017-000001")
     f.unlink()
     with pytest.raises(StoreFault, match=r"shard train2017-000001 column 'depth': cannot open .*depth"):
         export_webdataset(store, SPLIT, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+    # through a pipe: command, the failure shows when the stream closes; still a fault of that shard (exit 1)
+    rc, _, err = _run(capsys, "--shards", f"pipe:cat {store}/{{}} 2>/dev/null", "export", "--out", str(tmp_path / "y"))
+    assert rc == 1 and "shard train2017-000001 column 'depth': cannot read pipe:cat" in _one_line(err)
+    assert not (tmp_path / "y").exists()
 
 
 def test_failed_export_keeps_a_previous_one(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -357,14 +361,17 @@ def test_show_refuses_an_unknown_image_suffix(clean: Path, tmp_path: Path, capsy
 # ---- the split's own files: vocab.json and rejected.jsonl ------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["garbage", "missing"])
+@pytest.mark.parametrize("damage", ["garbage", "array", "missing"])
 def test_verify_checks_the_vocabulary_the_tokens_need(store: Path, capsys: pytest.CaptureFixture,
                                                       damage: str) -> None:
     vocab = store / SPLIT / "vocab.json"
-    vocab.write_text("garbage") if damage == "garbage" else vocab.unlink()
+    vocab.write_text("[]" if damage == "array" else "garbage") if damage != "missing" else vocab.unlink()
     rc, line = _verify(store, capsys)
     assert rc == 1 and line.startswith("shards verify: column 'tokens': ") and "(the tokens column needs it)" in line
-    assert ("is malformed" if damage == "garbage" else "not found") in line
+    assert ("not found" if damage == "missing" else "is malformed") in line
+    if damage == "array":
+        rc, _, err = _run(capsys, "--shards", str(store), "info")
+        assert rc == 1 and "vocab.json: not a vocabulary" in _one_line(err)
     assert main(["--shards", str(store), "--split", SPLIT, "verify", "--columns", "base", "depth"]) == 0
 
 
@@ -384,12 +391,13 @@ def test_export_carries_the_vocabulary_and_refuses_an_out_it_would_damage(store:
                                                                          capsys: pytest.CaptureFixture) -> None:
     export_webdataset(store, SPLIT, tmp_path / "x")
     assert (tmp_path / "x" / "vocab.json").read_bytes() == (store / SPLIT / "vocab.json").read_bytes()
-    export_webdataset(store, SPLIT, tmp_path / "y", ["base", "depth"])
-    assert not (tmp_path / "y" / "vocab.json").exists()  # no tokens, no vocabulary
+    export_webdataset(store, SPLIT, tmp_path / "x", ["base", "depth"])
+    assert not (tmp_path / "x" / "vocab.json").exists()  # no tokens, no vocabulary (nor the last export's)
     before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
     fp = load_manifest(store / SPLIT).columns["base"]
     (tmp_path / "afile").write_text("x")
     for out, problem in ((tmp_path / "afile", "is a file, not a folder"),
+                         (tmp_path / "afile" / "sub", f"{tmp_path / 'afile'} is a file, not a folder"),
                          (store / SPLIT / "base" / fp, "is inside the store"), (store, "is inside the store")):
         rc, _, err = _run(capsys, "--shards", str(store), "export", "--out", str(out))
         assert rc == 2 and problem in _one_line(err), out
@@ -422,3 +430,12 @@ def test_gc_dry_run_takes_no_lock(store: Path, capsys: pytest.CaptureFixture, mo
     assert rc == 0 and "would remove" in out and OLD_FP in out
     rc, _, err = _run(capsys, "--shards", str(store), "gc", "--min-age", "0")
     assert rc == 1 and "Read-only file system" in _one_line(err)
+
+
+def test_verify_checks_the_structure_of_pose_json(store: Path, capsys: pytest.CaptureFixture) -> None:
+    """What the student's loader relies on (shards.pose); a recorded shard whose pose.json is {} is a fault."""
+    from shards_stores import set_pose
+
+    keys = set_pose(store / SPLIT, {})
+    rc, line = _verify(store, capsys)
+    assert rc == 1 and f"column 'base' key {keys[0]}: member pose.json: is not a pose record: lacks 'persons'" in line

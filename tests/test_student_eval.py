@@ -169,7 +169,7 @@ def test_weights_that_do_not_fit_their_config_name_the_first_mismatch(store: str
      "persons[0] needs keypoints of 17 [x, y, v] triples, got a list of 1 item(s)"),
     ({}, "lacks 'persons' and 'crowd' (the base stage writes both)"),
     ([], "holds a JSON list, expected an object with persons and crowd"),
-    ({"persons": [], "crowd": [{"bbox": [1, 2]}]}, "crowd[0] is malformed (ValueError: "),
+    ({"persons": [], "crowd": [{"bbox": [1, 2]}]}, "crowd[0] needs a bbox of 4 numbers when it has no segmentation"),
 ])
 def test_pose_json_of_the_wrong_structure_is_one_line(store: str, tmp_path, capsys: pytest.CaptureFixture,
                                                       pose: object, problem: str) -> None:

@@ -185,15 +185,17 @@ def _clip(path, frames: int = 2) -> None:
     writer.release()
 
 
-def test_a_video_panel_that_cannot_be_written_is_an_error(tiny_checkpoint: str, tmp_path, capsys) -> None:
+def test_a_video_panel_that_cannot_be_written_is_an_error(tiny_checkpoint: str, astronaut: str, tmp_path,
+                                                          capsys) -> None:
     clip = tmp_path / "clip.mp4"
     _clip(clip)
     out = tmp_path / "out"
     (out / "clip.panel.mp4").mkdir(parents=True)  # the MP4 cannot be created there
-    assert main(["predict", "--checkpoint", tiny_checkpoint, str(clip), "--out", str(out), "--tile", "32"]) == 1
+    assert main(["predict", "--checkpoint", tiny_checkpoint, str(clip), astronaut, "--out", str(out),
+                 "--tile", "32"]) == 1
     captured = capsys.readouterr()
-    assert _errors(captured.err) == [f"student predict: error: could not write {out / 'clip.panel.mp4'}"]
-    assert "->" not in captured.out  # no success reported
+    assert _errors(captured.err) == [f"error: {clip}: could not write {out / 'clip.panel.mp4'}"]
+    assert captured.out.splitlines() == [f"{astronaut} -> {out / 'astronaut.panel.png'}"]  # the next input ran
 
 
 def test_tile_has_an_upper_bound_and_an_opencv_failure_fails_one_input(tiny_checkpoint: str, tmp_path, capsys,

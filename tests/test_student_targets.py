@@ -159,12 +159,15 @@ def test_pose_json_structure_is_checked() -> None:
             ({"persons": [{"keypoints": triples}, {}], "crowd": []},
              "persons[1] needs keypoints of 17 [x, y, v] triples, got nothing"),
             ({"persons": [{"keypoints": [[1, 2]] * 17}], "crowd": []}, "persons[0] needs keypoints of 17"),
-            ({"persons": [{"keypoints": [["a", 2, 3]] * 17}], "crowd": []}, "persons[0] needs keypoints of 17")):
+            ({"persons": [{"keypoints": [["a", 2, 3]] * 17}], "crowd": []},
+             "persons[0] has keypoints that are not finite numbers"),
+            ({"persons": [], "crowd": [{"bbox": [0, 0, 4, 4]}, {}]},
+             "crowd[1] needs a bbox of 4 numbers when it has no segmentation")):
         with pytest.raises(T.PoseError) as info:
             T.pose_keypoints(pose)
         assert str(info.value).startswith(problem), (pose, str(info.value))
     for crowd, problem in (([7], "crowd[0] is an int, expected an object with bbox or segmentation"),
-                           ([{"bbox": [0, 0, 4, 4]}, {}], "crowd[1] is malformed (KeyError: 'bbox')"),
+                           ([{"bbox": [0, 0, 4, 4]}, {"bbox": None}], "crowd[1] is malformed (TypeError: "),
                            ([{"segmentation": {"size": [8, 8], "counts": "0"}}],
                             "crowd[0] has an RLE of size (8, 8) in a 32-pixel store")):
         with pytest.raises(T.PoseError) as info:

@@ -391,6 +391,9 @@ def test_a_new_run_refuses_a_folder_holding_a_run(store: Path, tmp_path: Path, c
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(other / "last.pt"), "--out", str(out), "--epochs", "2"]) == 2
     assert "already holds a run" in capsys.readouterr().err and _snapshot(out) == before
+    # stopped (as by Ctrl-C) before its first step, an --overwrite run has replaced nothing yet, nor saved
+    stopped = train(_cfg(store, out, tensorboard=True), stop_at_step=0, overwrite=True)
+    assert stopped["interrupted"] and stopped["checkpoint"] is None and _snapshot(out) == before
     # --overwrite replaces the run: fresh checkpoints, one TensorBoard log, no file of the old run left
     assert cli.main(_tiny_run(store, out, "--seed", "3", "--overwrite")) == 0
     after = _snapshot(out)
