@@ -13,7 +13,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from pipeline.build import BuildConfig
 from pipeline.plan import BuildError
@@ -58,7 +58,9 @@ def _add_build_flags(p: argparse.ArgumentParser, verb: str = "build") -> None:
                        help=f"{s} teacher weights: hub id, folder or file (default: the teacher's own, which "
                             "`pipeline teachers` names)")
         p.add_argument(f"--{s}-param", dest=f"{s}_params", type=_param, action="append", default=S,
-                       metavar="KEY=VALUE", help=f"extra {s} teacher parameter (repeatable; VALUE as JSON)")
+                       metavar="KEY=VALUE",
+                       help=f"extra {s} teacher parameter (repeatable; VALUE as JSON; overrides that key of the "
+                            f"config file's {s}_params)")
     p.add_argument("--normals-scale", dest="normals_scale", type=float, default=S,
                    help=f"depth scale of the normals stage (default {DEFAULTS.normals_scale})")
     p.add_argument("--vocab-size", dest="vocab_size", type=int, default=S,
@@ -148,23 +150,24 @@ def _check_types(values: dict[str, Any], source: str) -> None:
 
 
 def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildConfig:
-    """BuildConfig from defaults < config file < flags.
+    """BuildConfig from defaults < config file < flags (a teacher's ``*_params`` merge key by key).
 
     With ``last_build`` the settings the split's manifest recorded go between the defaults and the file, so
     ``pipeline status`` compares against what the last build asked for unless told otherwise.
     """
     fields = {f.name for f in dataclasses.fields(BuildConfig)}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
-    values: dict[str, Any] = {}
+    layers: list[dict[str, Any]] = []  # lowest first; a teacher's *_params merge key by key across them
     if getattr(args, "config", None):
-        values.update(_read_config_file(args.config))
-    values.update(flags)
+        layers.append(_read_config_file(args.config))
+    layers.append(flags)
     if last_build:
         from shards.layout import split_dir
         from shards.manifest import StoreError, load_manifest
         from shards.schema import MANIFEST_NAME
 
-        where = {k: values.get(k, getattr(DEFAULTS, k)) for k in ("out", "split")}
+        given = _merge(layers)
+        where = {k: given.get(k, getattr(DEFAULTS, k)) for k in ("out", "split")}
         split_path = split_dir(where["out"], where["split"])
         recorded = {}
         if (split_path / MANIFEST_NAME).exists():  # not built yet: nothing recorded
@@ -173,21 +176,38 @@ def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildC
             except StoreError as e:  # a damaged manifest is said, not taken for a split never built
                 raise BuildError(f"{e}; the next build-targets of the split rewrites it") from None
         kept = fields - {"stages", "force", "progress"}  # how the last build ran, not what this query asks
-        values = {**{k: v for k, v in recorded.items() if k in kept}, **values}
+        layers.insert(0, {k: v for k, v in recorded.items() if k in kept})
+    values = _merge(layers)
     unknown = sorted(set(values) - fields)
     if unknown:
         raise BuildError(f"unknown setting(s) {', '.join(unknown)} in {args.config}; settings are: "
                          f"{', '.join(sorted(fields))}")
-    for s in TEACHER_STAGES:
-        key = f"{s}_params"
-        if isinstance(values.get(key), list) and all(isinstance(p, (list, tuple)) and len(p) == 2
-                                                     for p in values[key]):
-            values[key] = dict(values[key])
     if isinstance(values.get("stages"), (list, str)):
         stages = values["stages"]
         values["stages"] = tuple(stages.split(",") if isinstance(stages, str) else stages)
     _check_types(values, getattr(args, "config", None) or "the settings")
     return BuildConfig(**values)
+
+
+def _pairs(value: Any) -> Any:
+    """A teacher's parameters as a dict: ``--x-param`` gives a list of (key, value) pairs, a file an object."""
+    if isinstance(value, list) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        return dict(value)
+    return value
+
+
+def _merge(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Settings of ``layers``, the later winning; the ``<stage>_params`` mappings merge key by key, so that
+    ``--depth-param input_size=518`` changes that parameter of a config file's ``depth_params`` and keeps the
+    others."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            value = _pairs(value) if key.endswith("_params") else value
+            if key.endswith("_params") and isinstance(out.get(key), dict) and isinstance(value, dict):
+                value = {**out[key], **value}
+            out[key] = value
+    return out
 
 
 def _build_targets(args: argparse.Namespace) -> int:
@@ -252,7 +272,7 @@ def _check_paths(config: BuildConfig) -> None:
                              "(or auto), or --executor ray on a cluster with GPUs")
     if config.executor == "ray":
         _check_ray_address(config.ray_address or os.environ.get("RAY_ADDRESS"))
-    out = Path(config.out)
+    out = Path(config.out).expanduser()
     probe = out.absolute()
     while not probe.exists() and probe != probe.parent:  # the folder the build would create ``out`` in
         probe = probe.parent

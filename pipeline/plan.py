@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,9 @@ def teacher_factories(config: "BuildConfig", stages: list[str]) -> dict[str, Tea
                              f"(see `pipeline teachers --task {s}`)")
         kwargs = {"device": config.device, "dtype": config.dtype, "batch_size": config.batch_size, **params}
         if checkpoint is not None:
+            if "checkpoint" in params and params["checkpoint"] != checkpoint:
+                raise BuildError(f"--{s}-checkpoint {checkpoint} and --{s}-param checkpoint={params['checkpoint']} "
+                                 f"disagree; give the weights once, with --{s}-checkpoint")
             kwargs["checkpoint"] = checkpoint
         factories[s] = TeacherFactory(cls, kwargs)
     return factories
@@ -151,7 +155,7 @@ def load_teachers(config: "BuildConfig", factories: dict[str, TeacherFactory], e
     for s, result in started.items():
         name, _, params = teacher_choice(config, s)
         if isinstance(result, TeacherError):  # its message names the teacher already, most of the time
-            text = str(result).removeprefix(f"teacher {name!r}: ")
+            text = re.sub(rf"^teacher {re.escape(repr(name))}:? ", "", str(result))
             raise BuildError(f"{s} teacher {name!r}: {text}") from None
         if isinstance(result, TypeError) and "unexpected keyword argument" in str(result):  # a --*-param
             raise BuildError(f"{s} teacher {name!r} does not take these parameters {sorted(params)}: "
@@ -223,11 +227,14 @@ def check_gensim_model(name: str) -> None:
 
 def absolute_paths(config: "BuildConfig") -> "BuildConfig":
     """The config with every local path made absolute: Ray workers do not share the driver's directory."""
-    changes: dict[str, Any] = {"out": os.path.abspath(config.out), "coco_root": os.path.abspath(config.coco_root)}
+    def local(path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path))  # "~/..." from a config file or --flag=~/...
+
+    changes: dict[str, Any] = {"out": local(config.out), "coco_root": local(config.coco_root)}
     for key in ("glove", *(f"{s}_checkpoint" for s in TEACHER_STAGES)):
         value = getattr(config, key)
-        if value is not None and os.path.exists(value):  # else a hub id or gensim name
-            changes[key] = os.path.abspath(value)
+        if value is not None and os.path.exists(os.path.expanduser(value)):  # else a hub id or gensim name
+            changes[key] = local(value)
     return dataclasses.replace(config, **changes)
 
 

@@ -100,9 +100,26 @@ def _versions() -> dict[str, str | None]:
     for name in PACKAGES:
         try:
             found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
+        except PackageNotFoundError:  # sources on the path without package metadata (detectron2 built from git)
+            found[name] = _source_version(name)
     return found
+
+
+def _source_version(module: str) -> str | None:
+    """The ``__version__`` an importable package's ``__init__.py`` assigns, read without importing it."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith("__init__.py"):
+        return None
+    try:
+        match = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", Path(spec.origin).read_text(), re.M)
+    except OSError:
+        return None
+    return match.group(1) if match else None
 
 
 def teacher_settings(factory: "TeacherFactory") -> dict[str, Any] | None:

@@ -377,6 +377,28 @@ def test_pipeline_bad_parameter_value_is_not_called_unknown(demo_root: Path, tmp
     assert "does not take these parameters ['nosuch']" in _one_line(capsys)
 
 
+def test_pipeline_checkpoint_flags_given_twice_or_with_a_tilde(demo_root: Path, tmp_path: Path, fakes,
+                                                               capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.build import BuildConfig
+    from pipeline.plan import absolute_paths
+
+    base = ["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--split", SPLIT, "--out",
+            str(tmp_path / "store"), "--device", "cpu", "--stages", "depth"]
+    assert pipeline_main([*base, "--depth-checkpoint", "a.bin", "--depth-param", "checkpoint=b.bin"]) == 2
+    assert "--depth-checkpoint a.bin and --depth-param checkpoint=b.bin disagree" in _one_line(capsys)
+    (tmp_path / "empty").mkdir()  # no model in it: the teacher's own message, its name said once
+    assert pipeline_main([*base, "--depth-checkpoint", str(tmp_path / "empty")]) == 2
+    line = _one_line(capsys)
+    assert line.startswith("pipeline: error: depth teacher 'depth-anything-v2': ")
+    assert line.count("depth-anything-v2'") == 1
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "w.bin").write_bytes(b"w")
+    cfg = absolute_paths(BuildConfig(depth_checkpoint="~/w.bin", out="~/store", coco_root="~/coco"))
+    expected = tuple(str(tmp_path / name) for name in ("w.bin", "store", "coco"))
+    assert (cfg.depth_checkpoint, cfg.out, cfg.coco_root) == expected
+
+
 def test_make_demo_bad_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "afile").write_text("x")
     assert pipeline_main(["make-demo", "--out", str(tmp_path / "afile")]) == 2

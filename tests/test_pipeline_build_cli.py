@@ -92,6 +92,11 @@ def test_config_precedence_defaults_file_flags(tmp_path: Path) -> None:
     assert (cfg.shard_size, cfg.size, cfg.batch_size) == (3, 64, 8)  # file, flag, default
     assert dict(cfg.depth_params) == {"gain": 2} and dict(cfg.text_params) == {"threshold": 0.5, "name": "x"}
     assert cfg.stages == ("depth",)
+    # a --x-param changes that key of the file's x_params and keeps the others
+    args = build_parser().parse_args(["build-targets", "--config", str(cfg_file), "--depth-param", "input_size=70",
+                                      "--depth-param", "gain=3"])
+    del args.func
+    assert dict(resolve_config(args).depth_params) == {"gain": 3, "input_size": 70}
     cfg_file.write_text(json.dumps({"shard_sise": 3}))
     args = build_parser().parse_args(["build-targets", "--config", str(cfg_file)])
     del args.func

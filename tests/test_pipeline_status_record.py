@@ -165,3 +165,25 @@ def test_status_says_incomplete_for_a_damaged_shard_of_the_active_version(store)
     rows = {r["stage"]: r for r in split_status(cfg)["stages"]}
     assert rows["text"]["state"] == "incomplete" and rows["text"]["missing"] == 1
     assert rows["depth"]["state"] == "current"
+
+
+def test_a_package_without_metadata_is_recorded_by_its_source_version(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """detectron2 installed as sources (no dist-info) still has its version recorded, read without importing it."""
+    import sys
+
+    from pipeline import teacher_record
+
+    package = tmp_path / "detectron2"
+    package.mkdir()
+    (package / "__init__.py").write_text('raise ImportError("imported")\n__version__ = "0.7.2"\n')
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    monkeypatch.delitem(sys.modules, "detectron2", raising=False)
+    monkeypatch.setattr(teacher_record, "PACKAGES", ("detectron2",))
+    from importlib.metadata import PackageNotFoundError
+
+    def no_metadata(name: str) -> str:
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr("importlib.metadata.version", no_metadata)
+    assert teacher_record._versions() == {"detectron2": "0.7.2"}
