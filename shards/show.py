@@ -219,13 +219,13 @@ def _caption_lines(s: dict[str, Any], words: list[str] | None) -> list[str]:
     tokens = s.get("tokens.json") or {}
     ids = tokens.get("ids")
     if ids is not None:
-        if words:
+        if words is not None:
             toks = [words[i] if 0 <= i < len(words) else f"#{i}?" for i in ids]
         elif "words" in tokens:  # the pipeline also stores the words; used when vocab.json is absent
             toks = list(tokens["words"])
         else:
             toks = [f"#{i}" for i in ids]
-        lines += textwrap.wrap("tokens: " + " ".join(toks) + ("" if words else "  (no vocab.json)"), 90)
+        lines += textwrap.wrap("tokens: " + " ".join(toks) + ("" if words is not None else "  (no vocab.json)"), 90)
     return lines
 
 

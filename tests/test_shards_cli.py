@@ -128,3 +128,11 @@ def test_export_is_a_stock_webdataset(clean: Path, tmp_path: Path, capsys: pytes
     first = tars[0].read_bytes()
     _run(capsys, "--shards", str(clean), "export", "--out", str(out_dir))
     assert tars[0].read_bytes() == first  # deterministic
+
+
+def test_caption_lines_say_no_vocab_only_when_there_is_none() -> None:
+    from shards.show import _caption_lines
+
+    sample = {"__key__": "000000000001", "__shard__": "s", "meta.json": {}, "tokens.json": {"ids": []}}
+    assert _caption_lines(sample, [])[-1] == "tokens:"  # an empty vocabulary (captions of random words)
+    assert _caption_lines(sample, None)[-1].endswith("(no vocab.json)")
