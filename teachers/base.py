@@ -38,6 +38,16 @@ def model_cache(*parts: str) -> str:
     return os.path.join(os.path.expanduser(os.environ.get(MODEL_CACHE_ENV) or "~/.cache/ymap-distill"), *parts)
 
 
+def expand_home(checkpoint: Any) -> Any:
+    """``checkpoint`` with a leading ``~`` expanded to the home folder (a path from a JSON config, say); anything
+    else (a hub id, a URL, None) as it is."""
+    if isinstance(checkpoint, os.PathLike):
+        checkpoint = os.fspath(checkpoint)
+    if isinstance(checkpoint, str) and checkpoint.startswith("~"):
+        return os.path.expanduser(checkpoint)
+    return checkpoint
+
+
 class TeacherError(RuntimeError):
     """A teacher cannot be built or run (bad checkpoint, missing extra, bad input); one clear line."""
 
@@ -46,7 +56,7 @@ class MissingExtraError(TeacherError):
     """An optional dependency of a teacher is not installed."""
 
     def __init__(self, teacher: str, package: str, extra: str) -> None:
-        super().__init__(f"teacher {teacher!r} needs {package!r}: install it with "
+        super().__init__(f"teacher {teacher!r}: needs {package!r}; install it with "
                          f"pip install 'ymap-distill[{extra}]'")
 
 
@@ -89,6 +99,9 @@ class Teacher(ABC):
 
     name: ClassVar[str]
     spec: ClassVar[TeacherSpec]
+    #: False for a teacher that loads no weights (the ground-truth readers): ``describe`` leaves its
+    #: ``checkpoint`` keyword out.
+    takes_checkpoint: ClassVar[bool] = True
 
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8) -> None:
         if dtype not in ("float32", "float16", "bfloat16"):
@@ -107,8 +120,8 @@ class Teacher(ABC):
         """Predict every input, ``batch_size`` images per model call; one dict per input, in order."""
         for inp in inputs:
             if not isinstance(inp, TeacherInput):
-                raise TeacherError(f"teacher {self.name!r} takes TeacherInput(image, image_id, record) items, "
-                                   f"got a {type(inp).__name__}")
+                raise TeacherError(f"teacher {self.name!r}: inputs must be TeacherInput(image, image_id, record) "
+                                   f"items, got a {type(inp).__name__}")
         out: list[dict[str, Any]] = []
         for i in range(0, len(inputs), self.batch_size):
             out.extend(self.predict(list(inputs[i:i + self.batch_size])))
@@ -129,8 +142,9 @@ class Teacher(ABC):
 
     @classmethod
     def resolve_checkpoint(cls, checkpoint: str) -> str:
-        """The hub id, URL or path a ``checkpoint`` value names (a teacher's short names resolve here)."""
-        return checkpoint
+        """The hub id, URL or path a ``checkpoint`` value names: a leading ``~`` is the home folder (a teacher's
+        short names resolve here too)."""
+        return expand_home(checkpoint)
 
     @classmethod
     def check_records(cls, records: Iterable[Mapping[str, Any]]) -> str | None:

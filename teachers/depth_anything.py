@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
+from teachers.base import Teacher, TeacherInput, TeacherSpec
 from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, integer, torch_dtype
 from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox_batch, unletterbox
 
@@ -58,8 +58,10 @@ class DepthAnythingTeacher(Teacher):
 
     @classmethod
     def resolve_checkpoint(cls, checkpoint: str) -> str:
-        """A short name of ``VARIANTS`` -> its hub id; anything else as it is."""
-        return VARIANTS.get(checkpoint, checkpoint)
+        """A short name of ``VARIANTS`` -> its hub id; a leading ``~`` expanded; anything else as it is."""
+        if isinstance(checkpoint, str) and checkpoint in VARIANTS:
+            return VARIANTS[checkpoint]
+        return super().resolve_checkpoint(checkpoint)
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)

@@ -12,7 +12,7 @@ import os
 import pickle
 from typing import Any, Sequence
 
-from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, sha256_of_path
+from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, expand_home, sha256_of_path
 from teachers.loading import integer, load_or_fail, require
 from teachers.panoptic_ids import PANOPTIC_OUTPUTS, contiguous_from_detectron2
 from teachers.preprocess import letterbox_batch
@@ -55,7 +55,8 @@ def read_weights(path: str) -> dict[str, Any]:
 
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict):
-        raise TeacherError(f"{path} holds a {type(data).__name__}, not a state dict")
+        raise TeacherError(f"teacher {PanopticFPNTeacher.name!r}: checkpoint {path} holds a {type(data).__name__}, "
+                           "not a state dict")
     return data if "model" in data else {"model": data}
 
 
@@ -103,9 +104,9 @@ class PanopticFPNTeacher(Teacher):
         from detectron2.modeling import build_model
         from detectron2.utils.file_io import PathManager
 
-        self.checkpoint = str(checkpoint)
+        self.checkpoint = str(self.resolve_checkpoint(checkpoint))
         self.input_size = int(input_size)
-        weights, config, local_config = _resolve(self.checkpoint, config_file)
+        weights, config, local_config = _resolve(self.checkpoint, str(expand_home(config_file)))
         self.cfg = load_or_fail(self.name, self.checkpoint, lambda: self._config(config, local_config, opts))
         path = load_or_fail(self.name, self.checkpoint, lambda: PathManager.get_local_path(weights))
         state = load_or_fail(self.name, self.checkpoint, lambda: read_weights(path))
@@ -132,8 +133,9 @@ class PanopticFPNTeacher(Teacher):
         cfg.MODEL.DEVICE = str(self.device)
         cfg.MODEL.WEIGHTS = ""
         if (cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES) != (80, 54):
-            raise TeacherError(f"config {config!r} is not a COCO panoptic model (needs 80 thing and 54 stuff classes, "
-                               f"has {cfg.MODEL.ROI_HEADS.NUM_CLASSES} and {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES})")
+            raise TeacherError(f"teacher {self.name!r}: config {config!r} is not a COCO panoptic model (needs 80 "
+                               f"thing and 54 stuff classes, has {cfg.MODEL.ROI_HEADS.NUM_CLASSES} and "
+                               f"{cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES})")
         cfg.freeze()
         return cfg
 

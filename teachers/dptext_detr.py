@@ -119,7 +119,7 @@ class DPTextDETRTeacher(Teacher):
         threshold = unit_interval("threshold", threshold)
         if min_size < 32 or max_size < min_size:
             raise TeacherError(f"need 32 <= min_size <= max_size, got {min_size}, {max_size}")
-        self.checkpoint = os.path.expanduser(checkpoint or self.default_checkpoint())
+        self.checkpoint = os.path.expanduser(self.resolve_checkpoint(checkpoint) or self.default_checkpoint())
         if checkpoint is None and not os.path.isfile(self.checkpoint):
             raise TeacherError(f"teacher 'dptext-detr': no checkpoint given and {self.checkpoint} does not exist; "
                                "download a model_final.pth from github.com/ymy-k/DPText-DETR and pass checkpoint= "
@@ -142,7 +142,8 @@ class DPTextDETRTeacher(Teacher):
     def _resize(self, img: np.ndarray) -> np.ndarray:
         """One RGB uint8 image at the test size (PIL bilinear, as detectron2's ResizeTransform)."""
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise TeacherError(f"teacher 'dptext-detr' needs (H, W, 3) uint8 RGB, got {img.dtype} {img.shape}")
+            raise TeacherError(f"teacher 'dptext-detr': needs (H, W, 3) uint8 RGB images, got {img.dtype} "
+                               f"{img.shape}")
         nh, nw = resized_shape(img.shape[0], img.shape[1], self.min_size, self.max_size)
         return np.array(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
 

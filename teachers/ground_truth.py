@@ -19,11 +19,13 @@ class _GroundTruth(Teacher):
     Subclasses declare their one output in ``spec.outputs`` and read it from each image's record in ``_read``.
     """
 
+    takes_checkpoint = False
+
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 64,
                  checkpoint: str | None = None) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         if checkpoint is not None:
-            raise TeacherError(f"teacher {self.name!r} reads COCO annotations and takes no checkpoint")
+            raise TeacherError(f"teacher {self.name!r}: reads COCO annotations and takes no checkpoint")
 
     def identity(self) -> dict[str, Any]:
         return {"source": "coco-annotations", "version": 1}

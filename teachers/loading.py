@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import os
+import re
 from types import ModuleType
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
-from teachers.base import MissingExtraError, TeacherError, sha256_of_path
+from teachers.base import MissingExtraError, TeacherError, expand_home, sha256_of_path
 
 T = TypeVar("T")
 
@@ -40,15 +43,22 @@ def checkpoint_identity(checkpoint: str, revision: str | None = None) -> dict[st
     return {"model_id": str(checkpoint), "revision": revision or "unpinned"}
 
 
+#: What torch's safe unpickler (and detectron2's numpy-only one) says of a pickle that would run code or build
+#: objects other than tensors: "Unsupported global: GLOBAL ...", "unsupported GLOBAL ... is blocked", ...
+_PICKLED_CODE = re.compile(r"unsupported global|whose module \S+ is blocked|can only (create new object|build tensor)"
+                           r"|refusing to unpickle", re.IGNORECASE)
+_PICKLED_NAME = re.compile(r"(?:GLOBAL|refusing to unpickle) ([\w.]+)", re.IGNORECASE)
+
+
 def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, prefixed with its type. torch's refusal of a pickle
-    that holds more than tensors is said plainly: its own message advises ``weights_only=False``, which would
-    run whatever code the file holds."""
+    """The first non-empty line of an exception's message, prefixed with its type. A refused pickle is said
+    plainly: torch's own message advises ``weights_only=False``, which would run whatever code the file holds."""
     text = str(exc)
-    if "Weights only load failed" in text:
-        if "Unsupported global" in text:
-            return ("it holds pickled Python objects besides tensors, which safe loading (weights_only=True) "
-                    "refuses to run; use a plain state-dict or safetensors file")
+    if _PICKLED_CODE.search(text):
+        named = _PICKLED_NAME.search(text)
+        return ("it holds pickled code, which is not loaded (only weights are)" + (f": {named[1]}" if named else "")
+                + "; save a plain state dict or a safetensors file")
+    if "weights only load failed" in text.lower():
         return "not a PyTorch weights file, or a damaged one (safe loading cannot parse it)"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
@@ -76,8 +86,43 @@ def load_or_fail(teacher: str, checkpoint: str, load: Callable[[], T]) -> T:
     except TeacherError:
         raise
     except Exception as exc:  # noqa: BLE001 - every loader failure is reported the same way
-        raise TeacherError(f"teacher {teacher!r} cannot load checkpoint {checkpoint!r} "
+        raise TeacherError(f"teacher {teacher!r}: cannot load checkpoint {checkpoint!r} "
                            f"({first_line(exc)})") from exc
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers while it loads: its warnings and load report (a checkpoint of another model prints
+    100 lines and more before our one-line error) and its own progress bars ("Loading weights"); the Hugging Face
+    hub's download bars stay. The previous verbosity and bar setting come back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = getattr(hf_logging, "_tqdm_active", None)  # transformers' bars only: disable_progress_bar() would
+    hf_logging.set_verbosity_error()                  # also hide the hub's (first download of a large model)
+    if bars is not None:
+        hf_logging._tqdm_active = False
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars is not None:
+            hf_logging._tqdm_active = bars
+
+
+def boolean(name: str, value: Any) -> bool:
+    """``value`` if it is a real bool; anything else ("no", 0, None) is a TeacherError naming the parameter."""
+    if not isinstance(value, bool):
+        raise TeacherError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def check_vocabulary(teacher: str, tokenizer: Any, source: str, size: int) -> None:
+    """TeacherError unless ``tokenizer`` has exactly ``size`` tokens, the vocabulary of the decoder it reads
+    the ids of (a folder without its tokenizer files gives transformers a 1-token one: every caption empty)."""
+    if len(tokenizer) != size:
+        raise TeacherError(f"teacher {teacher!r}: tokenizer {source!r} has {len(tokenizer)} tokens but the decoder "
+                           f"has {size}")
 
 
 def integer(name: str, value: Any, least: int) -> int:
@@ -110,20 +155,51 @@ def hub_revision(model: Any, revision: str | None) -> str | None:
     return revision or getattr(getattr(model, "config", None), "_commit_hash", None)
 
 
-def from_pretrained_strict(model_class: Any, teacher: str, checkpoint: str, revision: str | None = None) -> Any:
-    """``model_class.from_pretrained`` that refuses what transformers would only warn about.
+def _local_config(teacher: str, checkpoint: str, expected: str) -> None:
+    """Check a local ``save_pretrained`` folder before transformers reads it: it is a folder, it has a
+    ``config.json`` (else transformers would build the model of its default config) of the expected model type."""
+    if os.path.isfile(checkpoint):
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint} is a file; pass the folder that holds "
+                           "config.json and the weights (as save_pretrained writes it)")
+    path = os.path.join(checkpoint, "config.json")
+    if not os.path.isfile(path):
+        raise TeacherError(f"teacher {teacher!r}: checkpoint folder {checkpoint} has no config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise TeacherError(f"teacher {teacher!r}: cannot read {path} ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if model_type is not None and model_type != expected:
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint!r} is a {model_type!r} model, "
+                           f"not {expected!r}")
 
-    transformers fills weights missing from a checkpoint (or a checkpoint of another architecture) with
-    random values and a warning; for a teacher that is a wrong checkpoint, so it is one TeacherError.
+
+def from_pretrained_strict(model_class: Any, teacher: str, checkpoint: str, revision: str | None = None) -> Any:
+    """``model_class.from_pretrained`` that refuses what transformers would only warn about, quietly.
+
+    A local folder needs its ``config.json`` (of the right model type); transformers fills weights missing
+    from a checkpoint with random values, and with ``ignore_mismatched_sizes`` mis-shaped ones too, with a
+    warning; for a teacher that is a wrong checkpoint, so it is one TeacherError naming the first such weight.
+    transformers' own report and warnings are silenced (``quiet_transformers``).
     """
-    model, info = load_or_fail(teacher, checkpoint, lambda: model_class.from_pretrained(
-        checkpoint, revision=revision, output_loading_info=True))
+    checkpoint = expand_home(checkpoint)
     expected = model_class.config_class.model_type
+    if is_local(checkpoint):
+        _local_config(teacher, checkpoint, expected)
+    with quiet_transformers():
+        model, info = load_or_fail(teacher, checkpoint, lambda: model_class.from_pretrained(
+            checkpoint, revision=revision, output_loading_info=True, ignore_mismatched_sizes=True))
     if model.config.model_type != expected:
         raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint!r} is a {model.config.model_type!r} "
                            f"model, not {expected!r}")
-    bad = sorted(map(str, info.get("missing_keys", ()))) + sorted(map(str, info.get("mismatched_keys", ())))
+    bad = sorted(map(str, info.get("missing_keys", ()))) + sorted(_key(k) for k in info.get("mismatched_keys", ()))
     if bad:
         raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint!r} does not fit {model_class.__name__} "
                            f"({len(bad)} missing or mis-shaped weights, e.g. {bad[0]})")
     return model
+
+
+def _key(mismatched: Any) -> str:
+    """The weight name of a ``mismatched_keys`` entry (a name, or a (name, shape in file, shape of model) tuple)."""
+    return str(mismatched[0]) if isinstance(mismatched, (tuple, list)) and mismatched else str(mismatched)

@@ -50,7 +50,7 @@ class Mask2FormerTeacher(Teacher):
         input_size = integer("input_size", input_size, STRIDE)
         from transformers import Mask2FormerForUniversalSegmentation
 
-        self.checkpoint = checkpoint
+        self.checkpoint = checkpoint = self.resolve_checkpoint(checkpoint)
         self.input_size = int(input_size)
         self.score_threshold = unit_interval("score_threshold", score_threshold)
         self.overlap_threshold = unit_interval("overlap_threshold", overlap_threshold)

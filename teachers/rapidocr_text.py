@@ -70,6 +70,7 @@ class RapidOCRTeacher(Teacher):
             raise TeacherError(f"teacher {self.name!r}: checkpoint {self.checkpoint!r} is not a file")
         self.session = load_or_fail(self.name, self.checkpoint,
                                     lambda: ort.InferenceSession(self.checkpoint, providers=providers))
+        _check_detector(self.name, self.checkpoint, self.session)
         self.input_name = self.session.get_inputs()[0].name
         self.postprocess = utils.DBPostProcess(thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio,
                                                use_dilation=True, score_mode="fast")
@@ -119,6 +120,29 @@ class RapidOCRTeacher(Teacher):
             outs.append({"polygons": [np.asarray(b, np.float32).reshape(-1, 2) for b in boxes],
                          "scores": [float(np.clip(s, 0.0, 1.0)) for s in scores]})
         return outs
+
+
+def _shape(arg: Any) -> str:
+    """An ONNX input or output's shape as "(?, 3, ?, ?)", a free dimension as "?"."""
+    return "(" + ", ".join(str(d) if isinstance(d, int) else "?" for d in arg.shape) + ")"
+
+
+def _check_detector(teacher: str, checkpoint: str, session: Any) -> None:
+    """TeacherError unless the ONNX model has a DB text detector's interface: one (B, 3, H, W) image input and a
+    (B, 1, H, W) probability map as its first output (RapidOCR's recognition and orientation models load too,
+    and then every image would fail)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+
+    def fits(arg: Any, channels: int) -> bool:
+        shape = arg.shape
+        return (shape is not None and len(shape) == 4 and (not isinstance(shape[1], int) or shape[1] == channels)
+                and "float" in str(arg.type))
+
+    if len(inputs) != 1 or not outputs or not fits(inputs[0], 3) or not fits(outputs[0], 1):
+        got = (f"{', '.join(_shape(i) for i in inputs)} -> {', '.join(_shape(o) for o in outputs)}"
+               if all(a.shape is not None for a in (*inputs, *outputs)) else "other shapes")
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint} is not a text detection model: it maps "
+                           f"{got}; the detector maps (B, 3, H, W) images -> (B, 1, H, W) text probabilities")
 
 
 def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:

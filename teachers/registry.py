@@ -71,7 +71,28 @@ def describe(task: str | None = None) -> str:
         default = teacher_class(name).default_checkpoint()
         if default is not None:
             lines.append(f"    weights: {default} (without --{spec.task}-checkpoint)")
-        params = [f"{p.name}={p.default!r}" for p in inspect.signature(teacher_class(name).__init__).parameters.values()
-                  if p.kind is p.KEYWORD_ONLY and p.default is not p.empty]
-        lines.append(f"    params:  {', '.join(params)}")
+        lines.append(f"    params:  {', '.join(teacher_params(name)) or '(none)'}")
     return "\n".join(lines)
+
+
+#: Keywords every teacher takes that the pipeline always sets (--device, --dtype, --batch-size): ``describe``
+#: leaves them out, as their constructor defaults are never the ones a build uses.
+SET_BY_PIPELINE = ("device", "dtype", "batch_size")
+
+
+def teacher_params(name: str) -> list[str]:
+    """The keyword parameters of teacher ``name`` with their defaults ("input_size=686"), as ``--<task>-param``
+    takes them: without those the pipeline sets (``SET_BY_PIPELINE``), without ``checkpoint`` for a teacher that
+    takes none, and with the default weights for a ``checkpoint`` whose keyword default is None."""
+    cls = teacher_class(name)
+    params = []
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.kind is not p.KEYWORD_ONLY or p.default is p.empty or p.name in SET_BY_PIPELINE:
+            continue
+        default = p.default
+        if p.name == "checkpoint":
+            if not cls.takes_checkpoint:
+                continue
+            default = default if default is not None else cls.default_checkpoint()
+        params.append(f"{p.name}={default!r}")
+    return params

@@ -23,6 +23,8 @@ def read_checkpoint(path: str | os.PathLike, teacher: str) -> dict[str, Any]:
         The loaded object (a dict).
     """
     path = os.path.expanduser(str(path))
+    if os.path.isdir(path):
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {path} is a folder; pass the .pth file")
     if not os.path.isfile(path):
         raise TeacherError(f"teacher {teacher!r}: checkpoint {path} does not exist")
     try:

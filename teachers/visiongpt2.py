@@ -19,7 +19,9 @@ import cv2
 import numpy as np
 import torch
 
-from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, model_cache, sha256_of_path
+from teachers.base import (Teacher, TeacherError, TeacherInput, TeacherSpec, expand_home, model_cache,
+                           sha256_of_path)
+from teachers.loading import boolean, check_vocabulary, integer, quiet_transformers
 from teachers.strict_load import load_strict, read_checkpoint
 from teachers.visiongpt2_model import VisionGPT2, VisionGPT2Config
 
@@ -76,7 +78,8 @@ def load_tokenizer(name_or_path: str) -> Any:
     from transformers import GPT2TokenizerFast
 
     try:
-        return GPT2TokenizerFast.from_pretrained(name_or_path)
+        with quiet_transformers():
+            return GPT2TokenizerFast.from_pretrained(name_or_path)
     except Exception as exc:  # noqa: BLE001 - any loader failure is one user-facing line
         raise TeacherError(f"teacher 'visiongpt2': cannot load the GPT-2 tokenizer {name_or_path!r} "
                            f"({type(exc).__name__}); pass tokenizer=<folder with vocab.json and merges.txt>") from None
@@ -151,28 +154,30 @@ class VisionGPT2Teacher(Teacher):
                  sample: bool = False, temperature: float = 1.0, seed: int = 0, device: str = "cpu",
                  dtype: str = "float32", batch_size: int = 16) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        if not 0 < temperature < float("inf"):  # also refuses NaN
-            raise TeacherError(f"temperature must be > 0, got {temperature}")
-        self.checkpoint = os.path.expanduser(checkpoint or self.default_checkpoint())
+        max_tokens, sample = integer("max_tokens", max_tokens, 1), boolean("sample", sample)
+        if integer("seed", seed, 0) >= 2**32:
+            raise TeacherError(f"seed must be an integer in 0..{2**32 - 1}, got {seed!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not 0 < temperature < float("inf"):  # also refuses NaN
+            raise TeacherError(f"temperature must be > 0, got {temperature!r}")
+        self.checkpoint = os.path.expanduser(self.resolve_checkpoint(checkpoint) or self.default_checkpoint())
         if checkpoint is None and not os.path.exists(self.checkpoint):
             raise TeacherError(f"teacher 'visiongpt2': no checkpoint given and {self.checkpoint} does not exist; "
                                "download captioner.pt of github.com/shreydan/VisionGPT2 and pass checkpoint= "
                                "(pipeline: --caption-checkpoint)")
         self.model, self.cfg, weights = load_visiongpt2(self.checkpoint)
-        if max_tokens < 1 or max_tokens + 1 > self.cfg.seq_len:
+        if max_tokens + 1 > self.cfg.seq_len:
             raise TeacherError(f"max_tokens must be in 1..{self.cfg.seq_len - 1}, got {max_tokens}")
         if tokenizer is None:
             has_tok = os.path.isdir(self.checkpoint) and os.path.isfile(os.path.join(self.checkpoint,
                                                                                       "tokenizer.json"))
             tokenizer = self.checkpoint if has_tok else "gpt2"
-        self.tokenizer_name = tokenizer
+        self.tokenizer_name = tokenizer = expand_home(tokenizer)
         # a local tokenizer by its files (where the folder lies changes nothing), a hub one by its name
         self._tokenizer_id = (f"sha256:{sha256_of_path(tokenizer, TOKENIZER_FILES)}" if os.path.isdir(tokenizer)
                               else tokenizer)
         self.tokenizer = load_tokenizer(tokenizer)
-        if len(self.tokenizer) != self.cfg.vocab_size:
-            raise TeacherError(f"teacher 'visiongpt2': tokenizer {tokenizer!r} has {len(self.tokenizer)} tokens, "
-                               f"the model {self.cfg.vocab_size}")
+        check_vocabulary(self.name, self.tokenizer, tokenizer, self.cfg.vocab_size)
         self.eos_id = self.tokenizer.eos_token_id
         self.bos_id = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_id
         self.max_tokens, self.sample, self.temperature, self.seed = max_tokens, sample, temperature, seed
@@ -198,7 +203,8 @@ class VisionGPT2Teacher(Teacher):
         out = []
         for img in images:
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                raise TeacherError(f"teacher 'visiongpt2' needs (H, W, 3) uint8 RGB, got {img.dtype} {img.shape}")
+                raise TeacherError(f"teacher 'visiongpt2': needs (H, W, 3) uint8 RGB images, got {img.dtype} "
+                                   f"{img.shape}")
             img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
             out.append(torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1.0)
         return torch.stack(out).to(self.device)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+from typing import Any, Iterator
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
-from teachers.loading import (checkpoint_identity, from_pretrained_strict, hub_revision, integer, load_or_fail,
-                              torch_dtype)
+from teachers.loading import (check_vocabulary, checkpoint_identity, from_pretrained_strict, hub_revision, integer,
+                              load_or_fail, quiet_transformers, torch_dtype)
 from teachers.preprocess import resize_batch
 
 DEFAULT_CHECKPOINT = "nlpconnect/vit-gpt2-image-captioning"
@@ -41,14 +43,16 @@ class ViTGPT2Teacher(Teacher):
         num_beams, max_length = integer("num_beams", num_beams, 1), integer("max_length", max_length, 1)
         from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
-        self.checkpoint = checkpoint
+        self.checkpoint = checkpoint = self.resolve_checkpoint(checkpoint)
         self.num_beams = int(num_beams)
         self.max_length = int(max_length)
 
         self.model = from_pretrained_strict(VisionEncoderDecoderModel, self.name, checkpoint, revision)
-        self.tokenizer, processor = load_or_fail(self.name, checkpoint, lambda: (
-            AutoTokenizer.from_pretrained(checkpoint, revision=revision),
-            AutoImageProcessor.from_pretrained(checkpoint, revision=revision)))
+        with quiet_transformers():
+            self.tokenizer, processor = load_or_fail(self.name, checkpoint, lambda: (
+                AutoTokenizer.from_pretrained(checkpoint, revision=revision),
+                AutoImageProcessor.from_pretrained(checkpoint, revision=revision)))
+        check_vocabulary(self.name, self.tokenizer, checkpoint, self.model.config.decoder.vocab_size)
         self.model.to(device=device, dtype=torch_dtype(dtype)).eval()
         size = processor.size
         self.input_hw = (int(size["height"]), int(size["width"])) if "height" in size else \
@@ -78,11 +82,32 @@ class ViTGPT2Teacher(Teacher):
         with torch.inference_mode():
             x = resize_batch([i.image for i in inputs], self.input_hw, device=self.device,
                              dtype=torch_dtype(self.dtype), mean=self.mean, std=self.std, scale=self.rescale)
-            ids = self.model.generate(pixel_values=x, num_beams=self.num_beams, max_length=self.max_length,
-                                      do_sample=False, decoder_start_token_id=self.start_id,
-                                      pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id)
+            with _without_attention_mask_warning():
+                ids = self.model.generate(pixel_values=x, num_beams=self.num_beams, max_length=self.max_length,
+                                          do_sample=False, decoder_start_token_id=self.start_id,
+                                          pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [{"captions": [t.strip()]} for t in texts]
+
+
+class _AttentionMaskWarning(logging.Filter):
+    """Drops generate()'s "attention mask is not set" warning: it is about padded text prompts, and the
+    encoder's input here is whole images (nothing padded; the decoder's own mask is built by generate)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "attention mask" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_attention_mask_warning() -> Iterator[None]:
+    """``_AttentionMaskWarning`` on transformers' generation logger for the time of one generate() call."""
+    log = logging.getLogger("transformers.generation.utils")
+    drop = _AttentionMaskWarning()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:

@@ -170,7 +170,7 @@ def test_model_teacher_device_and_batch_size_are_checked(kwargs, needle, tmp_pat
 
 
 def test_inputs_must_be_teacher_inputs() -> None:
-    with pytest.raises(TeacherError, match="takes TeacherInput"):
+    with pytest.raises(TeacherError, match="must be TeacherInput"):
         create_teacher("caption-gt")([np.zeros((4, 4, 3), np.uint8)])
 
 
