@@ -117,10 +117,11 @@ def boolean(name: str, value: Any) -> bool:
     return value
 
 
-def check_vocabulary(teacher: str, tokenizer: Any, source: str, size: int) -> None:
-    """TeacherError unless ``tokenizer`` has exactly ``size`` tokens, the vocabulary of the decoder it reads
-    the ids of (a folder without its tokenizer files gives transformers a 1-token one: every caption empty)."""
-    if len(tokenizer) != size:
+def check_vocabulary(teacher: str, tokenizer: Any, source: str, size: int, slack: int = 0) -> None:
+    """TeacherError unless ``tokenizer`` has ``size`` tokens (within ``slack``), the vocabulary of the decoder
+    it reads the ids of (a folder without its tokenizer files gives transformers a 1-token one: every caption
+    empty). ``slack`` allows for an embedding padded to a round size, or a few added special tokens."""
+    if abs(len(tokenizer) - size) > slack:
         raise TeacherError(f"teacher {teacher!r}: tokenizer {source!r} has {len(tokenizer)} tokens but the decoder "
                            f"has {size}")
 

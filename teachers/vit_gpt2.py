@@ -52,7 +52,8 @@ class ViTGPT2Teacher(Teacher):
             self.tokenizer, processor = load_or_fail(self.name, checkpoint, lambda: (
                 AutoTokenizer.from_pretrained(checkpoint, revision=revision),
                 AutoImageProcessor.from_pretrained(checkpoint, revision=revision)))
-        check_vocabulary(self.name, self.tokenizer, checkpoint, self.model.config.decoder.vocab_size)
+        # any HF captioner: its decoder's embedding may be padded to a multiple of 64 or 128 (50257 -> 50304)
+        check_vocabulary(self.name, self.tokenizer, checkpoint, self.model.config.decoder.vocab_size, slack=128)
         self.model.to(device=device, dtype=torch_dtype(dtype)).eval()
         size = processor.size
         self.input_hw = (int(size["height"]), int(size["width"])) if "height" in size else \

@@ -55,6 +55,14 @@ def test_vit_gpt2_folder_without_its_tokenizer_is_refused(ckpt, tmp_path) -> Non
     assert re.search(r"tokenizer .* has 1 tokens but the decoder has \d+", _one_line(err, "vit-gpt2"))
 
 
+def test_a_padded_decoder_vocabulary_is_not_a_missing_tokenizer() -> None:
+    from teachers.loading import check_vocabulary
+
+    check_vocabulary("vit-gpt2", range(50257), "gpt2", 50304, slack=128)  # GPT-2 embeddings padded to 64s
+    with pytest.raises(TeacherError, match="has 1 tokens but the decoder has 50304"):
+        check_vocabulary("vit-gpt2", range(1), "gpt2", 50304, slack=128)
+
+
 def test_visiongpt2_tokenizer_of_another_size_says_the_same(ckpt, tmp_path) -> None:
     from teachers.visiongpt2 import load_tokenizer
 
