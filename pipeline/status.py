@@ -4,8 +4,10 @@ shards are done, stale or missing."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shards.schema import VOCAB_NAME
 from shards.writer import ColumnWriter
 
 from pipeline.executors import quiet_model_loading
@@ -48,8 +50,9 @@ def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]
         stale = 0
         if active and active != requested:
             stale = len(ColumnWriter(plan.split_path, s, active).done_shards(pending, check_sha256=False))
-        if active == requested:  # a shard of it missing or damaged: the next build repairs it
-            state = "current" if done == len(plan.shards) else "incomplete"
+        if active == requested:  # a shard of it (or the split's vocab.json) missing or damaged: a build repairs it
+            state = "current" if done == len(plan.shards) and (s != "tokens" or _vocab_ok(plan.split_path)) \
+                else "incomplete"
         elif active is None:
             state = "partial" if done else "not built"
         else:
@@ -58,6 +61,17 @@ def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]
                      "missing": len(plan.shards) - done - stale, "state": state})
     return {"split": config.split, "shards": len(plan.shards), "stages": rows,
             "teachers": {"recorded": list(plan.recorded), "loaded": list(plan.factories)}}
+
+
+def _vocab_ok(split_path: Path) -> bool:
+    """Whether the split's ``vocab.json``, which the tokens column's ids index, loads."""
+    from shards.vocab import Vocabulary
+
+    try:
+        Vocabulary.load(split_path / VOCAB_NAME)
+    except ValueError:
+        return False
+    return True
 
 
 def format_status(status: dict[str, Any]) -> str:

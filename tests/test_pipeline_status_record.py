@@ -167,6 +167,18 @@ def test_status_says_incomplete_for_a_damaged_shard_of_the_active_version(store)
     assert rows["depth"]["state"] == "current"
 
 
+def test_status_says_incomplete_for_a_damaged_vocabulary_and_a_build_repairs_it(store) -> None:
+    cfg, _ = store
+    vocab = Path(cfg.out) / "train2017" / "vocab.json"
+    good = vocab.read_bytes()
+    vocab.write_text("[]")
+    rows = {r["stage"]: r for r in split_status(cfg)["stages"]}
+    assert rows["tokens"]["state"] == "incomplete" and rows["caption"]["state"] == "current"
+    assert build_targets(cfg)["ok"]
+    assert vocab.read_bytes() == good
+    assert {r["stage"]: r["state"] for r in split_status(cfg)["stages"]}["tokens"] == "current"
+
+
 def test_a_package_without_metadata_is_recorded_by_its_source_version(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """detectron2 installed as sources (no dist-info) still has its version recorded, read without importing it."""
