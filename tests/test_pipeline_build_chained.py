@@ -79,8 +79,8 @@ def test_a_failing_chained_stage_runs_again_from_the_store(demo_root: Path, fake
     check_split(out, demo_root, "train2017")
 
 
-def test_a_failed_teacher_unit_leaves_its_chained_stage_not_run(demo_root: Path, fakes: dict[str, int],
-                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_teacher_unit_leaves_its_chained_stage_not_run(demo_root: Path, fakes: dict[str, int], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     real_predict = pipeline_fakes.FakeDepth.predict
 
     def broken(self, inputs):

@@ -70,7 +70,8 @@ def test_changing_depth_parameters_reruns_depth_and_normals_only(built, demo_roo
     assert all(st["skipped"] == st["units"] for s, st in report["stages"].items() if s not in ("depth", "normals"))
     n_samples = report["samples"]
     assert fakes == {"fake-depth": n_samples}  # no other teacher was called
-    assert snapshot(split, skip=("depth", "normals", "manifest.json", "build-report.json", "teachers.json")) == untouched
+    skip = ("depth", "normals", "manifest.json", "build-report.json", "teachers.json")
+    assert snapshot(split, skip=skip) == untouched
     assert (split / "depth" / old["depth"]).is_dir()  # the old version stays until gc
     check_split(out, demo_root, "train2017")
 

@@ -1,4 +1,5 @@
-"""Letterbox geometry (shards.geometry): points both ways, pixels aligned with points, label / continuous maps, the valid mask."""
+"""Letterbox geometry (shards.geometry): points both ways, pixels aligned with points, label / continuous maps,
+the valid mask."""
 
 from __future__ import annotations
 
