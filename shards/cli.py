@@ -19,7 +19,7 @@ from shards.codecs import CodecError
 from shards.layout import column_dir, column_record_path, split_dir
 from shards.manifest import StoreError, StoreFault, load_manifest, read_json
 from shards.schema import VOCAB_NAME
-from shards.writer import parse_column_record
+from shards.writer import read_column_record
 
 PROG = "shards"
 
@@ -40,9 +40,8 @@ def _info(args: argparse.Namespace) -> int:
     words = len(doc.get("words", []))
     rows = []
     for column, fp in m.columns.items():
-        record_path = column_record_path(column_dir(path, column, fp))
         try:
-            records = parse_column_record(read_json(record_path), record_path)
+            records = read_column_record(column_record_path(column_dir(path, column, fp)))
         except StoreError as e:  # the active version's record missing: a damaged store, as verify reports it
             raise StoreFault(f"column {column!r}: {e}; run `shards verify`") from None
         done = [records[s] for s in m.shard_names if s in records]

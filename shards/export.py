@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from shards.manifest import StoreError, StoreFault
 from shards.reader import StoreReader
 from shards.schema import COLUMN_RECORD_NAME, MANIFEST_NAME, VOCAB_NAME
 from shards.streams import is_url, join, open_stream, read_bytes
-from shards.writer import ShardRecord, parse_column_record, write_tar
+from shards.writer import ShardRecord, read_column_record, write_tar
 
 EXPORT_RECORD_NAME = "export.json"
 _CHUNK = 1 << 20
@@ -51,15 +50,10 @@ class _HashingWriter:
 def _column_records(reader: StoreReader, column: str) -> dict[str, ShardRecord]:
     """The shard records of the active version of ``column``; a missing or foreign record is a StoreFault."""
     fp = reader.manifest.columns[column]
-    location = join(reader.root, reader.split, column, fp, COLUMN_RECORD_NAME)
     try:
-        doc = json.loads(read_bytes(location))
-    except (OSError, ValueError) as e:
-        raise StoreFault(f"column {column!r}: cannot read {location} ({e}); run `shards verify`") from None
-    try:
-        return parse_column_record(doc, location, fp)
-    except StoreError as e:
-        raise StoreFault(str(e)) from None
+        return read_column_record(join(reader.root, reader.split, column, fp, COLUMN_RECORD_NAME), fp)
+    except StoreFault as e:
+        raise StoreFault(f"column {column!r}: {e}; run `shards verify`") from None
 
 
 class _HashingReader:

@@ -3,7 +3,7 @@
 Checks, shard by shard and column by column: the file exists with the recorded size and sha256, the tar
 parses (header checksums, no truncation), each sample has exactly the column's members, the keys equal
 the base column's keys in order, the count matches the manifest, and every member decodes to the
-schema's dtype and shape; and the split's ``vocab.json`` (loads, for the tokens column) and ``rejected.jsonl`` (as
+schema's dtype and shape (``pose.json`` to the structure ``shards.pose`` describes); and the split's ``vocab.json`` (loads, for the tokens column) and ``rejected.jsonl`` (as
 many lines as the manifest counts). The first fault is reported with its shard, column and (where known) key.
 """
 
@@ -19,11 +19,11 @@ import numpy as np
 
 from shards.codecs import CodecError, decode_member
 from shards.layout import column_dir, column_record_path, shard_path, split_dir
-from shards.manifest import Manifest, StoreError, load_manifest, read_json
+from shards.manifest import Manifest, StoreError, load_manifest
 from shards.pose import pose_problem
 from shards.schema import COLUMNS, REJECTED_NAME, VOCAB_NAME, resolve_shape
 from shards.streams import TarError, iter_samples
-from shards.writer import ShardRecord, file_sha256, parse_column_record
+from shards.writer import ShardRecord, file_sha256, read_column_record
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,8 @@ def _split_file_faults(path: Path, manifest: Manifest, chosen: Sequence[str]) ->
 def _column_records(path: Path, manifest: Manifest, column: str) -> tuple[dict[str, ShardRecord], Fault | None]:
     """The shard records of the active version of ``column``, or a fault when they are missing or malformed."""
     fp = manifest.columns[column]
-    record_path = column_record_path(column_dir(path, column, fp))
     try:
-        return parse_column_record(read_json(record_path), record_path, fp), None
+        return read_column_record(column_record_path(column_dir(path, column, fp)), fp), None
     except StoreError as e:
         return {}, Fault("-", column, None, str(e))
 

@@ -20,6 +20,7 @@ from shards.codecs import encode_sample
 from shards.errors import StoreFault, is_json_type, json_kind, read_json
 from shards.layout import column_dir, column_record_path, shard_path
 from shards.schema import column as get_column
+from shards.streams import read_bytes
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,26 @@ def parse_column_record(doc: Any, source: str | os.PathLike, fingerprint: str | 
     if fingerprint is not None and doc["fingerprint"] != fingerprint:
         raise StoreFault(f"{source} is for fingerprint {doc['fingerprint']!r}, the manifest says {fingerprint!r}")
     return records
+
+
+def read_column_record(location: str | os.PathLike, fingerprint: str | None = None) -> dict[str, ShardRecord]:
+    """The shard records of the ``column.json`` at ``location`` (a local path, an fsspec URL or a ``pipe:``
+    command, read through ``shards.streams``), as ``parse_column_record`` checks them.
+
+    Raises:
+        StoreFault: the file is missing, unreadable, not JSON, malformed, or of another version (one line).
+    """
+    try:
+        data = read_bytes(str(location))
+    except FileNotFoundError:
+        raise StoreFault(f"{location}: not found") from None
+    except OSError as e:
+        raise StoreFault(f"{location}: cannot read ({e})") from None
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreFault(f"{location}: corrupt JSON ({e})") from None
+    return parse_column_record(doc, location, fingerprint)
 
 
 def keys_digest(keys: Iterable[str]) -> str:
