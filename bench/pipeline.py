@@ -7,11 +7,14 @@ floor is timed on the built store: encoding every member once (codecs) and writi
 (tar, sha256, fsync, records); bare + encode + write is what any build of this store costs at least. The bare
 loop and the in-process build run in ``--rounds`` interleaved rounds, then as many rounds of the Ray builds
 with 1 and 2 workers (medians, and the medians of the per-round ratios, are reported: the machine's speed
-drifts). Each Ray round starts a cluster of W CPUs on W cores; its start, up to the worker processes Ray boots
-with it, is left out, the start-up of the teacher actors is not (a fixed cost; with CPU teachers one shared
-actor process, also timed on its own after the first round's builds).
+drifts). Each Ray round starts a cluster of W CPUs on W cores: its raylet and the worker processes it forks
+(the CPU tasks and the teacher actors: all of the build's work) run there. The driver, which only submits and
+waits, and the head's daemons (GCS, agents, monitors) move to the machine's other cores where it has any, as
+on a cluster's head node; ``--pin-all`` leaves them on the W cores too. The cluster's start,
+up to the worker processes Ray boots with it, is left out, the start-up of the teacher actors is not (a fixed
+cost; with CPU teachers one shared actor process, also timed on its own after the first round's builds).
 
-    python bench/pipeline.py [--images 300] [--shard-size 50] [--rounds 3] [--skip-ray]
+    python bench/pipeline.py [--images 300] [--shard-size 50] [--rounds 3] [--skip-ray] [--pin-all]
 """
 
 from __future__ import annotations
@@ -171,8 +174,46 @@ def actor_startup(config: Any) -> float:
     return seconds
 
 
-def _noop() -> None:
-    return None
+def spread_cores(cores: list[int]) -> list[int]:
+    """``cores`` ordered so that the first ones sit on distinct physical cores: one hardware thread of each core
+    first, their siblings after (two SMT siblings share one core's execution units; a 2-worker run on them
+    measures hyper-threading, not Ray). Unchanged where the kernel does not say which threads are siblings."""
+    firsts, rest, seen = [], [], set()
+    for cpu in cores:
+        try:
+            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
+        except OSError:
+            return cores
+        (rest if siblings in seen else firsts).append(cpu)
+        seen.add(siblings)
+    return firsts + rest
+
+
+def _affinity() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def _move_off_worker_cores(cores: list[int]) -> None:
+    """Move this driver and the processes Ray started for it to ``cores``, every thread of them, except the
+    raylet and the worker processes it forks (which inherit its cores): Ray's per-node daemon and the build's
+    work stay on the worker cores, the head's daemons (GCS, agents, monitors) and the driver leave them."""
+    procs: dict[int, tuple[int, str]] = {}
+    for name in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+            procs[int(name)] = (int(stat.rsplit(")", 1)[1].split()[1]), Path(f"/proc/{name}/cmdline").read_text())
+        except (ValueError, OSError):
+            continue
+    me = os.getpid()
+    raylets = {pid for pid, (ppid, cmd) in procs.items() if ppid == me and "/raylet/raylet" in cmd}
+    move = {me} | {pid for pid, (ppid, _) in procs.items() if ppid == me and pid not in raylets}
+    move |= {pid for pid, (ppid, cmd) in procs.items() if ppid in raylets and "Agent" in cmd}
+    for pid in move:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), cores)
+            except OSError:  # a thread that ended meanwhile
+                continue
 
 
 def timed_build(config: Any, executor: Any = None) -> tuple[float, dict[str, Any]]:
@@ -194,6 +235,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds of bare loop + in-process build; medians are reported")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--pin-all", action="store_true",
+                        help="Ray's own processes and the driver share the W workers' cores (default: other cores)")
     args = parser.parse_args()
 
     from pipeline.build import BuildConfig
@@ -212,7 +255,7 @@ def main() -> None:
                        depth_teacher="bench-depth", panoptic_teacher="bench-panoptic", text_teacher="bench-text",
                        caption_teacher="bench-caption")
     n = args.images
-    cores = sorted(os.sched_getaffinity(0))
+    cores = spread_cores(sorted(os.sched_getaffinity(0)))
     os.sched_setaffinity(0, cores[:1])  # the bare loop and the in-process build get one core each
     bare_loop(files[:20], args.size)  # warm the page cache and the codecs
     rounds = []  # (bare s, build s, bare CPU s, build CPU s): interleaved, so each pair saw the same machine
@@ -233,6 +276,8 @@ def main() -> None:
             ("store writer: tar+fsync", writes, n / writes), ("floor: bare+encode+write", floor, n / floor),
             ("build, in-process", local_s, n / local_s)]
     result: dict[str, Any] = {"images": n, "size": args.size, "shard_size": args.shard_size, "cores": len(cores),
+                              "worker_cores": cores[:2],
+                              "ray_daemons_on_worker_cores": args.pin_all,
                               "bare_ms_per_image": round(1000 * bare / n, 2),
                               "inprocess_ms_per_image": round(1000 * local_s / n, 2),
                               "rounds": args.rounds,
@@ -257,14 +302,20 @@ def main() -> None:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         for r in range(args.rounds):
             for workers in (1, 2):
-                # A W-worker cluster gets W cores: its processes inherit this affinity, so the teacher actors
-                # (which reserve no CPU) cannot borrow a core the CPU tasks are not given.
-                os.sched_setaffinity(0, cores[:workers])
+                # A W-worker cluster's worker processes get W cores, so the teacher actors (which reserve no
+                # CPU) cannot borrow a core the CPU tasks are not given. Ray starts on them; all but the raylet
+                # and its workers then move off (unless --pin-all).
+                work_cores = cores[:workers]
+                os.sched_setaffinity(0, work_cores)
                 ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
+                if not args.pin_all and cores[workers:]:
+                    _move_off_worker_cores(cores[workers:])
                 # The cluster start is left out, up to the worker processes Ray starts with it: they boot in
-                # the background after init returns; a no-op task per worker waits for them.
-                ray.get([ray.remote(_noop).remote() for _ in range(workers)])
+                # the background after init returns; a task per worker waits for them and checks their cores.
                 try:  # actor start-up is inside the timing
+                    pinned = ray.get([ray.remote(_affinity).remote() for _ in range(workers)])
+                    if any(p != sorted(work_cores) for p in pinned):
+                        raise SystemExit(f"bench: Ray's workers run on cores {pinned}, not {work_cores}")
                     cfg = BuildConfig(**{**base.__dict__, "out": str(work / f"ray{workers}-{r}"), "executor": "ray"})
                     secs, ray_report = timed_build(cfg, RayExecutor(retries=1))
                     ray_s[workers].append(secs)
