@@ -14,7 +14,12 @@ on a cluster's head node; ``--pin-all`` leaves them on the W cores too. The clus
 up to the worker processes Ray boots with it, is left out, the start-up of the teacher actors is not (a fixed
 cost; with CPU teachers one shared actor process, also timed on its own after the first round's builds).
 
+With ``--memory`` it times nothing: it builds ``--images`` (default 6000) photos once in-process and once on a
+2-worker Ray cluster and samples the memory (PSS) of this process and everything it started, per quarter of
+each build: in-flight work is bounded, so the last quarter should peak no higher than the second.
+
     python bench/pipeline.py [--images 300] [--shard-size 50] [--rounds 3] [--skip-ray] [--pin-all]
+    python bench/pipeline.py --memory [--images 6000]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -90,8 +96,9 @@ class BenchCaption(_Identity):
 BENCH_TEACHERS = (BenchDepth, BenchPanoptic, BenchText, BenchCaption)
 
 
-def make_bench_root(demo: Path, root: Path, n: int) -> list[Path]:
-    """A COCO-style split ``train2017`` of ``n`` 640x480 JPEGs cycling through the demo's good images."""
+def make_bench_root(demo: Path, root: Path, n: int, link: bool = False) -> list[Path]:
+    """A COCO-style split ``train2017`` of ``n`` 640x480 JPEGs cycling through the demo's good images (with
+    ``link``, the repeats are hard links to the first copy: thousands of files in seconds)."""
     import cv2
 
     from pipeline.coco import load_split
@@ -110,7 +117,10 @@ def make_bench_root(demo: Path, root: Path, n: int) -> list[Path]:
     for i in range(n):
         rgb, caps = sources[i % len(sources)]
         path = root / "train2017" / f"{i + 1:012d}.jpg"
-        cv2.imwrite(str(path), rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if link and i >= len(sources):
+            os.link(files[i % len(sources)], path)
+        else:
+            cv2.imwrite(str(path), rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
         files.append(path)
         images.append({"id": i + 1, "file_name": path.name, "width": 640, "height": 480})
         captions += [{"id": len(captions) + 1, "image_id": i + 1, "caption": c} for c in caps]
@@ -193,10 +203,8 @@ def _affinity() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def _move_off_worker_cores(cores: list[int]) -> None:
-    """Move this driver and the processes Ray started for it to ``cores``, every thread of them, except the
-    raylet and the worker processes it forks (which inherit its cores): Ray's per-node daemon and the build's
-    work stay on the worker cores, the head's daemons (GCS, agents, monitors) and the driver leave them."""
+def _processes() -> dict[int, tuple[int, str]]:
+    """Every process of this machine: pid -> (parent pid, command line)."""
     procs: dict[int, tuple[int, str]] = {}
     for name in os.listdir("/proc"):
         try:
@@ -204,6 +212,14 @@ def _move_off_worker_cores(cores: list[int]) -> None:
             procs[int(name)] = (int(stat.rsplit(")", 1)[1].split()[1]), Path(f"/proc/{name}/cmdline").read_text())
         except (ValueError, OSError):
             continue
+    return procs
+
+
+def _move_off_worker_cores(cores: list[int]) -> None:
+    """Move this driver and the processes Ray started for it to ``cores``, every thread of them, except the
+    raylet and the worker processes it forks (which inherit its cores): Ray's per-node daemon and the build's
+    work stay on the worker cores, the head's daemons (GCS, agents, monitors) and the driver leave them."""
+    procs = _processes()
     me = os.getpid()
     raylets = {pid for pid, (ppid, cmd) in procs.items() if ppid == me and "/raylet/raylet" in cmd}
     move = {me} | {pid for pid, (ppid, _) in procs.items() if ppid == me and pid not in raylets}
@@ -214,6 +230,90 @@ def _move_off_worker_cores(cores: list[int]) -> None:
                 os.sched_setaffinity(int(tid), cores)
             except OSError:  # a thread that ended meanwhile
                 continue
+
+
+def tree_pss_mb(root: int) -> float:
+    """Proportional set size of a process and all its descendants, in MB: pages shared between them (Ray's
+    object store, copy-on-write pages) are counted once, split between the processes that map them."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in _processes().items():
+        children.setdefault(ppid, []).append(pid)
+    total_kb, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        total_kb += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return total_kb / 1024
+
+
+class MemorySampler(threading.Thread):
+    """Samples (seconds since start, ``tree_pss_mb`` of this process) every ``interval`` seconds until stopped."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.samples, self._stop_event = interval, [], threading.Event()
+        self.t0 = time.perf_counter()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.samples.append((time.perf_counter() - self.t0, tree_pss_mb(os.getpid())))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
+
+
+def quarter_peaks(samples: list[tuple[float, float]]) -> list[float]:
+    """The largest sample in each quarter of the sampled time."""
+    end = samples[-1][0] or 1.0
+    peaks = [0.0] * 4
+    for t, mb in samples:
+        q = min(3, int(4 * t / end))
+        peaks[q] = max(peaks[q], mb)
+    return peaks
+
+
+def memory_run(args: argparse.Namespace, base: Any, work: Path) -> None:
+    """``--memory``: one in-process build and one on a 2-worker Ray cluster of the whole split, with the memory of
+    this process and everything it started sampled throughout; memory is flat when the last quarter of a build
+    peaks no higher than its second (the first holds the start-up: teachers, Ray's workers, malloc's pools)."""
+    import ray
+
+    from pipeline.build import BuildConfig
+    from pipeline.executors import RayExecutor
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    n, result, rows = args.images, {"images": args.images, "shard_size": args.shard_size}, []
+    for key, label, executor in (("inprocess", "in-process", "local"), ("ray2", "Ray 2 workers", "ray")):
+        out = work / f"memory-{key}"
+        if executor == "ray":
+            ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        sampler = MemorySampler()
+        sampler.start()
+        try:
+            secs, _ = timed_build(BuildConfig(**{**base.__dict__, "out": str(out), "executor": executor}),
+                                  RayExecutor(retries=1) if executor == "ray" else None)
+        finally:
+            samples = sampler.stop()
+            if executor == "ray":
+                ray.shutdown()
+            shutil.rmtree(out, ignore_errors=True)
+        peaks = quarter_peaks(samples)
+        rows.append((label, secs, peaks))
+        result.update({f"{key}_seconds": round(secs, 2), f"{key}_samples": len(samples),
+                       f"{key}_peak_mb_by_quarter": [round(p) for p in peaks],
+                       f"{key}_last_over_second_quarter": round(peaks[3] / peaks[1], 3)})
+    result["target_last_over_second_quarter"] = 1.1
+    print(f"{'build':<16}{'seconds':>9}{'images/s':>10}   {'peak memory (PSS, MB) per quarter of the build':<48}")
+    for label, secs, peaks in rows:
+        print(f"{label:<16}{secs:>9.1f}{n / secs:>10.1f}   " + " ".join(f"{p:>9.0f}" for p in peaks))
+    print(json.dumps(result))
 
 
 def timed_build(config: Any, executor: Any = None) -> tuple[float, dict[str, Any]]:
@@ -229,7 +329,7 @@ def timed_build(config: Any, executor: Any = None) -> tuple[float, dict[str, Any
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--images", type=int, default=None, help="photos in the split (300; 6000 with --memory)")
     parser.add_argument("--shard-size", type=int, default=50)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3,
@@ -237,7 +337,10 @@ def main() -> None:
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--pin-all", action="store_true",
                         help="Ray's own processes and the driver share the W workers' cores (default: other cores)")
+    parser.add_argument("--memory", action="store_true",
+                        help="instead of the timings: the memory of a long build, in-process and on Ray")
     args = parser.parse_args()
+    args.images = args.images or (6000 if args.memory else 300)
 
     from pipeline.build import BuildConfig
     from pipeline.demo import make_demo
@@ -249,12 +352,15 @@ def main() -> None:
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # a run leaves ~400 MB of stores behind otherwise
     demo = make_demo(work / "demo")
     root = work / "coco"
-    files = make_bench_root(demo, root, args.images)
+    files = make_bench_root(demo, root, args.images, link=args.memory)
     base = BuildConfig(coco_root=str(root), split="train2017", size=args.size, shard_size=args.shard_size,
                        device="cpu", progress=False, glove=str(demo / "glove" / "glove.demo.300d.txt"),
                        depth_teacher="bench-depth", panoptic_teacher="bench-panoptic", text_teacher="bench-text",
                        caption_teacher="bench-caption")
     n = args.images
+    if args.memory:
+        memory_run(args, base, work)
+        return
     cores = spread_cores(sorted(os.sched_getaffinity(0)))
     os.sched_setaffinity(0, cores[:1])  # the bare loop and the in-process build get one core each
     bare_loop(files[:20], args.size)  # warm the page cache and the codecs
