@@ -1,12 +1,15 @@
-"""Depth teacher: Depth Anything V2 (relative or metric) through transformers, batched on a letterbox canvas."""
+"""Depth teacher: Depth Anything V2 (relative or metric) through transformers, with the published model's own input
+geometry (``infer_image`` of the Depth Anything V2 repository): each image scaled so that its short side is
+``input_size``, both sides multiples of 14, no padding; images of the same input shape share a batch."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from teachers.base import Teacher, TeacherInput, TeacherSpec
 from teachers.loading import checkpoint_identity, from_pretrained_strict, hub_revision, integer, torch_dtype
-from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox_batch, unletterbox
+from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_image
 
 DEFAULT_CHECKPOINT = "depth-anything/Depth-Anything-V2-Large-hf"
 #: Short names of the published checkpoints (any hub id or local folder works too).
@@ -20,14 +23,27 @@ VARIANTS = {
 PATCH = 14
 
 
+def input_shape(height: int, width: int, input_size: int = 518) -> tuple[int, int]:
+    """The model input (h, w) of an image: Depth Anything V2's ``Resize(keep_aspect_ratio=True,
+    resize_method="lower_bound", ensure_multiple_of=14)``: scaled so that both sides are at least ``input_size``,
+    each side then rounded to the nearest multiple of 14, or up to one where rounding would go below
+    ``input_size``."""
+    scale = max(input_size / height, input_size / width)
+
+    def side(x: float) -> int:
+        y = round(x / PATCH) * PATCH  # half to even, as numpy's round upstream
+        return y if y >= input_size else math.ceil(x / PATCH) * PATCH
+
+    return side(scale * height), side(scale * width)
+
+
 class DepthAnythingTeacher(Teacher):
     """Depth Anything V2: relative inverse depth (larger = nearer) or metric depth in metres.
 
     Args:
         checkpoint: hub id, a short name of ``VARIANTS``, or a local ``save_pretrained`` folder.
         revision: hub revision to load (and fingerprint).
-        input_size: long side of the model input; rounded to multiples of 14 (686 gives 4:3 images the
-            published 518-pixel short side).
+        input_size: the short side of the model input (the published 518); both sides are multiples of 14.
         device, dtype, batch_size: see ``Teacher``.
     """
 
@@ -36,14 +52,14 @@ class DepthAnythingTeacher(Teacher):
         task="depth",
         description="Depth Anything V2 (transformers DepthAnythingForDepthEstimation; Small/Base/Large, "
                     "relative or metric)",
-        input_size="long side -> input_size (multiple of 14), letterboxed on a square canvas, bicubic, "
-                   "ImageNet mean/std",
+        input_size="short side -> input_size (default 518), both sides multiples of 14, bicubic, no padding, "
+                   "ImageNet mean/std (the published model's own preprocessing)",
         outputs={"depth": "float32 (H, W) at the original resolution", "kind": "'relative' | 'metric'"},
         units="relative inverse depth (larger = nearer), or metres for metric checkpoints",
     )
 
     def __init__(self, *, checkpoint: str = DEFAULT_CHECKPOINT, revision: str | None = None,
-                 input_size: int = 686, device: str = "cpu", dtype: str = "float32", batch_size: int = 8) -> None:
+                 input_size: int = 518, device: str = "cpu", dtype: str = "float32", batch_size: int = 8) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         input_size = integer("input_size", input_size, PATCH)
         self.checkpoint = self.resolve_checkpoint(checkpoint)
@@ -54,7 +70,7 @@ class DepthAnythingTeacher(Teacher):
         self.model.to(device=device, dtype=torch_dtype(dtype)).eval()
         self.kind = "metric" if self.model.config.depth_estimation_type == "metric" else "relative"
         self._identity = {**checkpoint_identity(self.checkpoint, hub_revision(self.model, revision)),
-                          "input_size": self.input_size, "kind": self.kind}
+                          "input_size": self.input_size, "resize": "short side, multiples of 14", "kind": self.kind}
 
     @classmethod
     def resolve_checkpoint(cls, checkpoint: str) -> str:
@@ -67,20 +83,33 @@ class DepthAnythingTeacher(Teacher):
         return dict(self._identity)
 
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        """Per image, as the published ``infer_image``: RGB / 255 resized bicubically to ``input_shape``, ImageNet
+        mean/std; the model's depth resized bilinearly (corners aligned) to the image's own size. Images of one
+        input shape run as one batch, so an image's depth does not depend on the other images of the call."""
+        import numpy as np
         import torch
+        import torch.nn.functional as F
 
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, inp in enumerate(inputs):
+            check_image(inp.image)
+            groups.setdefault(input_shape(*inp.image.shape[:2], self.input_size), []).append(i)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        outs: list[dict[str, Any]] = [{}] * len(inputs)
         with torch.inference_mode():
-            x, geo = letterbox_batch([i.image for i in inputs], self.input_size, multiple=PATCH,
-                                     device=self.device, dtype=torch_dtype(self.dtype), mean=IMAGENET_MEAN,
-                                     std=IMAGENET_STD, mode="bicubic")
-            depth = self.model(pixel_values=x).predicted_depth  # (B, canvas, canvas)
-            if depth.shape[-2:] != x.shape[-2:]:
-                depth = torch.nn.functional.interpolate(depth[:, None].float(), size=x.shape[-2:],
-                                                        mode="bilinear", align_corners=False)[:, 0]
-            outs = []
-            for i in range(len(inputs)):
-                d = unletterbox(depth[i:i + 1], geo, i, mode="bilinear")[0]  # (H, W)
-                outs.append({"depth": d.float().clamp_(min=0).cpu().numpy(), "kind": self.kind})
+            for shape, idx in groups.items():
+                rows = []
+                for i in idx:  # a read-only array (Ray's object store) is copied: torch wants writable memory
+                    x = torch.from_numpy(np.array(inputs[i].image, copy=not inputs[i].image.flags.writeable))
+                    x = x.to(self.device).permute(2, 0, 1)[None].float() / 255
+                    rows.append(F.interpolate(x, size=shape, mode="bicubic", align_corners=False))
+                pixels = ((torch.cat(rows) - mean) / std).to(torch_dtype(self.dtype))
+                depth = self.model(pixel_values=pixels).predicted_depth.float()  # (B, h, w)
+                for j, i in enumerate(idx):
+                    d = F.interpolate(depth[j][None, None], size=inputs[i].image.shape[:2], mode="bilinear",
+                                      align_corners=True)[0, 0]
+                    outs[i] = {"depth": d.clamp_(min=0).cpu().numpy(), "kind": self.kind}
         return outs
 
 

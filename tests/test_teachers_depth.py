@@ -1,4 +1,4 @@
-"""Depth Anything V2 specifics: metric checkpoints, variant names, the letterbox geometry."""
+"""Depth Anything V2 specifics: metric checkpoints, variant names, the published model's input geometry."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from teachers import TeacherError, TeacherInput, create_teacher
-from teachers.depth_anything import VARIANTS, save_tiny_checkpoint
-from teachers.preprocess import canvas_size, resized_size
+from teachers.depth_anything import VARIANTS, input_shape, save_tiny_checkpoint
+from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, canvas_size, resized_size
 
 
 def test_metric_checkpoint_gives_metric_kind(tmp_path) -> None:
@@ -31,8 +31,37 @@ def test_input_size_is_checked() -> None:
         create_teacher("depth-anything-v2", checkpoint="unused", input_size=10)
 
 
-def test_letterbox_geometry_matches_the_published_preprocessing() -> None:
-    # a 640x480 COCO image gets Depth Anything's 518-pixel short side at the default long side 686
-    assert resized_size(480, 640, 686, 14) == (518, 686)
-    assert canvas_size(686, 14) == 686
+@pytest.mark.parametrize(("hw", "expected"), [
+    ((480, 640), (518, 686)), ((640, 480), (686, 518)), ((427, 640), (518, 770)), ((640, 640), (518, 518)),
+    ((1080, 1920), (518, 924)),  # downscaled: the short side still becomes 518
+    ((20, 30), (518, 784)),  # 777 is 55.5 patches: rounded half to even, as numpy rounds
+])
+def test_input_shape_is_the_published_lower_bound_resize(hw, expected) -> None:
+    assert input_shape(*hw) == expected
+    small = input_shape(*hw, input_size=70)
+    assert min(small) >= 70 and small[0] % 14 == small[1] % 14 == 0
+
+
+@pytest.mark.parametrize("hw", [(50, 90), (300, 200)])  # upscaled to (70, 126); downscaled to (105, 70)
+def test_model_input_is_the_published_bicubic_resize_without_padding(hw, tmp_path) -> None:
+    import cv2
+
+    teacher = create_teacher("depth-anything-v2", checkpoint=save_tiny_checkpoint(str(tmp_path / "m")),
+                             input_size=70)
+    seen = []
+    teacher.model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["pixel_values"].clone()),
+                                            with_kwargs=True)
+    image = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    (out,) = teacher([TeacherInput(image)])
+    h, w = input_shape(*hw, input_size=70)
+    assert seen[0].shape == (1, 3, h, w) and out["depth"].shape == hw
+    # upstream: cv2.INTER_CUBIC on RGB / 255 (float), then ImageNet mean/std; compared away from the border,
+    # where OpenCV and torch extend the image differently
+    expected = (cv2.resize(image / 255.0, (w, h), interpolation=cv2.INTER_CUBIC) - IMAGENET_MEAN) / IMAGENET_STD
+    got = seen[0][0].permute(1, 2, 0).double().numpy()
+    np.testing.assert_allclose(got[3:-3, 3:-3], expected[3:-3, 3:-3], atol=2e-4)
+
+
+def test_canvas_geometry_of_the_letterboxed_teachers() -> None:
+    # Mask2Former letterboxes every image of a batch on one square canvas (teachers.preprocess)
     assert resized_size(427, 640, 1067) == (712, 1067) and canvas_size(1067, 32) == 1088
