@@ -67,6 +67,12 @@ class RapidOCRTeacher(Teacher):
             index = int(str(device).partition(":")[2] or 0)
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
         if not os.path.isfile(self.checkpoint):
+            if not checkpoint:  # rapidocr before 3.9 ships PP-OCRv4 models under other names
+                from importlib.metadata import version
+
+                raise TeacherError(f"teacher {self.name!r}: rapidocr {version('rapidocr')} ships no "
+                                   f"{os.path.basename(PACKAGED_MODEL)}; install rapidocr>=3.9 "
+                                   "(pip install 'ymap-distill[ocr]'), or pass a detection .onnx as checkpoint")
             raise TeacherError(f"teacher {self.name!r}: checkpoint {self.checkpoint!r} is not a file")
         self.session = load_or_fail(self.name, self.checkpoint,
                                     lambda: ort.InferenceSession(self.checkpoint, providers=providers))

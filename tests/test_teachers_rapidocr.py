@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from teachers import MissingExtraError, TeacherInput, create_teacher
+from teachers import MissingExtraError, TeacherError, TeacherInput, create_teacher
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,17 @@ def test_missing_extra_names_it(name, module, extra, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, f"{module}.ch_ppocr_det.utils", None)
     with pytest.raises(MissingExtraError, match=rf"ymap-distill\[{extra}\]"):
         create_teacher(name, checkpoint="unused.pth" if name != "rapidocr" else None)
+
+
+def test_a_rapidocr_without_the_packaged_detector_says_which_version_to_install(monkeypatch, tmp_path) -> None:
+    import teachers.rapidocr_text as rapidocr_text
+
+    # rapidocr before 3.9 ships PP-OCRv4 detectors under other names
+    monkeypatch.setattr(rapidocr_text, "packaged_model_path", lambda: str(tmp_path / "models" / "absent.onnx"))
+    with pytest.raises(TeacherError, match=r"rapidocr [0-9.]+ ships no PP-OCRv6_det_small.onnx; install rapidocr>=3.9"):
+        create_teacher("rapidocr")
+    with pytest.raises(TeacherError, match=r"checkpoint '.*nope.onnx' is not a file"):
+        create_teacher("rapidocr", checkpoint=str(tmp_path / "nope.onnx"))
 
 
 def test_takes_a_gpu_share_only_with_the_cuda_provider(monkeypatch) -> None:
