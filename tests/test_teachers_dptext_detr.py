@@ -293,6 +293,26 @@ def test_bad_parameters_are_clear_errors(tiny_ckpt) -> None:
         create_teacher("dptext-detr", checkpoint=tiny_ckpt, min_size=64)([TeacherInput(np.zeros((8, 8)))])
 
 
+def test_deformable_attention_samples_in_float32_under_autocast(monkeypatch) -> None:
+    import teachers.deformable_attention as da
+
+    seen = []
+
+    def spy(value, shapes, locations, weights):
+        seen.append((value.dtype, locations.dtype, weights.dtype))
+        return ms_deform_attn(value, shapes, locations, weights)
+
+    monkeypatch.setattr(da, "ms_deform_attn", spy)
+    attn = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2).eval()
+    shapes = [(6, 8), (3, 4)]
+    query, values = torch.randn(1, 5, 16), torch.randn(1, 6 * 8 + 3 * 4, 16)
+    ref = torch.rand(1, 5, 2, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(query, ref, values, shapes)
+    assert seen == [(torch.float32,) * 3] and out.dtype == torch.bfloat16  # the projections stay in bfloat16
+    torch.testing.assert_close(out.float(), attn(query, ref, values, shapes), atol=0.05, rtol=0.05)
+
+
 def test_deformable_attention_equals_transformers_pure_pytorch_core() -> None:
     from transformers.models.deformable_detr.modeling_deformable_detr import MultiScaleDeformableAttention
 
