@@ -1,7 +1,7 @@
 """Panoptic teacher: detectron2's Panoptic FPN (model-zoo config), batched, as contiguous 0..132 class maps.
 
 Checkpoints load through detectron2's ``DetectionCheckpointer`` (name matching, legacy conversions,
-incompatible-key report) but are READ safely: ``.pth`` files with ``torch.load(weights_only=True)``,
+incompatible-key report) but are READ safely: ``.pth`` files with ``strict_load.safe_torch_load``,
 legacy model-zoo ``.pkl`` pickles with an unpickler that admits only numpy arrays and plain containers.
 """
 
@@ -51,9 +51,9 @@ def read_weights(path: str) -> dict[str, Any]:
         data = data.get("blobs", data)  # Caffe2 / Detectron1 format
         return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")},
                 "__author__": "Caffe2", "matching_heuristics": True}
-    import torch
+    from teachers.strict_load import safe_torch_load
 
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = safe_torch_load(path)
     if not isinstance(data, dict):
         raise TeacherError(f"teacher {PanopticFPNTeacher.name!r}: checkpoint {path} holds a {type(data).__name__}, "
                            "not a state dict")

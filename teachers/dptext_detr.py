@@ -136,7 +136,7 @@ class DPTextDETRTeacher(Teacher):
         return model_cache("dptext-detr", "totaltext_final.pth")
 
     def identity(self) -> dict[str, Any]:
-        # under half precision the deformable sampling runs in float32 since it was said here (float32 unchanged)
+        # half precision: the deformable sampling now runs in float32, a change of output it names (float32 kept)
         half = {} if self.dtype == "float32" else {"deformable_sampling": "float32"}
         return {"weights_sha256": self._weights_sha, "threshold": self.threshold, "min_size": self.min_size,
                 "max_size": self.max_size, "config": asdict(self.cfg), **half}

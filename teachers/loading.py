@@ -56,8 +56,8 @@ def first_line(exc: BaseException) -> str:
     text = str(exc)
     if _PICKLED_CODE.search(text):
         named = _PICKLED_NAME.search(text)
-        return ("it holds pickled code, which is not loaded (only weights are)" + (f": {named[1]}" if named else "")
-                + "; save a plain state dict or a safetensors file")
+        return ("it holds pickled Python objects beyond weights and plain data, which safe loading does not build"
+                + (f": {named[1]}" if named else "") + "; save a plain state dict or a safetensors file")
     if "weights only load failed" in text.lower():
         return "not a PyTorch weights file, or a damaged one (safe loading cannot parse it)"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]

@@ -12,8 +12,32 @@ from teachers.base import TeacherError
 from teachers.loading import first_line
 
 
+def _plain_data_globals() -> list[Any]:
+    """What a training script commonly saves next to the weights and safe loading may build: numpy arrays,
+    scalars and dtypes (under the module names of numpy 1 and 2) and ``argparse.Namespace`` (plain attributes).
+    None of them runs code when unpickled."""
+    import argparse
+
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    allowed: list[Any] = [np.ndarray, np.dtype, argparse.Namespace]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    allowed += [type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                            np.uint32, np.uint64, np.float16, np.float32, np.float64)]
+    return allowed
+
+
+def safe_torch_load(path: str) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU that also admits numpy data and ``argparse.Namespace`` (see
+    ``_plain_data_globals``); anything else that is not a tensor or a plain container is still refused."""
+    with torch.serialization.safe_globals(_plain_data_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: str | os.PathLike, teacher: str) -> dict[str, Any]:
-    """Read a ``.safetensors`` file or a torch file with ``weights_only=True`` (never unpickles code).
+    """Read a ``.safetensors`` file or a torch file with ``safe_torch_load`` (never unpickles code).
 
     Args:
         path: the weights file.
@@ -32,7 +56,7 @@ def read_checkpoint(path: str | os.PathLike, teacher: str) -> dict[str, Any]:
             from safetensors.torch import load_file
 
             return load_file(path, device="cpu")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = safe_torch_load(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is one user-facing line
         raise TeacherError(f"teacher {teacher!r}: cannot read checkpoint {path}: {first_line(exc)}") from None
     if not isinstance(obj, dict):

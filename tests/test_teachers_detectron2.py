@@ -49,7 +49,8 @@ class _Hostile:
 def test_hostile_pickle_is_refused_without_running_it(tiny, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     pkl = _pkl_folder(tiny, tmp_path / "evil", {"model": {"x": _Hostile()}, "__author__": "x"})
-    with pytest.raises(TeacherError, match=r"holds pickled code, which is not loaded \(only weights are\): \w+\.sys"):
+    with pytest.raises(TeacherError, match=r"holds pickled Python objects beyond weights and plain data, which "
+                                          r"safe loading does not build: \w+\.sys"):
         create_teacher(NAME, checkpoint=pkl)
     assert not (tmp_path / "HACKED").exists()
 

@@ -207,8 +207,25 @@ def test_a_pickle_that_would_run_code_is_said_to_hold_code(func, ckpt, tmp_path)
             continue
         with pytest.raises(TeacherError) as err:
             create_teacher(name, checkpoint=str(path))
-        assert "holds pickled code, which is not loaded (only weights are)" in _one_line(err, name)
+        assert "holds pickled Python objects beyond weights and plain data, which safe loading does not build" \
+            in _one_line(err, name)
     assert not marker.exists()
+
+
+def test_numpy_data_and_a_namespace_beside_the_weights_load(ckpt, tmp_path) -> None:
+    # training scripts save the iteration as a numpy scalar, arrays, their argparse arguments: plain data
+    import argparse
+
+    extras = {"iteration": np.int64(90000), "lr": np.float32(1e-4), "anchors": np.zeros((2, 2)),
+              "args": argparse.Namespace(config="R_50_poly.yaml")}
+    dptext = tmp_path / "dptext.pth"
+    torch.save({**torch.load(ckpt["dptext-detr"], weights_only=True), **extras}, dptext)
+    assert create_teacher("dptext-detr", checkpoint=str(dptext)).fingerprint()
+    if "detectron2-panoptic-fpn" in ckpt:  # detectron2's checkpointer saves {"model": ..., "iteration": ...}
+        folder = _copy(ckpt["detectron2-panoptic-fpn"], tmp_path / "d2")
+        weights = os.path.join(folder, "model_final.pth")
+        torch.save({**torch.load(weights, weights_only=True), **extras}, weights)
+        assert create_teacher("detectron2-panoptic-fpn", checkpoint=folder).fingerprint()
 
 
 @pytest.mark.parametrize("text", [
@@ -220,7 +237,7 @@ def test_a_pickle_that_would_run_code_is_said_to_hold_code(func, ckpt, tmp_path)
 def test_torch_refusal_messages_are_recognised_in_any_case(text) -> None:
     from teachers.loading import first_line
 
-    assert first_line(pickle.UnpicklingError(text)).startswith("it holds pickled code, which is not loaded")
+    assert first_line(pickle.UnpicklingError(text)).startswith("it holds pickled Python objects beyond weights")
     assert first_line(pickle.UnpicklingError("Weights only load failed.\nUnsupported operand 149")).startswith(
         "not a PyTorch weights file")
 
