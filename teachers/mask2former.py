@@ -58,6 +58,7 @@ class Mask2FormerTeacher(Teacher):
         if self.model.config.num_labels != NUM_PANOPTIC_CLASSES:
             raise TeacherError(f"teacher {self.name!r}: checkpoint {checkpoint!r} has {self.model.config.num_labels} "
                                f"classes; the store needs the {NUM_PANOPTIC_CLASSES} COCO panoptic classes")
+        _check_label_order(self.name, checkpoint, self.model.config.id2label)
         self.model.to(device=device, dtype=torch_dtype(dtype)).eval()
         self._identity = {**checkpoint_identity(checkpoint, hub_revision(self.model, revision)),
                           "input_size": self.input_size, "score_threshold": self.score_threshold,
@@ -105,6 +106,25 @@ class Mask2FormerTeacher(Teacher):
         lut = torch.where(valid, labels, torch.full_like(labels, PANOPTIC_VOID)).to(torch.uint8)
         classes = torch.where(inside, lut[owner], torch.full_like(owner, PANOPTIC_VOID, dtype=torch.uint8))
         return classes.cpu().numpy()
+
+
+def _check_label_order(teacher: str, checkpoint: str, id2label: dict[int, str] | None) -> None:
+    """TeacherError when the model's class names are not the 133 COCO panoptic classes in the store's order (its
+    class i is painted as the store's class i). Spelling may differ (case, spaces, a renamed class or two);
+    a model whose names mostly differ orders or defines its classes otherwise. Default names (``LABEL_7``) say
+    nothing and pass."""
+    def norm(name: str) -> str:
+        return "".join(ch for ch in str(name).lower() if ch.isalnum())
+
+    names = {int(i): str(n) for i, n in (id2label or {}).items()}
+    if not names or all(n.startswith("LABEL_") for n in names.values()):
+        return
+    differ = [c for c in PANOPTIC_CLASSES if norm(names.get(c.contiguous_id, "")) != norm(c.name)]
+    if len(differ) > NUM_PANOPTIC_CLASSES // 3:
+        c = differ[0]
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint!r} names its classes otherwise than the "
+                           f"COCO panoptic order the store uses ({len(differ)} of {NUM_PANOPTIC_CLASSES} differ; class "
+                           f"{c.contiguous_id} is {names.get(c.contiguous_id)!r}, not {c.name!r})")
 
 
 def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:

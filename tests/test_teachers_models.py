@@ -168,6 +168,25 @@ def test_checkpoint_of_another_architecture_is_refused(name, other, checkpoints)
         create_teacher(name, checkpoint=checkpoints[other], **CASES[name])
 
 
+def test_mask2former_with_its_classes_in_another_order_is_refused(checkpoints, tmp_path) -> None:
+    import json
+    import shutil
+
+    folder = tmp_path / "m2f"
+    shutil.copytree(checkpoints["mask2former"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    names = config["id2label"]
+    assert names["0"] == "person" and names["132"] == "rug-merged"  # the tiny model has the real names
+    config["id2label"] = {k: v.upper().replace("-", " ") for k, v in names.items()}  # spelling: accepted
+    (folder / "config.json").write_text(json.dumps(config))
+    create_teacher("mask2former", checkpoint=str(folder), **CASES["mask2former"])
+    config["id2label"] = {str(i): names[str((i + 1) % 133)] for i in range(133)}  # shifted by one class
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TeacherError, match=r"names its classes otherwise than the COCO panoptic order .* \(133 of 133 "
+                                           r"differ; class 0 is 'bicycle', not 'person'"):
+        create_teacher("mask2former", checkpoint=str(folder), **CASES["mask2former"])
+
+
 def test_mask2former_merge_leaves_pixels_outside_the_winning_mask_void() -> None:
     import torch
 
