@@ -18,13 +18,12 @@ from typing import BinaryIO, Callable, Sequence
 
 from shards.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, temp_file_beside
 from shards.manifest import StoreError, StoreFault
-from shards.reader import StoreReader
-from shards.schema import COLUMN_RECORD_NAME, MANIFEST_NAME, VOCAB_NAME
-from shards.streams import is_url, join, open_stream, read_bytes
-from shards.writer import ShardRecord, read_column_record, write_tar
+from shards.reader import StoreReader, check_read
+from shards.schema import MANIFEST_NAME, VOCAB_NAME
+from shards.streams import HashingReader, is_url, join, read_bytes
+from shards.writer import ShardRecord, write_tar
 
 EXPORT_RECORD_NAME = "export.json"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -47,65 +46,6 @@ class _HashingWriter:
         return self.f.write(data)
 
 
-def _column_records(reader: StoreReader, column: str) -> dict[str, ShardRecord]:
-    """The shard records of the active version of ``column``; a missing or foreign record is a StoreFault."""
-    fp = reader.manifest.columns[column]
-    try:
-        return read_column_record(join(reader.root, reader.split, column, fp, COLUMN_RECORD_NAME), fp)
-    except StoreFault as e:
-        raise StoreFault(f"column {column!r}: {e}; run `shards verify`") from None
-
-
-class _HashingReader:
-    """A stream wrapper that keeps the sha256 and size of what is read through it; closing it first reads the
-    rest (the tar's trailing blocks, or all that follows a parse error), so the digest covers the whole file."""
-
-    def __init__(self, location: str) -> None:
-        self.location, self.sha256, self.bytes = location, hashlib.sha256(), 0
-        self.f = open_stream(location)
-        self.error: OSError | None = None
-        self.closed = self.complete = False  # complete: read to its end, so the digest is the file's
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return data
-
-    def close(self, drain: bool = True) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            while drain and self.read(_CHUNK):
-                pass
-            self.complete = drain
-        except OSError as e:
-            self.error = e
-        try:
-            self.f.close()
-        except OSError as e:  # a pipe: stream whose command failed says so when closed
-            self.error = self.error or e
-
-    def __enter__(self) -> "_HashingReader":
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        # the rest is read for the digest after a normal end or a read error, not after Ctrl-C or a failed write
-        self.close(drain=kind is None or issubclass(kind, (StoreError, OSError)))
-
-
-def _check(where: str, rec: ShardRecord, stream: _HashingReader) -> None:
-    """Raise a StoreFault unless ``stream``, read to its end, had the size and sha256 that ``rec`` records."""
-    if stream.error is not None:
-        raise StoreFault(f"{where}: cannot read {stream.location} ({stream.error}); run `shards verify`")
-    if stream.bytes != rec.bytes or stream.sha256.hexdigest() != rec.sha256:
-        what = (f"{stream.bytes} bytes, column.json says {rec.bytes}" if stream.bytes != rec.bytes
-                else "sha256 differs from column.json")
-        raise StoreFault(f"{where}: {stream.location} is damaged ({what}); nothing exported; "
-                         "run `shards verify` to locate the damage")
-
-
 def _pack_shard(reader: StoreReader, records: dict[str, dict[str, ShardRecord]], shard: str,
                 sink: BinaryIO) -> list[str]:
     """Write the joined samples of ``shard`` as one tar to ``sink``, checking every source tar against its
@@ -120,10 +60,10 @@ def _pack_shard(reader: StoreReader, records: dict[str, dict[str, ShardRecord]],
         if shard not in records[c]:
             raise StoreFault(f"{where[c]}: no record in column.json (the shard was never finished); "
                              "run `shards verify`")
-    streams: dict[str, _HashingReader] = {}
+    streams: dict[str, HashingReader] = {}
 
-    def opener(location: str) -> _HashingReader:
-        streams[location] = _HashingReader(location)
+    def opener(location: str) -> HashingReader:
+        streams[location] = HashingReader(location)
         return streams[location]
 
     try:
@@ -138,14 +78,14 @@ def _pack_shard(reader: StoreReader, records: dict[str, dict[str, ShardRecord]],
             stream.close()
             if not stream.complete and stream.error is None:  # left part-read (the reader was abandoned): again
                 try:
-                    stream = _HashingReader(location)
+                    stream = HashingReader(location)
                 except OSError as oe:
                     raise StoreFault(f"{where[c]}: cannot read {location} ({oe}); run `shards verify`") from None
                 stream.close()
-            _check(where[c], records[c][shard], stream)
+            check_read(where[c], records[c][shard], stream, "nothing exported")
         raise
     for c in reader.columns:
-        _check(where[c], records[c][shard], streams[reader.shard_location(c, shard)])
+        check_read(where[c], records[c][shard], streams[reader.shard_location(c, shard)], "nothing exported")
     return keys
 
 
@@ -202,7 +142,7 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
     out = Path(out_dir)
     _check_out(root, out)
     reader = StoreReader(root, split, columns, decode=False)
-    records = {c: _column_records(reader, c) for c in reader.columns}
+    records = {c: reader.column_records(c) for c in reader.columns}
     vocab = _vocabulary(reader) if "tokens" in reader.columns else None
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,9 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from shards.codecs import DECODERS, CodecError
 from shards.manifest import Manifest, StoreError, StoreFault
-from shards.schema import COLUMNS, MANIFEST_NAME
-from shards.streams import TarError, iter_samples, join, open_stream, read_bytes
+from shards.schema import COLUMN_RECORD_NAME, COLUMNS, MANIFEST_NAME
+from shards.streams import HashingReader, TarError, iter_samples, join, open_stream, read_bytes
+from shards.writer import ShardRecord, read_column_record
 
 Raw = tuple[str, str, dict[str, bytes]]  # (shard, key, {ext: bytes}) of all chosen columns
 DECODE_CHUNK_PIXELS = 64 * 256 * 256  # decode 64 samples of 256x256 (about 48 MB of arrays) at a time
@@ -72,6 +73,9 @@ class StoreReader:
         resampled: draw shards at random with replacement, forever (training); no node split needed.
         rank, world_size: this node's share of the shards (default env RANK / WORLD_SIZE, else 0 / 1).
         decode: decode members with ``shards.codecs``; ``False`` yields raw bytes.
+        check: check every tar read to its end against its ``column.json`` record (size and sha256, hashed while
+            it streams): a store changed after it was written (a flipped bit that still decodes, a replaced
+            file) ends the iteration with a StoreFault once that shard is read, instead of training on it.
 
     Each sample is ``{"__key__": key, "__shard__": shard, ext: value, ...}`` with every member of the
     chosen columns. Without resampling, every sample of the split is seen exactly once per epoch over all
@@ -80,7 +84,8 @@ class StoreReader:
 
     def __init__(self, root: str | os.PathLike, split: str, columns: Sequence[str] | None = None, *,
                  shuffle: bool = False, seed: int = 0, shuffle_buffer: int = 256, resampled: bool = False,
-                 rank: int | None = None, world_size: int | None = None, decode: bool = True) -> None:
+                 rank: int | None = None, world_size: int | None = None, decode: bool = True,
+                 check: bool = True) -> None:
         self.root = str(root)
         self.split = split
         self.manifest = load_manifest_at(root, split)
@@ -106,6 +111,19 @@ class StoreReader:
         self._exts = {c: frozenset(COLUMNS[c].exts) for c in self.columns}
         self._decoders: dict[str, Callable[[bytes], Any]] = {
             m.ext: DECODERS[m.codec] for c in self.columns for m in COLUMNS[c].members}
+        self.records = {c: self.column_records(c) for c in self.columns} if check else None
+
+    def column_records(self, column: str) -> dict[str, ShardRecord]:
+        """The shard records (``column.json``) of the active version of ``column``.
+
+        Raises:
+            StoreFault: the record is missing, unreadable, malformed, or of another version.
+        """
+        fp = self.manifest.columns[column]
+        try:
+            return read_column_record(join(self.root, self.split, column, fp, COLUMN_RECORD_NAME), fp)
+        except StoreFault as e:
+            raise StoreFault(f"column {column!r}: {e}; run `shards verify`") from None
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the shard and sample shuffles (and the resampling) for ``epoch``."""
@@ -155,7 +173,15 @@ class StoreReader:
             yield from self._join_shard(shard)
 
     def _join_shard(self, shard: str, opener: Callable[[str], BinaryIO] | None = None) -> Iterator[Raw]:
-        """Read every chosen column of one shard in lockstep; keys must match sample by sample."""
+        """Read every chosen column of one shard in lockstep; keys must match sample by sample. With ``check`` and
+        no ``opener`` of the caller's, each column's tar is hashed as it streams and checked at the shard's end."""
+        hashed: dict[str, HashingReader] = {}
+        if opener is None and self.records is not None:
+            for c in self.columns:
+                if shard not in self.records[c]:
+                    raise StoreFault(f"shard {shard} column {c!r}: no record in column.json (the shard was never "
+                                     "finished); run `shards verify`")
+            opener = HashingReader
         opener = opener or open_stream
         with ExitStack() as stack:
             columns = []
@@ -165,6 +191,8 @@ class StoreReader:
                     f = stack.enter_context(opener(location))
                 except OSError as e:
                     raise StoreFault(f"shard {shard} column {c!r}: cannot open {location} ({e})") from None
+                if isinstance(f, HashingReader) and self.records is not None:
+                    hashed[c] = f
                 columns.append((c, iter_samples(f), self._exts[c]))
             n = 0
             while True:
@@ -177,6 +205,9 @@ class StoreReader:
                                          f"{other or 'no more samples'}")
                     merged.update(members)
                 if key is None:
+                    for c, stream in hashed.items():
+                        stream.close()
+                        check_read(f"shard {shard} column {c!r}", self.records[c][shard], stream)
                     return
                 n += 1
                 yield shard, key, merged
@@ -214,6 +245,17 @@ class StoreReader:
     def _raw(stream: Iterable[Raw]) -> Iterator[dict[str, Any]]:
         for shard, key, members in stream:
             yield {"__key__": key, "__shard__": shard, **members}
+
+
+def check_read(where: str, rec: ShardRecord, stream: HashingReader, consequence: str = "") -> None:
+    """Raise a StoreFault unless ``stream``, read to its end, had the size and sha256 that ``rec`` records."""
+    if stream.error is not None:
+        raise StoreFault(f"{where}: cannot read {stream.location} ({stream.error}); run `shards verify`")
+    if stream.bytes != rec.bytes or stream.sha256.hexdigest() != rec.sha256:
+        what = (f"{stream.bytes} bytes, column.json says {rec.bytes}" if stream.bytes != rec.bytes
+                else "sha256 differs from column.json: it changed after it was written")
+        raise StoreFault(f"{where}: {stream.location} is damaged ({what}); {consequence + '; ' if consequence else ''}"
+                         "run `shards verify` to locate the damage")
 
 
 def _decode_chunk(chunk: list[Raw], decoders: dict[str, Callable[[bytes], Any]]) -> list[dict[str, Any]]:

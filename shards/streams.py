@@ -6,6 +6,7 @@ truncated archive, so a reader or a verifier sees a damaged shard as an error, n
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -212,3 +213,47 @@ def iter_samples(stream: BinaryIO, check_headers: bool = False) -> Iterator[tupl
         members[ext] = data
     if key is not None:
         yield key, members
+
+
+class HashingReader:
+    """A stream (``open_stream(location)``) that keeps the sha256 and size of what is read through it; closing it
+    first reads the rest (the tar's trailing blocks, or all that follows a parse error), so the digest covers the
+    whole file. Leaving its ``with`` block by any exception other than a StoreError or OSError (Ctrl-C, a
+    consumer that stopped early) closes it without that read."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, location: str) -> None:
+        self.location, self.sha256, self.bytes = location, hashlib.sha256(), 0
+        self.f = open_stream(location)
+        self.error: OSError | None = None
+        self.closed = self.complete = False  # complete: read to its end, so the digest is the file's
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+    def close(self, drain: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            while drain and self.read(self.CHUNK):
+                pass
+            self.complete = drain
+        except OSError as e:
+            self.error = e
+        try:
+            self.f.close()
+        except OSError as e:  # a pipe: stream whose command failed says so when closed
+            self.error = self.error or e
+
+    def __enter__(self) -> "HashingReader":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        from shards.errors import StoreError
+
+        self.close(drain=kind is None or issubclass(kind, (StoreError, OSError)))

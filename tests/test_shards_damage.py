@@ -262,22 +262,22 @@ def test_export_refuses_a_damaged_shard(store: Path, tmp_path: Path, damage: str
 
 
 def test_export_reads_each_source_shard_once(clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shards.export
     import shards.reader
+    import shards.streams
 
     opened: list[str] = []
-    real = shards.export.open_stream
+    real = shards.streams.open_stream
 
     def counting(location: str):
         opened.append(location)
         return real(location)
 
-    for module in (shards.export, shards.reader):  # a check before packing would open every tar twice
+    for module in (shards.streams, shards.reader):  # a check before packing would open every tar twice
         monkeypatch.setattr(module, "open_stream", counting)
     reader = StoreReader(clean, SPLIT)
     export_webdataset(clean, SPLIT, tmp_path / "x")
     expected = [reader.shard_location(c, s) for s in reader.manifest.shard_names for c in reader.columns]
-    assert opened == expected
+    assert [loc for loc in opened if loc.endswith(".tar")] == expected
 
 
 def test_export_names_a_missing_source_shard(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

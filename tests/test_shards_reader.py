@@ -129,6 +129,30 @@ def test_truncated_shard_fails_loudly(tmp_path: Path, store: Path) -> None:
         list(reader)
 
 
+def test_a_member_changed_after_writing_that_still_decodes_ends_the_read(tmp_path: Path, store: Path) -> None:
+    shutil.copytree(store, tmp_path / "s")
+    reader = StoreReader(tmp_path / "s", SPLIT, ["base", "caption"])
+    path = Path(reader.shard_location("caption", "train2017-000001"))
+    data = path.read_bytes()
+    at = data.index(b'"captions":["') + 13  # one letter of a caption: the JSON still parses
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:])
+    with pytest.raises(StoreError, match=r"shard train2017-000001 column 'caption': .* is damaged \(sha256 differs "
+                                         r"from column.json: it changed after it was written\); run `shards verify`"):
+        list(reader)
+    assert len(list(StoreReader(tmp_path / "s", SPLIT, ["base", "caption"], check=False))) == 26
+
+
+def test_a_column_without_its_record_is_refused_before_reading(tmp_path: Path, store: Path) -> None:
+    shutil.copytree(store, tmp_path / "s")
+    reader = StoreReader(tmp_path / "s", SPLIT, ["depth"])
+    (Path(reader.shard_location("depth", "train2017-000000")).parent / "column.json").unlink()
+    with pytest.raises(StoreError, match=r"column 'depth': .*column.json: not found; run `shards verify`"):
+        StoreReader(tmp_path / "s", SPLIT, ["depth"])
+    # a reader that stops early checks nothing and reads no further
+    first = next(iter(StoreReader(store, SPLIT, ["depth"])))
+    assert first["__shard__"] == "train2017-000000"
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_two_nodes_two_workers_see_each_sample_once(store: Path, shuffle: bool) -> None:
     torch = pytest.importorskip("torch")
