@@ -369,6 +369,11 @@ class _Run:
         """Create or refresh the manifest from the finished base shards; rewrite rejected.jsonl."""
         p, cfg = self.plan, self.cfg
         records = ColumnWriter(p.split_path, "base", p.fps["base"]).records()
+        unseen = [sh for sh in p.shards if sh not in records]
+        if unseen:  # finished by the workers, yet not here: they wrote to a store this machine does not see
+            raise BuildError(f"base shards {', '.join(unseen[:3])}{' ...' if len(unseen) > 3 else ''} were finished "
+                             f"but are not recorded in {p.split_path}/base here: the store must be on storage that "
+                             "every node of the cluster shares, at the same path")
         shards = [ShardEntry(sh, records[sh].count) for sh in p.shards]
         rejected = sorted((line for sh in p.shards for line in read_rejected(p.split_path, p.fps["base"], sh)),
                           key=lambda r: r["id"])

@@ -48,6 +48,10 @@ class ClusterResourceError(RuntimeError):
     """The teacher actors' GPU shares do not all fit the cluster's GPUs at once: Ray would wait forever."""
 
 
+class ClusterConnectionError(RuntimeError):
+    """The driver could not join the Ray cluster it was pointed at."""
+
+
 #: Ray counts fractional GPUs in steps of 1/10000.
 _GPU_STEP = 10_000
 
@@ -153,6 +157,11 @@ class Executor(ABC):
 
     def memory_budget(self) -> int | None:
         """Bytes that the decoded shards in flight may occupy where they are held (None: no set limit)."""
+        return None
+
+    def on_every_node(self, fn: Callable[..., Any], *args: Any) -> list[Any] | None:
+        """``fn(*args, index)`` once on each node of the cluster, as a list of results (an exception where a node
+        failed to answer); None for an executor that runs in this process only."""
         return None
 
     def placement(self) -> dict[str, str]:
@@ -313,23 +322,60 @@ class RayExecutor(Executor):
         self._placement: dict[str, str] = {}
         self._started_here = False
 
+    def _connect(self) -> None:
+        """Join the cluster at ``address`` or start a local one (once).
+
+        Raises:
+            ClusterConnectionError: Ray could not join the cluster (one line; token authentication named).
+        """
+        import ray
+
+        if ray.is_initialized():
+            return
+        if not (sys.stdout.isatty() and sys.stderr.isatty()):  # the workers' log lines, copied here, go to a
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # file or a pipe: no colour codes in them
+        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+        if self.address:
+            kwargs["address"] = self.address
+        else:
+            if self.num_cpus is not None:
+                kwargs["num_cpus"] = self.num_cpus
+            # A local cluster turns on token authentication by default and says so on stderr at every
+            # start; it stays on, only the notice is kept out of the build's output.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as e:  # an OSError: it would pass for a disk error
+            hint = ""
+            if os.path.isfile(os.path.expanduser("~/.ray/auth_token")) and not os.environ.get("RAY_AUTH_MODE"):
+                hint = ("; a head started with `ray start` on a machine holding ~/.ray/auth_token uses token "
+                        "authentication: set RAY_AUTH_MODE=token (and the same token) for the driver")
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise ClusterConnectionError(f"cannot join the Ray cluster at {self.address}: {first[:200]}{hint}") \
+                from None
+        self._started_here = True
+
+    def on_every_node(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self._connect()
+        remote = ray.remote(fn)
+        refs = [remote.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    n["NodeID"], soft=False)).remote(*args, i)
+                for i, n in enumerate(n for n in ray.nodes() if n.get("Alive"))]
+        out: list[Any] = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref, timeout=180))
+            except Exception as e:  # noqa: BLE001 - a node that cannot run a task is reported, not raised
+                out.append(e)
+        return out
+
     def start(self, teachers: Mapping[str, TeacherFactory]) -> dict[str, Any]:
         import ray
 
-        if not (sys.stdout.isatty() and sys.stderr.isatty()):  # the workers' log lines, copied here, go to a
-            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # file or a pipe: no colour codes in them
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-            if self.address:
-                kwargs["address"] = self.address
-            else:
-                if self.num_cpus is not None:
-                    kwargs["num_cpus"] = self.num_cpus
-                # A local cluster turns on token authentication by default and says so on stderr at every
-                # start; it stays on, only the notice is kept out of the build's output.
-                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            ray.init(**kwargs)
-            self._started_here = True
+        self._connect()
         node_gpus = [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
         groups = self._actor_groups(teachers, node_gpus)
         self.pools = {}

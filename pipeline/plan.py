@@ -17,7 +17,9 @@ from shards.manifest import StoreError, load_manifest
 from shards.schema import VOCAB_NAME, shard_name
 from shards.writer import ColumnWriter
 
-from pipeline.executors import ClusterResourceError, Executor, LocalExecutor, TeacherFactory, check_gpu_share
+from pipeline.executors import (ClusterConnectionError, ClusterResourceError, Executor, LocalExecutor, TeacherFactory,
+                                check_gpu_share)
+from pipeline.nodes import check_nodes
 from pipeline.stages import STAGES, TEACHER_STAGES, ancestors, dependants, fingerprint, resolve_specs, stage
 from pipeline.targets.tokens import check_glove_file
 from pipeline.teacher_record import recorded_fingerprints, teacher_settings
@@ -150,7 +152,7 @@ def load_teachers(config: "BuildConfig", factories: dict[str, TeacherFactory], e
     fps = {}
     try:
         started = executor.start(factories)
-    except ClusterResourceError as e:  # GPU shares that do not fit the cluster
+    except (ClusterResourceError, ClusterConnectionError) as e:  # GPU shares that do not fit; no cluster
         raise BuildError(str(e)) from None
     for s, result in started.items():
         name, _, params = teacher_choice(config, s)
@@ -282,6 +284,16 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
     vocab_path = None
     if "tokens" in needed:  # checked before the teachers load: a bad GloVe file or vocabulary fails fast
         derived["tokens"], vocab_path = tokens_params(config, store_root)
+    if executor is not None and records:  # a cluster's nodes must see what this machine sees, at the same paths
+        reads = [str(f.kwargs["checkpoint"]) for f in factories.values()
+                 if isinstance(f.kwargs.get("checkpoint"), str) and os.path.exists(f.kwargs["checkpoint"])]
+        reads += [config.glove] if "tokens" in needed and os.path.isfile(config.glove) else []
+        try:
+            problem = check_nodes(executor, records[0].path, split_path, reads)
+        except ClusterConnectionError as e:
+            raise BuildError(str(e)) from None
+        if problem:
+            raise BuildError(problem)
     settings = {s: teacher_settings(f) for s, f in factories.items()}  # read before loading: what was loaded
     recorded = recorded_fingerprints(split_path, settings) if reuse_recorded else {}
     loaded = {s: f for s, f in factories.items() if s not in recorded}

@@ -1,0 +1,101 @@
+"""What every node of a Ray cluster must see before a build starts.
+
+The driver checks its inputs on its own machine; the units run on the cluster's nodes, which read the split's
+images, the teachers' local weight files and the GloVe file, and write the store, all at the same paths. A node
+that lacks one of them would reject every image as missing, write shards the driver never sees, or fail every
+unit after hours; one whose Python path holds another copy of this project would compute other fingerprints
+and outputs. ``probe`` runs on each node (one task per node, before any teacher loads) and says what it lacks;
+``check_nodes`` turns the answers into one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("pipeline", "shards", "teachers")
+
+
+def code_digest() -> str:
+    """sha256 of the Python sources of this project's packages as this process imports them."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in PACKAGES:
+        root = Path(importlib.import_module(name).__file__).parent  # type: ignore[arg-type]
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """What a node must see: one image of the split, the store's split folder (written to), the local files the
+    units read, and the driver's ``code_digest``."""
+
+    image: str
+    store_split: str
+    files: tuple[str, ...]
+    code: str
+    token: str
+
+
+def probe(check: NodeCheck, index: int) -> tuple[str, list[str]]:
+    """Run on one node: (its host name, what it lacks). Leaves ``.node-check-<token>-<index>`` in the store's
+    split folder for the driver to find."""
+    host = socket.gethostname()
+    problems = []
+    if not os.path.isfile(check.image):
+        problems.append(f"no image {check.image}")
+    try:
+        os.makedirs(check.store_split, exist_ok=True)
+        Path(check.store_split, f".node-check-{check.token}-{index}").write_text(host)
+    except OSError as e:
+        problems.append(f"cannot write the store folder {check.store_split} ({e.strerror or e})")
+    problems += [f"no {f}" for f in check.files if not os.path.exists(f)]
+    if code_digest() != check.code:
+        problems.append("its Python imports other code of this project than the driver (another checkout or "
+                        "version on its path: start the driver outside a source folder, or install one version)")
+    return host, problems
+
+
+def check_nodes(executor: Any, image: str, store_split: Path, files: list[str]) -> str | None:
+    """Probe every node of ``executor``'s cluster; None when all see everything, else one line naming the nodes
+    and what they lack. Executors without nodes of their own (in-process) are not probed."""
+    check = NodeCheck(image, str(store_split), tuple(files), code_digest(), uuid.uuid4().hex[:12])
+    made = [d for d in (store_split, *store_split.parents) if not d.exists()]  # the probes create them
+    try:
+        return _collect(executor.on_every_node(probe, check), check, store_split)
+    finally:  # a check leaves no folder behind: a build refused here has written nothing
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:  # not empty, or never made
+                break
+
+
+def _collect(answers: list[Any] | None, check: NodeCheck, store_split: Path) -> str | None:
+    if answers is None:
+        return None
+    problems = []
+    for index, answer in enumerate(answers):
+        if isinstance(answer, BaseException):
+            problems.append(f"node {index}: did not answer ({str(answer).splitlines()[0][:200]})")
+            continue
+        host, lacks = answer
+        sentinel = store_split / f".node-check-{check.token}-{index}"
+        if not any("store folder" in p for p in lacks) and not sentinel.is_file():
+            lacks.append(f"writes to a store folder {store_split} that the driver does not see")
+        if lacks:
+            problems.append(f"node {host}: " + "; ".join(lacks))
+    for sentinel in store_split.glob(f".node-check-{check.token}-*"):
+        sentinel.unlink(missing_ok=True)
+    if not problems:
+        return None
+    return ("not every node of the Ray cluster sees the build's files at the driver's paths (shared storage "
+            "mounted at the same path on every node is needed): " + " | ".join(problems))
