@@ -215,13 +215,16 @@ def _build_targets(args: argparse.Namespace) -> int:
     from pipeline.progress import summary_table
 
     config = resolve_config(args)
-    _check_paths(config)
     if config.executor == "local":
         ignored = [flag for flag, value in (("--ray-address", config.ray_address), ("--num-cpus", config.num_cpus),
                                             ("--gpus-per-teacher", config.gpus_per_teacher))
                    if value is not None]
         if ignored:
             print(f"pipeline: note: {', '.join(ignored)} apply to --executor ray only; ignored", file=sys.stderr)
+    elif config.num_cpus is not None and (config.ray_address or os.environ.get("RAY_ADDRESS")):
+        print("pipeline: note: --num-cpus sizes a local cluster started here; joining a running cluster, it is "
+              "ignored (its nodes' CPUs count)", file=sys.stderr)
+    _check_paths(config)
     _note_teachers_differ_from_vocab_split(config)
     report = build_targets(config)
     code = 0 if report["ok"] else 1

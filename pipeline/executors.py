@@ -67,6 +67,20 @@ def whole_gpus(node_gpus: Sequence[float]) -> int:
     return sum(math.floor(g + 1e-9) for g in node_gpus)
 
 
+def check_cpu_share(actors: int, node_cpus: Sequence[float], cpus: float) -> None:
+    """Raise ClusterResourceError unless ``actors`` teacher actors of ``cpus`` CPUs each fit the nodes and leave
+    at least one CPU for the CPU tasks (else Ray waits forever: for the actors, or for a CPU to decode on)."""
+    if cpus <= 0 or actors == 0:
+        return
+    fits = sum(math.floor(c / cpus + 1e-9) for c in node_cpus)
+    left = sum(node_cpus) - actors * cpus
+    if fits < actors or left < 1:
+        cluster = f"{'+'.join(f'{c:g}' for c in node_cpus) or '0'} CPUs on {len(node_cpus)} node(s)"
+        raise ClusterResourceError(
+            f"{actors} teacher actor(s) x {cpus:g} CPU (--cpus-per-teacher) do not fit the Ray cluster's {cluster} "
+            f"with a CPU left for decoding: {min(fits, actors)} fit; lower --cpus-per-teacher (0 reserves none)")
+
+
 def gpus_per_actor(actors: int, node_gpus: Sequence[float], requested: float | None) -> float:
     """GPUs each of ``actors`` GPU teacher actors reserves.
 
@@ -376,8 +390,11 @@ class RayExecutor(Executor):
         import ray
 
         self._connect()
-        node_gpus = [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        node_gpus = [r.get("GPU", 0.0) for r in nodes]
         groups = self._actor_groups(teachers, node_gpus)
+        check_cpu_share(len(groups) * self.actors_per_teacher, [r.get("CPU", 0.0) for r in nodes],
+                        self.cpus_per_teacher)
         self.pools = {}
         for stages, gpus in groups:
             worker = ray.remote(_TeacherWorker).options(

@@ -493,6 +493,16 @@ def test_pipeline_ray_flags_with_the_local_executor_are_noted(demo_root: Path, t
     assert "pipeline: note: --num-cpus apply to --executor ray only; ignored" in capsys.readouterr().err
 
 
+def test_pipeline_num_cpus_when_joining_a_cluster_is_noted(demo_root: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    rc = pipeline_main(["build-targets", "--num-cpus", "2", "--ray-address", "127.0.0.1:1", "--coco-root",
+                        str(demo_root), "--out", str(tmp_path / "store"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in err
+    assert "pipeline: note: --num-cpus sizes a local cluster started here; joining a running cluster, it is " \
+           "ignored" in err
+
+
 def test_pipeline_notes_a_split_built_with_other_teachers_than_train(demo_root: Path, tmp_path: Path, fakes,
                                                                      capsys: pytest.CaptureFixture) -> None:
     common = ["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--out", str(tmp_path / "s"),

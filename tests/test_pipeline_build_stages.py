@@ -101,6 +101,18 @@ def test_gpu_share_per_teacher_actor() -> None:
             check_gpu_share(bad)
 
 
+def test_cpu_reservations_must_fit_and_leave_a_cpu_for_decoding() -> None:
+    from pipeline.executors import ClusterResourceError, check_cpu_share
+
+    check_cpu_share(4, [2.0], 0.0)  # reserving none always fits
+    check_cpu_share(2, [4.0, 2.0], 2.0)  # 4 of 6 CPUs for actors, 2 for the tasks
+    with pytest.raises(ClusterResourceError, match=r"1 teacher actor\(s\) x 4 CPU .* cluster's 2 CPUs on 1 node\(s\) "
+                                                   r"with a CPU left for decoding: 0 fit"):
+        check_cpu_share(1, [2.0], 4.0)  # Ray would wait forever to place it
+    with pytest.raises(ClusterResourceError, match=r"2 fit; lower --cpus-per-teacher"):
+        check_cpu_share(2, [2.0], 1.0)  # placed, but no CPU left to decode an image
+
+
 def test_actor_pools_put_gpu_teachers_apart_and_the_others_together() -> None:
     import pipeline_fakes
     from pipeline.executors import RayExecutor, TeacherFactory
