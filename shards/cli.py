@@ -28,9 +28,20 @@ class UsageError(Exception):
     """A mistake in the command line or its arguments (exit 2)."""
 
 
+def _local_root(args: argparse.Namespace, command: str) -> None:
+    """UsageError unless ``--shards`` is a local folder: ``command`` reads (or changes) the store in place."""
+    from shards.streams import is_url
+
+    if is_url(args.shards):
+        raise UsageError(f"`{PROG} {command}` needs a local store root, not {args.shards}: it reads the store's "
+                         f"folders in place; run it where the store lies (`{PROG} show` and `{PROG} export` read a "
+                         "remote store, and the reader checks each shard against its column.json as it streams)")
+
+
 def _info(args: argparse.Namespace) -> int:
     from shards.gc import is_version_dir
 
+    _local_root(args, "info")
     path = split_dir(args.shards, args.split)
     m = load_manifest(path)
     vocab = path / VOCAB_NAME
@@ -69,6 +80,7 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from shards.verify import verify_split
 
+    _local_root(args, "verify")
     active = load_manifest(split_dir(args.shards, args.split)).columns
     unknown = [c for c in args.columns or () if c not in active]
     if unknown:
@@ -93,10 +105,10 @@ def _show(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
     if args.key is None:  # the split's first sample
-        from shards.reader import StoreReader
+        from shards.reader import StoreReader, load_manifest_at
 
-        reader = StoreReader(args.shards, args.split, ["base"] if "base" in load_manifest(
-            split_dir(args.shards, args.split)).columns else None, decode=False)
+        reader = StoreReader(args.shards, args.split, ["base"] if "base" in load_manifest_at(
+            args.shards, args.split).columns else None, decode=False)
         first = next((s for name in reader.manifest.shard_names for s in reader.read_shard(name)), None)
         if first is None:
             raise UsageError(f"split {args.split!r} of store {args.shards} has no samples "
@@ -115,6 +127,7 @@ def _show(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     from shards.gc import collect_garbage
 
+    _local_root(args, "gc")
     if not args.min_age >= 0:
         raise UsageError(f"--min-age must be a number of seconds >= 0, got {args.min_age:g}")
     result = collect_garbage(args.shards, args.split, dry_run=args.dry_run, min_age_s=args.min_age)

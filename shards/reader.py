@@ -37,8 +37,8 @@ def load_manifest_at(root: str | os.PathLike, split: str) -> Manifest:
     try:
         doc = json.loads(read_bytes(location))
     except (OSError, ValueError) as e:
-        raise StoreError(f"{location}: cannot read the manifest ({e}); is {root} a store with split {split!r}?") \
-            from None
+        hint = f"; is {root} a store with split {split!r}?" if isinstance(e, (FileNotFoundError, ValueError)) else ""
+        raise StoreError(f"{location}: cannot read the manifest ({e}){hint}") from None
     return Manifest.from_json(doc, location)
 
 

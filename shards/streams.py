@@ -53,7 +53,12 @@ def open_stream(location: str) -> BinaryIO:
     if "://" in location:
         import fsspec  # only for remote stores
 
-        return fsspec.open(location, "rb").open()
+        try:
+            return fsspec.open(location, "rb").open()
+        except ImportError as e:  # the protocol's own packages (aiohttp for http, s3fs, gcsfs) are not installed
+            scheme = location.split("://", 1)[0]
+            raise OSError(f"{scheme}:// stores need fsspec's {scheme} support ({e}); for http(s): "
+                          "pip install 'fsspec[http]'") from None
     return open(location, "rb", buffering=_READ_BUFFER)
 
 
@@ -64,7 +69,8 @@ def read_bytes(location: str) -> bytes:
 
 
 class _PipeStream(io.RawIOBase):
-    """stdout of a shell command; a non-zero exit after a full read is an OSError naming the command."""
+    """stdout of a shell command; a non-zero exit is an OSError naming the command, raised by the read that meets
+    the end of its output."""
 
     def __init__(self, template: str) -> None:
         super().__init__()
@@ -77,8 +83,11 @@ class _PipeStream(io.RawIOBase):
 
     def read(self, n: int = -1) -> bytes:
         data = self._proc.stdout.read() if n is None or n < 0 else self._proc.stdout.read(n)
-        if not data or (n is not None and 0 <= n and len(data) < n):
-            self._eof = True
+        if not data and not self._eof:  # the end: a failed command (curl -f on an HTTP error) is said here, where
+            self._eof = True  # the reader turns it into a fault of the shard, rather than when the stream closes
+            rc = self._proc.wait()
+            if rc != 0:
+                raise FileNotFoundError(f"pipe:{self.cmd} exited with status {rc}")
         return data
 
     def readinto(self, b) -> int:  # pragma: no cover - read() is what the parser uses
@@ -92,10 +101,8 @@ class _PipeStream(io.RawIOBase):
         if not self._eof:
             self._proc.kill()
         self._proc.stdout.close()
-        rc = self._proc.wait()
+        self._proc.wait()
         super().close()
-        if self._eof and rc != 0:
-            raise FileNotFoundError(f"pipe:{self.cmd} exited with status {rc}")
 
 
 def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[str, bytes]]:
@@ -230,7 +237,11 @@ class HashingReader:
         self.closed = self.complete = False  # complete: read to its end, so the digest is the file's
 
     def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
+        try:
+            data = self.f.read(n)
+        except OSError as e:  # kept: the check says the file could not be read, not that it is short
+            self.error = self.error or e
+            raise
         self.sha256.update(data)
         self.bytes += len(data)
         return data

@@ -14,6 +14,7 @@ import pytest
 from shards_stores import synthetic_store_fixtures
 
 from shards.cli import main
+from shards.manifest import StoreError
 from shards.codecs import decode_png
 from shards.manifest import load_manifest
 from shards.reader import StoreReader
@@ -136,3 +137,27 @@ def test_caption_lines_say_no_vocab_only_when_there_is_none() -> None:
     sample = {"__key__": "000000000001", "__shard__": "s", "meta.json": {}, "tokens.json": {"ids": []}}
     assert _caption_lines(sample, [])[-1] == "tokens:"  # an empty vocabulary (captions of random words)
     assert _caption_lines(sample, None)[-1].endswith("(no vocab.json)")
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "gc"])
+@pytest.mark.parametrize("root", ["http://127.0.0.1:8765/store", "pipe:curl -sf http://127.0.0.1:8765/store/{}"])
+def test_commands_that_read_the_store_in_place_refuse_a_remote_root(command: str, root: str,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    rc, out, err = _run(capsys, "--shards", root, command)
+    assert rc == 2 and out == ""
+    assert err.startswith(f"shards: error: `shards {command}` needs a local store root, not {root}: ")
+    assert err.count("\n") == 1
+
+
+def test_a_url_whose_protocol_needs_more_packages_says_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fsspec
+
+    from shards.reader import StoreReader
+
+    def missing(*args, **kwargs):
+        raise ImportError('HTTPFileSystem requires "requests" and "aiohttp" to be installed')
+
+    monkeypatch.setattr(fsspec, "open", missing)
+    with pytest.raises(StoreError, match=r"http:// stores need fsspec's http support \(HTTPFileSystem requires .*\); "
+                                         r"for http\(s\): pip install 'fsspec\[http\]'\)$"):
+        StoreReader("http://127.0.0.1:8765/store", "train2017")

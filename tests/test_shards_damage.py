@@ -286,7 +286,7 @@ def test_export_names_a_missing_source_shard(store: Path, tmp_path: Path, capsys
     with pytest.raises(StoreFault, match=r"shard train2017-000001 column 'depth': cannot open .*depth"):
         export_webdataset(store, SPLIT, tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    # through a pipe: command, the failure shows when the stream closes; still a fault of that shard (exit 1)
+    # through a pipe: command, the failure shows when its output ends; still a fault of that shard (exit 1)
     rc, _, err = _run(capsys, "--shards", f"pipe:cat {store}/{{}} 2>/dev/null", "export", "--out", str(tmp_path / "y"))
     assert rc == 1 and "shard train2017-000001 column 'depth': cannot read pipe:cat" in _one_line(err)
     assert not (tmp_path / "y").exists()

@@ -245,3 +245,12 @@ def test_short_reads_are_completed(store: Path) -> None:
     with open(path, "rb") as f:
         expected = list(iter_samples(f))
     assert list(iter_samples(Trickle(path.read_bytes()))) == expected and len(expected) == 4
+
+
+def test_a_pipe_command_that_fails_is_a_fault_of_its_shard(tmp_path: Path, store: Path) -> None:
+    shutil.copytree(store, tmp_path / "s")
+    reader = StoreReader(tmp_path / "s", SPLIT, ["depth"])
+    Path(reader.shard_location("depth", "train2017-000003")).unlink()  # as a server answering 404 to curl -f
+    piped = StoreReader(f"pipe:cat {tmp_path / 's'}/{{}} 2>/dev/null", SPLIT, ["depth"])
+    with pytest.raises(StoreError, match=r"^shard train2017-000003 column 'depth': pipe:cat .* exited with status 1"):
+        list(piped)
