@@ -3,8 +3,10 @@
 Checks, shard by shard and column by column: the file exists with the recorded size and sha256, the tar
 parses (header checksums, no truncation), each sample has exactly the column's members, the keys equal
 the base column's keys in order, the count matches the manifest, and every member decodes to the
-schema's dtype and shape (``pose.json`` to the structure ``shards.pose`` describes); and the split's ``vocab.json`` (loads, for the tokens column) and ``rejected.jsonl`` (as
-many lines as the manifest counts). The first fault is reported with its shard, column and (where known) key.
+schema's dtype and shape (``pose.json`` to the structure ``shards.pose`` describes); and the split's
+``vocab.json`` (loads, for the tokens column) and ``rejected.jsonl`` (as many lines as the manifest counts). The
+first fault is reported with its shard, column and (where known) key. A damaged base shard is always reported
+(its keys are what the other columns are aligned with); the others are then checked without the alignment.
 """
 
 from __future__ import annotations
@@ -101,9 +103,9 @@ def verify_split(root: str | os.PathLike, split: str, columns: Sequence[str] | N
         for name in base_first:
             keys, faults = _check_shard(path, manifest, name, entry.name, entry.count, records.get(name),
                                         base_keys, decode and name in chosen)
-            if name == "base":
-                base_keys = keys
-            if name in chosen:
+            if name == "base":  # a damaged base shard has no key list to align the others with: it is reported
+                base_keys = None if faults else keys  # (chosen or not) and the others are checked on their own
+            if name in chosen or (name == "base" and faults):
                 report.faults += faults
                 if faults and first_only:
                     return report

@@ -60,6 +60,16 @@ def test_truncated_tar(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert _keys(store, "train2017-000001")[0] in out  # the member cut short belongs to the first sample
 
 
+def test_a_damaged_base_shard_is_reported_and_no_healthy_column_blamed(store: Path) -> None:
+    f = _shard_file(store, "base", "train2017-000001")
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    only_depth = verify_split(store, SPLIT, ["depth"], first_only=False)
+    assert [(x.shard, x.column) for x in only_depth.faults] == [("train2017-000001", "base")]
+    assert "truncated tar" in only_depth.faults[0].message
+    everything = verify_split(store, SPLIT, first_only=False)
+    assert [(x.shard, x.column) for x in everything.faults] == [("train2017-000001", "base")]
+
+
 def test_flipped_byte(store: Path, capsys: pytest.CaptureFixture) -> None:
     f = _shard_file(store, "normals", "train2017-000002")
     data = bytearray(f.read_bytes())
