@@ -221,7 +221,11 @@ def _build_targets(args: argparse.Namespace) -> int:
                    if value is not None]
         if ignored:
             print(f"pipeline: note: {', '.join(ignored)} apply to --executor ray only; ignored", file=sys.stderr)
-    elif config.num_cpus is not None and (config.ray_address or os.environ.get("RAY_ADDRESS")):
+    elif config.gpus_per_teacher and config.device == "cpu":
+        print(f"pipeline: note: --gpus-per-teacher {config.gpus_per_teacher:g} with --device cpu: the teachers run "
+              "on CPU; no GPU is reserved for them", file=sys.stderr)
+    if config.executor == "ray" and config.num_cpus is not None and (config.ray_address
+                                                                     or os.environ.get("RAY_ADDRESS")):
         print("pipeline: note: --num-cpus sizes a local cluster started here; joining a running cluster, it is "
               "ignored (its nodes' CPUs count)", file=sys.stderr)
     _check_paths(config)
@@ -296,6 +300,10 @@ def _check_ray_address(address: str | None) -> None:
     unreachable one for many minutes."""
     if not address or address in ("auto", "local"):
         return
+    if address.startswith(("http://", "https://")):
+        raise BuildError(f"Ray address {address!r} is a dashboard or Ray Jobs URL; the driver joins a cluster at its "
+                         "GCS address host:port (port 6379 by default) or ray://host:10001 (--ray-address or "
+                         "RAY_ADDRESS)")
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
         raise BuildError(f"Ray address {address!r} is not host:port, ray://host:port or auto (--ray-address or "

@@ -148,8 +148,14 @@ def _split_file_faults(path: Path, manifest: Manifest, chosen: Sequence[str]) ->
 def _column_records(path: Path, manifest: Manifest, column: str) -> tuple[dict[str, ShardRecord], Fault | None]:
     """The shard records of the active version of ``column``, or a fault when they are missing or malformed."""
     fp = manifest.columns[column]
+    folder = column_dir(path, column, fp)
+    if not folder.is_dir():
+        present = sorted(p.name[:12] for p in (path / column).iterdir() if p.is_dir()) if (path / column).is_dir() \
+            else []
+        return {}, Fault("-", column, None, f"the manifest's active version {fp[:12]} does not exist (versions "
+                                            f"present: {', '.join(present) or 'none'}); rebuild the column")
     try:
-        return read_column_record(column_record_path(column_dir(path, column, fp)), fp), None
+        return read_column_record(column_record_path(folder), fp), None
     except StoreError as e:
         return {}, Fault("-", column, None, str(e))
 
@@ -202,6 +208,10 @@ def _check_shard(path: Path, manifest: Manifest, column: str, shard: str, count:
                      base_keys[len(keys)])
     if len(keys) != count:
         return fault(f"{len(keys)} samples, the manifest says {count}")
+    if changed and file.stat().st_size != rec.bytes:  # whole samples and a good end: padding was cut or added
+        changed = False
+        return fault(f"{file.stat().st_size} bytes, column.json says {rec.bytes}, yet every sample is whole: the "
+                     "file was cut or extended after its last member")
     if changed and decode:
         return fault("yet every member parses and decodes: the bytes changed inside a member's data")
     if changed:  # members were not decoded (--no-decode), so nothing is known about their data

@@ -503,6 +503,17 @@ def test_pipeline_num_cpus_when_joining_a_cluster_is_noted(demo_root: Path, tmp_
            "ignored" in err
 
 
+def test_pipeline_dashboard_url_as_ray_address_says_what_is_wanted(demo_root: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # the Ray Jobs convention
+    rc = pipeline_main(["build-targets", "--coco-root", str(demo_root), "--out", str(tmp_path / "store"),
+                        "--no-progress"])
+    assert rc == 2 and _one_line(capsys).startswith(
+        "pipeline: error: Ray address 'http://127.0.0.1:8265' is a dashboard or Ray Jobs URL; the driver joins")
+    assert not (tmp_path / "store").exists()
+
+
 def test_pipeline_notes_a_split_built_with_other_teachers_than_train(demo_root: Path, tmp_path: Path, fakes,
                                                                      capsys: pytest.CaptureFixture) -> None:
     common = ["build-targets", "--executor", "local", "--coco-root", str(demo_root), "--out", str(tmp_path / "s"),

@@ -70,6 +70,21 @@ def test_a_damaged_base_shard_is_reported_and_no_healthy_column_blamed(store: Pa
     assert [(x.shard, x.column) for x in everything.faults] == [("train2017-000001", "base")]
 
 
+def test_a_cut_end_or_a_missing_version_is_named_as_such(store: Path) -> None:
+    f = _shard_file(store, "depth", "train2017-000001")
+    data = f.read_bytes()
+    assert data.endswith(bytes(1024))  # the tar's zero blocks after its end marker
+    f.write_bytes(data[:-1024])
+    (fault,) = verify_split(store, SPLIT, ["depth"]).faults
+    assert fault.message == (f"{len(data) - 1024} bytes, column.json says {len(data)}, yet every sample is whole: "
+                             "the file was cut or extended after its last member")
+    m = load_manifest(store / SPLIT)
+    m.columns["normals"] = "f" * 64
+    save_manifest(store / SPLIT, m)
+    (fault,) = verify_split(store, SPLIT, ["normals"]).faults
+    assert fault.message.startswith("the manifest's active version ffffffffffff does not exist (versions present: ")
+
+
 def test_flipped_byte(store: Path, capsys: pytest.CaptureFixture) -> None:
     f = _shard_file(store, "normals", "train2017-000002")
     data = bytearray(f.read_bytes())
