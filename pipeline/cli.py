@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -388,8 +389,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, ``timeout``, a cluster scheduler): handled as Ctrl-C is, exit code 143."""
+
+
+_signals: list[int] = []  # what stopped the command: Ray re-raises a KeyboardInterrupt of its own in its waits
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    _signals.append(signum)
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``pipeline`` command; returns the exit code (2 = bad input, 1 = some unit failed, 130 = Ctrl-C)."""
+    """Run the ``pipeline`` command; returns the exit code (2 = bad input, 1 = some unit failed, 130 = Ctrl-C,
+    143 = SIGTERM)."""
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signals are the main thread's
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # kept past ray.init (executors)
+    _signals.clear()
     try:
         args, extra = build_parser().parse_known_args(argv)
         if extra:  # argparse names the top-level parser; the flags belong to the subcommand
@@ -400,10 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BuildError as e:
         print(f"pipeline: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pipeline: interrupted; finished units are kept: run the same command again to resume",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated) or signal.SIGTERM in _signals
+        print(f"pipeline: {'terminated' if terminated else 'interrupted'}; finished units are kept: run the same "
+              "command again to resume", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stdout = open(os.devnull, "w")
         return 0
@@ -411,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {e.filename}:" if e.filename else ""
         print(f"pipeline: error:{where} {e.strerror or e}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

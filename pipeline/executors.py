@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
@@ -357,8 +358,13 @@ class RayExecutor(Executor):
             # A local cluster turns on token authentication by default and says so on stderr at every
             # start; it stays on, only the notice is kept out of the build's output.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        import signal
+
+        handler = signal.getsignal(signal.SIGTERM)  # the command's own (stop cleanly), which Ray's driver replaces
         try:
             ray.init(**kwargs)
+            if callable(handler) and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, handler)
         except ConnectionError as e:  # an OSError: it would pass for a disk error
             hint = ""
             if os.path.isfile(os.path.expanduser("~/.ray/auth_token")) and not os.environ.get("RAY_AUTH_MODE"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -527,3 +528,23 @@ def test_pipeline_notes_a_split_built_with_other_teachers_than_train(demo_root: 
     assert pipeline_main(common + ["--split", SPLIT, "--depth-param", "gain=2"]) == 0
     err = capsys.readouterr().err
     assert f"note: {SPLIT} is built with other teacher settings than train2017 was (depth_params)" in err
+
+
+def test_pipeline_sigterm_stops_the_command_as_ctrl_c_does(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    import signal
+    import time
+
+    import pipeline.cli as cli
+
+    def terminated_midway(args) -> int:  # `docker stop`, `timeout`, a scheduler's preemption
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_build_targets", terminated_midway)
+    assert pipeline_main(["build-targets"]) == 143
+    assert _one_line(capsys) == ("pipeline: terminated; finished units are kept: run the same command again to "
+                                 "resume")
+    assert signal.getsignal(signal.SIGTERM) == before
