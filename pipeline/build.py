@@ -135,6 +135,10 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
         if "tokens" in plan.run_stages and plan.vocab_path is None and plan.pending["tokens"]:
             check_gensim_model(plan.config.glove)  # the vocabulary is built at the end: know now it can be
         record_fingerprints(plan.split_path, plan.teacher_settings, plan.teacher_fps)  # for `pipeline status`
+        plan.split_path.mkdir(parents=True, exist_ok=True)  # what was asked, should the build never finish
+        atomic_write_json(plan.split_path / BUILD_REPORT_NAME, {
+            "ok": None, "finished": None, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": plan.config.to_json(), "note": "started, not finished (yet): its shards done so far are kept"})
         return _Run(plan, ex).run(setup_seconds=time.perf_counter() - t0)
     finally:
         ex.close()

@@ -165,7 +165,7 @@ def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildC
     if last_build:
         from shards.layout import split_dir
         from shards.manifest import StoreError, load_manifest
-        from shards.schema import MANIFEST_NAME
+        from shards.schema import BUILD_REPORT_NAME, MANIFEST_NAME
 
         given = _merge(layers)
         where = {k: given.get(k, getattr(DEFAULTS, k)) for k in ("out", "split")}
@@ -176,6 +176,12 @@ def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildC
                 recorded = load_manifest(split_path).config
             except StoreError as e:  # a damaged manifest is said, not taken for a split never built
                 raise BuildError(f"{e}; the next build-targets of the split rewrites it") from None
+        elif (split_path / BUILD_REPORT_NAME).is_file():  # a first build that never finished says what it asked
+            try:
+                report = json.loads((split_path / BUILD_REPORT_NAME).read_text())
+                recorded = report["config"] if isinstance(report.get("config"), dict) else {}
+            except (OSError, ValueError, AttributeError, KeyError):  # unreadable: as if nothing was recorded
+                recorded = {}
         kept = fields - {"stages", "force", "progress"}  # how the last build ran, not what this query asks
         layers.insert(0, {k: v for k, v in recorded.items() if k in kept})
     values = _merge(layers)
@@ -319,11 +325,13 @@ def _check_ray_address(address: str | None) -> None:
 def _status(args: argparse.Namespace) -> int:
     from pipeline.status import format_status, split_status
     from shards.layout import split_dir
+    from shards.schema import BUILD_REPORT_NAME
 
     recheck = vars(args).pop("recheck")
     config = resolve_config(args, last_build=True)
     manifest = split_dir(config.out, config.split) / "manifest.json"
-    if not manifest.is_file() and "coco_root" not in vars(args) and not Path(config.coco_root).is_dir():
+    started = (manifest.parent / BUILD_REPORT_NAME).is_file()  # a first build that never finished
+    if not (manifest.is_file() or started or "coco_root" in vars(args) or Path(config.coco_root).is_dir()):
         raise BuildError(f"split {config.split!r} is not built in store {config.out!r} (no {manifest}); "
                          "check --out and --split, or pass --coco-root to see what a build would do")
     print(format_status(split_status(config, recheck=recheck)))

@@ -91,6 +91,16 @@ def test_status_command_says_where_the_versions_come_from(store, capsys) -> None
     assert "depth, panoptic, text, caption loaded now" in capsys.readouterr().out
 
 
+def test_status_of_a_first_build_killed_before_its_manifest(store, capsys) -> None:
+    cfg, _ = store
+    split = Path(cfg.out) / cfg.split
+    (split / "manifest.json").unlink()  # killed before its end: only the report it wrote when it started
+    (split / "build-report.json").write_text(json.dumps({"ok": None, "config": cfg.to_json()}))
+    assert main(["status", "--out", cfg.out]) == 0  # no flags: the settings the build started with
+    out = capsys.readouterr().out
+    assert "not built" not in out and "depth, panoptic, text, caption as recorded by a build" in out
+
+
 def test_status_of_some_stages_and_of_a_damaged_manifest(store, capsys) -> None:
     cfg, _ = store
     assert main(["status", "--out", cfg.out, "--stages", "depth"]) == 0
