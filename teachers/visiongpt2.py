@@ -49,6 +49,8 @@ def _weights_and_config(checkpoint: str) -> tuple[str, VisionGPT2Config]:
         if os.path.isfile(cfg_path):
             with open(cfg_path) as f:
                 fields = json.load(f)
+            if isinstance(fields, dict) and "model_type" in fields:  # a Hugging Face config (a GPT-2 snapshot's
+                fields = {}  # tokenizer folder holds one): not sizes of this model, whose defaults are GPT-2's
     else:
         weights = checkpoint
     try:

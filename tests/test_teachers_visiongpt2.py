@@ -237,3 +237,16 @@ def test_safetensors_with_tied_weights_saved_once_load(tiny_dir, tmp_path) -> No
 def test_impossible_sampling_parameters(tiny_dir, params) -> None:
     with pytest.raises(TeacherError, match="temperature must be > 0"):
         create_teacher("visiongpt2", checkpoint=tiny_dir, sample=True, **params)
+
+
+def test_a_hugging_face_config_beside_the_weights_is_not_read_as_the_model_sizes(tmp_path) -> None:
+    import json
+
+    from teachers.visiongpt2 import _weights_and_config
+    from teachers.visiongpt2_model import VisionGPT2Config
+
+    # captioner.pt put into the folder of a GPT-2 hub snapshot (its tokenizer), whose config.json is GPT-2's
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768, "n_layer": 12}))
+    (tmp_path / "captioner.pt").write_bytes(b"")
+    weights, cfg = _weights_and_config(str(tmp_path))
+    assert weights == str(tmp_path / "captioner.pt") and cfg == VisionGPT2Config()
