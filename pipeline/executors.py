@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 from abc import ABC, abstractmethod
@@ -358,8 +359,6 @@ class RayExecutor(Executor):
             # A local cluster turns on token authentication by default and says so on stderr at every
             # start; it stays on, only the notice is kept out of the build's output.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        import signal
-
         handler = signal.getsignal(signal.SIGTERM)  # the command's own (stop cleanly), which Ray's driver replaces
         try:
             ray.init(**kwargs)

@@ -85,7 +85,8 @@ def _collect(answers: list[Any] | None, check: NodeCheck, store_split: Path) -> 
     problems = []
     for index, answer in enumerate(answers):
         if isinstance(answer, BaseException):
-            problems.append(f"node {index}: did not answer ({str(answer).splitlines()[0][:200]})")
+            first = (str(answer).strip().splitlines() or [type(answer).__name__])[0]
+            problems.append(f"node {index}: did not answer ({first[:200]})")
             continue
         host, lacks = answer
         sentinel = store_split / f".node-check-{check.token}-{index}"
@@ -97,5 +98,7 @@ def _collect(answers: list[Any] | None, check: NodeCheck, store_split: Path) -> 
         sentinel.unlink(missing_ok=True)
     if not problems:
         return None
-    return ("not every node of the Ray cluster sees the build's files at the driver's paths (shared storage "
-            "mounted at the same path on every node is needed): " + " | ".join(problems))
+    paths = any(" no " in p or "store folder" in p for p in problems)
+    return ("not every node of the Ray cluster can run this build as the driver sees it"
+            + (" (the COCO root, the store and local weight files must be on storage every node mounts at the "
+               "driver's paths)" if paths else "") + ": " + " | ".join(problems))

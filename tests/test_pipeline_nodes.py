@@ -33,7 +33,8 @@ def test_a_node_that_sees_other_paths_is_named_with_what_it_lacks(tmp_path: Path
     elsewhere = tmp_path / "node1-store" / "train2017"  # the second node's own disk at the store's path
     problem = check_nodes(_TwoNodes(image="/nowhere/1.jpg", store_split=str(elsewhere), files=("/nowhere/w.pth",),
                                     code="another"), str(image), split, [str(weights)])
-    assert problem is not None and problem.startswith("not every node of the Ray cluster sees the build's files")
+    assert problem is not None and problem.startswith("not every node of the Ray cluster can run this build as the "
+                                                      "driver sees it (the COCO root, the store and local weight")
     host = os.uname().nodename
     assert (f"node {host}: no image /nowhere/1.jpg; no /nowhere/w.pth; its Python imports other code of this "
             "project than the driver") in problem
@@ -82,6 +83,7 @@ def test_ray_workers_importing_another_copy_of_the_project_are_refused(tmp_path:
         if ray.is_initialized():
             ray.shutdown()
     assert problem is not None and "its Python imports other code of this project than the driver" in problem
+    assert problem.startswith("not every node of the Ray cluster can run this build as the driver sees it: node ")
 
 
 def test_a_cluster_that_refuses_the_driver_is_one_line_naming_token_authentication(
