@@ -82,3 +82,15 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def out_folder_problem(out: str | os.PathLike, writable: bool = True) -> str | None:
+    """Why a folder ``out`` could not be created or written: a file at ``out`` or on the way to it, or (with
+    ``writable``) the nearest existing folder on the way not writable; None when it could. Nothing is created."""
+    out = Path(out)
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        return f"{out} is a file, not a folder" if existing == out else f"{out}: {existing} is a file, not a folder"
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{out}: {existing} is not writable" if existing != out else f"{out} is not writable"
+    return None

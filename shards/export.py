@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
-from shards.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, temp_file_beside
+from shards.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, out_folder_problem, temp_file_beside
 from shards.manifest import StoreError, StoreFault
 from shards.reader import StoreReader, check_read
 from shards.schema import MANIFEST_NAME, VOCAB_NAME
@@ -104,12 +104,11 @@ def _vocabulary(reader: StoreReader) -> bytes:
 
 
 def _check_out(root: str | os.PathLike, out: Path) -> None:
-    """Raise ExportTargetError for an ``out`` that is a file, or a folder of a local store's split (its tars would
-    land among the store's own, or replace them)."""
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise ExportTargetError(f"--out {out} is a file, not a folder" if existing == out else
-                                f"--out {out}: {existing} is a file, not a folder")
+    """Raise ExportTargetError for an ``out`` that is a file or cannot be written, or a folder of a local store's
+    split (its tars would land among the store's own, or replace them)."""
+    problem = out_folder_problem(out)
+    if problem:
+        raise ExportTargetError(f"--out {problem}")
     if is_url(root):
         return
     store, target = Path(root).resolve(), out.resolve()

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from shards.atomic import out_folder_problem
 from shards.codecs import encode_jpeg, encode_png
 from shards.manifest import StoreError
 from shards.reader import StoreReader
@@ -261,6 +262,9 @@ def check_sheet_path(out: str | os.PathLike) -> Path:
     if out.suffix.lower() not in SHEET_SUFFIXES:
         raise ValueError(f"{out}: a contact sheet is written as PNG or JPEG; give --out a name ending in "
                          f"{', '.join(SHEET_SUFFIXES)}")
+    problem = f"{out} is a folder" if out.is_dir() else out_folder_problem(out.parent)
+    if problem:
+        raise ValueError(f"cannot write --out {out}: {problem}")
     return out
 
 

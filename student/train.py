@@ -9,7 +9,6 @@ optional bf16 autocast and single-node multi-GPU with torchrun (DDP; ranks read 
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import math
 import os
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 
-from shards.atomic import atomic_write_bytes
+from shards.atomic import atomic_write_bytes, out_folder_problem
 from shards.manifest import StoreError
 from shards.streams import is_url
 from student.augment import AugmentConfig
@@ -166,8 +165,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     Raises:
         StoreError: the store lacks a split or a needed column, or a split's image size does not fit the model.
         CheckpointError: ``resume`` cannot be loaded, or its weights or optimiser state do not fit its config.
-        ValueError: ``cfg.out`` holds another run and ``overwrite`` is not set, or is a file.
-        PermissionError: ``cfg.out`` (or the folder it would be made in) cannot be written.
+        ValueError: ``cfg.out`` holds another run and ``overwrite`` is not set, is a file, or cannot be written.
     """
     cfg = replace(cfg, shards=absolute_store(cfg.shards))
     out_dir = Path(cfg.out)
@@ -375,14 +373,12 @@ def _check_out(out_dir: Path, resume: str | None, overwrite: bool) -> bool:
     """Whether this run replaces another one in ``out_dir``; without ``overwrite`` that is a ValueError.
 
     A run resumed from a checkpoint in ``out_dir`` itself is that folder's own run going on: nothing to replace.
-    A folder the run could not write is an error now too, not after the first step (when the run first writes).
+    A folder the run could not write is an error now too (ValueError), not after the first step (when the run
+    first writes).
     """
-    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        where = "" if existing == out_dir else f": {existing}"
-        raise ValueError(f"--out {out_dir}{where} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, "Permission denied (--out)", str(existing))
+    problem = out_folder_problem(out_dir)
+    if problem:
+        raise ValueError(f"--out {problem}")
     if resume is not None and Path(resume).resolve().parent == out_dir.resolve():
         return False
     found = [name for name in RUN_FILES if (out_dir / name).exists()]

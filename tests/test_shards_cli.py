@@ -161,3 +161,17 @@ def test_a_url_whose_protocol_needs_more_packages_says_which(monkeypatch: pytest
     with pytest.raises(StoreError, match=r"http:// stores need fsspec's http support \(HTTPFileSystem requires .*\); "
                                          r"for http\(s\): pip install 'fsspec\[http\]'\)$"):
         StoreReader("http://127.0.0.1:8765/store", "train2017")
+
+
+def test_an_out_that_cannot_be_written_is_a_usage_error(clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))  # as non-root
+    rc, _, err = _run(capsys, "--shards", str(clean), "show", "--out", str(locked / "sheet.png"))
+    sheet = locked / "sheet.png"
+    assert rc == 2 and err.strip() == f"shards: error: cannot write --out {sheet}: {locked} is not writable"
+    rc, _, err = _run(capsys, "--shards", str(clean), "export", "--out", str(locked / "x"))
+    assert rc == 2 and err.strip() == f"shards: error: --out {locked / 'x'}: {locked} is not writable"
+    assert not (locked / "x").exists()

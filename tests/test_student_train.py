@@ -549,6 +549,20 @@ def test_pose_json_of_the_wrong_structure_is_one_line_naming_it(tmp_path: Path, 
     assert not (tmp_path / "run").exists()  # failed in the first step: nothing written
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_training(store: Path, tmp_path: Path, capsys,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))  # as non-root
+    assert cli.main(_tiny_run(store, locked / "run")) == 2
+    assert capsys.readouterr().err.strip() == (f"student train: error: --out {locked / 'run'}: {locked} is not "
+                                               "writable")
+    assert not (locked / "run").exists()
+
+
 def test_an_out_that_is_a_file_is_refused_before_training(store: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "afile").write_text("x")
     for out, text in ((tmp_path / "afile", f"--out {tmp_path / 'afile'} is a file, not a folder"),
