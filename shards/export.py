@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,13 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
     """
     out = Path(out_dir)
     _check_out(root, out)
+    try:  # one folder holds one split's export: its export.json and vocab.json describe that split
+        other = json.loads((out / EXPORT_RECORD_NAME).read_text()).get("split")
+    except (OSError, ValueError, AttributeError):
+        other = None
+    if other is not None and other != split:
+        raise ExportTargetError(f"--out {out} holds the export of split {other!r}; export {split!r} to a folder of "
+                                "its own")
     reader = StoreReader(root, split, columns, decode=False)
     records = {c: reader.column_records(c) for c in reader.columns}
     vocab = _vocabulary(reader) if "tokens" in reader.columns else None

@@ -242,6 +242,19 @@ def test_export_records_the_sha256_of_what_it_wrote(clean: Path, tmp_path: Path)
                                                                   + ["vocab.json"])
 
 
+def test_an_export_folder_holds_one_split(clean: Path, tmp_path: Path) -> None:
+    from shards.export import ExportTargetError
+
+    export_webdataset(clean, SPLIT, tmp_path / "x")
+    export_webdataset(clean, SPLIT, tmp_path / "x")  # the same split again: replaced
+    record = json.loads((tmp_path / "x" / "export.json").read_text())
+    record["split"] = "val2017"  # as if val2017 had been exported there
+    (tmp_path / "x" / "export.json").write_text(json.dumps(record))
+    with pytest.raises(ExportTargetError, match=r"holds the export of split 'val2017'; export 'train2017' to a "
+                                                r"folder of its own"):
+        export_webdataset(clean, SPLIT, tmp_path / "x")
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_export_refuses_a_damaged_shard(store: Path, tmp_path: Path, damage: str,
                                         capsys: pytest.CaptureFixture) -> None:
