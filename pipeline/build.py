@@ -302,7 +302,7 @@ class _Run:
         self.estimated = {s: {sh for sh in p.pending[s] if sh not in known} for s in p.run_stages if s != "base"}
         totals = {s: (len(p.pending[s]), sum(known[sh].count if sh in known and s != "base" else len(p.records[sh])
                                              for sh in p.pending[s])) for s in p.run_stages}
-        placement = self.ex.placement()
+        placement, cluster = self.ex.placement(), self.ex.cluster()
         header = "teachers: " + "; ".join(f"{s} {where}" for s, where in placement.items()) if placement else None
         with Progress(totals, enabled=self.cfg.progress, header=header) as progress:
             while True:
@@ -316,7 +316,7 @@ class _Run:
                     break
                 for handle in self.ex.wait(list(self.inflight), timeout=0.5):
                     self._finish(handle, progress)
-        return self._conclude(started, time.perf_counter() - t0, setup_seconds, placement)
+        return self._conclude(started, time.perf_counter() - t0, setup_seconds, placement, cluster)
 
     def _inflight_limit(self) -> int:
         """``max_inflight_shards``, lowered where that many decoded shards would not fit the executor's memory
@@ -338,7 +338,8 @@ class _Run:
         decoding = {sh for k, _, sh in self.inflight.values() if k == "decode"}
         return len(decoding | set(self.decoded))
 
-    def _conclude(self, started: str, wall: float, setup: float, placement: Mapping[str, str]) -> dict[str, Any]:
+    def _conclude(self, started: str, wall: float, setup: float, placement: Mapping[str, str],
+                  cluster: Mapping[str, Any] | None) -> dict[str, Any]:
         p, cfg = self.plan, self.cfg
         for s in p.run_stages:  # units never submitted because an input failed
             for shard in sorted(p.pending[s]):
@@ -360,7 +361,7 @@ class _Run:
         rejected = manifest.rejected if manifest else None
         report = {
             "split": cfg.split, "started": started, "wall_seconds": round(wall, 3), "setup_seconds": round(setup, 3),
-            "executor": self.ex.name, "ok": not self.failures,
+            "executor": self.ex.name, "cluster": dict(cluster) if cluster else None, "ok": not self.failures,
             "samples": samples, "rejected": rejected, "image_ids": sum(len(r) for r in p.records.values()),
             "stages": {s: st.to_json() for s, st in self.stats.items()}, "teachers": dict(placement),
             "failures": self.failures, "config": cfg.to_json(),

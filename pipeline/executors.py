@@ -180,6 +180,11 @@ class Executor(ABC):
         failed to answer); None for an executor that runs in this process only."""
         return None
 
+    def cluster(self) -> dict[str, Any] | None:
+        """The cluster the units run on (address, nodes, CPUs, GPUs), for the build's output and report; None for
+        an executor that runs in this process only."""
+        return None
+
     def placement(self) -> dict[str, str]:
         """Where the started teachers run, in words, keyed by stage ("+"-joined stages for teachers that share
         their actors), for the build's output and report."""
@@ -390,6 +395,13 @@ class RayExecutor(Executor):
             except Exception as e:  # noqa: BLE001 - a node that cannot run a task is reported, not raised
                 out.append(e)
         return out
+
+    def cluster(self) -> dict[str, Any]:
+        import ray
+
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        return {"address": ray.get_runtime_context().gcs_address, "nodes": len(nodes),
+                "cpus": sum(r.get("CPU", 0.0) for r in nodes), "gpus": sum(r.get("GPU", 0.0) for r in nodes)}
 
     def start(self, teachers: Mapping[str, TeacherFactory]) -> dict[str, Any]:
         import ray

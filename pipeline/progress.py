@@ -83,8 +83,11 @@ def summary_table(report: Mapping[str, Any]) -> str:
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     setup = report.get("setup_seconds")
+    cluster = report.get("cluster")
+    on = report["executor"] + (f" ({cluster['nodes']} node(s) at {cluster['address']}, {cluster['cpus']:g} CPUs, "
+                               f"{cluster['gpus']:g} GPUs)" if cluster else "")
     tail = (f"{report['split']}: {report['samples']} samples, {report['rejected']} rejected, "
-            f"{report['image_ids']} image ids, {report['wall_seconds']:.1f} s on {report['executor']}"
+            f"{report['image_ids']} image ids, {report['wall_seconds']:.1f} s on {on}"
             + (f" ({setup:.1f} s of it checking inputs and loading teachers)" if setup else ""))
     failed = [f for f in report["failures"] if f["error"] != NOT_RUN]
     if failed:

@@ -29,12 +29,17 @@ def test_ray_build_matches_local_and_survives_a_dead_actor(demo_root: Path, tmp_
     assert marker.exists(), "the depth actor was killed once"
     assert on_ray["ok"] and on_ray["executor"] == "ray", on_ray["failures"]
     assert on_ray["teachers"] == {"depth+panoptic+text+caption": "1 CPU actor"}  # no GPU here: one hosts all
+    cluster = on_ray["cluster"]  # which cluster ran it, also when joined through RAY_ADDRESS
+    assert (cluster["nodes"], cluster["cpus"], cluster["gpus"]) == (1, 2.0, 0.0) and ":" in cluster["address"]
+    from pipeline.progress import summary_table
+
+    assert f"on ray (1 node(s) at {cluster['address']}, 2 CPUs, 0 GPUs)" in summary_table(on_ray)
     counts = check_split(tmp_path / "ray", demo_root, "train2017")
     assert on_ray["samples"] == counts["samples"]
     assert all(st["run"] == st["units"] for st in on_ray["stages"].values())
 
     local = build_targets(make_config(demo_root, tmp_path / "local"))
-    assert local["ok"] and local["samples"] == on_ray["samples"]
+    assert local["ok"] and local["samples"] == on_ray["samples"] and local["cluster"] is None
     assert local["teachers"] == dict.fromkeys(("depth", "panoptic", "text", "caption"), "in-process on cpu")
     assert tar_files(tmp_path / "ray" / "train2017") == tar_files(tmp_path / "local" / "train2017")
 
