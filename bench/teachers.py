@@ -126,7 +126,7 @@ class Case:
 CASES: tuple[Case, ...] = (
     Case("depth-anything-v2", {"input_size": 518}, _full_depth_anything, {},
          "Large: 13 ms/image on an A100 (518 px)"),
-    Case("detectron2-panoptic-fpn", {"input_size": 640}, _full_detectron2, {},
+    Case("detectron2-panoptic-fpn", {"min_size": 480, "max_size": 640}, _full_detectron2, {},
          "R50: 53 ms/image on a V100 (800 px)"),
     Case("mask2former", {"input_size": 640}, _full_mask2former, {}, "Swin-L: about 3 images/s on an A100"),
     Case("rapidocr", {"input_size": 640}, _full_rapidocr, {}, "about 0.5 s/image on this machine's CPU"),
@@ -176,7 +176,7 @@ def bench_case(case: Case, args: argparse.Namespace, workdir: str) -> dict[str, 
     teacher = create_teacher(case.name, device=args.device, dtype=args.dtype, batch_size=args.batch_size, **kwargs)
     images = _images(args.batch_size * args.batches)
     inputs = [TeacherInput(im, i) for i, im in enumerate(images)]
-    size = getattr(teacher, "input_size", 224)
+    size = getattr(teacher, "input_size", getattr(teacher, "max_size", 224))
     prep = _images_per_s(lambda: letterbox_batch(images, size, device=args.device), len(images), args.device)
     total = _images_per_s(lambda: teacher(inputs), len(images), args.device)
     return {"teacher": case.name, "size": "full" if args.full else "tiny", "images_per_s": round(total, 2),

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, expand_home, sha256_of_path
 from teachers.loading import integer, load_or_fail, require
 from teachers.panoptic_ids import PANOPTIC_OUTPUTS, contiguous_from_detectron2
-from teachers.preprocess import letterbox_batch
+from teachers.preprocess import check_image
 
 DEFAULT_CONFIG = "COCO-PanopticSegmentation/panoptic_fpn_R_101_3x.yaml"
 #: The model-zoo weights of DEFAULT_CONFIG (downloaded and cached by detectron2's PathManager).
@@ -23,7 +23,6 @@ DEFAULT_CHECKPOINT = ("https://dl.fbaipublicfiles.com/detectron2/COCO-PanopticSe
                       "panoptic_fpn_R_101_3x/139514519/model_final_cafdb1.pkl")
 FOLDER_CONFIG = "config.yaml"
 FOLDER_WEIGHTS = ("model_final.pth", "model_final.pkl")
-STRIDE = 32
 
 
 class _NumpyUnpickler(pickle.Unpickler):
@@ -79,7 +78,8 @@ class PanopticFPNTeacher(Teacher):
             folder holding ``config.yaml`` and ``model_final.pth`` (or ``.pkl``), as detectron2 training writes.
         config_file: model-zoo config name or a yaml path (ignored for a checkpoint folder).
         opts: extra config overrides, detectron2 style ("KEY", "VALUE", ...).
-        input_size: long side of the model input (1067 gives 4:3 images the model zoo's 800-pixel test size).
+        min_size, max_size: the test resize (detectron2's ResizeShortestEdge: shorter side to ``min_size``, longer
+            side at most ``max_size``); default the config's INPUT.MIN_SIZE_TEST and MAX_SIZE_TEST (800, 1333).
         device, dtype, batch_size: see ``Teacher``; float16/bfloat16 run under CUDA autocast.
     """
 
@@ -87,25 +87,26 @@ class PanopticFPNTeacher(Teacher):
     spec = TeacherSpec(
         task="panoptic",
         description="Detectron2 Panoptic FPN (model zoo COCO-PanopticSegmentation/panoptic_fpn_R_101_3x)",
-        input_size="long side -> input_size, letterboxed on a square canvas (multiple of 32), bilinear, "
-                   "BGR, the config's pixel mean/std",
+        input_size="detectron2's own test resize: shorter side -> min_size, longer at most max_size (the config's "
+                   "800 / 1333), padded to a multiple of 32, BGR, the config's pixel mean/std",
         outputs=PANOPTIC_OUTPUTS,
         units="class id",
         extra="detectron2",
     )
 
     def __init__(self, *, checkpoint: str = DEFAULT_CHECKPOINT, config_file: str = DEFAULT_CONFIG,
-                 opts: Sequence[str] = (), input_size: int = 1067, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 4) -> None:
+                 opts: Sequence[str] = (), min_size: int | None = None, max_size: int | None = None,
+                 device: str = "cpu", dtype: str = "float32", batch_size: int = 4) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        input_size = integer("input_size", input_size, STRIDE)
+        for name, value in (("min_size", min_size), ("max_size", max_size)):
+            if value is not None:
+                integer(name, value, 16)
         require("detectron2", self.name, "detectron2")
         from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.modeling import build_model
         from detectron2.utils.file_io import PathManager
 
         self.checkpoint = str(self.resolve_checkpoint(checkpoint))
-        self.input_size = int(input_size)
         weights, config, local_config = _resolve(self.checkpoint, str(expand_home(config_file)))
         self.cfg = load_or_fail(self.name, self.checkpoint, lambda: self._config(config, local_config, opts))
         path = load_or_fail(self.name, self.checkpoint, lambda: PathManager.get_local_path(weights))
@@ -117,10 +118,15 @@ class PanopticFPNTeacher(Teacher):
         if bad:
             raise TeacherError(f"teacher {self.name!r}: checkpoint {self.checkpoint!r} does not fit the config "
                                f"({len(bad)} missing or mis-shaped weights, e.g. {bad[0]})")
+        self.min_size = int(min_size if min_size is not None else self.cfg.INPUT.MIN_SIZE_TEST)
+        self.max_size = int(max_size if max_size is not None else self.cfg.INPUT.MAX_SIZE_TEST)
+        if self.max_size < self.min_size:
+            raise TeacherError(f"teacher {self.name!r}: max_size {self.max_size} is below min_size {self.min_size}")
         unplaced = self.cfg.clone()  # where it runs changes no output: leave the device out of the fingerprint
         unplaced.defrost()
         unplaced.MODEL.DEVICE = ""
-        self._identity = {"weights_sha256": sha256_of_path(path), "input_size": self.input_size,
+        self._identity = {"weights_sha256": sha256_of_path(path), "min_size": self.min_size, "max_size": self.max_size,
+                          "resize": "shortest edge, padded to the backbone's multiple",
                           "config_sha256": hashlib.sha256(unplaced.dump().encode()).hexdigest()}
 
     def _config(self, config: str, local_config: bool, opts: Sequence[str]) -> Any:
@@ -143,34 +149,48 @@ class PanopticFPNTeacher(Teacher):
         return dict(self._identity)
 
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        """As detectron2's own inference (``DefaultPredictor`` and the model's ``forward``): each image resized by
+        ResizeShortestEdge (PIL, bilinear), normalised, padded to the backbone's multiple; images of one resized
+        shape run as one batch, so an image's output does not depend on the others of the call. The steps of the
+        model's forward run here one by one so that half precision is cast back before the post-processing."""
         import contextlib
 
+        import numpy as np
         import torch
+        from detectron2.data import transforms as T
         from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
         from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
         from detectron2.structures import ImageList
 
         m = self.model
+        resize = T.ResizeShortestEdge([self.min_size, self.min_size], self.max_size)
+        groups: dict[tuple[int, int], list[tuple[int, Any]]] = {}
+        for i, inp in enumerate(inputs):
+            check_image(inp.image)
+            image = np.ascontiguousarray(inp.image[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else inp.image)
+            resized = resize.get_transform(image).apply_image(image)
+            groups.setdefault(resized.shape[:2], []).append((i, resized))
         half = self.dtype != "float32"
         autocast = torch.autocast("cuda", dtype=getattr(torch, self.dtype)) if half else contextlib.nullcontext()
+        outs: list[dict[str, Any]] = [{}] * len(inputs)
         with torch.inference_mode(), autocast:
-            x, geo = letterbox_batch([i.image for i in inputs], self.input_size, canvas_multiple=STRIDE,
-                                     device=self.device, mean=self.cfg.MODEL.PIXEL_MEAN, std=self.cfg.MODEL.PIXEL_STD,
-                                     scale=1.0, mode="bilinear", channels=self.cfg.INPUT.FORMAT)
-            images = ImageList(x, list(geo.resized))  # valid sizes: proposals and crops use them
-            features = m.backbone(images.tensor)
-            sem_segs, _ = m.sem_seg_head(features, None)
-            proposals, _ = m.proposal_generator(images, features, None)
-            detections, _ = m.roi_heads(images, features, proposals, None)
-            outs = []
-            for i, (sem, det) in enumerate(zip(sem_segs, detections)):
-                h, w = geo.original[i]
-                sem = sem_seg_postprocess(sem.float(), geo.resized[i], h, w)
-                det = detector_postprocess(det, h, w)
-                seg, info = combine_semantic_and_instance_outputs(
-                    det, sem.argmax(dim=0), m.combine_overlap_thresh, m.combine_stuff_area_thresh,
-                    m.combine_instances_score_thresh)
-                outs.append({"classes": contiguous_from_detectron2(seg, info)})
+            for shape, items in groups.items():
+                pixels = [(torch.as_tensor(np.ascontiguousarray(r.transpose(2, 0, 1)), device=m.device).float()
+                           - m.pixel_mean) / m.pixel_std for _, r in items]
+                images = ImageList.from_tensors(pixels, m.backbone.size_divisibility,
+                                                padding_constraints=m.backbone.padding_constraints)
+                features = m.backbone(images.tensor)
+                sem_segs, _ = m.sem_seg_head(features, None)
+                proposals, _ = m.proposal_generator(images, features, None)
+                detections, _ = m.roi_heads(images, features, proposals, None)
+                for (i, _), sem, det in zip(items, sem_segs, detections):
+                    h, w = inputs[i].image.shape[:2]
+                    sem = sem_seg_postprocess(sem.float(), shape, h, w)
+                    det = detector_postprocess(det, h, w)
+                    seg, info = combine_semantic_and_instance_outputs(
+                        det, sem.argmax(dim=0), m.combine_overlap_thresh, m.combine_stuff_area_thresh,
+                        m.combine_instances_score_thresh)
+                    outs[i] = {"classes": contiguous_from_detectron2(seg, info)}
         return outs
 
 

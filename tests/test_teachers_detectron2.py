@@ -35,8 +35,8 @@ def test_model_zoo_pkl_gives_the_same_predictions_as_pth(tiny, tmp_path) -> None
     zoo = {"model": {k: v.numpy() for k, v in state.items()}, "__author__": "Detectron2 Model Zoo"}
     pkl = _pkl_folder(tiny, tmp_path / "pkl", zoo)
     image = [TeacherInput(data.chelsea()[::2, ::2].copy())]
-    a = create_teacher(NAME, checkpoint=tiny, input_size=96)(image)[0]["classes"]
-    b = create_teacher(NAME, checkpoint=pkl, input_size=96)(image)[0]["classes"]
+    a = create_teacher(NAME, checkpoint=tiny, min_size=64, max_size=96)(image)[0]["classes"]
+    b = create_teacher(NAME, checkpoint=pkl, min_size=64, max_size=96)(image)[0]["classes"]
     np.testing.assert_array_equal(a, b)
     assert len(np.unique(a)) > 1
 
@@ -73,15 +73,15 @@ def test_folder_without_config_is_one_clear_error(tmp_path) -> None:
 
 
 def test_config_overrides_change_the_fingerprint(tiny) -> None:
-    base = create_teacher(NAME, checkpoint=tiny, input_size=96)
-    other = create_teacher(NAME, checkpoint=tiny, input_size=96,
+    base = create_teacher(NAME, checkpoint=tiny, min_size=64, max_size=96)
+    other = create_teacher(NAME, checkpoint=tiny, min_size=64, max_size=96,
                            opts=("MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", "0.3"))
     assert base.fingerprint() != other.fingerprint()
 
 
 def test_the_device_is_not_part_of_the_fingerprint(tiny) -> None:
-    assert (create_teacher(NAME, checkpoint=tiny, input_size=96, device="cpu").fingerprint()
-            == create_teacher(NAME, checkpoint=tiny, input_size=96, device="cpu:0").fingerprint())
+    assert (create_teacher(NAME, checkpoint=tiny, min_size=64, max_size=96, device="cpu").fingerprint()
+            == create_teacher(NAME, checkpoint=tiny, min_size=64, max_size=96, device="cpu:0").fingerprint())
 
 
 @pytest.mark.parametrize("protocol", [2, 5])
@@ -93,3 +93,24 @@ def test_numpy_pickles_of_every_protocol_load(tiny, tmp_path, protocol) -> None:
     path.write_bytes(pickle.dumps({"blobs": blobs}, protocol=protocol))
     loaded = read_weights(str(path))["model"]
     np.testing.assert_array_equal(loaded["conv.weight"], blobs["conv.weight"])
+
+
+def test_predictions_are_detectron2s_own_inference(tiny) -> None:
+    """The teacher runs the model's forward step by step (for half precision); on float32 its output equals the
+    model's own forward on DefaultPredictor's input (ResizeShortestEdge of the config's test sizes, BGR)."""
+    from detectron2.data import transforms as T
+
+    from teachers.panoptic_ids import contiguous_from_detectron2
+
+    teacher = create_teacher(NAME, checkpoint=tiny)  # the tiny config's test sizes: 128 / 192
+    assert (teacher.min_size, teacher.max_size) == (128, 192)
+    photos = [data.chelsea(), data.astronaut()[::3, ::2].copy(), data.coffee()]  # landscape, portrait, landscape
+    ours = teacher([TeacherInput(p) for p in photos])
+    for photo, got in zip(photos, ours):
+        bgr = np.ascontiguousarray(photo[:, :, ::-1])
+        resized = T.ResizeShortestEdge([128, 128], 192).get_transform(bgr).apply_image(bgr)
+        with torch.inference_mode():
+            seg, info = teacher.model([{"image": torch.as_tensor(resized.transpose(2, 0, 1).astype("float32")),
+                                        "height": photo.shape[0], "width": photo.shape[1]}])[0]["panoptic_seg"]
+        np.testing.assert_array_equal(got["classes"], contiguous_from_detectron2(seg, info))
+        assert got["classes"].shape == photo.shape[:2]

@@ -19,7 +19,7 @@ from teachers.tiny import save_tiny_checkpoint
 
 HF = {"depth-anything-v2": {"input_size": 70}, "mask2former": {"input_size": 64}, "vit-gpt2": {"max_length": 6}}
 SMALL = {**HF, "dptext-detr": {"min_size": 64, "max_size": 96}, "visiongpt2": {"max_tokens": 4},
-         "rapidocr": {"input_size": 64}, "detectron2-panoptic-fpn": {"input_size": 64}}
+         "rapidocr": {"input_size": 64}, "detectron2-panoptic-fpn": {"min_size": 48, "max_size": 64}}
 
 
 @pytest.fixture(scope="module")

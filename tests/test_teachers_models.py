@@ -16,7 +16,7 @@ from teachers.tiny import save_tiny_checkpoint
 #: The model teachers of this package with the small input sizes used here (the defaults are full size).
 CASES: dict[str, dict] = {
     "depth-anything-v2": {"input_size": 126},
-    "detectron2-panoptic-fpn": {"input_size": 96},
+    "detectron2-panoptic-fpn": {"min_size": 64, "max_size": 96},
     # threshold 0 keeps every query, so random weights still exercise the panoptic merge
     "mask2former": {"input_size": 128, "score_threshold": 0.0},
     "vit-gpt2": {"num_beams": 2, "max_length": 8},
