@@ -2,18 +2,18 @@
 
 Checkpoints load through detectron2's ``DetectionCheckpointer`` (name matching, legacy conversions,
 incompatible-key report) but are READ safely: ``.pth`` files with ``strict_load.safe_torch_load``,
-legacy model-zoo ``.pkl`` pickles with an unpickler that admits only numpy arrays and plain containers.
+legacy model-zoo ``.pkl`` pickles with ``numpy_pickle.load_numpy_pickle`` (plain numeric arrays and containers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from typing import Any, Sequence
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, expand_home, sha256_of_path
 from teachers.loading import integer, load_or_fail, require
+from teachers.numpy_pickle import load_numpy_pickle
 from teachers.panoptic_ids import PANOPTIC_OUTPUTS, contiguous_from_detectron2
 from teachers.preprocess import check_image
 
@@ -25,26 +25,11 @@ FOLDER_CONFIG = "config.yaml"
 FOLDER_WEIGHTS = ("model_final.pth", "model_final.pkl")
 
 
-class _NumpyUnpickler(pickle.Unpickler):
-    """Unpickler for legacy model-zoo ``.pkl`` weights: numpy arrays and plain containers only."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
-               ("_codecs", "encode"),  # bytes in Python 3 pickles of protocol 0 to 2 (text -> bytes only)
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only numpy arrays are allowed)")
-        return super().find_class(module, name)
-
-
 def read_weights(path: str) -> dict[str, Any]:
     """Read a detectron2 checkpoint file safely into the dict ``DetectionCheckpointer._load_model`` takes."""
     if path.endswith(".pkl"):
         with open(path, "rb") as f:
-            data = _NumpyUnpickler(f, encoding="latin1").load()
+            data = load_numpy_pickle(f)
         if "model" in data and "__author__" in data:  # detectron2 model-zoo format
             return data
         data = data.get("blobs", data)  # Caffe2 / Detectron1 format

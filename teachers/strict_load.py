@@ -12,27 +12,14 @@ from teachers.base import TeacherError
 from teachers.loading import first_line
 
 
-def _plain_data_globals() -> list[Any]:
-    """What a training script commonly saves next to the weights and safe loading may build: numpy arrays,
-    scalars and dtypes (under the module names of numpy 1 and 2) and ``argparse.Namespace`` (plain attributes).
-    None of them runs code when unpickled."""
+def safe_torch_load(path: str) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU that also admits an ``argparse.Namespace`` (the arguments a
+    training script often saves beside its weights: built from plain attributes, it runs nothing). numpy data stays
+    refused: its dtype state is not validated by numpy, so admitting it would let a file make numpy read raw bytes
+    as object pointers."""
     import argparse
 
-    import numpy as np
-
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    allowed: list[Any] = [np.ndarray, np.dtype, argparse.Namespace]
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
-    allowed += [type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
-                                            np.uint32, np.uint64, np.float16, np.float32, np.float64)]
-    return allowed
-
-
-def safe_torch_load(path: str) -> Any:
-    """``torch.load(weights_only=True)`` on the CPU that also admits numpy data and ``argparse.Namespace`` (see
-    ``_plain_data_globals``); anything else that is not a tensor or a plain container is still refused."""
-    with torch.serialization.safe_globals(_plain_data_globals()):
+    with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -202,8 +202,9 @@ def test_shards_verify_unknown_column_is_a_usage_error(store: Path, capsys: pyte
 def test_shards_show_write_fault_is_one_line(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "afile").write_text("x")
     assert shards_main(["--shards", str(store), "--split", SPLIT, "show", "--out",
-                        str(tmp_path / "afile" / "sheet.png")]) == 1
-    assert _one_line(capsys).startswith("shards: error:")
+                        str(tmp_path / "afile" / "sheet.png")]) == 2  # an --out that cannot be one: usage
+    assert _one_line(capsys) == (f"shards: error: cannot write --out {tmp_path / 'afile' / 'sheet.png'}: "
+                                 f"{tmp_path / 'afile'} is a file, not a folder")
 
 
 def test_shards_show_takes_a_file_name_and_writes_jpeg(store: Path, tmp_path: Path) -> None:

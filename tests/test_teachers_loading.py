@@ -212,20 +212,21 @@ def test_a_pickle_that_would_run_code_is_said_to_hold_code(func, ckpt, tmp_path)
     assert not marker.exists()
 
 
-def test_numpy_data_and_a_namespace_beside_the_weights_load(ckpt, tmp_path) -> None:
-    # training scripts save the iteration as a numpy scalar, arrays, their argparse arguments: plain data
+def test_a_namespace_beside_the_weights_loads_and_numpy_data_is_refused(ckpt, tmp_path) -> None:
+    # training scripts save their argparse arguments beside the weights: plain attributes, built safely; numpy
+    # data is refused (numpy does not validate a dtype's pickled state: a crafted one reads bytes as pointers)
     import argparse
 
-    extras = {"iteration": np.int64(90000), "lr": np.float32(1e-4), "anchors": np.zeros((2, 2)),
-              "args": argparse.Namespace(config="R_50_poly.yaml")}
-    dptext = tmp_path / "dptext.pth"
-    torch.save({**torch.load(ckpt["dptext-detr"], weights_only=True), **extras}, dptext)
-    assert create_teacher("dptext-detr", checkpoint=str(dptext)).fingerprint()
-    if "detectron2-panoptic-fpn" in ckpt:  # detectron2's checkpointer saves {"model": ..., "iteration": ...}
-        folder = _copy(ckpt["detectron2-panoptic-fpn"], tmp_path / "d2")
-        weights = os.path.join(folder, "model_final.pth")
-        torch.save({**torch.load(weights, weights_only=True), **extras}, weights)
-        assert create_teacher("detectron2-panoptic-fpn", checkpoint=folder).fingerprint()
+    state = torch.load(ckpt["dptext-detr"], weights_only=True)
+    with_args = tmp_path / "args.pth"
+    torch.save({**state, "args": argparse.Namespace(config="R_50_poly.yaml")}, with_args)
+    assert create_teacher("dptext-detr", checkpoint=str(with_args)).fingerprint()
+    with_numpy = tmp_path / "numpy.pth"
+    torch.save({**state, "iteration": np.int64(90000)}, with_numpy)
+    with pytest.raises(TeacherError) as err:
+        create_teacher("dptext-detr", checkpoint=str(with_numpy))
+    assert "holds pickled Python objects beyond weights and plain data" in _one_line(err, "dptext-detr")
+    assert "numpy" in str(err.value)
 
 
 @pytest.mark.parametrize("text", [
