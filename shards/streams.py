@@ -82,6 +82,8 @@ class _PipeStream(io.RawIOBase):
         return True
 
     def read(self, n: int = -1) -> bytes:
+        if n == 0:  # a zero-length tar member: not the end of the output
+            return b""
         data = self._proc.stdout.read() if n is None or n < 0 else self._proc.stdout.read(n)
         if not data and not self._eof:  # the end: a failed command (curl -f on an HTTP error) is said here, where
             self._eof = True  # the reader turns it into a fault of the shard, rather than when the stream closes

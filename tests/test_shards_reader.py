@@ -254,3 +254,19 @@ def test_a_pipe_command_that_fails_is_a_fault_of_its_shard(tmp_path: Path, store
     piped = StoreReader(f"pipe:cat {tmp_path / 's'}/{{}} 2>/dev/null", SPLIT, ["depth"])
     with pytest.raises(StoreError, match=r"^shard train2017-000003 column 'depth': pipe:cat .* exited with status 1"):
         list(piped)
+
+
+def test_a_pipe_stream_reads_past_an_empty_member(tmp_path: Path) -> None:
+    import os
+    import tarfile
+
+    from shards.streams import iter_tar, open_stream
+
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as t:  # an empty member, then more than a pipe holds
+        for name, data in (("k1.empty", b""), ("k1.big", os.urandom(1 << 20))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    with open_stream(f"pipe:cat {path}") as f:  # reading 0 bytes was taken for the end: a wait on a full pipe
+        assert [(name, len(data)) for name, data in iter_tar(f)] == [("k1.empty", 0), ("k1.big", 1 << 20)]
