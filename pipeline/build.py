@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 from shards.atomic import atomic_write_bytes, atomic_write_json, locked
 from shards.layout import column_dir, manifest_path
-from shards.manifest import Manifest, ShardEntry, StoreError, activate_column, load_manifest, save_manifest
+from shards.manifest import (Manifest, ShardEntry, StoreError, StoreFault, activate_column, load_manifest,
+                             save_manifest)
 from shards.schema import BUILD_REPORT_NAME, REJECTED_NAME, VOCAB_NAME
 from shards.writer import ColumnWriter
 
@@ -375,10 +376,10 @@ class _Run:
         p, cfg = self.plan, self.cfg
         records = ColumnWriter(p.split_path, "base", p.fps["base"]).records()
         unseen = [sh for sh in p.shards if sh not in records]
-        if unseen:  # finished by the workers, yet not here: they wrote to a store this machine does not see
-            raise BuildError(f"base shards {', '.join(unseen[:3])}{' ...' if len(unseen) > 3 else ''} were finished "
-                             f"but are not recorded in {p.split_path}/base here: the store must be on storage that "
-                             "every node of the cluster shares, at the same path")
+        if unseen:  # finished, yet not recorded here: a store the workers wrote elsewhere, or a damaged record
+            raise StoreFault(f"base shards {', '.join(unseen[:3])}{' ...' if len(unseen) > 3 else ''} are done but "
+                             f"not recorded in the base column.json under {p.split_path}: a store the cluster's "
+                             "workers do not share with this machine, or a damaged record (run `shards verify`)")
         shards = [ShardEntry(sh, records[sh].count) for sh in p.shards]
         rejected = sorted((line for sh in p.shards for line in read_rejected(p.split_path, p.fps["base"], sh)),
                           key=lambda r: r["id"])

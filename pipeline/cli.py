@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from pipeline.build import BuildConfig
 from pipeline.plan import BuildError
 from pipeline.stages import STAGES, TEACHER_STAGES
+from shards.errors import StoreFault
 
 DEFAULTS = BuildConfig()
 
@@ -427,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BuildError as e:
         print(f"pipeline: error: {e}", file=sys.stderr)
         return 2
+    except StoreFault as e:  # a store found damaged mid-build (a record that does not hold what was written)
+        print(f"pipeline: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated) or signal.SIGTERM in _signals
         print(f"pipeline: {'terminated' if terminated else 'interrupted'}; finished units are kept: run the same "
@@ -440,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipeline: error:{where} {e.strerror or e}", file=sys.stderr)
         return 1
     finally:
-        if main_thread:
+        if main_thread and previous is not None:  # None: a handler not set from Python, which cannot be put back
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -72,15 +72,23 @@ def whole_gpus(node_gpus: Sequence[float]) -> int:
 def check_cpu_share(actors: int, node_cpus: Sequence[float], cpus: float) -> None:
     """Raise ClusterResourceError unless ``actors`` teacher actors of ``cpus`` CPUs each fit the nodes and leave
     at least one CPU for the CPU tasks (else Ray waits forever: for the actors, or for a CPU to decode on)."""
+    cluster = f"{'+'.join(f'{c:g}' for c in node_cpus) or '0'} CPUs on {len(node_cpus)} node(s)"
+    if sum(node_cpus) < 1:
+        raise ClusterResourceError(f"the Ray cluster has no CPU for decoding ({cluster}); give its nodes CPUs")
     if cpus <= 0 or actors == 0:
         return
-    fits = sum(math.floor(c / cpus + 1e-9) for c in node_cpus)
-    left = sum(node_cpus) - actors * cpus
-    if fits < actors or left < 1:
-        cluster = f"{'+'.join(f'{c:g}' for c in node_cpus) or '0'} CPUs on {len(node_cpus)} node(s)"
+    free = sorted(node_cpus, reverse=True)  # place the actors as Ray may: each on a node with room, largest first
+    placed = 0
+    for _ in range(actors):
+        i = next((i for i, c in enumerate(free) if c + 1e-9 >= cpus), None)
+        if i is None:
+            break
+        free[i] -= cpus
+        placed += 1
+    if placed < actors or max(free) < 1:  # every actor placed, and one whole CPU left on some node for a task
         raise ClusterResourceError(
             f"{actors} teacher actor(s) x {cpus:g} CPU (--cpus-per-teacher) do not fit the Ray cluster's {cluster} "
-            f"with a CPU left for decoding: {min(fits, actors)} fit; lower --cpus-per-teacher (0 reserves none)")
+            f"with a CPU left for decoding: {placed} fit; lower --cpus-per-teacher (0 reserves none)")
 
 
 def gpus_per_actor(actors: int, node_gpus: Sequence[float], requested: float | None) -> float:
@@ -369,7 +377,8 @@ class RayExecutor(Executor):
             ray.init(**kwargs)
             if callable(handler) and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, handler)
-        except ConnectionError as e:  # an OSError: it would pass for a disk error
+        except (ConnectionError, ray.exceptions.AuthenticationError) as e:  # ConnectionError is an OSError: it
+            # would pass for a disk error; AuthenticationError: token mode without the head's token
             hint = ""
             if os.path.isfile(os.path.expanduser("~/.ray/auth_token")) and not os.environ.get("RAY_AUTH_MODE"):
                 hint = ("; a head started with `ray start` on a machine holding ~/.ray/auth_token uses token "
@@ -388,10 +397,13 @@ class RayExecutor(Executor):
         refs = [remote.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
                     n["NodeID"], soft=False)).remote(*args, i)
                 for i, n in enumerate(n for n in ray.nodes() if n.get("Alive"))]
+        ready, late = ray.wait(refs, num_returns=len(refs), timeout=180)  # all nodes at once, not one by one
+        for ref in late:
+            ray.cancel(ref, force=True)
         out: list[Any] = []
         for ref in refs:
             try:
-                out.append(ray.get(ref, timeout=180))
+                out.append(ray.get(ref) if ref in ready else TimeoutError("no answer in 180 s"))
             except Exception as e:  # noqa: BLE001 - a node that cannot run a task is reported, not raised
                 out.append(e)
         return out

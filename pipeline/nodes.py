@@ -28,9 +28,18 @@ def code_digest() -> str:
     h = hashlib.sha256()
     for name in PACKAGES:
         root = Path(importlib.import_module(name).__file__).parent  # type: ignore[arg-type]
-        for path in sorted(root.rglob("*.py")):
+        for path in _package_sources(root):
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
+
+
+def _package_sources(folder: Path) -> list[Path]:
+    """The ``.py`` files of a package and of its subpackages (folders holding ``__init__.py``), sorted; other
+    folders are not entered (a store written under ``shards/`` by the default ``--out`` holds thousands)."""
+    files = sorted(folder.glob("*.py"))
+    for sub in sorted(d for d in folder.iterdir() if d.is_dir() and (d / "__init__.py").is_file()):
+        files += _package_sources(sub)
+    return files
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ def probe(check: NodeCheck, index: int) -> tuple[str, list[str]]:
     split folder for the driver to find."""
     host = socket.gethostname()
     problems = []
-    if not os.path.isfile(check.image):
+    if check.image and not os.path.isfile(check.image):
         problems.append(f"no image {check.image}")
     try:
         os.makedirs(check.store_split, exist_ok=True)
@@ -71,7 +80,9 @@ def check_nodes(executor: Any, image: str, store_split: Path, files: list[str]) 
     made = [d for d in (store_split, *store_split.parents) if not d.exists()]  # the probes create them
     try:
         return _collect(executor.on_every_node(probe, check), check, store_split)
-    finally:  # a check leaves no folder behind: a build refused here has written nothing
+    finally:  # the check leaves nothing behind here, even when stopped: a build refused now has written nothing
+        for sentinel in store_split.glob(f".node-check-{check.token}-*"):
+            sentinel.unlink(missing_ok=True)
         for d in made:
             try:
                 d.rmdir()
@@ -85,8 +96,9 @@ def _collect(answers: list[Any] | None, check: NodeCheck, store_split: Path) -> 
     problems = []
     for index, answer in enumerate(answers):
         if isinstance(answer, BaseException):
-            first = (str(answer).strip().splitlines() or [type(answer).__name__])[0]
-            problems.append(f"node {index}: did not answer ({first[:200]})")
+            cause = getattr(answer, "cause", None) or answer  # a task's own exception, not Ray's wrapper text
+            first = (str(cause).strip().splitlines() or [""])[0]
+            problems.append(f"node {index}: did not answer ({type(cause).__name__}: {first[:200]})")
             continue
         host, lacks = answer
         sentinel = store_split / f".node-check-{check.token}-{index}"
@@ -94,8 +106,6 @@ def _collect(answers: list[Any] | None, check: NodeCheck, store_split: Path) -> 
             lacks.append(f"writes to a store folder {store_split} that the driver does not see")
         if lacks:
             problems.append(f"node {host}: " + "; ".join(lacks))
-    for sentinel in store_split.glob(f".node-check-{check.token}-*"):
-        sentinel.unlink(missing_ok=True)
     if not problems:
         return None
     paths = any(" no " in p or "store folder" in p for p in problems)

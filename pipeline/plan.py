@@ -288,8 +288,9 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         reads = [str(f.kwargs["checkpoint"]) for f in factories.values()
                  if isinstance(f.kwargs.get("checkpoint"), str) and os.path.exists(f.kwargs["checkpoint"])]
         reads += [config.glove] if "tokens" in needed and os.path.isfile(config.glove) else []
+        image = next((r.path for r in records if os.path.isfile(r.path)), "")  # one the driver sees ("": none)
         try:
-            problem = check_nodes(executor, records[0].path, split_path, reads)
+            problem = check_nodes(executor, image, split_path, reads)
         except ClusterConnectionError as e:
             raise BuildError(str(e)) from None
         if problem:

@@ -32,6 +32,8 @@ def _local_root(args: argparse.Namespace, command: str) -> None:
     """UsageError unless ``--shards`` is a local folder: ``command`` reads (or changes) the store in place."""
     from shards.streams import is_url
 
+    if str(args.shards).startswith("file://"):  # a local folder written as a URL
+        args.shards = str(args.shards)[len("file://"):]
     if is_url(args.shards):
         raise UsageError(f"`{PROG} {command}` needs a local store root, not {args.shards}: it reads the store's "
                          f"folders in place; run it where the store lies (`{PROG} show` and `{PROG} export` read a "

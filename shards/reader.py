@@ -75,7 +75,8 @@ class StoreReader:
         decode: decode members with ``shards.codecs``; ``False`` yields raw bytes.
         check: check every tar read to its end against its ``column.json`` record (size and sha256, hashed while
             it streams): a store changed after it was written (a flipped bit that still decodes, a replaced
-            file) ends the iteration with a StoreFault once that shard is read, instead of training on it.
+            file) ends the iteration with a StoreFault once that shard has been read (its samples are yielded
+            by then: a training run stops after at most one such shard per worker, instead of going on).
 
     Each sample is ``{"__key__": key, "__shard__": shard, ext: value, ...}`` with every member of the
     chosen columns. Without resampling, every sample of the split is seen exactly once per epoch over all
@@ -174,7 +175,8 @@ class StoreReader:
 
     def _join_shard(self, shard: str, opener: Callable[[str], BinaryIO] | None = None) -> Iterator[Raw]:
         """Read every chosen column of one shard in lockstep; keys must match sample by sample. With ``check`` and
-        no ``opener`` of the caller's, each column's tar is hashed as it streams and checked at the shard's end."""
+        no ``opener`` of the caller's (export passes its own and checks the tars itself), each column's tar is
+        hashed as it streams and checked at the shard's end."""
         hashed: dict[str, HashingReader] = {}
         if opener is None and self.records is not None:
             for c in self.columns:
@@ -191,9 +193,11 @@ class StoreReader:
                     f = stack.enter_context(opener(location))
                 except OSError as e:
                     raise StoreFault(f"shard {shard} column {c!r}: cannot open {location} ({e})") from None
-                if isinstance(f, HashingReader) and self.records is not None:
+                if opener is HashingReader:
                     hashed[c] = f
                 columns.append((c, iter_samples(f), self._exts[c]))
+            if hashed:  # on a fault the digest is not checked: close without reading the rest (a remote shard)
+                stack.callback(lambda: [stream.close(drain=False) for stream in hashed.values()])
             n = 0
             while True:
                 key, merged = self._next(shard, columns[0], n)

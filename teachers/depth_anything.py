@@ -100,8 +100,9 @@ class DepthAnythingTeacher(Teacher):
         with torch.inference_mode():
             for shape, idx in groups.items():
                 rows = []
-                for i in idx:  # a read-only array (Ray's object store) is copied: torch wants writable memory
-                    x = torch.from_numpy(np.array(inputs[i].image, copy=not inputs[i].image.flags.writeable))
+                for i in idx:  # read-only (Ray's object store) or strided arrays are copied: torch wants neither
+                    image = inputs[i].image
+                    x = torch.from_numpy(np.ascontiguousarray(image) if image.flags.writeable else np.array(image))
                     x = x.to(self.device).permute(2, 0, 1)[None].float() / 255
                     rows.append(F.interpolate(x, size=shape, mode="bicubic", align_corners=False))
                 pixels = ((torch.cat(rows) - mean) / std).to(torch_dtype(self.dtype))

@@ -68,9 +68,13 @@ class RapidOCRTeacher(Teacher):
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
         if not os.path.isfile(self.checkpoint):
             if not checkpoint:  # rapidocr before 3.9 ships PP-OCRv4 models under other names
-                from importlib.metadata import version
+                from importlib.metadata import PackageNotFoundError, version
 
-                raise TeacherError(f"teacher {self.name!r}: rapidocr {version('rapidocr')} ships no "
+                try:
+                    installed = version("rapidocr")
+                except PackageNotFoundError:  # importable without its package metadata (a source copy)
+                    installed = "as installed"
+                raise TeacherError(f"teacher {self.name!r}: rapidocr {installed} ships no "
                                    f"{os.path.basename(PACKAGED_MODEL)}; install rapidocr>=3.9 "
                                    "(pip install 'ymap-distill[ocr]'), or pass a detection .onnx as checkpoint")
             raise TeacherError(f"teacher {self.name!r}: checkpoint {self.checkpoint!r} is not a file")

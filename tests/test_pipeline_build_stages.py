@@ -111,6 +111,10 @@ def test_cpu_reservations_must_fit_and_leave_a_cpu_for_decoding() -> None:
         check_cpu_share(1, [2.0], 4.0)  # Ray would wait forever to place it
     with pytest.raises(ClusterResourceError, match=r"2 fit; lower --cpus-per-teacher"):
         check_cpu_share(2, [2.0], 1.0)  # placed, but no CPU left to decode an image
+    with pytest.raises(ClusterResourceError, match=r"2 fit; lower --cpus-per-teacher"):
+        check_cpu_share(2, [2.0, 2.0], 1.5)  # 1 CPU left in all, but half of one on each node: no task fits
+    with pytest.raises(ClusterResourceError, match=r"the Ray cluster has no CPU for decoding \(0\+0 CPUs"):
+        check_cpu_share(1, [0.0, 0.0], 0.0)
 
 
 def test_actor_pools_put_gpu_teachers_apart_and_the_others_together() -> None:

@@ -39,7 +39,7 @@ def test_a_node_that_sees_other_paths_is_named_with_what_it_lacks(tmp_path: Path
     assert (f"node {host}: no image /nowhere/1.jpg; no /nowhere/w.pth; its Python imports other code of this "
             "project than the driver") in problem
     assert f"writes to a store folder {split} that the driver does not see" in problem
-    assert "node 2: did not answer (node lost)" in problem
+    assert "node 2: did not answer (RuntimeError: node lost)" in problem
     assert problem.count(" | ") == 1  # two nodes lack something; the first node is fine
     assert not list(split.glob(".node-check-*"))  # the driver removes the sentinels it found
 
