@@ -308,7 +308,7 @@ def memory_run(args: argparse.Namespace, base: Any, work: Path) -> None:
         rows.append((label, secs, peaks))
         result.update({f"{key}_seconds": round(secs, 2), f"{key}_samples": len(samples),
                        f"{key}_peak_mb_by_quarter": [round(p) for p in peaks],
-                       f"{key}_last_over_second_quarter": round(peaks[3] / peaks[1], 3)})
+                       f"{key}_last_over_second_quarter": round(peaks[3] / peaks[1], 3) if peaks[1] else None})
     result["target_last_over_second_quarter"] = 1.1
     print(f"{'build':<16}{'seconds':>9}{'images/s':>10}   {'peak memory (PSS, MB) per quarter of the build':<48}")
     for label, secs, peaks in rows:
