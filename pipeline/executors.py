@@ -525,8 +525,9 @@ class RayExecutor(Executor):
     def close(self) -> None:
         import ray
 
-        for actor in self.load:
-            ray.kill(actor)
+        if not self._started_here:  # a cluster started here goes down whole below: killing its actors one by one
+            for actor in self.load:  # first made Ray report each of their calls in flight as failed and retried
+                ray.kill(actor)
         self.pools.clear()
         self.load.clear()
         self._placement.clear()
