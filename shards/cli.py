@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from shards.codecs import CodecError
-from shards.layout import column_dir, column_record_path, split_dir
+from shards.layout import split_dir
 from shards.manifest import StoreError, StoreFault, load_manifest, read_json
 from shards.schema import VOCAB_NAME
-from shards.writer import read_column_record
 
 PROG = "shards"
 
@@ -42,6 +41,7 @@ def _local_root(args: argparse.Namespace, command: str) -> None:
 
 def _info(args: argparse.Namespace) -> int:
     from shards.gc import is_version_dir
+    from shards.reader import active_column_records
 
     _local_root(args, "info")
     path = split_dir(args.shards, args.split)
@@ -53,10 +53,7 @@ def _info(args: argparse.Namespace) -> int:
     words = len(doc.get("words", []))
     rows = []
     for column, fp in m.columns.items():
-        try:
-            records = read_column_record(column_record_path(column_dir(path, column, fp)))
-        except StoreError as e:  # the active version's record missing: a damaged store, as verify reports it
-            raise StoreFault(f"column {column!r}: {e}; run `shards verify`") from None
+        records = active_column_records(args.shards, args.split, column, fp)  # a damaged record is a StoreFault
         done = [records[s] for s in m.shard_names if s in records]
         nbytes = sum(r.bytes for r in done)
         others = sorted(p.name[:12] for p in (path / column).iterdir() if p.name != fp and is_version_dir(p))

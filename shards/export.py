@@ -148,8 +148,8 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
     if other is not None and other != split:
         raise ExportTargetError(f"--out {out} holds the export of split {other!r}; export {split!r} to a folder of "
                                 "its own")
-    reader = StoreReader(root, split, columns, decode=False)
-    records = {c: reader.column_records(c) for c in reader.columns}
+    reader = StoreReader(root, split, columns, decode=False, check=True)
+    records = reader.records  # every column.json, read once by the reader (check=True)
     vocab = _vocabulary(reader) if "tokens" in reader.columns else None
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,20 @@ def load_manifest_at(root: str | os.PathLike, split: str) -> Manifest:
     return Manifest.from_json(doc, location)
 
 
+def active_column_records(root: str | os.PathLike, split: str, column: str, fingerprint: str
+                          ) -> dict[str, ShardRecord]:
+    """The shard records (``column.json``) of version ``fingerprint`` of ``column`` under a store root (a local
+    path, fsspec URL or ``pipe:`` command).
+
+    Raises:
+        StoreFault: the record is missing, unreadable, malformed, or of another version.
+    """
+    try:
+        return read_column_record(join(root, split, column, fingerprint, COLUMN_RECORD_NAME), fingerprint)
+    except StoreFault as e:
+        raise StoreFault(f"column {column!r}: {e}; run `shards verify`") from None
+
+
 def node_and_worker(rank: int | None = None, world_size: int | None = None) -> tuple[int, int, int, int]:
     """``(rank, world_size, worker, num_workers)`` of the calling process.
 
@@ -112,19 +126,8 @@ class StoreReader:
         self._exts = {c: frozenset(COLUMNS[c].exts) for c in self.columns}
         self._decoders: dict[str, Callable[[bytes], Any]] = {
             m.ext: DECODERS[m.codec] for c in self.columns for m in COLUMNS[c].members}
-        self.records = {c: self.column_records(c) for c in self.columns} if check else None
-
-    def column_records(self, column: str) -> dict[str, ShardRecord]:
-        """The shard records (``column.json``) of the active version of ``column``.
-
-        Raises:
-            StoreFault: the record is missing, unreadable, malformed, or of another version.
-        """
-        fp = self.manifest.columns[column]
-        try:
-            return read_column_record(join(self.root, self.split, column, fp, COLUMN_RECORD_NAME), fp)
-        except StoreFault as e:
-            raise StoreFault(f"column {column!r}: {e}; run `shards verify`") from None
+        self.records = ({c: active_column_records(root, split, c, active[c]) for c in self.columns} if check
+                        else None)
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the shard and sample shuffles (and the resampling) for ``epoch``."""

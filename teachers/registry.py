@@ -81,7 +81,7 @@ SET_BY_PIPELINE = ("device", "dtype", "batch_size")
 
 
 def teacher_params(name: str) -> list[str]:
-    """The keyword parameters of teacher ``name`` with their defaults ("input_size=686"), as ``--<task>-param``
+    """The keyword parameters of teacher ``name`` with their defaults ("input_size=518"), as ``--<task>-param``
     takes them: without those the pipeline sets (``SET_BY_PIPELINE``), without ``checkpoint`` for a teacher that
     takes none, and with the default weights for a ``checkpoint`` whose keyword default is None."""
     cls = teacher_class(name)
