@@ -197,7 +197,7 @@ def tokens_params(config: "BuildConfig", store_root: Path) -> tuple[dict[str, An
                          f"or a gensim model name")
     else:
         glove_id = f"gensim:{glove}"
-    return {"vocab_size": int(config.vocab_size), "glove": glove_id, "stopwords": "default"}, None
+    return {"vocab_size": int(config.vocab_size), "glove": glove_id, "stopwords": "paper"}, None
 
 
 def check_gensim_model(name: str) -> None:

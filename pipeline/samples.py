@@ -176,7 +176,7 @@ def build_vocabulary(caption_jsons: Iterable[Mapping[str, Any]], glove: Any,
     Args:
         caption_jsons: the split's ``caption.json`` dicts.
         glove: GloVe vectors (``load_glove``'s result or any mapping word -> (300,) vector).
-        stopwords: None (gensim's list + DESIGN extras), a stop-word file, or the words themselves.
+        stopwords: None (the default list of DESIGN 5.4), a stop-word file, or the words themselves.
         size: vocabulary size.
 
     Returns:

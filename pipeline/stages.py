@@ -46,7 +46,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("groups", "derived", ("panoptic",), "1", doc="class groups of the panoptic map"),
     Stage("text", "teacher", ("base",), "1", "text", "scene-text polygons rasterised"),
     Stage("caption", "teacher", ("base",), "1", "caption", "caption text"),
-    Stage("tokens", "derived", ("caption",), "1", doc="vocabulary ids and GloVe vectors of the caption"),
+    Stage("tokens", "derived", ("caption",), "2",  # 2: the stop list of DESIGN 5.4 (was gensim's)
+          doc="vocabulary ids and GloVe vectors of the caption"),
 )
 STAGE_BY_NAME: Mapping[str, Stage] = {s.name: s for s in STAGES}
 TEACHER_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.kind == "teacher")
