@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shards.taxonomy import CHANNELS  # noqa: E402
 from student.config import ModelConfig  # noqa: E402
 from student.model import YMapNet  # noqa: E402
-from student.postprocess import find_peaks, group_people, refine_depth  # noqa: E402
+from student.postprocess import find_peaks, group_people, refine_depth_paper  # noqa: E402
 from student.predict import Predictor  # noqa: E402
 
 PAPER_GPU_HZ = 25.4  # the paper's FP32 inference rate on a consumer GPU (network only)
@@ -50,8 +50,8 @@ def measure(model: torch.nn.Module, size: int, image: np.ndarray, frames: int, d
     other processes hits all of them alike.
     """
     x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, device=device)
-    plain = Predictor(model, size, device=device, refine=False)
-    refined = Predictor(model, size, device=device, refine=True)
+    plain = Predictor(model, size, device=device, refine="none")
+    refined = Predictor(model, size, device=device, refine="paper")
     with torch.no_grad():
         model(x)  # warm-up
     times: dict[str, list[float]] = {"model": [], "no_refine": [], "refine": [], "pose": [], "depth": []}
@@ -65,7 +65,7 @@ def measure(model: torch.nn.Module, size: int, image: np.ndarray, frames: int, d
         times["pose"].append(_timed(lambda: group_people(find_peaks(maps[CHANNELS["joints"].slice]),
                                                          maps[CHANNELS["pafs"].slice]), "cpu")[0])
         depth = (maps[CHANNELS["depth"].start] + 1) / 2
-        times["depth"].append(_timed(lambda: refine_depth(depth, maps[CHANNELS["normals"].slice]), "cpu")[0])
+        times["depth"].append(_timed(lambda: refine_depth_paper(depth, maps[CHANNELS["normals"].slice]), "cpu")[0])
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {"model_fps": 1 / med["model"], "fps_no_refine": 1 / med["no_refine"], "fps_refine": 1 / med["refine"],
             "pose_ms": med["pose"] * 1e3, "refine_ms": med["depth"] * 1e3}

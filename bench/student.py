@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shards.reader import StoreReader  # noqa: E402
 from shards.synthetic import write_synthetic_store  # noqa: E402
 from student.config import ModelConfig, TrainConfig  # noqa: E402
+from student.recipe import Recipe  # noqa: E402
 from student.data import REQUIRED_COLUMNS, make_loader, open_split  # noqa: E402
 from student.targets import allocate_batch  # noqa: E402
 from student.model import YMapNet  # noqa: E402
@@ -129,9 +130,9 @@ def trainer_rate(root: Path, out: Path, steps: int, batch: int, workers: int, de
                  amp: str) -> float:
     """Samples/s of ``student train`` (paper network, augmentation, loader workers) over ``steps`` steps, as the
     trainer itself measures them (each epoch's first step, which waits for the workers, is left out)."""
-    cfg = TrainConfig(shards=str(root), out=str(out), model="paper", epochs=1, steps_per_epoch=steps,
-                      val_steps=1, batch_size=batch, workers=workers, amp=amp, device=str(device),
-                      tensorboard=False, progress=False)
+    recipe = Recipe.from_dict({"epochs": 1, "batch_size": batch})
+    cfg = TrainConfig(shards=str(root), out=str(out), model="paper", recipe=recipe, steps_per_epoch=steps,
+                      val_steps=1, workers=workers, amp=amp, device=str(device), tensorboard=False, progress=False)
     return train(cfg)["samples_per_s"]
 
 

@@ -1,12 +1,14 @@
-"""Frozen configurations of the student: the network sizes (``ModelConfig``) and one training run (``TrainConfig``)."""
+"""Frozen configurations of the student: the network sizes (``ModelConfig``) and one training run (``TrainConfig``,
+whose ``recipe`` says how it learns)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from shards.taxonomy import GLOVE_DIM, NUM_CHANNELS, NUM_TOKENS, VOCAB_SIZE
+from shards.taxonomy import GLOVE_DIM, NUM_CHANNELS, NUM_TOKENS
+from student.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -17,9 +19,10 @@ class ModelConfig:
     (``(image_size / 2**levels)**2 * bridge_filters`` features) to feed the caption branch.
     """
 
+    arch: int = 2  # layer layout of the network; 1 = before the paper-recipe layout (its checkpoints do not load)
     image_size: int = 256
     encoder_filters: tuple[int, ...] = (44, 60, 90, 135, 202, 303, 455)
-    encoder_dropout: float = 0.1  # spatial dropout after each encoder block
+    encoder_dropout: float = 0.2  # spatial dropout on each encoder block's body, before the residual add
     bridge_filters: int = 307
     bridge_dilations: tuple[int, ...] = (1, 2, 4)
     decoder_filters: tuple[int, ...] = (2560, 1280, 640, 320, 160, 80, 44)
@@ -29,13 +32,19 @@ class ModelConfig:
     token_dim: int = GLOVE_DIM
     token_width: int = 1228  # paper: equal to the flattened bridge (2 * 2 * 307)
     token_layers: int = 7
-    token_dropout: float = 0.2  # on the first token, decreasing linearly over the chain
-    token_residual: float = 0.3  # share of each token's output added to the next
-    multihot_vocab: int = VOCAB_SIZE  # 0 disables the multi-hot head
+    token_dropout: float = 0.2  # after each layer of token i: token_dropout / (i + 1)
+    token_residual: float = 0.3  # share of each token's output added to the next, before its last dense layer
+    multihot_vocab: int = 0  # multi-hot head over this many words; 0 = none (the paper recipe has none)
     multihot_width: int = 2048
     leaky_slope: float = 0.2
+    bn_eps: float = 1e-3  # Keras BatchNormalization defaults (the authors' layers set none) ...
+    bn_momentum: float = 0.01  # ... Keras momentum 0.99 is PyTorch momentum 1 - 0.99
+    ln_eps: float = 1e-3  # Keras LayerNormalization default
 
     def __post_init__(self) -> None:
+        if self.arch != ModelConfig.arch:
+            raise ValueError(f"architecture {self.arch} is an older layout of the network than this version's "
+                             f"({ModelConfig.arch}); train a new model")
         if len(self.encoder_filters) != len(self.decoder_filters):
             raise ValueError("encoder_filters and decoder_filters need the same number of levels")
         if self.image_size % (2 ** len(self.encoder_filters)):
@@ -51,7 +60,7 @@ class ModelConfig:
 
     @classmethod
     def paper(cls) -> "ModelConfig":
-        """The paper configuration (about 315M parameters with the 2048-word multi-hot head)."""
+        """The paper configuration (301.3M parameters; 314.6M with a 2048-word multi-hot head)."""
         return cls()
 
     @classmethod
@@ -63,9 +72,20 @@ class ModelConfig:
         levels = max(3, int(math.log2(image_size)) - 3) if image_size > 0 else 3
         encoder = (8, 12, 16) + (16,) * (levels - 3)
         decoder = (32,) * (levels - 3) + (32, 16, 12)
-        return cls(image_size=image_size, encoder_filters=encoder, encoder_dropout=0.0, bridge_filters=16,
-                   decoder_filters=decoder, pixelwise_filters=16, token_width=64, token_layers=2,
-                   token_dropout=0.0, multihot_vocab=0, multihot_width=64)
+        return cls(image_size=image_size, encoder_filters=encoder, bridge_filters=16,
+                   decoder_filters=decoder, pixelwise_filters=16, token_width=64, token_layers=2, multihot_width=64)
+
+    @classmethod
+    def small(cls, image_size: int = 128) -> "ModelConfig":
+        """A network that learns in minutes on a CPU (``bench/learn.py``): four levels up to 128 pixels (one more
+        per doubling beyond), wider than ``tiny`` where the maps are made (about 4M parameters at 128 pixels)."""
+        levels = max(4, int(math.log2(image_size)) - 3) if image_size > 0 else 4
+        encoder = (16, 32, 64, 96) + (96,) * (levels - 4)
+        decoder = (128,) * (levels - 4) + (128, 64, 48, 32)
+        # its runs last hundreds of steps, not the paper's hundreds of thousands: BatchNorm's running statistics
+        # must follow within them (Keras's momentum keeps 37% of the initial statistics after 100 steps)
+        return cls(image_size=image_size, encoder_filters=encoder, bridge_filters=32, decoder_filters=decoder,
+                   pixelwise_filters=128, token_width=128, token_layers=2, multihot_width=256, bn_momentum=0.1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,70 +97,46 @@ class ModelConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**{"arch": 1, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}})
 
 
-@dataclass(frozen=True)
-class LossGains:
-    """Weight of each part of the loss (DESIGN 6); ``multihot`` weighs the optional head's BCE."""
-
-    tokens: float = 10.0
-    joints: float = 2.4
-    pafs: float = 1.0
-    depth: float = 1.0
-    normals: float = 1.0
-    text: float = 1.0
-    groups: float = 2.0
-    multihot: float = 1.0
+MODELS = ("paper", "small", "tiny")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run (DESIGN 6); CLI flags of ``student train`` override these defaults."""
+    """One training run: where it reads and writes, how it runs, and its ``recipe`` (what it learns).
+
+    CLI flags of ``student train`` override these defaults and the recipe's fields (``--recipe`` gives the base).
+    """
 
     shards: str = "shards"
     train_split: str = "train2017"
     val_split: str = "val2017"
     out: str = "runs/student"
-    model: str = "paper"  # paper | tiny
-    epochs: int = 250
+    model: str = "paper"  # paper | small | tiny
+    recipe: Recipe = field(default_factory=Recipe)
     steps_per_epoch: int = 0  # 0 = one pass over the train split (rounded down to whole batches)
     val_steps: int = 0  # 0 = the whole val split
-    batch_size: int = 32
-    lr: float = 2.4e-4
-    lr_final: float = 1.0e-4
-    lr_decay_epochs: int = 100  # linear decay from lr to lr_final over these epochs, then flat
-    patience: int = 65  # early stopping on the validation loss, in epochs
+    max_steps: int = 0  # end the run normally after this many steps in all (0 = no limit)
+    max_minutes: float = 0.0  # end the run normally after the step that passes this much training time (0 = none)
     workers: int = 4
     seed: int = 0
-    augment: bool = True
     amp: str = "none"  # none | bf16
     device: str = "auto"
     shuffle_buffer: int = 256
-    # target sizes (DESIGN 5.5), in pixels of a 256-pixel store; scaled to the store size
-    heatmap_radius: tuple[int, int] = (23, 8)  # start, final
-    paf_width: tuple[int, int] = (6, 2)
-    size_step_epochs: int = 20  # one pixel smaller every this many epochs
-    # loss gains (DESIGN 6), flat so that each is a flag and a key of saved configs
-    gain_tokens: float = LossGains.tokens
-    gain_joints: float = LossGains.joints
-    gain_pafs: float = LossGains.pafs
-    gain_depth: float = LossGains.depth
-    gain_normals: float = LossGains.normals
-    gain_text: float = LossGains.text
-    gain_groups: float = LossGains.groups
-    gain_multihot: float = LossGains.multihot
     tensorboard: bool = True
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def loss_gains(self) -> LossGains:
-        """The ``gain_*`` fields as the loss takes them."""
-        return LossGains(**{f.name: getattr(self, f"gain_{f.name}") for f in fields(LossGains)})
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "recipe"},
+                "recipe": self.recipe.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+        """Rebuild from ``to_dict`` output; a saved config of a version without recipes (its recipe fields
+        flat among the others) gives those fields over the paper recipe."""
+        names = {f.name for f in fields(cls)} - {"recipe"}
+        recipe_names = {f.name for f in fields(Recipe)}
+        recipe = Recipe.from_dict(d.get("recipe") or {k: v for k, v in d.items() if k in recipe_names - names})
+        return cls(recipe=recipe, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})

@@ -104,6 +104,7 @@ class StudentDataset(IterableDataset):
         self.transform = transform
         self.batch_size = batch_size
         self.skip_batches = 0
+        self.with_labels = False  # batches also carry each sample's keypoints and token ids (student eval)
         self.slots: torch.Tensor | None = None  # buffer flags of the current loader (see make_loader)
 
     @property
@@ -133,7 +134,7 @@ class StudentDataset(IterableDataset):
         ring = _SlotRing(self.slots, info.id if info is not None else 0, lambda: _allocate(self.batch_size, size,
                                                                                            vocab, shared))
         skip = self.skip_batches // workers * self.batch_size  # whole rounds of the loader's round robin
-        tensors, keys = None, []
+        tensors, keys, extras = None, [], []
         for raw in self.reader:
             if skip:
                 skip -= 1
@@ -144,11 +145,20 @@ class StudentDataset(IterableDataset):
             sample = self.transform(raw)
             self.transform.pack(sample, arrays, len(keys))
             keys.append(sample.key)
+            if self.with_labels:
+                extras.append((sample.keypoints, sample.token_ids))
             if len(keys) == self.batch_size:
-                yield {**tensors, "key": keys, "slot": slot}
-                tensors, keys = None, []
+                yield {**tensors, "key": keys, "slot": slot, **self._labels(extras)}
+                tensors, keys, extras = None, [], []
         if keys:
-            yield {**{k: v[:len(keys)] for k, v in tensors.items()}, "key": keys, "slot": slot}
+            yield {**{k: v[:len(keys)] for k, v in tensors.items()}, "key": keys, "slot": slot, **self._labels(extras)}
+
+    def _labels(self, extras: list[tuple[Any, tuple[int, ...]]]) -> dict[str, list]:
+        """The per-sample labels of ``with_labels`` batches: ``keypoints`` ((P, 17, 3) arrays in store pixels)
+        and ``token_ids`` (the caption's vocabulary ids)."""
+        if not self.with_labels:
+            return {}
+        return {"keypoints": [e[0] for e in extras], "token_ids": [list(e[1]) for e in extras]}
 
     def release(self, batch: dict[str, Any]) -> None:
         """Hand a batch's buffers back to the process that filled them, for a later batch to reuse.

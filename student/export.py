@@ -1,4 +1,5 @@
-"""`student export`: write a trained student as ONNX (dynamic batch) and check it against PyTorch with onnxruntime."""
+"""`student export`: write a trained student as ONNX (dynamic batch) and check it against PyTorch with onnxruntime;
+a model with the multi-hot head exports its label probabilities as a third output."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import numpy as np
 import torch
 
 OPSET = 17  # LayerNormalization is a native operator from opset 17 on
-OUTPUTS = ("maps", "tokens")
+OUTPUTS = ("maps", "tokens")  # + "multihot" when the model has that head
+
+
+def output_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """The ONNX outputs of a student: maps, tokens and, with the multi-hot head, multihot."""
+    return OUTPUTS + (("multihot",) if getattr(model, "multihot", None) is not None else ())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def export_onnx(model: torch.nn.Module, image_size: int, path: str | Path, opset: int = OPSET) -> Path:
-    """Export ``model`` (uint8 (B, 3, S, S) -> maps, tokens) to ONNX with a dynamic batch axis.
+    """Export ``model`` (uint8 (B, 3, S, S) -> maps, tokens[, multihot]) to ONNX with a dynamic batch axis.
 
     Args:
         model: a student ``YMapNet``; put in eval mode here.
@@ -40,12 +46,13 @@ def export_onnx(model: torch.nn.Module, image_size: int, path: str | Path, opset
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _TupleOutputs(model.eval())
+    names = output_names(model)
+    wrapped = _TupleOutputs(model.eval(), names)
     dummy = torch.zeros((1, 3, image_size, image_size), dtype=torch.uint8)
-    dynamic = {name: {0: "batch"} for name in ("images",) + OUTPUTS}
+    dynamic = {name: {0: "batch"} for name in ("images",) + names}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its own deprecation
-        torch.onnx.export(wrapped, (dummy,), str(path), input_names=["images"], output_names=list(OUTPUTS),
+        torch.onnx.export(wrapped, (dummy,), str(path), input_names=["images"], output_names=list(names),
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False)
     return path
 
@@ -64,20 +71,22 @@ def compare_onnx(model: torch.nn.Module, path: str | Path, image_size: int, batc
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(images))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"images": images})))
-    return {name: float(np.abs(got[name] - expected[name].float().numpy()).max()) for name in OUTPUTS}
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(names, {"images": images})))
+    return {name: float(np.abs(got[name] - expected[name].float().numpy()).max()) for name in names}
 
 
 class _TupleOutputs(torch.nn.Module):
-    """Wraps the model so ONNX sees the tuple (maps, tokens) and no optional heads."""
+    """Wraps the model so ONNX sees a tuple of the named outputs."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...] = OUTPUTS):
         super().__init__()
         self.model = model
+        self.names = names
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(images)
-        return tuple(out[name] for name in OUTPUTS)
+        return tuple(out[name] for name in self.names)
 
 
 def _opset_range() -> tuple[int, int]:

@@ -29,19 +29,50 @@ def hdm(pred: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Ten
 
 
 def token_cosine(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarity per caption slot over the non-empty target slots.
+    """Cosine similarity per caption slot, summed over the batch: as the paper reports it (every sample counts;
+    an empty target slot, all zeros, scores 0, as in the authors' metric) and over the non-empty target slots.
 
     Args:
         pred: (B, 8, 300) predicted tokens.
         target: (B, 8, 300) target GloVe vectors.
 
     Returns:
-        (sum of cosines per slot (8,), number of non-empty target slots per slot (8,)).
+        (sums (2, 8): paper-style sum and non-empty sum per slot, counts (2, 8): samples and non-empty slots).
     """
     pred, target = pred.float(), target.float()
     valid = (target ** 2).mean(dim=-1) > EMPTY_SLOT_MS  # (B, 8)
-    cos = torch.nn.functional.cosine_similarity(pred, target, dim=-1, eps=1e-8)  # (B, 8)
-    return (cos * valid).sum(dim=0), valid.sum(dim=0).float()
+    cos = torch.nn.functional.cosine_similarity(pred, target, dim=-1, eps=1e-8)  # (B, 8); 0 for a zero target
+    sums = torch.stack([cos.sum(dim=0), (cos * valid).sum(dim=0)])
+    counts = torch.stack([torch.full_like(sums[0], float(cos.shape[0])), valid.sum(dim=0).float()])
+    return sums, counts
+
+
+#: channel groups whose maps have a foreground (target > 0) worth an IoU: a map that stays on the background
+#: scores 0 there, whatever its HDM
+IOU_GROUPS = ("joints", "text", "groups")
+
+
+def foreground_iou(pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel, intersection and union of the foregrounds (value > 0) of predicted and target maps.
+
+    Args:
+        pred, target: (B, C, H, W) maps in [-1, 1].
+        keep: optional (B, 1 or C, H, W) 0/1 mask of the pixels that count.
+
+    Returns:
+        (intersection (C,), union (C,)) pixel counts.
+    """
+    p, t = pred > 0, target > 0
+    if keep is not None:
+        p, t = p & (keep > 0), t & (keep > 0)
+    return (p & t).sum(dim=(0, 2, 3)).float(), (p | t).sum(dim=(0, 2, 3)).float()
+
+
+def mean_iou(inter: list[float], union: list[float]) -> float:
+    """Mean IoU over the channels whose union is not empty (NaN when every one is)."""
+    ious = [i / u for i, u in zip(inter, union) if u > 0]
+    return sum(ious) / len(ious) if ious else float("nan")
 
 
 class MetricSums:
@@ -54,7 +85,8 @@ class MetricSums:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.groups = [g.name for g in CHANNEL_GROUPS]
         self.per_group = 2 + len(HDM_THRESHOLDS)  # squared error, count, hits at each threshold
-        n = len(self.groups) * self.per_group + 2 * NUM_TOKENS + 2  # + loss sum, batches
+        self.iou_channels = [CHANNELS[name].stop - CHANNELS[name].start for name in IOU_GROUPS]
+        n = len(self.groups) * self.per_group + 4 * NUM_TOKENS + 2 * sum(self.iou_channels) + 2  # + loss, batches
         self.sums = torch.zeros(n, dtype=torch.float64, device=device)
 
     def update(self, maps: torch.Tensor, targets: torch.Tensor, tokens: torch.Tensor, glove: torch.Tensor,
@@ -70,13 +102,21 @@ class MetricSums:
             half = diff.abs() * 0.5
             rows.append(torch.stack([(diff ** 2 * keep).sum(), keep.sum()]
                                     + [((half <= t).float() * keep).sum() for t in HDM_THRESHOLDS]))
-        cos_sum, cos_n = token_cosine(tokens.detach(), glove)
+        cos_sums, cos_counts = token_cosine(tokens.detach(), glove)
+        ious = []
+        for name in IOU_GROUPS:
+            s = CHANNELS[name].slice
+            keep = pose_mask[:, None] if pose_mask is not None and name in POSE_GROUPS else None
+            ious += list(foreground_iou(maps[:, s], targets[:, s], keep))
         extra = torch.stack([loss.detach().float() if loss is not None else maps.new_zeros(()),
                              maps.new_tensor(1.0 if loss is not None else 0.0)])
-        self.sums += torch.cat([torch.cat(rows), cos_sum, cos_n, extra]).to(torch.float64)
+        self.sums += torch.cat([torch.cat(rows), cos_sums.flatten(), cos_counts.flatten(), *ious,
+                                extra]).to(torch.float64)
 
     def compute(self) -> dict[str, float]:
-        """``{"<group>/mse", "<group>/hdm@T", "tokens/cos<i>", "tokens/cos", "loss"}`` as floats."""
+        """``{"<group>/mse", "<group>/hdm@T", "<group>/iou" (joints, text; groups: mean over its channels),
+        "tokens/cos<i>", "tokens/cos" (paper-style, every sample), "tokens/cos<i>_nonempty",
+        "tokens/cos_nonempty", "loss"}`` as floats."""
         s = self.sums.cpu().tolist()
         out: dict[str, float] = {}
         for i, name in enumerate(self.groups):
@@ -84,11 +124,16 @@ class MetricSums:
             out[f"{name}/mse"] = sse / max(n, 1.0)
             for t, h in zip(HDM_THRESHOLDS, hits):
                 out[f"{name}/hdm@{t}"] = h / max(n, 1.0)
-        base = len(self.groups) * self.per_group
-        cos_sum, cos_n = s[base:base + NUM_TOKENS], s[base + NUM_TOKENS:base + 2 * NUM_TOKENS]
-        for i in range(NUM_TOKENS):
-            out[f"tokens/cos{i}"] = cos_sum[i] / cos_n[i] if cos_n[i] else float("nan")
-        out["tokens/cos"] = sum(cos_sum) / sum(cos_n) if sum(cos_n) else float("nan")
+        at = len(self.groups) * self.per_group
+        cos, at = [s[at + k * NUM_TOKENS:at + (k + 1) * NUM_TOKENS] for k in range(4)], at + 4 * NUM_TOKENS
+        for suffix, total, count in (("", cos[0], cos[2]), ("_nonempty", cos[1], cos[3])):
+            for i in range(NUM_TOKENS):
+                out[f"tokens/cos{i}{suffix}"] = total[i] / count[i] if count[i] else float("nan")
+            out[f"tokens/cos{suffix}"] = sum(total) / sum(count) if sum(count) else float("nan")
+        for name, c in zip(IOU_GROUPS, self.iou_channels):
+            inter, union = s[at:at + c], s[at + c:at + 2 * c]
+            out[f"{name}/iou"] = mean_iou(inter, union)
+            at += 2 * c
         loss_sum, batches = s[-2:]
         if batches:
             out["loss"] = loss_sum / batches

@@ -104,8 +104,10 @@ def draw_people(image: np.ndarray, people: list, scale: float = 1.0) -> np.ndarr
     return out
 
 
-def words_tile(words: list | None, tile: int, title: str = "caption tokens") -> np.ndarray:
-    """A tile listing the decoded word of each token slot with its confidence, and the group colours."""
+def words_tile(words: list | None, tile: int, title: str = "caption tokens",
+               labels: list[tuple[str, float]] | None = None) -> np.ndarray:
+    """A tile listing the decoded word of each token slot with its confidence, the multi-hot head's labels
+    above 0.25 (the paper's "Response Text", when the model has the head) and the group colours."""
     cv2 = _cv2()
     out = np.full((tile, tile, 3), 24, np.uint8)
     font = max(0.3, tile / 600)
@@ -118,8 +120,13 @@ def words_tile(words: list | None, tile: int, title: str = "caption tokens") -> 
     if words is None:
         put("(no vocabulary)", 8, 2 * line, (160, 160, 160))
     else:
+        width = 10 if labels is not None else 24  # the right half holds the labels then
         for i, word in enumerate(words):
-            put(f"{i + 1}: -" if word is None else f"{i + 1}: {word[0]}  {word[1]:.2f}", 8, (i + 2) * line)
+            put(f"{i + 1}: -" if word is None else f"{i + 1}: {word[0][:width]} {word[1]:.2f}", 8, (i + 2) * line)
+    if labels is not None:
+        put("response > 0.25", tile // 2, 2 * line, (200, 200, 200))
+        for i, (word, p) in enumerate(labels[:7]):
+            put(f"{word[:10]}:{p:.2f}", tile // 2, (i + 3) * line, (255, 230, 120))
     legend = list(zip(GROUPS, GROUP_COLORS.tolist())) + [("Text", TEXT_COLOR)]
     rows = (len(legend) + 1) // 2
     top = tile - rows * line - 4
@@ -141,7 +148,8 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
 
 
 def render_panel(image: np.ndarray, maps: np.ndarray, depth: np.ndarray, people: list, words: list | None,
-                 tile: int = 256, valid: np.ndarray | None = None) -> np.ndarray:
+                 tile: int = 256, valid: np.ndarray | None = None,
+                 labels: list[tuple[str, float]] | None = None) -> np.ndarray:
     """Compose the 2 x 4 panel of one prediction.
 
     Args:
@@ -153,6 +161,7 @@ def render_panel(image: np.ndarray, maps: np.ndarray, depth: np.ndarray, people:
         tile: side of each tile in pixels.
         valid: (S, S) bool image content of the letterbox; the output tiles are black outside it (the
             network's outputs on the padding mean nothing).
+        labels: the multi-hot head's ``(word, probability)`` above 0.25, or None for a model without it.
 
     Returns:
         (2 * tile, 4 * tile, 3) uint8 RGB panel.
@@ -171,6 +180,6 @@ def render_panel(image: np.ndarray, maps: np.ndarray, depth: np.ndarray, people:
         _label(_resize(content(joints_rgb(maps)), tile), "joint heatmaps"),
         _label(_resize(content(pafs_rgb(maps)), tile), "PAFs"),
         _label(_resize(groups_overlay(image, maps, valid=valid), tile, nearest=True), "groups + text"),
-        words_tile(words, tile),
+        words_tile(words, tile, labels=labels),
     ]
     return np.concatenate([np.concatenate(tiles[:4], 1), np.concatenate(tiles[4:], 1)], 0)

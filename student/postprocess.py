@@ -250,9 +250,52 @@ def normal_error(depth: np.ndarray, normals: np.ndarray, mask: np.ndarray | None
     return float(sq[mask].mean() if mask is not None else sq.mean()) if sq.size else 0.0
 
 
+#: far pixels the paper's refinement skips: the authors' threshold, 20 on their 0..240 depth scale
+PAPER_FAR = 20.0 / 240.0
+
+
+def refine_depth_paper(depth: np.ndarray, normals: np.ndarray, *, iterations: int = 35, alpha: float = 0.01,
+                       far: float = PAPER_FAR, scale: float = 240.0, valid: np.ndarray | None = None) -> np.ndarray:
+    """The paper's iterative depth refinement (its section III; the authors' ``improve_depthmap``), as written.
+
+    With D the depth scaled to [0, scale] (the normals stage's scale, so that the gradients' normals compare
+    with N), each iteration computes G = Sobel(D), M = |(Gx, Gy, 1)|, delta = N - (Gx, Gy, 1) / M and updates
+    D <- D + alpha * (delta_x * Gx + delta_y * Gy + delta_z). Far pixels (depth < ``far``) and pixels outside
+    ``valid`` are masked: they stay as they are (and still feed their neighbours' gradients).
+
+    Note that the update of a pixel depends on its neighbours' values only (Sobel weighs the centre 0) and is
+    never positive (delta . (G, 1) = M (N . n - 1)), so it does not remove independent noise; :func:`refine_depth`
+    is a descent on the normal-consistency error instead.
+
+    Args:
+        depth: (H, W) depth in [0, 1], larger = nearer.
+        normals: (3, H, W) normals in [-1, 1].
+        iterations: number of updates (35 in the paper).
+        alpha: step (0.01 in the paper).
+        far: depth below which pixels are masked.
+        scale: the normals stage's depth scale (DESIGN 5.2).
+        valid: (H, W) bool, pixels of the image (not the letterbox border); default all.
+
+    Returns:
+        (H, W) float32 refined depth in [0, 1].
+    """
+    original = np.asarray(depth, np.float32)
+    mask = original >= far
+    if valid is not None:
+        mask &= valid
+    n = np.asarray(normals, np.float32)
+    d = original * np.float32(scale)
+    for _ in range(iterations):
+        gx, gy = _sobel(d)
+        m = np.sqrt(gx * gx + gy * gy + 1.0)
+        step = alpha * ((n[0] - gx / m) * gx + (n[1] - gy / m) * gy + (n[2] - 1.0 / m))
+        d = np.where(mask, d + step, d)
+    return np.where(mask, np.clip(d / np.float32(scale), 0.0, 1.0), original).astype(np.float32)
+
+
 def refine_depth(depth: np.ndarray, normals: np.ndarray, *, iterations: int = 35, alpha: float = 0.01,
                  far: float = 0.05, scale: float = 240.0, valid: np.ndarray | None = None) -> np.ndarray:
-    """Iterative depth refinement from predicted normals (DESIGN 5.2).
+    """Iterative depth refinement from predicted normals as a descent (``student predict --refine descent``).
 
     With D the depth scaled to [0, scale], G = Sobel(D), M = |(Gx, Gy, 1)| and
     delta = N - (Gx, Gy, 1) / M, each iteration moves D down the gradient of the normal-consistency error

@@ -18,7 +18,10 @@ from shards.taxonomy import CHANNELS, JOINTS
 from shards.vocab import DEFAULT_DECODE_THRESHOLD, Vocabulary, decode_glove
 from student import panels
 from shards.images import RejectedImage, decode_image_bytes
-from student.postprocess import Person, find_peaks, group_people, refine_depth
+from student.postprocess import Person, find_peaks, group_people, refine_depth, refine_depth_paper
+from student.scoring import LABEL_THRESHOLD
+
+REFINE_MODES = ("paper", "descent", "none")
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # a GIF: its first frame
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -34,22 +37,34 @@ class Prediction:
     maps: np.ndarray  # (44, S, S) float32 in [-1, 1]
     depth: np.ndarray  # (S, S) float32 in [0, 1], refined when refinement is on
     people: list[Person]
-    words: list[tuple[str, float] | None] | None  # None without a vocabulary
+    words: list[tuple[str, float] | None] | None  # best word of each slot (None: empty slot); None: no vocabulary
+    tokens: np.ndarray | None = None  # (8, 300) float32 token outputs
+    labels: list[tuple[str, float]] | None = None  # multi-hot words above 0.25, best first; None: no such head
+    word_threshold: float = DEFAULT_DECODE_THRESHOLD
+
+    def kept_words(self) -> list[tuple[str, float] | None] | None:
+        """The slot words whose similarity passes ``word_threshold`` (the others None)."""
+        if self.words is None:
+            return None
+        return [w if w is not None and w[1] >= self.word_threshold else None for w in self.words]
 
     def to_json(self) -> dict:
-        """People (keypoints in original-image pixels) and words, for programs."""
+        """People (keypoints in original-image pixels), the word of every non-empty slot with its score (``kept``:
+        it passes the threshold) and the multi-hot labels above 0.25, for programs."""
         return {
             "size": list(self.geometry.orig_size),
             "joints": list(JOINTS),
             "people": [p.to_json(self.geometry) for p in self.people],
             "words": None if self.words is None else [
-                None if w is None else {"word": w[0], "score": round(w[1], 4)} for w in self.words],
+                None if w is None else {"word": w[0], "score": round(w[1], 4), "kept": w[1] >= self.word_threshold}
+                for w in self.words],
+            "labels": None if self.labels is None else [{"word": w, "score": round(p, 4)} for w, p in self.labels],
         }
 
     def panel(self, tile: int = 256) -> np.ndarray:
         """The (2 * tile, 4 * tile, 3) uint8 RGB panel of this prediction."""
-        return panels.render_panel(self.image, self.maps, self.depth, self.people, self.words, tile,
-                                   valid=self.geometry.valid_mask())
+        return panels.render_panel(self.image, self.maps, self.depth, self.people, self.kept_words(), tile,
+                                   valid=self.geometry.valid_mask(), labels=self.labels)
 
 
 class Predictor:
@@ -60,18 +75,21 @@ class Predictor:
         image_size: the model's input side S.
         vocab: caption vocabulary for decoding tokens, or None.
         device: torch device string.
-        refine: run the depth refinement of DESIGN 5.2.
+        refine: depth refinement of DESIGN 5.2: ``paper`` (the paper's update rule), ``descent`` (a descent on
+            the normal-consistency error) or ``none``.
         peak_threshold: minimum joint score (0..1).
         word_threshold: minimum cosine similarity of a decoded word.
     """
 
     def __init__(self, model: torch.nn.Module, image_size: int, vocab: Vocabulary | None = None,
-                 device: str = "cpu", refine: bool = True, peak_threshold: float = 0.5,
+                 device: str = "cpu", refine: str = "paper", peak_threshold: float = 0.5,
                  word_threshold: float = DEFAULT_DECODE_THRESHOLD) -> None:
         self.model = model.to(device).eval()
         self.size = image_size
         self.vocab = vocab
         self.device = device
+        if refine not in REFINE_MODES:
+            raise ValueError(f"refine must be one of {', '.join(REFINE_MODES)}, got {refine!r}")
         self.refine = refine
         self.peak_threshold = peak_threshold
         self.word_threshold = word_threshold
@@ -89,17 +107,32 @@ class Predictor:
         out = self.model(batch)
         maps = out["maps"].float().cpu().numpy()  # (B, 44, S, S)
         tokens = out["tokens"].float().cpu().numpy()  # (B, 8, 300)
-        return [self._post(im, box, m, t) for im, box, m, t in zip(boxed, boxes, maps, tokens)]
+        hot = out["multihot"].float().cpu().numpy() if "multihot" in out else [None] * len(images)  # (B, V)
+        return [self._post(im, box, m, t, h) for im, box, m, t, h in zip(boxed, boxes, maps, tokens, hot)]
 
-    def _post(self, image: np.ndarray, box: Letterbox, maps: np.ndarray, tokens: np.ndarray) -> Prediction:
+    def _labels(self, probabilities: np.ndarray | None) -> list[tuple[str, float]] | None:
+        """The multi-hot words above the paper's 0.25, most confident first (ids named ``#i`` without a vocabulary
+        or past its end)."""
+        if probabilities is None:
+            return None
+        ids = np.nonzero(probabilities > LABEL_THRESHOLD)[0]
+        words = self.vocab.words if self.vocab is not None else []
+        return sorted(((words[i] if i < len(words) else f"#{i}", float(probabilities[i])) for i in ids),
+                      key=lambda wp: -wp[1])
+
+    def _post(self, image: np.ndarray, box: Letterbox, maps: np.ndarray, tokens: np.ndarray,
+              multihot: np.ndarray | None = None) -> Prediction:
         valid = box.valid_mask()  # joints are found on the image, never on the letterbox border
         peaks = find_peaks(maps[CHANNELS["joints"].slice], threshold=self.peak_threshold, valid=valid)
         people = group_people(peaks, maps[CHANNELS["pafs"].slice])
         depth = (maps[CHANNELS["depth"].start] + 1.0) * 0.5  # [-1, 1] -> [0, 1], larger = nearer
-        if self.refine:
+        if self.refine == "paper":
+            depth = refine_depth_paper(depth, maps[CHANNELS["normals"].slice], valid=valid)
+        elif self.refine == "descent":
             depth = refine_depth(depth, maps[CHANNELS["normals"].slice], valid=valid)
-        words = None if self.vocab is None else decode_glove(tokens, self.vocab, self.word_threshold)
-        return Prediction(image, box, maps, depth.astype(np.float32), people, words)
+        words = None if self.vocab is None else decode_glove(tokens, self.vocab, -1.0)  # every non-empty slot
+        return Prediction(image, box, maps, depth.astype(np.float32), people, words, tokens,
+                          self._labels(multihot), self.word_threshold)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -160,15 +193,35 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def predict_video(predictor: Predictor, path: Path, target: Path, tile: int) -> tuple[Path, list[dict]]:
-    """Predict every frame of a video; write its panels to the MP4 ``target``; return it and per-frame JSON."""
+def save_maps(path: Path, pred: Prediction) -> None:
+    """Write a prediction's 44 maps (float32, [-1, 1]), its depth after refinement and its 8 token vectors as
+    ``.npz`` (no pickled objects: ``np.load(path)`` reads it)."""
+    np.savez_compressed(path, maps=pred.maps.astype(np.float32), depth=pred.depth.astype(np.float32),
+                        tokens=np.zeros((0, 0), np.float32) if pred.tokens is None else pred.tokens.astype(np.float32))
+
+
+def describe_input(path: Path) -> dict:
+    """The ``input`` (path) and ``coco_id`` (the file name's number, as COCO names its images; else null) of a
+    JSON entry."""
+    return {"input": str(path), "coco_id": int(path.stem) if path.stem.isdigit() else None}
+
+
+def predict_video(predictor: Predictor, path: Path, target: Path | None, tile: int,
+                  maps_stem: Path | None = None) -> tuple[Path | None, list[dict]]:
+    """Predict every frame of a video; write its panels to the MP4 ``target`` (None: no panels) and, with
+    ``maps_stem``, each frame's maps to ``<maps_stem>.frameNNNNNN.npz``; return the MP4 and per-frame JSON."""
     import cv2
 
     fps, frames = video_frames(path)
     writer, results = None, []
     try:
-        for frame in frames:
+        for index, frame in enumerate(frames):
             pred = predictor(frame)
+            if maps_stem is not None:
+                save_maps(maps_stem.with_name(f"{maps_stem.name}.frame{index:06d}.npz"), pred)
+            results.append({"frame": index, "time_s": round(index / fps, 4), **pred.to_json()})
+            if target is None:
+                continue
             panel = pred.panel(tile)
             if writer is None:
                 writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps,
@@ -176,14 +229,13 @@ def predict_video(predictor: Predictor, path: Path, target: Path, tile: int) -> 
                 if not writer.isOpened():  # an unwritable folder, a too-long name, no MPEG-4 encoder
                     raise OSError(f"could not write {target}")
             writer.write(np.ascontiguousarray(panel[..., ::-1]))
-            results.append(pred.to_json())
     finally:
         frames.close()  # releases the capture now, also when the writer failed
         if writer is not None:
             writer.release()
     if not results:
         raise ValueError(f"{path} has no readable frames")
-    if not target.is_file() or target.stat().st_size == 0:
+    if target is not None and (not target.is_file() or target.stat().st_size == 0):
         raise OSError(f"could not write {target}")
     return target, results
 
@@ -221,14 +273,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, video files")
     parser.add_argument("--checkpoint", required=True, help="student checkpoint")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    parser.add_argument("--json", action="store_true", help="also write <name>.json with people and words")
+    parser.add_argument("--json", action="store_true",
+                        help="also write <name>.json: the input and its COCO id, people, every slot's word with its "
+                             "score, multi-hot labels")
+    parser.add_argument("--no-panel", action="store_true", help="write no panel pictures or videos")
+    parser.add_argument("--save-maps", action="store_true",
+                        help="also write <name>.maps.npz: the 44 maps, the refined depth and the 8 tokens "
+                             "(videos: one file per frame)")
     parser.add_argument("--vocab", help="vocab.json for decoding caption tokens (default: from --shards or "
                                         "the checkpoint's training store)")
     parser.add_argument("--shards", help="store whose <split>/vocab.json to use")
     parser.add_argument("--split", default="train2017", help="split of --shards holding vocab.json "
                                                              "(default: train2017)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--no-refine", action="store_true", help="skip the depth refinement")
+    parser.add_argument("--refine", choices=REFINE_MODES, default="paper",
+                        help="depth refinement from the predicted normals: the paper's update rule (default, 35 "
+                             "steps of 0.01, far areas masked), a descent on the normal error, or none")
+    parser.add_argument("--no-refine", dest="refine", action="store_const", const="none",
+                        help="skip the depth refinement (--refine none)")
     parser.add_argument("--tile", type=int, default=256,
                         help=f"side of each panel tile in pixels, 16..{MAX_TILE} (default: 256)")
     parser.add_argument("--joint-threshold", type=float, default=0.5,
@@ -273,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if vocab is None:
         print("note: no vocabulary found (use --vocab vocab.json); caption words are not decoded", file=sys.stderr)
-    predictor = Predictor(model, cfg.image_size, vocab, args.device, not args.no_refine, args.joint_threshold,
+    predictor = Predictor(model, cfg.image_size, vocab, args.device, args.refine, args.joint_threshold,
                           args.word_threshold)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,14 +346,19 @@ def run(args: argparse.Namespace) -> int:
             name += "_"
         used.add(name)
         try:
+            maps_stem = out_dir / f"{name}.maps" if args.save_maps else None
             if path.suffix.lower() in VIDEO_EXTS:
-                target, result = predict_video(predictor, path, out_dir / f"{name}.panel.mp4", args.tile)
-                doc: dict = {"frames": result}
+                target, result = predict_video(predictor, path, None if args.no_panel else
+                                               out_dir / f"{name}.panel.mp4", args.tile, maps_stem)
+                doc: dict = {**describe_input(path), "frames": result}
             else:
                 pred = predictor(read_image(path))
-                target = out_dir / f"{name}.panel.png"
-                write_png(target, pred.panel(args.tile))
-                doc = pred.to_json()
+                target = None if args.no_panel else out_dir / f"{name}.panel.png"
+                if target is not None:
+                    write_png(target, pred.panel(args.tile))
+                if maps_stem is not None:
+                    save_maps(Path(f"{maps_stem}.npz"), pred)
+                doc = {**describe_input(path), **pred.to_json()}
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
@@ -316,5 +383,8 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 failed += 1
                 continue
-        print(f"{path} -> {target}")
+        maps_note = None if maps_stem is None else (f"{maps_stem}.frame*.npz" if "frames" in doc else
+                                                     f"{maps_stem}.npz")
+        written = [str(t) for t in (target, out_dir / f"{name}.json" if args.json else None, maps_note) if t]
+        print(f"{path} -> {', '.join(written) if written else '(nothing written)'}")
     return 1 if failed else 0

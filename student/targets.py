@@ -349,7 +349,8 @@ def pack_targets(sample: StoreSample, base_radius: float, paf_width: float, mult
         sample: the (augmented) sample.
         base_radius: heatmap base radius (see :class:`TargetSizes`).
         paf_width: PAF band width.
-        multihot_vocab: vocabulary size of the multi-hot target; 0 = no multi-hot target.
+        multihot_vocab: vocabulary size of the multi-hot target (the sample's first 8 words, as its 8 tokens: at
+            most 8 active labels, as the paper's); 0 = no multi-hot target.
         out: batch buffers from :func:`allocate_batch` to write into (rendering happens in place, so a
             batch needs no further copy); None = return one sample's arrays.
         index: the sample's row in ``out``.
@@ -380,5 +381,5 @@ def pack_targets(sample: StoreSample, base_radius: float, paf_width: float, mult
     if multihot_vocab:
         hot = out["multihot"][index]
         hot.fill(0)
-        hot[[i for i in sample.token_ids if 0 <= i < multihot_vocab]] = 1
+        hot[[i for i in sample.token_ids[:NUM_TOKENS] if 0 <= i < multihot_vocab]] = 1  # the 8 words the tokens hold
     return {k: v[0] for k, v in out.items()} if single else out

@@ -1,9 +1,11 @@
-"""`student train`: one readable training loop for Y-MAP-Net on the store (DESIGN 6).
+"""`student train`: one readable training loop for Y-MAP-Net on the store (DESIGN 6), by a recipe
+(``student.recipe``; the paper's by default).
 
 Adam with a linear learning-rate decay, a fixed number of steps per epoch over an endless resampled
-stream, validation on the val split every epoch, early stopping, checkpoints with everything needed to
-resume exactly (model, optimiser, config, epoch, step, loader position, metrics), TensorBoard, a progress bar,
-optional bf16 autocast and single-node multi-GPU with torchrun (DDP; ranks read different shards).
+stream, validation on the val split every epoch with the target sizes of that epoch, early stopping,
+checkpoints with everything needed to resume exactly (model, optimiser, config and recipe, epoch, step, loader
+position, metrics, target sizes), TensorBoard, a progress bar, optional bf16 autocast and single-node multi-GPU
+with torchrun (DDP; ranks read different shards).
 """
 
 from __future__ import annotations
@@ -26,16 +28,17 @@ import torch
 from shards.atomic import atomic_write_bytes, out_folder_problem
 from shards.manifest import StoreError
 from shards.streams import is_url
-from student.augment import AugmentConfig
 from student.checkpoint import (CheckpointError, load_problem, load_weights, read_checkpoint, save_checkpoint,
                                 saved_model_config)
 from student.cli import resolve_device
-from student.config import ModelConfig, TrainConfig
+from student.config import MODELS, ModelConfig, TrainConfig
 from student.data import StudentDataset, close_loader, error_line, make_loader, open_split, skip_remainder, to_device
-from student.loss import compute_loss
+from student.loss import compute_loss, paper_loss
 from student.metrics import MetricSums, image_panel
 from student.model import YMapNet
+from student.recipe import Recipe, dump_recipe, load_recipe
 from student.targets import TargetSizes
+from shards.taxonomy import VOCAB_SIZE
 
 #: what a run writes into its --out folder; a new run refuses a folder holding any of them (see --overwrite)
 RUN_FILES = ("last.pt", "best.pt", "train_config.json", "tb")
@@ -86,10 +89,15 @@ def _agree(stop: bool, diverged: bool, world: int, device: torch.device) -> tupl
     return bool(flags[0]), bool(flags[1])
 
 
-def lr_at(cfg: TrainConfig, epoch: float) -> float:
+def lr_at(recipe: Recipe, epoch: float) -> float:
     """Learning rate at a (fractional) epoch: linear from ``lr`` to ``lr_final`` over ``lr_decay_epochs``."""
-    frac = min(1.0, epoch / cfg.lr_decay_epochs) if cfg.lr_decay_epochs > 0 else 1.0
-    return cfg.lr + (cfg.lr_final - cfg.lr) * frac
+    frac = min(1.0, epoch / recipe.lr_decay_epochs) if recipe.lr_decay_epochs > 0 else 1.0
+    return recipe.lr + (recipe.lr_final - recipe.lr) * frac
+
+
+def target_sizes(recipe: Recipe) -> TargetSizes:
+    """The heatmap / PAF size schedule of a recipe."""
+    return TargetSizes(recipe.heatmap_radius, recipe.paf_width, recipe.size_step_epochs)
 
 
 def setup_device(name: str) -> tuple[torch.device, int, int]:
@@ -106,12 +114,15 @@ def setup_device(name: str) -> tuple[torch.device, int, int]:
 
 
 def model_config(cfg: TrainConfig, store_size: int) -> ModelConfig:
-    """The network for ``cfg.model`` at the store's image size."""
-    if cfg.model == "tiny":
-        return ModelConfig.tiny(store_size)
-    if cfg.model != "paper":
-        raise ValueError(f"unknown model {cfg.model!r}; use paper or tiny")
-    return replace(ModelConfig.paper(), image_size=store_size)
+    """The network for ``cfg.model`` at the store's image size, with the recipe's dropout, token residual and
+    multi-hot head (a 2048-word head, or the vocabulary size of the preset)."""
+    if cfg.model not in MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; use {', '.join(MODELS)}")
+    base = getattr(ModelConfig, cfg.model)(store_size) if cfg.model != "paper" else \
+        replace(ModelConfig.paper(), image_size=store_size)
+    r = cfg.recipe
+    return replace(base, encoder_dropout=r.encoder_dropout, token_dropout=r.token_dropout,
+                   token_residual=r.token_residual, multihot_vocab=VOCAB_SIZE if r.multihot else 0)
 
 
 def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, device: torch.device,
@@ -120,7 +131,7 @@ def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, 
     model.eval()
     sums, panel = MetricSums(device), None
     batches = iter(make_loader(dataset, cfg.workers, pin_memory=device.type == "cuda"))
-    gains = cfg.loss_gains()
+    gains, multihot = cfg.recipe.gains(), torch.zeros(2, dtype=torch.float64, device=device)
     try:
         with torch.no_grad():
             for i, host in enumerate(batches):
@@ -129,8 +140,11 @@ def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, 
                 batch = to_device(host, device)
                 with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp == "bf16"):
                     out = model(batch["images"])
-                loss, _ = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
-                                       batch.get("multihot"), gains)
+                _, parts = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
+                                        batch.get("multihot"), gains, cfg.recipe.pose_foreground_weight)
+                loss = paper_loss(parts, gains)  # the seven terms: the multi-hot head does not pick best.pt
+                if "multihot" in parts:
+                    multihot += torch.stack([parts["multihot"].double(), multihot.new_ones(())])
                 sums.update(out["maps"], batch["targets"], out["tokens"], batch["glove"], loss, batch["pose_mask"])
                 if panel is None:
                     panel = image_panel(batch["images"], out["maps"], batch["targets"])
@@ -139,7 +153,11 @@ def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, 
         close_loader(batches)  # now, also after an error or Ctrl-C (see close_loader)
     if world > 1:
         torch.distributed.all_reduce(sums.sums)
-    return sums.compute(), panel
+        torch.distributed.all_reduce(multihot)
+    metrics = sums.compute()
+    if multihot[1] > 0:
+        metrics["multihot/bce"] = float(multihot[0] / multihot[1])
+    return metrics, panel
 
 
 def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None = None,
@@ -158,9 +176,11 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
             in its own checkpoint's folder goes on there without it.
 
     Returns:
-        ``{"losses": [train loss of every step run here], "epochs": epochs completed, "best": best val loss,
-        "val": last validation metrics, "checkpoint": path of the last checkpoint, "interrupted": bool,
-        "samples_per_s": training samples per second over the steps after each epoch's first}``.
+        ``{"losses": [train loss of every step run here], "epoch_losses": [mean train loss of each epoch
+        finished here], "epochs": epochs completed, "best": best val loss, "val": last validation metrics,
+        "checkpoint": path of the last checkpoint, "interrupted": bool, "stopped": why the run ended early
+        ("max_steps", "max_minutes", "early_stopping") or None, "samples_per_s": training samples per second
+        over the steps after each epoch's first}``.
 
     Raises:
         StoreError: the store lacks a split or a needed column, or a split's image size does not fit the model.
@@ -173,21 +193,22 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     device, rank, world = setup_device(cfg.device)
     main = rank == 0
     torch.manual_seed(cfg.seed)
-    sizes = TargetSizes(cfg.heatmap_radius, cfg.paf_width, cfg.size_step_epochs)
-    train_ds = open_split(cfg.shards, cfg.train_split, train=True, batch_size=cfg.batch_size, seed=cfg.seed,
+    recipe = cfg.recipe
+    sizes = target_sizes(recipe)
+    train_ds = open_split(cfg.shards, cfg.train_split, train=True, batch_size=recipe.batch_size, seed=cfg.seed,
                           shuffle_buffer=cfg.shuffle_buffer, sizes=sizes,
-                          augment=AugmentConfig() if cfg.augment else None)
-    val_ds = open_split(cfg.shards, cfg.val_split, train=False, batch_size=cfg.batch_size, sizes=sizes)
+                          augment=recipe.augmentation if recipe.augment else None)
+    val_ds = open_split(cfg.shards, cfg.val_split, train=False, batch_size=recipe.batch_size, sizes=sizes)
     for split, ds in ((cfg.train_split, train_ds), (cfg.val_split, val_ds)):
         if ds.manifest.num_samples == 0:  # the loaders would wait forever for a first batch
             raise StoreError(f"split {split!r} of store {cfg.shards} has no samples ({ds.manifest.rejected} images "
                              f"rejected: see {Path(cfg.shards) / split / 'rejected.jsonl'})")
     state: dict[str, Any] = {"epoch": 0, "step": 0, "position": {"epoch": 0, "batch": 0}, "best": math.inf,
-                             "stale": 0, "metrics": {}}
+                             "stale": 0, "metrics": {}, "epoch_loss": [0.0, 0]}
     if resume:
         payload = _load_resume(resume, device)
         model_cfg = saved_model_config(payload["model_cfg"], resume)
-        state.update({k: payload[k] for k in state})
+        state.update({k: payload[k] for k in state if k in payload})
     else:
         model_cfg = model_config(cfg, train_ds.manifest.size)
     for split, ds in ((cfg.train_split, train_ds), (cfg.val_split, val_ds)):  # before an epoch is spent
@@ -199,7 +220,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     if model_cfg.multihot_vocab:
         train_ds.transform.multihot_vocab = val_ds.transform.multihot_vocab = model_cfg.multihot_vocab
     model = YMapNet(model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, eps=recipe.adam_eps)
     if resume:
         load_weights(model, payload["model"], resume)
         try:
@@ -208,8 +229,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
             raise CheckpointError(f"{resume}: its optimiser state does not fit the model ({load_problem(e)})") \
                 from None
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    gains = cfg.loss_gains()
-    steps_per_epoch = cfg.steps_per_epoch or max(1, train_ds.manifest.num_samples // (cfg.batch_size * world))
+    gains = recipe.gains()
+    steps_per_epoch = cfg.steps_per_epoch or max(1, train_ds.manifest.num_samples // (recipe.batch_size * world))
 
     writer = None
     opened = False
@@ -238,27 +259,46 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         path = out_dir / name
         if main:
             open_outputs()
+            position = state["position"]  # the sizes of the epoch the weights last trained on
+            radius, width = sizes.at(position["epoch"] if position["batch"] else max(0, state["epoch"] - 1))
             save_checkpoint(path, model, model_cfg, optimizer=optimizer.state_dict(), train_cfg=cfg.to_dict(),
-                            **state)
+                            target_sizes={"heatmap_radius": radius, "paf_width": width}, **state)
         return path
 
     last = out_dir / "last.pt"
     timed = [0, 0.0]  # samples and seconds of the steps after each epoch's first
 
-    def interrupted(epoch: int) -> dict[str, Any]:
-        """Save ``last.pt`` at the last finished step and say so (Ctrl-C, or ``stop_at_step``). Before this run
-        finished a step or a validation it saves nothing: ``--out`` stays as it was (an earlier run there whole,
-        even with ``--overwrite``), and the checkpoint to go on from is the one resumed, if any."""
+    epoch_losses: list[float] = []
+    started = time.monotonic()
+
+    def result(epochs: int, saved: Any, interrupted: bool, stopped: str | None) -> dict[str, Any]:
+        return {"losses": losses, "epoch_losses": epoch_losses, "epochs": epochs, "best": state["best"],
+                "val": state["metrics"], "checkpoint": None if saved is None else str(saved),
+                "interrupted": interrupted, "stopped": stopped, "samples_per_s": _rate(timed)}
+
+    def interrupted(epoch: int, stopped: str | None = None) -> dict[str, Any]:
+        """Save ``last.pt`` at the last finished step: an interruption (Ctrl-C, ``stop_at_step``) or, with
+        ``stopped``, a normal end inside an epoch (``--max-steps``, ``--max-minutes``). Before this run finished
+        a step or a validation it saves nothing: ``--out`` stays as it was (an earlier run there whole, even
+        with ``--overwrite``), and the checkpoint to go on from is the one resumed, if any."""
         if not (losses or opened):
-            return {"losses": losses, "epochs": epoch, "best": state["best"], "val": state["metrics"],
-                    "checkpoint": resume, "interrupted": True, "samples_per_s": None}
+            return result(epoch, resume, stopped is None, stopped)
         saved = checkpoint("last.pt")
         if writer is not None:
             writer.close()
-        return {"losses": losses, "epochs": epoch, "best": state["best"], "val": state["metrics"],
-                "checkpoint": str(saved), "interrupted": True, "samples_per_s": _rate(timed)}
+        return result(epoch, saved, stopped is None, stopped)
 
-    for epoch in range(state["epoch"], cfg.epochs):
+    def limit_reached() -> str | None:
+        """Which of --max-steps / --max-minutes this run has reached (every rank agrees), or None."""
+        if cfg.max_steps and state["step"] >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_minutes > 0:
+            over = time.monotonic() - started >= cfg.max_minutes * 60
+            if _agree(over, False, world, device)[0]:
+                return "max_minutes"
+        return None
+
+    for epoch in range(state["epoch"], recipe.epochs):
         skip = state["position"]["batch"] if state["position"]["epoch"] == epoch else 0  # resumed inside it
         batches = None
         if skip < steps_per_epoch:  # else the run stopped in this epoch's validation: that comes next
@@ -277,14 +317,14 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                     host = next(batches)
                     guard.in_step = True
                     batch = to_device(host, device)
-                    lr = lr_at(cfg, state["step"] / steps_per_epoch)
+                    lr = lr_at(recipe, state["step"] / steps_per_epoch)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     torch.manual_seed(cfg.seed * 1_000_003 + state["step"] * world + rank)  # dropout, resumable
                     with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp == "bf16"):
                         out = net(batch["images"])
                     loss, parts = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
-                                               batch.get("multihot"), gains)
+                                               batch.get("multihot"), gains, recipe.pose_foreground_weight)
                     stop, diverged = _agree(guard.pending, not bool(torch.isfinite(loss)), world, device)
                     if diverged:  # nothing sensible can come of the steps after it
                         raise FloatingPointError(
@@ -293,11 +333,14 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                             "finished epoch, if one finished")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if recipe.clip_value > 0:  # as Keras's clipvalue: each gradient value into [-c, c]
+                        torch.nn.utils.clip_grad_value_(model.parameters(), recipe.clip_value)
                     optimizer.step()
                     train_ds.release(host)  # its buffers are refilled from now on
                     state["step"] += 1
                     state["position"] = {"epoch": epoch, "batch": b + 1}
                     losses.append(loss.item())
+                    state["epoch_loss"] = [state["epoch_loss"][0] + losses[-1], state["epoch_loss"][1] + 1]
                     now = time.perf_counter()
                     rate = batch["images"].shape[0] * world / max(now - tick, 1e-9)
                     if b > skip:  # an epoch's first step also waits for the loader workers to start
@@ -316,6 +359,10 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                     guard.in_step = guard.hold_always
                     if stop or (world == 1 and guard.pending):  # the step is done: save it and stop
                         raise KeyboardInterrupt
+                    limit = limit_reached()
+                    if limit:
+                        bar.close()
+                        return interrupted(epoch, limit)
                 if _agree(guard.pending, False, world, device)[0]:  # Ctrl-C during the epoch's last step
                     raise KeyboardInterrupt
         except _HardStop:
@@ -331,34 +378,58 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         bar.close()
 
         try:  # a Ctrl-C here loses no training: resuming runs this validation again, then goes on
+            val_ds.transform.epoch = epoch  # judged on the targets of the sizes it trained toward this epoch
             metrics, panel = evaluate(model, val_ds, cfg, device, world)  # unwrapped: ranks differ in counts
         except KeyboardInterrupt:
             return interrupted(epoch)
-        state.update(epoch=epoch + 1, position={"epoch": epoch + 1, "batch": 0}, metrics=metrics)
+        total, count = state["epoch_loss"]
+        train_loss = total / count if count else math.nan
+        epoch_losses.append(train_loss)
+        state.update(epoch=epoch + 1, position={"epoch": epoch + 1, "batch": 0}, metrics=metrics,
+                     epoch_loss=[0.0, 0])
         val_loss = metrics.get("loss", math.inf)  # no loss: the val split gave no batch
-        improved = val_loss < state["best"]
-        state["best"], state["stale"] = (val_loss, 0) if improved else (state["best"], state["stale"] + 1)
+        # as Keras's EarlyStopping: better by more than min_delta, stale epochs counted from start_epoch on
+        improved = val_loss < state["best"] - recipe.early_stop_min_delta
+        if improved:
+            state["best"], state["stale"] = val_loss, 0
+        elif epoch >= recipe.early_stop_start_epoch:
+            state["stale"] += 1
         open_outputs()
         if writer is not None:
+            writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
             for name, value in metrics.items():
                 writer.add_scalar(f"val/{name}", value, epoch + 1)
             if panel is not None:
                 writer.add_image("val/panel", panel, epoch + 1)
         if main:
-            print(f"epoch {epoch + 1}: val loss {val_loss:.4f} (best {state['best']:.4f}), "
-                  f"joints hdm@0.1 {metrics['joints/hdm@0.1']:.3f}, tokens cos {metrics['tokens/cos']:.3f}",
-                  file=sys.stderr)
+            print(epoch_line(epoch + 1, train_loss, val_loss, state["best"], metrics, sizes.at(epoch)),
+                  file=sys.stderr, flush=True)
         last = checkpoint("last.pt")
         if improved:
             checkpoint("best.pt")
-        if state["stale"] >= cfg.patience:  # as Keras's EarlyStopping: `patience` epochs without improvement
-            break
+        if state["stale"] >= recipe.patience:  # `patience` epochs without improvement
+            if writer is not None:
+                writer.close()
+            return result(state["epoch"], last, False, "early_stopping")
     if writer is not None:
         writer.close()
     if world > 1:
         torch.distributed.destroy_process_group()
-    return {"losses": losses, "epochs": state["epoch"], "best": state["best"], "val": state["metrics"],
-            "checkpoint": str(last), "interrupted": False, "samples_per_s": _rate(timed)}
+    return result(state["epoch"], last, False, None)
+
+
+def epoch_line(epoch: int, train_loss: float, val_loss: float, best: float, metrics: dict[str, float],
+               sizes: tuple[int, int]) -> str:
+    """The plain line printed after each epoch (also with --no-progress): losses and figures an all-background
+    output cannot pass (foreground IoU of joints, text and groups), the token cosine and the target sizes."""
+    def f(key: str) -> str:
+        value = metrics.get(key, math.nan)
+        return "-" if math.isnan(value) else f"{value:.3f}"
+
+    return (f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f} (best {best:.4f}); "
+            f"IoU joints {f('joints/iou')} text {f('text/iou')} groups {f('groups/iou')}; tokens cos "
+            f"{f('tokens/cos')} (non-empty {f('tokens/cos_nonempty')}); heatmap radius {sizes[0]}, PAF width "
+            f"{sizes[1]}")
 
 
 def absolute_store(root: str) -> str:
@@ -432,37 +503,59 @@ def _load_resume(path: str, device: torch.device) -> dict[str, Any]:
 def _progress(cfg: TrainConfig, main: bool, total: int, initial: int, epoch: int) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{cfg.recipe.epochs}", unit="batch",
                 disable=not (cfg.progress and main), dynamic_ncols=True, file=sys.stderr)
 
 
+#: flags that set a recipe field (flag dest -> field); every other field is set with --set FIELD=VALUE
+RECIPE_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "lr_final": "lr_final",
+                "lr_decay_epochs": "lr_decay_epochs", "patience": "patience", "augment": "augment",
+                "multihot": "multihot"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``student train``; each overrides the default (or, with ``--resume``, the saved config)."""
+    """Flags of ``student train``; each overrides the recipe and the defaults (or, with ``--resume``, the saved
+    config)."""
     s = argparse.SUPPRESS
     parser.add_argument("--shards", default=s, help="store root (default shards)")
     parser.add_argument("--train-split", default=s, help="training split (default train2017)")
     parser.add_argument("--val-split", default=s, help="validation split (default val2017)")
     parser.add_argument("--out", default=s, help="run folder for checkpoints and TensorBoard (default runs/student)")
-    parser.add_argument("--model", choices=("paper", "tiny"), default=s, help="network size (default paper)")
-    parser.add_argument("--epochs", type=int, default=s, help="maximum epochs (default 250)")
+    parser.add_argument("--model", choices=MODELS, default=s,
+                        help="network size: paper (default), small (learns in minutes on a CPU) or tiny (tests)")
+    parser.add_argument("--recipe", default=s, help="training recipe: a preset (paper, the default) or a JSON / YAML "
+                                                    "file of recipe fields over the paper recipe")
+    parser.add_argument("--set", dest="settings", action="append", default=s, metavar="FIELD=VALUE",
+                        help="set one recipe field (repeatable; augmentation.FIELD for augmentation), e.g. "
+                             "--set gain_joints=5 --set heatmap_radius=[23,8]")
+    parser.add_argument("--print-recipe", action="store_true",
+                        help="print the resolved recipe as JSON (write it to a file for --recipe) and exit")
+    parser.add_argument("--epochs", type=int, default=s, help="maximum epochs (recipe; paper 250)")
     parser.add_argument("--steps-per-epoch", type=int, default=s, help="batches per epoch (default: one pass)")
     parser.add_argument("--val-steps", type=int, default=s, help="validation batches per epoch (default: all)")
-    parser.add_argument("--batch-size", type=int, default=s, help="batch size per process (default 32)")
-    parser.add_argument("--lr", type=float, default=s, help="initial learning rate (default 2.4e-4)")
-    parser.add_argument("--lr-final", type=float, default=s, help="learning rate after the decay (default 1e-4)")
-    parser.add_argument("--lr-decay-epochs", type=int, default=s, help="epochs of linear decay (default 100)")
-    parser.add_argument("--patience", type=int, default=s, help="early-stopping patience in epochs (default 65)")
+    parser.add_argument("--max-steps", type=int, default=s,
+                        help="end the run normally after this many training steps in all (default: no limit)")
+    parser.add_argument("--max-minutes", type=float, default=s,
+                        help="end the run normally after the step that passes this many minutes (default: none)")
+    parser.add_argument("--batch-size", type=int, default=s, help="batch size per process (recipe; paper 32)")
+    parser.add_argument("--lr", type=float, default=s, help="initial learning rate (recipe; paper 2.4e-4)")
+    parser.add_argument("--lr-final", type=float, default=s, help="learning rate after the decay (recipe; paper 1e-4)")
+    parser.add_argument("--lr-decay-epochs", type=int, default=s, help="epochs of linear decay (recipe; paper 100)")
+    parser.add_argument("--patience", type=int, default=s, help="early-stopping patience in epochs (recipe; paper 65)")
+    parser.add_argument("--multihot", action="store_true", default=s,
+                        help="add the multi-hot word head (recipe; off in the paper recipe)")
     parser.add_argument("--workers", type=int, default=s, help="DataLoader workers (default 4)")
     parser.add_argument("--seed", type=int, default=s, help="seed of shuffling, augmentation and init (default 0)")
-    parser.add_argument("--no-augment", dest="augment", action="store_false", default=s, help="disable augmentation")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=s,
+                        help="disable augmentation (recipe)")
     parser.add_argument("--amp", choices=("none", "bf16"), default=s, help="autocast dtype (default none)")
     parser.add_argument("--device", default=s, help="cpu, cuda, cuda:1, ... (default auto)")
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=s,
                         help="do not write TensorBoard logs")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=s,
                         help="no progress bar")
-    parser.add_argument("--resume", help="checkpoint to continue from (its config is the base of this run's; the run "
-                                         "goes on in the checkpoint's folder unless --out is given)")
+    parser.add_argument("--resume", help="checkpoint to continue from (its config and recipe are the base of this "
+                                         "run's; the run goes on in the checkpoint's folder unless --out is given)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run --out already holds (its last.pt, best.pt, train_config.json and tb/, "
                              "removed once the first step has trained) instead of refusing to start")
@@ -470,16 +563,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_numbers(cfg: TrainConfig) -> None:
     """Raise ValueError (one line naming the flag) for counts and rates that cannot train."""
-    for flag, value, least in (("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 1),
-                               ("--seed", cfg.seed, 0),
-                               ("--steps-per-epoch", cfg.steps_per_epoch, 0), ("--val-steps", cfg.val_steps, 0),
-                               ("--patience", cfg.patience, 1), ("--workers", cfg.workers, 0),
-                               ("--lr-decay-epochs", cfg.lr_decay_epochs, 0)):
+    for flag, value, least in (("--seed", cfg.seed, 0), ("--steps-per-epoch", cfg.steps_per_epoch, 0),
+                               ("--val-steps", cfg.val_steps, 0), ("--workers", cfg.workers, 0),
+                               ("--max-steps", cfg.max_steps, 0)):
         if value < least:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
-    for flag, value in (("--lr", cfg.lr), ("--lr-final", cfg.lr_final)):
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+    if not (cfg.max_minutes >= 0 and math.isfinite(cfg.max_minutes)):
+        raise ValueError(f"--max-minutes must be a finite number >= 0, got {cfg.max_minutes}")
+
+
+def resolve_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    """``base`` with ``--recipe``, then the recipe flags and ``--set``, then the other flags applied.
+
+    Raises:
+        ValueError: a bad recipe file, field or value (one line naming it).
+    """
+    flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k != "recipe"}
+    recipe = load_recipe(args.recipe) if getattr(args, "recipe", None) else base.recipe
+    changes = {RECIPE_FLAGS[k]: v for k, v in vars(args).items() if k in RECIPE_FLAGS}
+    if changes:
+        try:
+            recipe = Recipe.from_dict(changes, recipe)
+        except ValueError as e:  # "recipe lr must be ..." -> "--lr must be ...": the user typed the flag
+            message = str(e)
+            for name in changes:
+                message = message.replace(f"recipe {name} ", f"--{name.replace('_', '-')} ")
+            raise ValueError(message) from None
+    for assignment in getattr(args, "settings", None) or []:
+        recipe = recipe.with_setting(assignment)
+    return replace(base, recipe=recipe, **flags)
 
 
 def _store_hint(error: BaseException, args: argparse.Namespace, flags: dict[str, Any], base: TrainConfig) -> str:
@@ -496,8 +608,8 @@ def _store_hint(error: BaseException, args: argparse.Namespace, flags: dict[str,
 def run(args: argparse.Namespace) -> int:
     """Run ``student train``; user errors end in one line and exit code 2."""
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    base = TrainConfig()
     try:
-        base = TrainConfig()
         if args.resume:
             try:
                 base = TrainConfig.from_dict(_load_resume(args.resume, torch.device("cpu"))["train_cfg"])
@@ -508,8 +620,12 @@ def run(args: argparse.Namespace) -> int:
                                  "keeps its network (start a new run for another)")
             # the run goes on where its checkpoint is, not in the folder it was first written to (a copy of a run
             # must not overwrite the original); --out sends it elsewhere
-            flags.setdefault("out", str(Path(args.resume).resolve().parent))
-        cfg = replace(base, **flags)
+            if "out" not in flags:
+                args.out = str(Path(args.resume).resolve().parent)
+        cfg = resolve_config(args, base)
+        if getattr(args, "print_recipe", False):
+            print(dump_recipe(cfg.recipe))
+            return 0
         _check_numbers(cfg)
         result = train(cfg, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     except (StoreError, CheckpointError, ValueError) as e:
@@ -525,6 +641,9 @@ def run(args: argparse.Namespace) -> int:
     state = "interrupted" if result["interrupted"] else "done"
     best = result["best"] if math.isfinite(result["best"]) else None  # no validation ran: JSON has no Infinity
     if int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps({"state": state, "epochs": result["epochs"], "best_val_loss": best,
+        epoch_losses = [None if math.isnan(v) else round(v, 6) for v in result["epoch_losses"]]
+        print(json.dumps({"state": state, "stopped": result["stopped"], "epochs": result["epochs"],
+                          "steps": len(result["losses"]), "train_loss": epoch_losses[-1] if epoch_losses else None,
+                          "epoch_train_losses": epoch_losses, "best_val_loss": best,
                           "checkpoint": result["checkpoint"], "samples_per_s": result["samples_per_s"]}))
     return 130 if result["interrupted"] else 0

@@ -51,8 +51,37 @@ def test_perfect_prediction_scores_hdm_one_and_mse_zero(store: str) -> None:
         for t in HDM_THRESHOLDS:
             assert row[f"hdm@{t}"] == 1.0, (name, t)
         assert row["mse"] == 0.0, name
-    cos = [c for c in result["tokens"]["cos"] if c is not None]
+    cos = [c for c in result["tokens"]["cos_nonempty"] if c is not None]
     assert cos and all(abs(c - 1.0) < 1e-5 for c in cos)
+    for name in ("joints", "text", "groups"):
+        assert result["modalities"][name]["iou"] == 1.0, name
+    learn = result["learning"]  # the targets' own maps, grouped into people, find every annotated person
+    assert learn["people_annotated"] > 0 and learn["people_found"] == learn["people_annotated"]
+    assert learn["pck@0.1"] >= 0.95  # grouping perfect maps can still miss a joint (a peak on the border)
+
+
+def test_an_all_background_model_scores_high_hdm_but_no_iou_and_no_people(store: str) -> None:
+    class Background(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            b = images.shape[0]
+            return {"maps": torch.full((b, 44, SIZE, SIZE), -1.0), "tokens": torch.zeros(b, 8, 300)}
+
+    result = student_eval.evaluate(Background(), store, SPLIT, batch_size=3, progress=False)
+    assert result["modalities"]["joints"]["hdm@0.1"] > 0.9  # what the paper's metric says of it
+    assert result["modalities"]["joints"]["iou"] == 0.0 and result["modalities"]["groups"]["iou"] == 0.0
+    assert result["learning"]["pck@0.1"] == 0.0 and result["learning"]["people_found"] == 0
+
+
+def test_heatmap_sizes_come_from_the_checkpoint_or_the_recipe_limits() -> None:
+    from student.config import TrainConfig
+    from student.recipe import Recipe
+
+    extra = {"target_sizes": {"heatmap_radius": 17, "paf_width": 4},
+             "train_cfg": TrainConfig(recipe=Recipe(heatmap_radius=(23, 10), paf_width=(6, 3))).to_dict()}
+    assert student_eval._sizes(extra).at(None) == (17, 4)
+    assert student_eval._sizes(extra, "final").at(None) == (10, 3)
+    assert student_eval._sizes({"target_sizes": {"heatmap_radius": 10 ** 6, "paf_width": 4}}).at(None) == (8, 2)
+    assert student_eval._sizes({}).at(None) == (8, 2)
 
 
 def test_limit_and_an_imperfect_model(store: str) -> None:
@@ -83,7 +112,7 @@ def test_cli_writes_table_and_json(store: str, tmp_path, capsys: pytest.CaptureF
                               "--json", str(out), "--no-progress"])
     assert student_eval.run(args) == 0
     printed = capsys.readouterr().out
-    assert "HDM@0.1" in printed and "normals" in printed and "#8" in printed
+    assert "HDM@0.1" in printed and "normals" in printed and "#8" in printed and "joint PCK@0.1" in printed
     doc = json.loads(out.read_text())
     assert doc["samples"] == 5 and doc["split"] == SPLIT and len(doc["tokens"]["cos"]) == 8
     for row in doc["modalities"].values():

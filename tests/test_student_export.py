@@ -79,3 +79,17 @@ def test_impossible_check_settings_are_usage_errors(tiny_checkpoint: str, tmp_pa
     onnx = tmp_path / "m.onnx"
     assert export.run(_parse(["--checkpoint", tiny_checkpoint, "--onnx", str(onnx), *flags])) == 2
     assert not onnx.exists()  # refused before exporting
+
+
+def test_a_model_with_the_multihot_head_exports_its_labels(tmp_path) -> None:
+    from dataclasses import replace
+
+    from student.config import ModelConfig
+    from student.export import compare_onnx, export_onnx
+    from student.model import YMapNet
+
+    torch.manual_seed(0)
+    model = YMapNet(replace(ModelConfig.tiny(32), multihot_vocab=12)).eval()
+    path = export_onnx(model, 32, tmp_path / "head.onnx")
+    diffs = compare_onnx(model, path, 32, batch=2)
+    assert set(diffs) == {"maps", "tokens", "multihot"} and max(diffs.values()) < 1e-4

@@ -34,9 +34,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _cfg(store: Path, out: Path, **kw) -> TrainConfig:
-    base = TrainConfig(shards=str(store), out=str(out), model="tiny", epochs=2, steps_per_epoch=4, batch_size=8,
-                       workers=2, lr=1e-3, tensorboard=False, progress=False, shuffle_buffer=8, device="cuda")
+def _cfg(store: Path, out: Path, epochs: int = 2, **kw) -> TrainConfig:
+    recipe = Recipe.from_dict({"epochs": epochs, "batch_size": 8, "lr": 1e-3})
+    base = TrainConfig(shards=str(store), out=str(out), model="tiny", recipe=recipe, steps_per_epoch=4, workers=2,
+                       tensorboard=False, progress=False, shuffle_buffer=8, device="cuda")
     return replace(base, **kw)
 
 
@@ -84,7 +85,7 @@ def test_gpu_and_cpu_predictions_agree(tiny_checkpoint: str) -> None:
     outputs = []
     for device in ("cpu", "cuda"):
         model, cfg, _ = load_checkpoint(tiny_checkpoint)
-        outputs.append(Predictor(model, cfg.image_size, device=device, refine=True)(image))
+        outputs.append(Predictor(model, cfg.image_size, device=device, refine="paper")(image))
     cpu, gpu = outputs
     assert np.abs(cpu.maps - gpu.maps).max() < 1e-3
     # the refinement iterates 35 times on maps that differ by float rounding: close, not equal

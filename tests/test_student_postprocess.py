@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from shards.taxonomy import JOINTS
-from student.postprocess import depth_normals, find_peaks, group_people, normal_error, paf_scores, refine_depth
+from student.postprocess import (depth_normals, find_peaks, group_people, normal_error, paf_scores, refine_depth,
+                                refine_depth_paper)
 from student.targets import TargetSizes, render_heatmaps, render_pafs
 
 # A standing person in a unit box (x, y), COCO-17 order.
@@ -98,6 +99,36 @@ def test_refinement_leaves_consistent_depth_unchanged() -> None:
     clean = _surface()
     refined = refine_depth(clean, depth_normals(clean))
     np.testing.assert_allclose(refined, clean, atol=1e-6)
+
+
+def test_paper_refinement_is_the_published_update() -> None:
+    import cv2
+
+    clean = _surface()
+    normals = np.stack([depth_normals(clean)[0] * 0.5, depth_normals(clean)[1], depth_normals(clean)[2]])
+    out = refine_depth_paper(clean, normals, iterations=1, far=0.0)
+    d = clean * 240.0
+    gx = cv2.Sobel(d, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.Sobel(d, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
+    m = np.sqrt(gx * gx + gy * gy + 1)
+    expected = (d + 0.01 * ((normals[0] - gx / m) * gx + (normals[1] - gy / m) * gy + (normals[2] - 1 / m))) / 240
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert np.abs(out - clean).max() > 1e-5  # the halved x normals moved it
+    # 35 steps of 0.01 by default; a depth consistent with its normals stays (its update is 0)
+    np.testing.assert_allclose(refine_depth_paper(clean, depth_normals(clean)), clean, atol=2e-4)
+
+
+def test_paper_refinement_keeps_far_and_border_pixels_fixed() -> None:
+    clean = _surface()
+    normals = depth_normals(clean)[::-1].copy()  # inconsistent normals: every pixel wants to move
+    depth = clean.copy()
+    depth[:, :10] = 0.05  # far: below the authors' threshold (20 of 240)
+    valid = np.ones_like(clean, bool)
+    valid[-8:] = False
+    refined = refine_depth_paper(depth, normals, valid=valid)
+    np.testing.assert_array_equal(refined[:, :10], depth[:, :10])
+    np.testing.assert_array_equal(refined[-8:], depth[-8:])
+    assert (np.abs(refined - depth)[:-8, 10:] > 0).mean() > 0.9
 
 
 def test_refinement_keeps_far_and_border_pixels_fixed() -> None:

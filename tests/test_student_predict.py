@@ -66,7 +66,46 @@ def test_predict_photo_writes_panel_and_json(tiny_checkpoint: str, vocab_path: s
     assert doc["size"] == [440, 512] and doc["joints"] == list(JOINTS)
     assert len(doc["words"]) == NUM_TOKENS
     for w in doc["words"]:  # threshold -1: every non-empty slot decodes to a vocabulary word
-        assert w is None or (w["word"] in WORDS and -1.0 <= w["score"] <= 1.0)
+        assert w is None or (w["word"] in WORDS and -1.0 <= w["score"] <= 1.0 and w["kept"])
+    assert doc["input"] == astronaut and doc["coco_id"] is None and doc["labels"] is None
+
+
+def test_json_names_its_input_keeps_low_scores_and_maps_can_be_saved(tmp_path, vocab_path: str) -> None:
+    import cv2
+
+    from student.checkpoint import save_checkpoint
+    from student.config import ModelConfig
+    from student.model import YMapNet
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(SIZE)
+    cfg = type(cfg).from_dict({**cfg.to_dict(), "multihot_vocab": len(WORDS)})
+    model = YMapNet(cfg)
+    with torch.no_grad():  # a head that is sure of word 2 ("woman") and of nothing else
+        model.multihot[-1].weight.zero_()
+        model.multihot[-1].bias.fill_(-5.0)
+        model.multihot[-1].bias[2] = 5.0
+    ckpt = tmp_path / "head.pt"
+    save_checkpoint(ckpt, model, cfg)
+    image = tmp_path / "000000000139.jpg"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(ckpt), str(image), "--out", str(out), "--json", "--vocab",
+                 vocab_path, "--word-threshold", "1.0", "--no-panel", "--save-maps"]) == 0
+    assert not (out / "000000000139.panel.png").exists()
+    doc = json.loads((out / "000000000139.json").read_text())
+    assert doc["input"] == str(image) and doc["coco_id"] == 139
+    words = [w for w in doc["words"] if w is not None]
+    assert words and all(w["word"] in WORDS and not w["kept"] for w in words)  # scores below 1.0 are kept too
+    assert doc["labels"] == [{"word": "woman", "score": pytest.approx(0.9933, abs=1e-4)}]
+    saved = np.load(out / "000000000139.maps.npz")
+    assert saved["maps"].shape == (44, SIZE, SIZE) and saved["tokens"].shape == (8, 300)
+    assert saved["depth"].shape == (SIZE, SIZE)
+    # the panel shows the head's labels as the paper's "Response Text"
+    assert main(["predict", "--checkpoint", str(ckpt), str(image), "--out", str(out), "--vocab", vocab_path]) == 0
+    panel = read_image(out / "000000000139.panel.png")
+    words_tile = panel[256:, 3 * 256:]
+    assert (np.abs(words_tile[:, 128:].astype(int) - [255, 230, 120]).sum(axis=-1) < 60).any()
     for person in doc["people"]:
         assert len(person["keypoints"]) == len(JOINTS) and all(len(k) == 3 for k in person["keypoints"])
 
@@ -103,7 +142,7 @@ def test_json_people_are_in_original_pixels(tiny_checkpoint: str) -> None:
     truth = np.ones((1, len(JOINTS), 3), np.float32)
     truth[0, :, :2] = box.to_store(in_photo)
 
-    pred = Predictor(_drawing(truth), cfg.image_size, refine=False)(photo)
+    pred = Predictor(_drawing(truth), cfg.image_size, refine="none")(photo)
     doc = pred.to_json()
     assert len(doc["people"]) == 1
     got = np.array([k[:2] for k in doc["people"][0]["keypoints"]], float)
@@ -161,7 +200,7 @@ def test_predict_input_is_the_store_letterbox(tiny_checkpoint: str, w: int, h: i
 
     model, _, _ = load_checkpoint(tiny_checkpoint)
     image = np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    pred = Predictor(model, SIZE, refine=False)(image)
+    pred = Predictor(model, SIZE, refine="none")(image)
     box = Letterbox.fit(w, h, SIZE)
     assert pred.geometry == box and pred.to_json()["size"] == [w, h]
     np.testing.assert_array_equal(pred.image, letterbox_image(image, box))
@@ -296,7 +335,7 @@ def test_predict_letterboxes_a_transparent_image_as_the_store_does(tiny_checkpoi
     path = tmp_path / "logo.png"
     path.write_bytes(_png(Image.fromarray(rgba, "RGBA")))
     model, _, _ = load_checkpoint(tiny_checkpoint)
-    pred = Predictor(model, SIZE, refine=False)(read_image(path))
+    pred = Predictor(model, SIZE, refine="none")(read_image(path))
     composite = np.zeros((40, 50, 3), np.uint8)
     composite[10:20] = 128  # (255 * 128 + 127) // 255
     np.testing.assert_array_equal(pred.image, letterbox_image(composite, Letterbox.fit(50, 40, SIZE)))
@@ -313,7 +352,7 @@ def test_no_joint_is_found_on_the_letterbox_border(tiny_checkpoint: str) -> None
     truth = np.ones((1, len(JOINTS), 3), np.float32)
     truth[0, :, :2] = np.array([1.0, 4.0]) + STANDING * [18.0, 56.0]  # store pixels, all in the left bar
 
-    pred = Predictor(_drawing(truth), cfg.image_size, refine=False)(photo)
+    pred = Predictor(_drawing(truth), cfg.image_size, refine="none")(photo)
     assert pred.people == []
     from student.postprocess import find_peaks
 

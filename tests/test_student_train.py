@@ -17,6 +17,7 @@ from student import cli
 from student.config import TrainConfig
 from student.data import SLOTS_PER_WORKER, make_loader, open_split, skip_remainder, to_device
 from student.metrics import MetricSums, hdm, token_cosine
+from student.recipe import Recipe
 from student.train import lr_at, train
 
 SIZE = 32
@@ -38,9 +39,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _cfg(store: Path, out: Path, **kw) -> TrainConfig:
-    base = TrainConfig(shards=str(store), out=str(out), model="tiny", epochs=2, steps_per_epoch=3, batch_size=4,
-                       workers=0, lr=1e-3, tensorboard=False, progress=False, shuffle_buffer=8)
+def _cfg(store: Path, out: Path, recipe: dict | None = None, **kw) -> TrainConfig:
+    r = Recipe.from_dict({"epochs": 2, "batch_size": 4, "lr": 1e-3, **(recipe or {})})
+    base = TrainConfig(shards=str(store), out=str(out), model="tiny", recipe=r, steps_per_epoch=3, workers=0,
+                       tensorboard=False, progress=False, shuffle_buffer=8)
     return replace(base, **kw)
 
 
@@ -116,16 +118,23 @@ def test_metrics_values() -> None:
     glove = torch.zeros(2, 8, 300)
     tokens[:, 0], glove[:, 0] = 1.0, 0.5  # same direction
     tokens[0, 1, :150], glove[0, 1, 150:] = 1.0, 0.5  # orthogonal; slot 1 of sample 1 is empty
+    tokens[1, 1, :] = 1.0  # a word where the target slot is empty: 0 in the paper's metric
     glove[1, 2, 0] = 0.5  # near zero (mean square <= 0.003): an empty slot
-    cos_sum, count = token_cosine(tokens, glove)
-    assert count[:2].tolist() == [2, 1] and cos_sum[:2].tolist() == pytest.approx([2.0, 0.0])
+    tokens[1, 2, 0] = 1.0  # ... that the paper's metric still scores (cosine 1)
+    sums, counts = token_cosine(tokens, glove)
+    assert counts[0, :3].tolist() == [2, 2, 2] and sums[0, :3].tolist() == pytest.approx([2.0, 0.0, 1.0])
+    assert counts[1, :3].tolist() == [2, 1, 0] and sums[1, :3].tolist() == pytest.approx([2.0, 0.0, 0.0])
     sums = MetricSums()
     sums.update(pred, target, tokens, glove, torch.tensor(3.0))
     m = sums.compute()
     assert m["joints/hdm@0.1"] == pytest.approx(0.5) and m["depth/hdm@0.8"] == pytest.approx(0.75)
     assert m["joints/mse"] == pytest.approx((4.0 + 0.25) / 4)
     assert m["tokens/cos0"] == pytest.approx(1.0) and m["tokens/cos1"] == pytest.approx(0.0)
-    assert math.isnan(m["tokens/cos2"])
+    assert m["tokens/cos2"] == pytest.approx(0.5) and m["tokens/cos3"] == pytest.approx(0.0)  # paper: all samples
+    assert m["tokens/cos0_nonempty"] == pytest.approx(1.0) and math.isnan(m["tokens/cos2_nonempty"])
+    assert m["tokens/cos"] == pytest.approx(3.0 / 16) and m["tokens/cos_nonempty"] == pytest.approx(2.0 / 3)
+    # foreground IoU: the prediction has no foreground, so every channel with a target foreground scores 0
+    assert m["joints/iou"] == 0.0 and m["groups/iou"] == 0.0 and m["text/iou"] == 0.0
     assert m["loss"] == 3.0
     masked = MetricSums()  # pixel (0, 0) in a crowd region: joints and PAFs leave it out, depth does not
     masked.update(pred, target, tokens, glove, pose_mask=torch.tensor([[[0.0, 1.0], [1.0, 1.0]]]))
@@ -134,11 +143,24 @@ def test_metrics_values() -> None:
     assert m["depth/hdm@0.1"] == pytest.approx(0.5) and m["depth/mse"] == pytest.approx((4.0 + 0.25) / 4)
 
 
+def test_foreground_iou_is_not_fooled_by_an_all_background_output() -> None:
+    target = torch.full((2, 44, 8, 8), -1.0)
+    target[:, 0, 2:4, 2:4] = 1.0  # a joint blob
+    target[:, 34, :4] = 1.0  # a group region
+    background = MetricSums()
+    background.update(torch.full_like(target, -1.0), target, torch.zeros(2, 8, 300), torch.zeros(2, 8, 300))
+    m = background.compute()
+    assert m["joints/hdm@0.1"] > 0.99 and m["joints/iou"] == 0.0 and m["groups/iou"] == 0.0
+    perfect = MetricSums()
+    perfect.update(target.clone(), target, torch.zeros(2, 8, 300), torch.zeros(2, 8, 300))
+    assert perfect.compute()["joints/iou"] == 1.0 and perfect.compute()["groups/iou"] == 1.0
+
+
 def test_learning_rate_decays_linearly() -> None:
-    cfg = TrainConfig()
-    assert lr_at(cfg, 0) == pytest.approx(2.4e-4)
-    assert lr_at(cfg, 50) == pytest.approx(1.7e-4)
-    assert lr_at(cfg, 100) == pytest.approx(1.0e-4) and lr_at(cfg, 240) == pytest.approx(1.0e-4)
+    recipe = TrainConfig().recipe
+    assert lr_at(recipe, 0) == pytest.approx(2.4e-4)
+    assert lr_at(recipe, 50) == pytest.approx(1.7e-4)
+    assert lr_at(recipe, 100) == pytest.approx(1.0e-4) and lr_at(recipe, 240) == pytest.approx(1.0e-4)
 
 
 def test_stopped_and_resumed_run_follows_the_uninterrupted_loss_curve(store: Path, tmp_path: Path,
@@ -205,7 +227,8 @@ def test_early_stopping_after_patience_epochs_without_improvement(store: Path, t
     val_losses = iter([1.0, 2.0, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5])
     monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: ({"loss": next(val_losses),
                                                                     "joints/hdm@0.1": 0.0, "tokens/cos": 0.0}, None))
-    result = train(_cfg(store, tmp_path / "run", epochs=10, steps_per_epoch=1, patience=2))
+    result = train(_cfg(store, tmp_path / "run", {"epochs": 10, "patience": 2, "early_stop_start_epoch": 0},
+                        steps_per_epoch=1))
     assert result["epochs"] == 5 and result["best"] == 0.5  # best at epoch 3, then 2 epochs without improvement
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert best["epoch"] == 3 and best["metrics"]["loss"] == 0.5
@@ -570,3 +593,55 @@ def test_an_out_that_is_a_file_is_refused_before_training(store: Path, tmp_path:
                                                    "file, not a folder")):
         assert cli.main(_tiny_run(store, out)) == 2
         assert capsys.readouterr().err.strip() == f"student train: error: {text}"
+
+
+def test_validation_uses_the_target_sizes_of_the_epoch_and_checkpoints_record_them(store: Path, tmp_path: Path,
+                                                                                  monkeypatch, one_thread) -> None:
+    import student.train as train_module
+
+    seen = []
+    real = train_module.evaluate
+
+    def spy(model, dataset, *a, **k):
+        seen.append(dataset.transform.sizes.at(dataset.transform.epoch))
+        return real(model, dataset, *a, **k)
+
+    monkeypatch.setattr(train_module, "evaluate", spy)
+    recipe = {"epochs": 3, "heatmap_radius": [20, 8], "paf_width": [6, 2], "size_step_epochs": 1}
+    train(_cfg(store, tmp_path / "run", recipe, steps_per_epoch=1))
+    assert seen == [(20, 6), (19, 5), (18, 4)]  # what each epoch trained toward, not the limits (8, 2)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["target_sizes"] == {"heatmap_radius": 18, "paf_width": 4}
+
+
+def test_max_steps_and_max_minutes_end_a_run_normally(store: Path, tmp_path: Path, capsys, one_thread) -> None:
+    result = train(_cfg(store, tmp_path / "steps", {"epochs": 5}, max_steps=4))
+    assert not result["interrupted"] and result["stopped"] == "max_steps" and len(result["losses"]) == 4
+    assert torch.load(tmp_path / "steps" / "last.pt", weights_only=True)["step"] == 4
+    base = ["train", "--shards", str(store), "--model", "tiny", "--workers", "0", "--batch-size", "2",
+            "--steps-per-epoch", "2", "--no-progress", "--no-tensorboard", "--val-steps", "1"]
+    assert cli.main(base + ["--out", str(tmp_path / "minutes"), "--epochs", "50", "--max-minutes", "0.0001"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out.strip().splitlines()[-1])
+    assert doc["state"] == "done" and doc["stopped"] == "max_minutes" and doc["steps"] == 1
+    # with --no-progress each epoch still ends in a plain line, and the JSON has the epoch losses
+    assert cli.main(base + ["--out", str(tmp_path / "two"), "--epochs", "2"]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and "train loss" in lines[0] and "IoU joints" in lines[0] and "groups" in lines[0]
+    doc = json.loads(captured.out.strip().splitlines()[-1])
+    assert len(doc["epoch_train_losses"]) == 2 and doc["train_loss"] == doc["epoch_train_losses"][-1]
+    assert doc["stopped"] is None and doc["epochs"] == 2
+
+
+def test_multihot_head_is_optional_detached_and_out_of_the_validation_loss(store: Path, tmp_path: Path,
+                                                                          one_thread) -> None:
+    plain = train(_cfg(store, tmp_path / "plain", {"epochs": 1}))
+    assert "multihot/bce" not in plain["val"]
+    assert torch.load(tmp_path / "plain" / "last.pt", weights_only=True)["model_cfg"]["multihot_vocab"] == 0
+    head = train(_cfg(store, tmp_path / "head", {"epochs": 1, "multihot": True, "gain_multihot": 3.0}))
+    saved = torch.load(tmp_path / "head" / "last.pt", weights_only=True)
+    assert saved["model_cfg"]["multihot_vocab"] == 2048 and saved["train_cfg"]["recipe"]["gain_multihot"] == 3.0
+    assert head["val"]["multihot/bce"] > 0
+    # the head neither changes the seven-term validation loss nor the maps and tokens it is trained beside
+    assert head["val"]["loss"] == pytest.approx(plain["val"]["loss"], rel=1e-5)

@@ -112,5 +112,8 @@ def test_predictions_are_detectron2s_own_inference(tiny) -> None:
         with torch.inference_mode():
             seg, info = teacher.model([{"image": torch.as_tensor(resized.transpose(2, 0, 1).astype("float32")),
                                         "height": photo.shape[0], "width": photo.shape[1]}])[0]["panoptic_seg"]
-        np.testing.assert_array_equal(got["classes"], contiguous_from_detectron2(seg, info))
-        assert got["classes"].shape == photo.shape[:2]
+        expected = contiguous_from_detectron2(seg, info)
+        assert got["classes"].shape == expected.shape == photo.shape[:2]
+        # images of one resized shape share a batch: the convolutions then sum in another order, and a pixel whose
+        # classes tie to float rounding may flip (1 of 240,000 here with oneDNN); anything more is a real difference
+        assert np.mean(got["classes"] != expected) <= 1e-4, np.mean(got["classes"] != expected)
