@@ -28,6 +28,7 @@ import torch
 from shards.atomic import atomic_write_bytes, out_folder_problem
 from shards.manifest import StoreError
 from shards.streams import is_url
+from shards.taxonomy import VOCAB_SIZE
 from student.checkpoint import (CheckpointError, load_problem, load_weights, read_checkpoint, save_checkpoint,
                                 saved_model_config)
 from student.cli import resolve_device
@@ -38,7 +39,6 @@ from student.metrics import MetricSums, image_panel
 from student.model import YMapNet
 from student.recipe import Recipe, dump_recipe, load_recipe
 from student.targets import TargetSizes
-from shards.taxonomy import VOCAB_SIZE
 
 #: what a run writes into its --out folder; a new run refuses a folder holding any of them (see --overwrite)
 RUN_FILES = ("last.pt", "best.pt", "train_config.json", "tb")
@@ -114,8 +114,8 @@ def setup_device(name: str) -> tuple[torch.device, int, int]:
 
 
 def model_config(cfg: TrainConfig, store_size: int) -> ModelConfig:
-    """The network for ``cfg.model`` at the store's image size, with the recipe's dropout, token residual and
-    multi-hot head (a 2048-word head, or the vocabulary size of the preset)."""
+    """The network for ``cfg.model`` at the store's image size, with the recipe's dropout, token residual and,
+    when the recipe asks for it, a multi-hot head over the vocabulary (VOCAB_SIZE words)."""
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; use {', '.join(MODELS)}")
     base = getattr(ModelConfig, cfg.model)(store_size) if cfg.model != "paper" else \
@@ -208,6 +208,12 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     if resume:
         payload = _load_resume(resume, device)
         model_cfg = saved_model_config(payload["model_cfg"], resume)
+        if bool(model_cfg.multihot_vocab) != recipe.multihot:  # the head is part of the saved network
+            raise ValueError(f"{resume} has {'a' if model_cfg.multihot_vocab else 'no'} multi-hot head but the "
+                             f"recipe asks for {'one' if recipe.multihot else 'none'}; a resumed run keeps its "
+                             "network (start a new run for another)")
+        model_cfg = replace(model_cfg, encoder_dropout=recipe.encoder_dropout, token_dropout=recipe.token_dropout,
+                            token_residual=recipe.token_residual)  # recipe knobs: no weights depend on them
         state.update({k: payload[k] for k in state if k in payload})
     else:
         model_cfg = model_config(cfg, train_ds.manifest.size)

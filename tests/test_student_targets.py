@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,8 @@ def test_pack_and_device_targets_match_numpy_conversions() -> None:
     assert host["pose"].dtype == np.int8 and host["depth"].dtype == np.uint16 and host["image"].dtype == np.uint8
     assert host["pose_mask"].sum() == s * s - 16 and host["pose_mask"][0, 0] == 0
     assert host["multihot"].tolist() == [0, 1, 0, 1, 0, 0, 0, 1, 0, 0]
+    many = T.pack_targets(replace(sample, token_ids=tuple(range(12))), 8, 4, multihot_vocab=16)
+    assert many["multihot"].tolist() == [1] * 8 + [0] * 8  # the 8 words of the tokens, as the paper: at most 8
     batch = {k: torch.from_numpy(v)[None] for k, v in host.items()}
     full = V.device_targets(batch)[0].numpy()
     as_bits = V.device_targets({**batch, "depth": batch["depth"].view(torch.int16)})[0].numpy()

@@ -645,3 +645,12 @@ def test_multihot_head_is_optional_detached_and_out_of_the_validation_loss(store
     assert head["val"]["multihot/bce"] > 0
     # the head neither changes the seven-term validation loss nor the maps and tokens it is trained beside
     assert head["val"]["loss"] == pytest.approx(plain["val"]["loss"], rel=1e-5)
+
+
+def test_a_resumed_run_keeps_its_head(store: Path, tmp_path: Path, capsys, one_thread) -> None:
+    train(_cfg(store, tmp_path / "run", {"epochs": 1}))
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(tmp_path / "run" / "last.pt"), "--epochs", "2", "--multihot",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no multi-hot head but the recipe asks for one" in err
