@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,15 @@ _OPTIONAL = {"rejected": int, "config": dict, "num_samples": int}
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
 
 
+#: what a shard, column or fingerprint name read from a store may be: such names become path components and,
+#: for a ``pipe:`` root, part of a shell command, so nothing beyond letters, digits, "-" and "_"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
+
+
 def is_plain_name(name: Any) -> bool:
-    """True for a string usable as one path component (a shard, column or fingerprint name)."""
-    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+    """True for a string usable as one path component (a shard, column or fingerprint name): 1 to 128 letters,
+    digits, "-" and "_", not starting with "-"."""
+    return isinstance(name, str) and _PLAIN_NAME.fullmatch(name) is not None
 
 
 def _manifest_problem(d: Any) -> str | None:

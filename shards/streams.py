@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shlex
 import subprocess
 from typing import BinaryIO, Iterator
+
+from shards.schema import KEY_DIGITS
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
@@ -30,13 +33,15 @@ def is_url(root: str | os.PathLike) -> bool:
 def join(root: str | os.PathLike, *parts: str) -> str:
     """Location of ``parts`` below ``root`` (a path, a URL, or a ``pipe:`` command template).
 
-    Always join from the root: a ``pipe:`` template's ``{}`` is replaced by the relative path.
+    Always join from the root: a ``pipe:`` template's ``{}`` is replaced by the relative path, shell-quoted.
     """
     rel = "/".join(parts)
     s = str(root)
-    if s.startswith("pipe:") and "{}" in s:
-        return s.replace("{}", rel)
-    if s.startswith("file://"):
+    if s.startswith("pipe:") and "{}" in s:  # the path is quoted for the shell (adjacent words concatenate)
+        return s.replace("{}", shlex.quote(rel))
+    if s.startswith("pipe:"):
+        rel = shlex.quote(rel)
+    elif s.startswith("file://"):
         s = s[len("file://"):]
     return s.rstrip("/") + "/" + rel if s else rel
 
@@ -203,13 +208,16 @@ def split_name(name: str) -> tuple[str, str]:
 def iter_samples(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Group consecutive tar members by key: yield ``(key, {ext: bytes})`` per sample.
 
-    A key that shows up again after another key (members not contiguous) raises TarError.
+    A key that shows up again after another key (members not contiguous), or that is not the 12 digits of a
+    store key (``../x``, an absolute path, dots), raises TarError.
     """
     key: str | None = None
     members: dict[str, bytes] = {}
     seen: set[str] = set()
     for name, data in iter_tar(stream, check_headers):
         k, ext = split_name(name)
+        if not (len(k) == KEY_DIGITS and k.isascii() and k.isdigit()):  # keys become file names on export
+            raise TarError(f"member {name[:80]!r}: its key is not {KEY_DIGITS} digits")
         if k != key:
             if key is not None:
                 yield key, members

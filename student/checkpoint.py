@@ -63,6 +63,24 @@ def saved_model_config(saved: Any, path: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(f"{path}: its model_cfg is not a valid model config ({e})") from None
 
 
+def check_fits(cfg: ModelConfig, state: Any, path: str | os.PathLike) -> None:
+    """Raise a CheckpointError unless the tensors of ``state`` have exactly the shapes of the network ``cfg``
+    describes, comparing with a network built on the meta device (no memory): a checkpoint's config is data, and
+    must not make the loader allocate a network its own weights do not fill."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its model entry is a {type(state).__name__}, not a state dict")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in YMapNet(cfg).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    for key, shape in expected.items():
+        if got.get(key) != shape:
+            raise CheckpointError(f"{path}: weights do not match the saved config ({key}: the config asks for "
+                                  f"{list(shape)}, the weights hold {list(got[key]) if key in got else 'none'})")
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        raise CheckpointError(f"{path}: weights do not match the saved config (unexpected {extra[0]})")
+
+
 def load_problem(error: BaseException, limit: int = 200) -> str:
     """The first useful line of a ``load_state_dict`` error, at most ``limit`` characters.
 
@@ -104,8 +122,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if "model" not in payload or "model_cfg" not in payload:
         raise CheckpointError(f"{path}: not a student checkpoint (needs 'model' and 'model_cfg' entries)")
     cfg = saved_model_config(payload.pop("model_cfg"), path)
+    state = payload.pop("model")
+    check_fits(cfg, state, path)
     model = YMapNet(cfg)
-    load_weights(model, payload.pop("model"), path)
+    load_weights(model, state, path)
     model.to(map_location)
     model.eval()
     return model, cfg, payload

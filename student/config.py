@@ -11,6 +11,13 @@ from shards.taxonomy import GLOVE_DIM, NUM_CHANNELS, NUM_TOKENS
 from student.recipe import Recipe
 
 
+#: the largest value of each size of the network (about 100x the paper's): a config is data, read from checkpoints
+_LIMITS = {"image_size": 8192, "encoder_filters": 65536, "bridge_filters": 65536, "bridge_dilations": 64,
+           "decoder_filters": 65536, "pixelwise_filters": 65536, "out_channels": 4096, "num_tokens": 64,
+           "token_dim": 4096, "token_width": 65536, "token_layers": 64, "multihot_vocab": 1 << 20,
+           "multihot_width": 65536}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Every size of Y-MAP-Net; the defaults are the paper configuration "1-8-44" (DESIGN 6).
@@ -45,6 +52,13 @@ class ModelConfig:
         if self.arch != ModelConfig.arch:
             raise ValueError(f"architecture {self.arch} is an older layout of the network than this version's "
                              f"({ModelConfig.arch}); train a new model")
+        for name, most in _LIMITS.items():  # a config read from a file must not ask for unbounded memory
+            values = getattr(self, name)
+            for v in values if isinstance(values, tuple) else (values,):
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= most:
+                    raise ValueError(f"{name} {values!r} is not an integer in 0..{most}")
+        if len(self.encoder_filters) > 16 or len(self.bridge_dilations) > 16:
+            raise ValueError("at most 16 encoder levels and 16 bridge layers")
         if len(self.encoder_filters) != len(self.decoder_filters):
             raise ValueError("encoder_filters and decoder_filters need the same number of levels")
         if self.image_size % (2 ** len(self.encoder_filters)):

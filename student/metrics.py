@@ -114,7 +114,7 @@ class MetricSums:
                                 extra]).to(torch.float64)
 
     def compute(self) -> dict[str, float]:
-        """``{"<group>/mse", "<group>/hdm@T", "<group>/iou" (joints, text; groups: mean over its channels),
+        """``{"<group>/mse", "<group>/hdm@T", "<group>/iou" (joints, text, groups: mean over their channels),
         "tokens/cos<i>", "tokens/cos" (paper-style, every sample), "tokens/cos<i>_nonempty",
         "tokens/cos_nonempty", "loss"}`` as floats."""
         s = self.sums.cpu().tolist()

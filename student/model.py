@@ -52,9 +52,7 @@ class TokenChain(nn.Module):
         layers: list[nn.Module] = []
         for i in range(cfg.token_layers):
             layers += [nn.Linear(cin if i == 0 else cfg.token_width, cfg.token_width), nn.LeakyReLU(cfg.leaky_slope),
-                       nn.LayerNorm(cfg.token_width, eps=cfg.ln_eps)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                       nn.LayerNorm(cfg.token_width, eps=cfg.ln_eps), nn.Dropout(dropout)]  # also at 0: same keys
         self.body = nn.Sequential(*layers, nn.Linear(cfg.token_width, cfg.token_dim), nn.LeakyReLU(cfg.leaky_slope),
                                   nn.LayerNorm(cfg.token_dim, eps=cfg.ln_eps))
         self.out = nn.Linear(cfg.token_dim, cfg.token_dim)

@@ -264,7 +264,7 @@ def refine_depth_paper(depth: np.ndarray, normals: np.ndarray, *, iterations: in
     ``valid`` are masked: they stay as they are (and still feed their neighbours' gradients).
 
     Note that the update of a pixel depends on its neighbours' values only (Sobel weighs the centre 0) and is
-    never positive (delta . (G, 1) = M (N . n - 1)), so it does not remove independent noise; :func:`refine_depth`
+    never positive for unit normals (delta . (G, 1) = M (N . n - 1)), so it does not remove independent noise; :func:`refine_depth`
     is a descent on the normal-consistency error instead.
 
     Args:

@@ -17,6 +17,9 @@ from typing import Any
 
 from student.augment import AugmentConfig
 
+MAX_SIZE = 256  # largest heatmap radius / PAF width, in pixels of a 256-pixel store: blobs are (2r + 3)^2 arrays
+MAX_BATCH = 65536  # a batch's buffers are allocated up front
+
 #: the seven terms of the paper's loss (its section "Model Training"), in channel order, tokens last
 PAPER_TERMS = ("joints", "pafs", "depth", "normals", "text", "groups", "tokens")
 
@@ -74,28 +77,33 @@ class Recipe:
                 return f"recipe {name} must be an integer, got {value!r}"
             if value < least:
                 return f"recipe {name} must be >= {least}, got {value!r}"
+        if self.batch_size > MAX_BATCH:
+            return f"recipe batch_size must be <= {MAX_BATCH}, got {self.batch_size}"
+        for name in ("augment", "multihot"):
+            if not isinstance(getattr(self, name), bool):
+                return f"recipe {name} must be true or false, got {getattr(self, name)!r}"
         for name in ("lr", "lr_final", "adam_eps"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (_number(value) and value > 0):
                 return f"recipe {name} must be a finite number > 0, got {value!r}"
         numbers = ["early_stop_min_delta", "clip_value", "pose_foreground_weight", "encoder_dropout",
                    "token_dropout", "token_residual"] + [f.name for f in fields(self) if f.name.startswith("gain_")]
         for name in numbers:
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                    and value >= 0):
+            if not (_number(value) and value >= 0):
                 return f"recipe {name} must be a finite number >= 0, got {value!r}"
         for name in ("encoder_dropout", "token_dropout"):
             if getattr(self, name) >= 1:
                 return f"recipe {name} must be below 1, got {getattr(self, name)}"
         for name in ("heatmap_radius", "paf_width"):
             pair = getattr(self, name)
-            if (not isinstance(pair, tuple) or len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair)
+            if (not isinstance(pair, tuple) or len(pair) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE for v in pair)
                     or pair[1] > pair[0]):
-                return f"recipe {name} must be [start, limit] with start >= limit >= 1, got {list(pair)}"
+                return f"recipe {name} must be [start, limit] with {MAX_SIZE} >= start >= limit >= 1, got {pair!r}"
         if not isinstance(self.augmentation, AugmentConfig):
             return "recipe augmentation must be an object of augmentation settings"
-        return None
+        return _augmentation_problem(self.augmentation)
 
     def gains(self) -> dict[str, float]:
         """Gain of each loss term, the seven of the paper and ``multihot``."""
@@ -147,6 +155,30 @@ class Recipe:
         if key.startswith("augmentation."):
             return self.from_dict({"augmentation": {key.split(".", 1)[1]: value}}, self)
         return self.from_dict({key: value}, self)
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _augmentation_problem(a: AugmentConfig) -> str | None:
+    """Why these augmentation settings cannot train (a chance outside [0, 1], a count past its bound), or None."""
+    for f in fields(a):
+        value = getattr(a, f.name)
+        if not _number(value) or value < 0:
+            return f"recipe augmentation.{f.name} must be a finite number >= 0, got {value!r}"
+    for name in ("pan_zoom", "color", "noise", "burned", "noise_image", "min_joints_in_view", "color_max", "pan_max"):
+        if getattr(a, name) > 1:
+            return f"recipe augmentation.{name} must be in 0..1, got {getattr(a, name)}"
+    for name, most, whole in (("burned_max", 10_000, True), ("pan_zoom_tries", 1_000, True), ("zoom_max", 10, False),
+                              ("noise_sigma_max", 255, False)):
+        value = getattr(a, name)
+        if value > most or (whole and not isinstance(value, int)):
+            return f"recipe augmentation.{name} must be {'an integer ' if whole else ''}<= {most}, got {value!r}"
+    if a.zoom_max < 1:
+        return f"recipe augmentation.zoom_max must be >= 1, got {a.zoom_max}"
+    return None
 
 
 #: named recipes; ``paper`` is the default of ``student train``

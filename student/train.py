@@ -29,8 +29,8 @@ from shards.atomic import atomic_write_bytes, out_folder_problem
 from shards.manifest import StoreError
 from shards.streams import is_url
 from shards.taxonomy import VOCAB_SIZE
-from student.checkpoint import (CheckpointError, load_problem, load_weights, read_checkpoint, save_checkpoint,
-                                saved_model_config)
+from student.checkpoint import (CheckpointError, check_fits, load_problem, load_weights, read_checkpoint,
+                                save_checkpoint, saved_model_config)
 from student.cli import resolve_device
 from student.config import MODELS, ModelConfig, TrainConfig
 from student.data import StudentDataset, close_loader, error_line, make_loader, open_split, skip_remainder, to_device
@@ -208,6 +208,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     if resume:
         payload = _load_resume(resume, device)
         model_cfg = saved_model_config(payload["model_cfg"], resume)
+        check_fits(model_cfg, payload["model"], resume)
         if bool(model_cfg.multihot_vocab) != recipe.multihot:  # the head is part of the saved network
             raise ValueError(f"{resume} has {'a' if model_cfg.multihot_vocab else 'no'} multi-hot head but the "
                              f"recipe asks for {'one' if recipe.multihot else 'none'}; a resumed run keeps its "
@@ -304,6 +305,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                 return "max_minutes"
         return None
 
+    stopped: str | None = None
     for epoch in range(state["epoch"], recipe.epochs):
         skip = state["position"]["batch"] if state["position"]["epoch"] == epoch else 0  # resumed inside it
         batches = None
@@ -365,10 +367,12 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
                     guard.in_step = guard.hold_always
                     if stop or (world == 1 and guard.pending):  # the step is done: save it and stop
                         raise KeyboardInterrupt
-                    limit = limit_reached()
-                    if limit:
+                    stopped = limit_reached()
+                    if stopped and b + 1 < steps_per_epoch:  # inside the epoch: save it as it stands
                         bar.close()
-                        return interrupted(epoch, limit)
+                        done = interrupted(epoch, stopped)
+                        _close_group(world)
+                        return done  # (at the epoch's end the run stops after its validation)
                 if _agree(guard.pending, False, world, device)[0]:  # Ctrl-C during the epoch's last step
                     raise KeyboardInterrupt
         except _HardStop:
@@ -394,7 +398,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         state.update(epoch=epoch + 1, position={"epoch": epoch + 1, "batch": 0}, metrics=metrics,
                      epoch_loss=[0.0, 0])
         val_loss = metrics.get("loss", math.inf)  # no loss: the val split gave no batch
-        # as Keras's EarlyStopping: better by more than min_delta, stale epochs counted from start_epoch on
+        # better by more than min_delta, as Keras's EarlyStopping; stale epochs count from early_stop_start_epoch on
+        # (Keras's start_from_epoch; the best value is tracked from the first epoch, so that best.pt exists)
         improved = val_loss < state["best"] - recipe.early_stop_min_delta
         if improved:
             state["best"], state["stale"] = val_loss, 0
@@ -414,14 +419,19 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         if improved:
             checkpoint("best.pt")
         if state["stale"] >= recipe.patience:  # `patience` epochs without improvement
-            if writer is not None:
-                writer.close()
-            return result(state["epoch"], last, False, "early_stopping")
+            stopped = "early_stopping"
+        if stopped:
+            break
     if writer is not None:
         writer.close()
-    if world > 1:
+    _close_group(world)
+    return result(state["epoch"], last, False, stopped)
+
+
+def _close_group(world: int) -> None:
+    """End the process group of a run on several ranks."""
+    if world > 1 and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    return result(state["epoch"], last, False, None)
 
 
 def epoch_line(epoch: int, train_loss: float, val_loss: float, best: float, metrics: dict[str, float],
@@ -624,6 +634,10 @@ def run(args: argparse.Namespace) -> int:
             if "model" in flags and flags["model"] != base.model:
                 raise ValueError(f"--model {flags['model']}: {args.resume} is a {base.model} model; a resumed run "
                                  "keeps its network (start a new run for another)")
+            base = replace(base, max_steps=0, max_minutes=0.0)  # limits of an earlier invocation: give them again
+            if "shards" not in flags and is_url(base.shards):  # data never picks a command or a remote store
+                raise ValueError(f"{args.resume} was trained on the store {base.shards[:80]!r}, a pipe: command or "
+                                 "URL, which is taken from the command line only: pass --shards")
             # the run goes on where its checkpoint is, not in the folder it was first written to (a copy of a run
             # must not overwrite the original); --out sends it elsewhere
             if "out" not in flags:

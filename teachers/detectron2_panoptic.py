@@ -118,8 +118,16 @@ class PanopticFPNTeacher(Teacher):
         from detectron2 import model_zoo
         from detectron2.config import get_cfg
 
+        import yaml
+
         cfg = get_cfg()
-        cfg.merge_from_file(config if local_config else model_zoo.get_config_file(config))
+        path = config if local_config else model_zoo.get_config_file(config)
+        try:  # plain data only: detectron2 would fall back to yaml.unsafe_load, which runs python/object tags
+            cfg.merge_from_file(path, allow_unsafe=False)
+        except yaml.YAMLError as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise TeacherError(f"teacher {self.name!r}: config {path} is not plain YAML data ({first}); a tag that "
+                               "builds a Python object is refused") from None
         cfg.merge_from_list(list(opts))
         cfg.MODEL.DEVICE = str(self.device)
         cfg.MODEL.WEIGHTS = ""

@@ -190,7 +190,8 @@ def from_pretrained_strict(model_class: Any, teacher: str, checkpoint: str, revi
         _local_config(teacher, checkpoint, expected)
     with quiet_transformers():
         model, info = load_or_fail(teacher, checkpoint, lambda: model_class.from_pretrained(
-            checkpoint, revision=revision, output_loading_info=True, ignore_mismatched_sizes=True))
+            checkpoint, revision=revision, output_loading_info=True, ignore_mismatched_sizes=True,
+            trust_remote_code=False))  # explicit: a checkpoint's own code never runs, and nothing prompts
     if model.config.model_type != expected:
         raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint!r} is a {model.config.model_type!r} "
                            f"model, not {expected!r}")

@@ -81,7 +81,7 @@ def load_tokenizer(name_or_path: str) -> Any:
 
     try:
         with quiet_transformers():
-            return GPT2TokenizerFast.from_pretrained(name_or_path)
+            return GPT2TokenizerFast.from_pretrained(name_or_path, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any loader failure is one user-facing line
         raise TeacherError(f"teacher 'visiongpt2': cannot load the GPT-2 tokenizer {name_or_path!r} "
                            f"({type(exc).__name__}); pass tokenizer=<folder with vocab.json and merges.txt>") from None

@@ -50,8 +50,8 @@ class ViTGPT2Teacher(Teacher):
         self.model = from_pretrained_strict(VisionEncoderDecoderModel, self.name, checkpoint, revision)
         with quiet_transformers():
             self.tokenizer, processor = load_or_fail(self.name, checkpoint, lambda: (
-                AutoTokenizer.from_pretrained(checkpoint, revision=revision),
-                AutoImageProcessor.from_pretrained(checkpoint, revision=revision)))
+                AutoTokenizer.from_pretrained(checkpoint, revision=revision, trust_remote_code=False),
+                AutoImageProcessor.from_pretrained(checkpoint, revision=revision, trust_remote_code=False)))
         # any HF captioner: its decoder's embedding may be padded to a multiple of 64 or 128 (50257 -> 50304)
         check_vocabulary(self.name, self.tokenizer, checkpoint, self.model.config.decoder.vocab_size, slack=128)
         self.model.to(device=device, dtype=torch_dtype(dtype)).eval()

@@ -112,3 +112,18 @@ def test_saved_configs_carry_the_recipe_and_old_flat_configs_still_read() -> Non
     assert read.shards == "s" and read.model == "tiny"
     assert (read.recipe.epochs, read.recipe.lr, read.recipe.heatmap_radius, read.recipe.gain_joints) == \
         (7, 5e-4, (20, 6), 3.0)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"heatmap_radius": [100000, 8]}, "256 >= start >= limit"),
+    ({"heatmap_radius": 5}, "must be \\[start, limit\\]"),
+    ({"batch_size": 10 ** 7}, "batch_size must be <="),
+    ({"multihot": "false"}, "multihot must be true or false"),
+    ({"lr": True}, "lr must be a finite number"),
+    ({"augmentation": {"burned_max": 10 ** 12}}, "burned_max must be an integer <= 10000"),
+    ({"augmentation": {"pan_zoom": "x"}}, "pan_zoom must be a finite number"),
+    ({"augmentation": {"color": 2.0}}, "color must be in 0..1"),
+])
+def test_recipe_values_are_bounded_and_typed(change: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Recipe.from_dict(change)

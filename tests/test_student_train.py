@@ -516,8 +516,7 @@ def test_checkpoint_weights_or_optimiser_that_do_not_fit_are_one_line(store: Pat
     assert cli.main(["train", "--resume", str(mismatched), "--workers", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith(f"student train: error: {mismatched}: weights do not match the saved config (size "
-                          "mismatch for bridge.")
+    assert err.startswith(f"student train: error: {mismatched}: weights do not match the saved config (bridge.")
     foreign = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]).state_dict()
     alien = _training_checkpoint(run / "alien.pt", cfg, model.state_dict(), foreign, store)
     assert cli.main(["train", "--resume", str(alien), "--workers", "0", "--no-progress"]) == 2
@@ -654,3 +653,22 @@ def test_a_resumed_run_keeps_its_head(store: Path, tmp_path: Path, capsys, one_t
                      "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has no multi-hot head but the recipe asks for one" in err
+
+
+def test_a_limit_at_an_epochs_end_still_validates_and_resume_forgets_limits(store: Path, tmp_path: Path, capsys,
+                                                                          one_thread) -> None:
+    out = tmp_path / "run"
+    result = train(_cfg(store, out, {"epochs": 5}, max_steps=3, steps_per_epoch=3))
+    assert result["stopped"] == "max_steps" and result["epochs"] == 1 and len(result["epoch_losses"]) == 1
+    assert (out / "best.pt").is_file()  # the epoch's validation ran
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(out / "last.pt"), "--epochs", "2", "--no-progress"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["stopped"] is None and doc["epochs"] == 2 and doc["steps"] == 3  # one more whole epoch
+
+
+def test_a_run_without_dropout_resumes_under_a_recipe_with_it(store: Path, tmp_path: Path, one_thread) -> None:
+    out = tmp_path / "run"
+    train(_cfg(store, out, {"epochs": 1, "token_dropout": 0.0, "encoder_dropout": 0.0}))
+    resumed = train(_cfg(store, out, {"epochs": 2}), resume=str(out / "last.pt"))
+    assert resumed["epochs"] == 2

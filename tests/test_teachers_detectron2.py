@@ -55,6 +55,20 @@ def test_hostile_pickle_is_refused_without_running_it(tiny, tmp_path, monkeypatc
     assert not (tmp_path / "HACKED").exists()
 
 
+def test_a_config_that_builds_objects_is_refused_without_running_it(tiny, tmp_path) -> None:
+    dest = tmp_path / "evil"
+    os.makedirs(dest)
+    shutil.copy(os.path.join(tiny, "model_final.pth"), dest)
+    marker = tmp_path / "HACKED"
+    config = open(os.path.join(tiny, "config.yaml")).read()
+    (dest / "config.yaml").write_text(f"X: !!python/object/apply:os.system ['touch {marker}']\n" + config)
+    with pytest.raises(TeacherError, match="is not plain YAML data"):
+        create_teacher(NAME, checkpoint=str(dest))
+    with pytest.raises(TeacherError, match="is not plain YAML data"):
+        create_teacher(NAME, checkpoint=os.path.join(tiny, "model_final.pth"), config_file=str(dest / "config.yaml"))
+    assert not marker.exists()
+
+
 def test_checkpoint_that_does_not_fit_the_config(tiny, tmp_path) -> None:
     state = torch.load(os.path.join(tiny, "model_final.pth"), weights_only=True)["model"]
     dest = tmp_path / "partial"
