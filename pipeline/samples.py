@@ -8,7 +8,9 @@ returned members with ``shards.codecs`` and writes them. ``meta`` is always the 
 from __future__ import annotations
 
 import os
+import stat
 import warnings
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -45,8 +47,28 @@ def _as_record(record: ImageRecord | Mapping[str, Any]) -> ImageRecord:
     return record if isinstance(record, ImageRecord) else ImageRecord.from_record(dict(record))
 
 
+def check_image_path(rec: ImageRecord) -> None:
+    """Reject a record whose image is not a regular file inside its split's image folder: an annotation file is
+    data and never points the build at another file (``../`` or an absolute ``file_name``, a symlink, a FIFO or a
+    device, which would be read without end).
+
+    Raises:
+        RejectedImage: ``outside-folder`` or ``not-a-file``; a missing file is left to the reader (``missing``).
+    """
+    name = PurePosixPath(rec.file_name.replace("\\", "/"))
+    if not rec.file_name or name.is_absolute() or ".." in name.parts or PureWindowsPath(rec.file_name).drive:
+        raise RejectedImage("outside-folder", f"file_name {rec.file_name[:200]!r} leaves the split's image folder")
+    try:
+        mode = os.lstat(rec.path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise RejectedImage("not-a-file", f"{rec.path} is a symlink or not a regular file")
+
+
 def _image_in_annotation_frame(rec: ImageRecord) -> np.ndarray:
     """Decode the record's image in the frame its annotations use (oriented, else as stored)."""
+    check_image_path(rec)
     expected = (rec.width, rec.height) if rec.width > 0 and rec.height > 0 else None
     oriented, raw = decode_image_bytes(read_image_bytes(rec.path), rec.path, expected)
     if expected is None:

@@ -97,7 +97,7 @@ def _plan(split_path: Path, manifest: Manifest) -> tuple[list[Path], list[KeptCo
     kept: list[KeptColumn] = []
     for column in COLUMNS:
         col = split_path / column
-        if not col.is_dir():
+        if not col.is_dir() or col.is_symlink():  # nothing reached through a symlink is ever removed
             continue
         fp = manifest.columns.get(column)
         others = [v for v in sorted(col.iterdir()) if v.name != fp and is_version_dir(v)]
@@ -159,9 +159,14 @@ def collect_garbage(root: str | os.PathLike, split: str, *, dry_run: bool = Fals
             result.removed.append(version)
             result.bytes += size
         for column, fp in manifest.columns.items():
-            for tmp in sorted(column_dir(path, column, fp).glob(".*.tmp")):  # a writer killed before its rename
+            version = column_dir(path, column, fp)
+            if version.parent.is_symlink() or version.is_symlink():  # another store's folder, maybe
+                continue
+            for tmp in sorted(version.glob(".*.tmp")):  # a writer killed before its rename
+                if tmp.is_symlink() or not tmp.is_file():
+                    continue
                 st = tmp.stat()
-                if tmp.is_file() and now - st.st_mtime >= min_age_s:
+                if now - st.st_mtime >= min_age_s:
                     if not dry_run:
                         tmp.unlink()
                     result.removed.append(tmp)

@@ -22,7 +22,7 @@ EXIF_ORIENTATION = 0x0112
 
 class RejectedImage(Exception):
     """An image the base stage cannot use; ``reason`` is one of missing, empty, truncated, undecodable,
-    size-mismatch."""
+    size-mismatch, outside-folder, not-a-file."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

@@ -131,3 +131,66 @@ def test_every_hugging_face_load_refuses_remote_code() -> None:
                 assert isinstance(kw.get("trust_remote_code"), ast.Constant) and \
                     kw["trust_remote_code"].value is False, f"{path.name}:{node.lineno}"
     assert len(calls) >= 4
+
+
+def _photo(path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(path), np.full((20, 30, 3), 128, np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "fifo"])
+def test_coco_image_paths_never_leave_the_image_folder(tmp_path: Path, kind: str) -> None:
+    import os
+
+    from pipeline.coco import ImageRecord
+    from pipeline.samples import base_sample
+    from shards.images import RejectedImage
+
+    images = tmp_path / "coco" / "train2017"
+    images.mkdir(parents=True)
+    private = tmp_path / "private.jpg"  # a photo outside the COCO root
+    _photo(private)
+    _photo(images / "000000000001.jpg")
+    name = {"dotdot": "../../private.jpg", "absolute": str(private), "symlink": "000000000002.jpg",
+            "fifo": "000000000003.jpg"}[kind]
+    if kind == "symlink":
+        os.symlink(private, images / name)
+    elif kind == "fifo":
+        os.mkfifo(images / name)  # reading it would block forever
+    record = ImageRecord(image_id=2, file_name=name, path=str(images / name), width=30, height=20)
+    with pytest.raises(RejectedImage) as e:
+        base_sample(record, 32)
+    assert e.value.reason == ("outside-folder" if kind in ("dotdot", "absolute") else "not-a-file")
+    fine = ImageRecord(image_id=1, file_name="000000000001.jpg", path=str(images / "000000000001.jpg"), width=30,
+                       height=20)
+    assert base_sample(fine, 32)[1].shape == (20, 30, 3)
+
+
+def test_gc_removes_nothing_reached_through_a_symlink(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from shards.gc import collect_garbage
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    write_synthetic_store(mine, SPLIT, 4, 4, size=32)
+    write_synthetic_store(other, SPLIT, 4, 4, size=32, seed=1)
+    manifest = load_manifest(mine / SPLIT)
+    # a symlinked column folder whose inactive version is another store's active one
+    depth = mine / SPLIT / "depth"
+    shutil.rmtree(depth)
+    os.symlink(other / SPLIT / "depth", depth)
+    other_fp = load_manifest(other / SPLIT).columns["depth"]
+    (other / SPLIT / "depth" / (manifest.columns["depth"])).mkdir(exist_ok=True)
+    # a symlinked active version folder holding a temporary file of another place
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".x.tmp").write_text("keep me")
+    normals = mine / SPLIT / "normals" / manifest.columns["normals"]
+    shutil.rmtree(normals)
+    os.symlink(outside, normals)
+    collect_garbage(mine, SPLIT)
+    assert (other / SPLIT / "depth" / other_fp).is_dir()
+    assert (outside / ".x.tmp").read_text() == "keep me"
