@@ -17,11 +17,11 @@ from shards.reader import load_manifest_at
 from shards.schema import VOCAB_NAME
 from shards.taxonomy import CHANNEL_GROUPS, CHANNELS, NUM_TOKENS
 from shards.vocab import Vocabulary, decode_glove
+from student.config import TrainConfig
 from student.data import close_loader, error_line, make_loader, open_split, to_device
 from student.metrics import HDM_THRESHOLDS, IOU_GROUPS, MetricSums
 from student.postprocess import find_peaks, group_people
 from student.scoring import LearningScores
-from student.config import TrainConfig
 from student.targets import TargetSizes
 
 #: Row names of the table, in channel order (DESIGN 5.1).
@@ -42,8 +42,8 @@ def evaluate(model: Callable[[torch.Tensor], dict[str, torch.Tensor]], root: str
         batch_size: samples per forward pass.
         workers: DataLoader workers.
         device: torch device.
-        sizes: heatmap / PAF sizes; the final sizes of the schedule are used (pass ``TargetSizes((r, r), (w,
-            w))`` for the sizes r, w of a checkpoint).
+        sizes: heatmap / PAF sizes; the final sizes of the schedule are used (``TargetSizes.fixed(r, w)`` for
+            the sizes r, w of a checkpoint).
         vocab: the caption vocabulary, for word recall (None: not scored).
         progress: show a progress bar.
 
@@ -94,6 +94,7 @@ def _score(scores: LearningScores, out: dict[str, torch.Tensor], host: dict[str,
     vocabulary words, multi-hot labels against the same ids."""
     maps = out["maps"][:keep].float().cpu().numpy()
     tokens = out["tokens"][:keep].float().cpu().numpy()
+    hot = out["multihot"][:keep].float().cpu().numpy() if "multihot" in out else None
     for i in range(keep):
         peaks = find_peaks(maps[i, CHANNELS["joints"].slice])
         scores.add_pose(group_people(peaks, maps[i, CHANNELS["pafs"].slice]), host["keypoints"][i])
@@ -101,8 +102,8 @@ def _score(scores: LearningScores, out: dict[str, torch.Tensor], host: dict[str,
         if vocab is not None:
             truth = [vocab.words[j] for j in ids[:NUM_TOKENS] if 0 <= j < len(vocab)]
             scores.add_words([w[0] if w else None for w in decode_glove(tokens[i], vocab)], truth)
-        if "multihot" in out:
-            scores.add_labels(out["multihot"][i].float().cpu().numpy(), ids)
+        if hot is not None:
+            scores.add_labels(hot[i], ids)
 
 
 def _clean(value: float) -> float | None:
@@ -177,12 +178,11 @@ def _sizes(extra: dict[str, Any], which: str = "checkpoint") -> TargetSizes:
     if which == "checkpoint" and isinstance(saved, dict):
         radius, width = saved.get("heatmap_radius"), saved.get("paf_width")
         if all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256 for v in (radius, width)):
-            return TargetSizes((radius, radius), (width, width))
+            return TargetSizes.fixed(radius, width)
     train = extra.get("train_cfg")
     if isinstance(train, dict):
         try:
-            recipe = TrainConfig.from_dict(train).recipe
-            return TargetSizes((recipe.heatmap_radius[1],) * 2, (recipe.paf_width[1],) * 2)
+            return TargetSizes.fixed(*TrainConfig.from_dict(train).recipe.target_sizes().at(None))
         except (TypeError, ValueError):
             pass
     return TargetSizes()

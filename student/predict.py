@@ -19,7 +19,7 @@ from shards.vocab import DEFAULT_DECODE_THRESHOLD, Vocabulary, decode_glove
 from student import panels
 from shards.images import RejectedImage, decode_image_bytes
 from student.postprocess import Person, find_peaks, group_people, refine_depth, refine_depth_paper
-from student.scoring import LABEL_THRESHOLD
+from student.scoring import label_ids
 
 REFINE_MODES = ("paper", "descent", "none")
 
@@ -115,7 +115,7 @@ class Predictor:
         or past its end)."""
         if probabilities is None:
             return None
-        ids = np.nonzero(probabilities > LABEL_THRESHOLD)[0]
+        ids = label_ids(probabilities)
         words = self.vocab.words if self.vocab is not None else []
         return sorted(((words[i] if i < len(words) else f"#{i}", float(probabilities[i])) for i in ids),
                       key=lambda wp: -wp[1])

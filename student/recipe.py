@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from student.augment import AugmentConfig
+from student.targets import TargetSizes
 
 MAX_SIZE = 256  # largest heatmap radius / PAF width, in pixels of a 256-pixel store: blobs are (2r + 3)^2 arrays
 MAX_BATCH = 65536  # a batch's buffers are allocated up front
@@ -104,6 +105,10 @@ class Recipe:
         if not isinstance(self.augmentation, AugmentConfig):
             return "recipe augmentation must be an object of augmentation settings"
         return _augmentation_problem(self.augmentation)
+
+    def target_sizes(self) -> TargetSizes:
+        """The heatmap / PAF size schedule of this recipe."""
+        return TargetSizes(self.heatmap_radius, self.paf_width, self.size_step_epochs)
 
     def gains(self) -> dict[str, float]:
         """Gain of each loss term, the seven of the paper and ``multihot``."""

@@ -31,6 +31,16 @@ def person_size(keypoints: np.ndarray) -> float:
     return max(1.0, float(np.max(xy.max(axis=0) - xy.min(axis=0))))
 
 
+def annotated_people(truth: np.ndarray) -> list[np.ndarray]:
+    """The (17, 3) keypoints of the persons of ``truth`` (P, 17, 3) that have at least one labelled joint."""
+    return [t for t in np.asarray(truth, np.float64).reshape(-1, 17, 3) if (t[:, 2] > 0).any()]
+
+
+def label_ids(probabilities: np.ndarray) -> np.ndarray:
+    """Ids of the multi-hot labels the head gives (probability above the paper's 0.25)."""
+    return np.nonzero(np.asarray(probabilities) > LABEL_THRESHOLD)[0]
+
+
 def match_people(people: Sequence[Person], truth: np.ndarray, threshold: float = PCK_THRESHOLD
                  ) -> tuple[int, int, int]:
     """Match predicted people to annotated ones (one to one, most correct joints first) and count joints.
@@ -45,8 +55,7 @@ def match_people(people: Sequence[Person], truth: np.ndarray, threshold: float =
         prediction has that joint within ``threshold`` x the person's size; a person is found when its match
         has at least one correct joint.
     """
-    truth = np.asarray(truth, np.float64).reshape(-1, 17, 3)
-    annotated = [t for t in truth if (t[:, 2] > 0).any()]
+    annotated = annotated_people(truth)
     labelled = int(sum((t[:, 2] > 0).sum() for t in annotated))
     if not annotated or not people:
         return 0, labelled, 0
@@ -92,7 +101,7 @@ class LearningScores:
         self.correct_joints += correct
         self.labelled_joints += labelled
         self.people_found += found
-        self.people_annotated += int(sum((np.asarray(t)[:, 2] > 0).any() for t in np.asarray(truth).reshape(-1, 17, 3)))
+        self.people_annotated += len(annotated_people(truth))
         self.people_predicted += len(people)
 
     def add_words(self, words: Sequence[str | None], truth: Sequence[str]) -> None:
@@ -103,8 +112,7 @@ class LearningScores:
     def add_labels(self, probabilities: np.ndarray, truth: Sequence[int]) -> None:
         """One sample's multi-hot probabilities (V,) against its first 8 vocabulary ids."""
         self.has_labels = True
-        counts = label_counts(set(np.nonzero(np.asarray(probabilities) > LABEL_THRESHOLD)[0].tolist()),
-                              list(truth)[:NUM_TOKENS])
+        counts = label_counts(set(label_ids(probabilities).tolist()), list(truth)[:NUM_TOKENS])
         self.labels = [a + b for a, b in zip(self.labels, counts)]
 
     def compute(self) -> dict[str, float | int | None]:

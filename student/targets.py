@@ -33,6 +33,11 @@ class TargetSizes:
     width: tuple[int, int] = (6, 2)
     step_epochs: int = 20
 
+    @classmethod
+    def fixed(cls, radius: int, width: int) -> "TargetSizes":
+        """These sizes at every epoch (scoring a checkpoint)."""
+        return cls((radius, radius), (width, width))
+
     def at(self, epoch: int | None) -> tuple[int, int]:
         """(heatmap base radius, PAF width) at ``epoch``; ``None`` = the final sizes (validation)."""
         if epoch is None:

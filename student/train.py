@@ -38,7 +38,6 @@ from student.loss import compute_loss, paper_loss
 from student.metrics import MetricSums, image_panel
 from student.model import YMapNet
 from student.recipe import Recipe, dump_recipe, load_recipe
-from student.targets import TargetSizes
 
 #: what a run writes into its --out folder; a new run refuses a folder holding any of them (see --overwrite)
 RUN_FILES = ("last.pt", "best.pt", "train_config.json", "tb")
@@ -93,11 +92,6 @@ def lr_at(recipe: Recipe, epoch: float) -> float:
     """Learning rate at a (fractional) epoch: linear from ``lr`` to ``lr_final`` over ``lr_decay_epochs``."""
     frac = min(1.0, epoch / recipe.lr_decay_epochs) if recipe.lr_decay_epochs > 0 else 1.0
     return recipe.lr + (recipe.lr_final - recipe.lr) * frac
-
-
-def target_sizes(recipe: Recipe) -> TargetSizes:
-    """The heatmap / PAF size schedule of a recipe."""
-    return TargetSizes(recipe.heatmap_radius, recipe.paf_width, recipe.size_step_epochs)
 
 
 def setup_device(name: str) -> tuple[torch.device, int, int]:
@@ -194,7 +188,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
     main = rank == 0
     torch.manual_seed(cfg.seed)
     recipe = cfg.recipe
-    sizes = target_sizes(recipe)
+    sizes = recipe.target_sizes()
     train_ds = open_split(cfg.shards, cfg.train_split, train=True, batch_size=recipe.batch_size, seed=cfg.seed,
                           shuffle_buffer=cfg.shuffle_buffer, sizes=sizes,
                           augment=recipe.augmentation if recipe.augment else None)
