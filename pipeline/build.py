@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from shards.atomic import atomic_write_bytes, atomic_write_json, locked
+from shards.images import MAX_IMAGE_PIXELS
 from shards.layout import column_dir, manifest_path
 from shards.manifest import (Manifest, ShardEntry, StoreError, StoreFault, activate_column, load_manifest,
                              save_manifest)
@@ -48,6 +49,7 @@ class BuildConfig:
     ray_address: str | None = None  # None: RAY_ADDRESS, else start a local cluster
     num_cpus: int | None = None  # CPUs of a local Ray cluster started here
     size: int = 256  # store size S
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # input images above it are rejected as too-large, undecoded
     shard_size: int = 1000
     batch_size: int = 8  # images per teacher call
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from shards.layout import column_dir, split_dir
 from shards.manifest import StoreError, load_manifest
-from shards.schema import VOCAB_NAME, shard_name
+from shards.schema import MAX_STORE_SIZE, VOCAB_NAME, shard_name
 from shards.writer import ColumnWriter
 
 from pipeline.executors import (ClusterConnectionError, ClusterResourceError, Executor, LocalExecutor, TeacherFactory,
@@ -71,6 +71,10 @@ def check_inputs(config: "BuildConfig") -> Path:
     for name, value, least in counts:
         if int(value) < least:
             raise BuildError(f"--{name} must be >= {least}, got {value}")
+    if int(config.max_image_pixels) < 1:
+        raise BuildError(f"--max-image-pixels must be >= 1, got {config.max_image_pixels}")
+    if int(config.size) > MAX_STORE_SIZE:
+        raise BuildError(f"--size must be <= {MAX_STORE_SIZE}, got {config.size}")
     if not (math.isfinite(config.cpus_per_teacher) and config.cpus_per_teacher >= 0):
         raise BuildError(f"--cpus-per-teacher must be a finite number >= 0, got {config.cpus_per_teacher}")
     if not (math.isfinite(config.normals_scale) and config.normals_scale > 0):
@@ -302,7 +306,7 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         _say(config, "loading teachers: " + ", ".join(f"{s} {teacher_choice(config, s)[0]}" for s in loaded))
     teacher_fps = {**recorded, **load_teachers(config, loaded, executor if executor is not None else LocalExecutor())}
     teacher_ids = {s: (teacher_choice(config, s)[0], fp) for s, fp in teacher_fps.items()}
-    specs = resolve_specs(config.size, config.shard_size, teacher_ids, derived)
+    specs = resolve_specs(config.size, config.shard_size, teacher_ids, derived, config.max_image_pixels)
     fps = {s: fingerprint(spec) for s, spec in specs.items()}
 
     try:

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from pipeline.coco import ImageRecord
-from shards.images import RejectedImage, decode_image_bytes, read_image_bytes
+from shards.images import MAX_IMAGE_PIXELS, RejectedImage, decode_image_bytes, read_image_bytes
 from pipeline.targets.depth import quantise_depth
 from pipeline.targets.groups import groups_from_classes
 from pipeline.targets.normals import DEFAULT_NORMALS_SCALE, normals_from_depth
@@ -66,11 +66,11 @@ def check_image_path(rec: ImageRecord) -> None:
         raise RejectedImage("not-a-file", f"{rec.path} is a symlink or not a regular file")
 
 
-def _image_in_annotation_frame(rec: ImageRecord) -> np.ndarray:
+def _image_in_annotation_frame(rec: ImageRecord, max_pixels: int) -> np.ndarray:
     """Decode the record's image in the frame its annotations use (oriented, else as stored)."""
     check_image_path(rec)
     expected = (rec.width, rec.height) if rec.width > 0 and rec.height > 0 else None
-    oriented, raw = decode_image_bytes(read_image_bytes(rec.path), rec.path, expected)
+    oriented, raw = decode_image_bytes(read_image_bytes(rec.path), rec.path, expected, max_pixels)
     if expected is None:
         return oriented
     for image in (oriented, raw):
@@ -81,13 +81,14 @@ def _image_in_annotation_frame(rec: ImageRecord) -> np.ndarray:
                                          f"{rec.width}x{rec.height}")
 
 
-def base_sample(record: ImageRecord | Mapping[str, Any],
-                size: int = DEFAULT_STORE_SIZE) -> tuple[dict[str, Any], np.ndarray]:
+def base_sample(record: ImageRecord | Mapping[str, Any], size: int = DEFAULT_STORE_SIZE,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[dict[str, Any], np.ndarray]:
     """Decode, letterbox and map the keypoints of one image.
 
     Args:
         record: the COCO record (an ImageRecord or its ``to_record()`` dict).
         size: store side S.
+        max_pixels: an image with more pixels is rejected as ``too-large`` before it is decoded.
 
     Returns:
         ``(members, image)``: members ``{"jpg": (S, S, 3) uint8, "meta.json": dict, "pose.json": dict}`` and
@@ -97,7 +98,7 @@ def base_sample(record: ImageRecord | Mapping[str, Any],
         RejectedImage: the image cannot be used; ``.reason`` is the rejected.jsonl reason.
     """
     rec = _as_record(record)
-    image = _image_in_annotation_frame(rec)
+    image = _image_in_annotation_frame(rec, max_pixels)
     h, w = image.shape[:2]
     box = Letterbox.fit(w, h, size)
     meta = {"id": rec.image_id, "file_name": rec.file_name, **box.to_meta()}

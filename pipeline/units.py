@@ -81,13 +81,15 @@ def decode_unit(shard: str, records: Sequence[Any], size: int, split_path: str, 
         (result, decoded): the base unit's result and the decoded images of the non-rejected ids.
     """
     from pipeline.samples import RejectedImage, base_sample
+    from shards.images import MAX_IMAGE_PIXELS
     from teachers.base import TeacherInput
 
     t0 = time.perf_counter()
     samples, rejected, metas, inputs = [], [], [], []
+    max_pixels = base_spec["params"].get("max_image_pixels", MAX_IMAGE_PIXELS)
     for rec in records:
         try:
-            members, rgb = base_sample(rec, size)
+            members, rgb = base_sample(rec, size, max_pixels)
         except RejectedImage as e:
             rejected.append({"id": int(rec.image_id), "file_name": rec.file_name, "reason": e.reason,
                              "detail": str(e)})

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shards.schema import Column, Member
+from shards.errors import parse_json
+from shards.schema import MAX_STORE_SIZE, Column, Member, resolve_shape
 
 JPEG_QUALITY = 95
 PNG_COMPRESSION = 1  # OpenCV level 0..9: level 1 encodes ~35% faster than 3 for ~1% more bytes on depth/normals
@@ -40,6 +41,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
 _PNG_CHANNELS = {0: 1, 2: 3}  # colour type -> channels (gray, RGB); others go through OpenCV
+#: the most pixels a store member may declare unless the caller knows the store's size S: decoding reads the
+#: image's size from its header first, so a small file declaring a huge image is refused before it is inflated
+MAX_MEMBER_PIXELS = MAX_STORE_SIZE * MAX_STORE_SIZE
 
 
 class CodecError(ValueError):
@@ -65,8 +69,10 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     return buf.tobytes()
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """Decode JPEG bytes to an (H, W, 3) uint8 RGB array."""
+def decode_jpeg(data: bytes, max_pixels: int = MAX_MEMBER_PIXELS) -> np.ndarray:
+    """Decode JPEG bytes to an (H, W, 3) uint8 RGB array; a header declaring more than ``max_pixels`` pixels (or
+    data that is not JPEG) is a CodecError before anything is decoded."""
+    _check_pixels(jpeg_size(data), max_pixels)
     if _simplejpeg is not None:
         try:
             return _simplejpeg.decode_jpeg(data, colorspace="RGB")
@@ -131,12 +137,14 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return b"".join((len(data).to_bytes(4, "big"), kind, data, zlib.crc32(data, zlib.crc32(kind)).to_bytes(4, "big")))
 
 
-def decode_png(data: bytes) -> np.ndarray:
+def decode_png(data: bytes, max_pixels: int = MAX_MEMBER_PIXELS) -> np.ndarray:
     """Decode PNG bytes exactly: uint16 stays uint16; 3-channel results are RGB.
 
     PNGs whose rows all use the ``None`` or all the ``Up`` filter (what :func:`encode_png` writes) are
-    inflated and unfiltered here with numpy; any other PNG goes through OpenCV.
+    inflated and unfiltered here with numpy; any other PNG goes through OpenCV. Data that is not PNG, or whose
+    header declares more than ``max_pixels`` pixels, is a CodecError before anything is inflated.
     """
+    _check_pixels(png_size(data), max_pixels)
     fast = _decode_png_fast(data)
     if fast is not None:
         return fast
@@ -147,6 +155,54 @@ def decode_png(data: bytes) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[..., 2::-1].copy() if arr.shape[2] >= 3 else arr
     return arr
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` from a PNG's header; data that does not start as a PNG is a CodecError."""
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise CodecError("not PNG data (no PNG signature and header)")
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        raise CodecError("corrupt PNG: bad IHDR checksum")
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` from a JPEG's frame header, found by walking the marker segments before the scan; data
+    that is not JPEG, or has no frame header before its first scan, is a CodecError."""
+    if data[:2] != b"\xff\xd8":
+        raise CodecError("not JPEG data (no start-of-image marker)")
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            raise CodecError(f"corrupt JPEG: no marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header came first
+            break
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _JPEG_SOF and length >= 7 and pos + 9 <= end:
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return height, width
+        pos += 2 + length
+    raise CodecError("corrupt JPEG: no frame header before the image data")
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    height, width = size
+    if not height or not width:
+        raise CodecError(f"image header declares {width}x{height} pixels")
+    if height * width > max_pixels:
+        raise CodecError(f"image header declares {width}x{height} pixels, more than the {max_pixels} a member "
+                         "of this store may hold (a decompression bomb or a damaged header)")
 
 
 def _decode_png_fast(data: bytes) -> np.ndarray | None:
@@ -172,7 +228,7 @@ def _decode_png_fast(data: bytes) -> np.ndarray | None:
     size = height * stride
     stream = parts[0] if len(parts) == 1 else b"".join(parts)
     try:
-        raw = _libdeflate_zlib(stream, size) if _libdeflate_zlib is not None else zlib.decompress(stream)
+        raw = _libdeflate_zlib(stream, size) if _libdeflate_zlib is not None else _inflate(stream, size)
     except Exception as e:  # libdeflate raises its own error types
         raise CodecError(f"corrupt PNG: {e}") from None
     if len(raw) != size:
@@ -188,6 +244,12 @@ def _decode_png_fast(data: bytes) -> np.ndarray | None:
         return None
     out = pixels.view(">u2").astype(np.uint16) if depth == 16 else pixels
     return out.reshape(height, width, channels) if channels > 1 else out.reshape(height, width)
+
+
+def _inflate(stream: bytes | memoryview, size: int) -> bytes:
+    """zlib-inflate at most ``size + 1`` bytes: a stream holding more is reported by the caller's length check
+    without inflating the rest."""
+    return zlib.decompressobj().decompress(stream, size + 1)
 
 
 def _cumsum_rows(pixels: np.ndarray) -> np.ndarray:
@@ -227,7 +289,16 @@ def decode_npy(data: bytes) -> np.ndarray:
         if layout is not None and len(data) - start == layout[0].itemsize * math.prod(layout[1]):
             dtype, shape, order = layout
             return np.frombuffer(data, dtype, math.prod(shape), start).reshape(shape, order=order).copy(order="K")
-    try:
+    if layout is not None:  # a plain header whose data is not the size it declares
+        raise CodecError(f"corrupt npy: the header declares {layout[1]} {layout[0]} but {len(data) - start} bytes "
+                         "of data follow")
+    try:  # another header version or dtype: numpy parses the header, and the data must be its declared size
+        f = io.BytesIO(data)
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(f))
+        if dtype.hasobject or len(data) - f.tell() != dtype.itemsize * math.prod(shape):
+            raise ValueError(f"the header declares {shape} {dtype} but {len(data) - f.tell()} bytes of data follow")
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:
         raise CodecError(f"corrupt npy: {e}") from None
@@ -255,8 +326,8 @@ def encode_json(obj: Any) -> bytes:
 
 def decode_json(data: bytes) -> Any:
     try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return parse_json(data)
+    except ValueError as e:  # not UTF-8, not JSON, or nested too deeply for the parser
         raise CodecError(f"corrupt JSON: {e}") from None
 
 
@@ -296,9 +367,23 @@ def encode_member(member: Member, value: Any) -> bytes:
     return ENCODERS[member.codec](value)
 
 
-def decode_member(member: Member, data: bytes) -> Any:
-    """Decode one member's bytes with the project's codec for it."""
+def decode_member(member: Member, data: bytes, size: int | None = None) -> Any:
+    """Decode one member's bytes with the project's codec for it.
+
+    With the store size ``size`` (S), an image member whose header declares another height and width than its
+    schema shape is a CodecError before it is decoded (never an array of the wrong shape, nor a decompression
+    bomb's allocation); without it, images are bounded by :data:`MAX_MEMBER_PIXELS`.
+    """
+    if size is not None and member.shape is not None and member.codec in _IMAGE_SIZE:
+        height, width = _IMAGE_SIZE[member.codec](data)
+        want = resolve_shape(member.shape, size)[:2]
+        if (height, width) != want:
+            raise CodecError(f"image header declares {width}x{height} pixels, the store's members are "
+                             f"{want[1]}x{want[0]}")
     return DECODERS[member.codec](data)
+
+
+_IMAGE_SIZE: dict[str, Callable[[bytes], tuple[int, int]]] = {"png": png_size, "jpeg": jpeg_size}
 
 
 def encode_sample(col: Column, values: dict[str, Any]) -> dict[str, bytes]:
@@ -310,6 +395,6 @@ def encode_sample(col: Column, values: dict[str, Any]) -> dict[str, bytes]:
     return {ext: encode_member(col.member(ext), values[ext]) for ext in col.exts}
 
 
-def decode_sample(col: Column, members: dict[str, bytes]) -> dict[str, Any]:
-    """Decode every member of one sample of ``col``."""
-    return {ext: decode_member(col.member(ext), data) for ext, data in members.items()}
+def decode_sample(col: Column, members: dict[str, bytes], size: int | None = None) -> dict[str, Any]:
+    """Decode every member of one sample of ``col`` (``size``: the store size S, see :func:`decode_member`)."""
+    return {ext: decode_member(col.member(ext), data, size) for ext, data in members.items()}

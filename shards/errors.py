@@ -1,5 +1,5 @@
-"""The store's error types and the JSON reading every store file goes through (no other project imports, so
-``manifest`` and ``writer`` can both use it)."""
+"""The store's error types and the JSON reading every store file goes through (importing only ``shards.streams``,
+and that lazily, so ``manifest``, ``writer`` and ``streams`` can all use it)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,27 @@ class StoreFault(StoreError):
     ``shards verify`` would report it); the ``shards`` command exits 1 on it, not 2."""
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """A local JSON file's contents; a missing or corrupt file is a StoreError naming it."""
+def parse_json(data: bytes | str) -> Any:
+    """``json.loads`` whose every failure is a ValueError: text nested deeper than the parser's recursion limit (a
+    few bytes of ``[[[[...``) included, which ``json`` raises as RecursionError."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A local JSON file's contents; a missing file is a StoreError naming it, a corrupt one, one that is not a
+    regular file (a FIFO, ``/dev/zero``) or one too large for a store's JSON a StoreFault."""
+    from shards.streams import read_bytes  # streams imports this module
+
+    try:
+        return parse_json(read_bytes(os.fspath(path)))
     except FileNotFoundError:
         raise StoreError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # there, but damaged
+    except OSError as e:
+        raise StoreFault(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:  # there, but damaged (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise StoreFault(f"{path}: corrupt JSON ({e})") from None
 
 

@@ -3,7 +3,7 @@
 The one decoder of the project: the pipeline's base stage makes the store's images with it and ``student
 predict`` reads its inputs with it, so a photo is the same pixels in both. Everything that cannot give an RGB
 image raises :class:`RejectedImage` with a short machine-readable reason (``missing``, ``empty``,
-``truncated``, ``undecodable``, ``size-mismatch``) and a one-line detail.
+``truncated``, ``undecodable``, ``size-mismatch``, ``too-large``) and a one-line detail.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 
 import numpy as np
 
@@ -18,11 +19,15 @@ JPEG_MAGIC = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXIF_ORIENTATION = 0x0112
+#: the most pixels an input image may have (``pipeline build-targets --max-image-pixels``): its header is read
+#: first, so a small file declaring a huge image (a 255 KiB PNG can declare 16384x16384) is rejected as
+#: ``too-large`` before any pixel is decoded. 100 Mpx holds every COCO image (<= 0.4 Mpx) and a 12000x8000 photo.
+MAX_IMAGE_PIXELS = 100_000_000
 
 
 class RejectedImage(Exception):
     """An image the base stage cannot use; ``reason`` is one of missing, empty, truncated, undecodable,
-    size-mismatch, outside-folder, not-a-file."""
+    size-mismatch, too-large, outside-folder, not-a-file."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -32,8 +37,10 @@ class RejectedImage(Exception):
 
 def read_image_bytes(path: str | os.PathLike) -> bytes:
     """Read a file, rejecting a missing or empty one."""
+    from shards.streams import open_regular
+
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read()
     except FileNotFoundError:
         raise RejectedImage("missing", f"image file not found: {path}") from None
@@ -44,8 +51,8 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
     return data
 
 
-def decode_image_bytes(data: bytes, name: str = "<bytes>", expected_size: tuple[int, int] | None = None
-                       ) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_image_bytes(data: bytes, name: str = "<bytes>", expected_size: tuple[int, int] | None = None,
+                       max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode image bytes to RGB uint8 whatever the container says.
 
     Args:
@@ -54,6 +61,7 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>", expected_size: tuple[
         expected_size: (width, height) the annotations give: an image whose header says another size (either
             orientation) is rejected as ``size-mismatch`` before its pixels are decoded (a small file can
             hold a huge image).
+        max_pixels: an image whose header declares more pixels is rejected as ``too-large``, undecoded.
 
     Returns:
         ``(oriented, raw)``: the (H, W, 3) uint8 RGB image with EXIF orientation applied, and the image as
@@ -62,17 +70,22 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>", expected_size: tuple[
     if not data:
         raise RejectedImage("empty", f"image file is empty: {name}")
     if data.startswith(PNG_MAGIC):
-        if len(data) >= 24 and data[12:16] == b"IHDR":
-            _check_size(struct.unpack(">II", data[16:24]), expected_size, name)
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise RejectedImage("undecodable", f"PNG without a header: {name}")
+        _check_size(struct.unpack(">II", data[16:24]), expected_size, name, max_pixels)
         return _decode_png(data, name), None
-    return _decode_pillow(data, name, expected_size)
+    return _decode_pillow(data, name, expected_size, max_pixels)
 
 
-def _check_size(size: tuple[int, int], expected: tuple[int, int] | None, name: str) -> None:
-    """Reject an image whose header size is neither ``expected`` (w, h) nor its transpose."""
+def _check_size(size: tuple[int, int], expected: tuple[int, int] | None, name: str, max_pixels: int) -> None:
+    """Reject an image whose header size is neither ``expected`` (w, h) nor its transpose, or that has more than
+    ``max_pixels`` pixels."""
     if expected is not None and tuple(size) not in (tuple(expected), tuple(expected)[::-1]):
         raise RejectedImage("size-mismatch", f"{name} is {size[0]}x{size[1]} but its annotations say "
                                              f"{expected[0]}x{expected[1]}")
+    if size[0] * size[1] > max_pixels:
+        raise RejectedImage("too-large", f"{name} is {size[0]}x{size[1]}, more than {max_pixels} pixels "
+                                         "(--max-image-pixels)")
 
 
 def _decode_png(data: bytes, name: str) -> np.ndarray:
@@ -94,17 +107,21 @@ def _decode_png(data: bytes, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, 2::-1])
 
 
-def _decode_pillow(data: bytes, name: str, expected_size: tuple[int, int] | None = None
+def _decode_pillow(data: bytes, name: str, expected_size: tuple[int, int] | None, max_pixels: int
                    ) -> tuple[np.ndarray, np.ndarray | None]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        img = Image.open(io.BytesIO(data))  # reads the header only
+        with warnings.catch_warnings():  # the size is checked against max_pixels right below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))  # reads the header only
     except UnidentifiedImageError:
         raise RejectedImage("undecodable", f"not an image file: {name}") from None
-    except (OSError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # above Pillow's own limit (twice Image.MAX_IMAGE_PIXELS)
+        raise RejectedImage("too-large", f"{name}: {e}") from None
+    except OSError as e:
         raise RejectedImage("undecodable", f"cannot open image {name}: {e}") from None
-    _check_size(img.size, expected_size, name)
+    _check_size(img.size, expected_size, name, max_pixels)
     orientation = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
     if img.format == "JPEG":
         fast, problem = _decode_simplejpeg(data)

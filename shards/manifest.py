@@ -16,7 +16,8 @@ from typing import Any
 from shards.atomic import atomic_write_json, locked
 from shards.errors import StoreError, StoreFault, is_json_type, json_kind, read_json
 from shards.layout import column_dir, manifest_path
-from shards.schema import COLUMNS, DEFAULT_SHARD_SIZE, DEFAULT_STORE_SIZE, MANIFEST_NAME, STORE_FORMAT
+from shards.schema import (COLUMNS, DEFAULT_SHARD_SIZE, DEFAULT_STORE_SIZE, MANIFEST_NAME, MAX_STORE_SIZE,
+                           STORE_FORMAT)
 from shards.writer import ColumnWriter
 
 # StoreError, StoreFault and read_json are defined in shards.errors (the writer needs them too) and offered here,
@@ -113,6 +114,8 @@ def _manifest_problem(d: Any) -> str | None:
     for key, least in (("size", 1), ("shard_size", 1), ("rejected", 0)):
         if d.get(key, least) < least:
             return f"{key} is {d[key]}, below {least}"
+    if d["size"] > MAX_STORE_SIZE:  # S bounds what decoding a member may allocate
+        return f"size is {d['size']}, above the largest store size {MAX_STORE_SIZE}"
     names = set()
     for i, s in enumerate(d["shards"]):
         if not (isinstance(s, dict) and set(s) == {"name", "count"} and is_plain_name(s["name"])

@@ -8,13 +8,15 @@ torch is never imported here: the DataLoader worker is detected only when torch 
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sys
 from contextlib import ExitStack
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
-from shards.codecs import DECODERS, CodecError
+from shards.codecs import CodecError, decode_member
+from shards.errors import parse_json
 from shards.manifest import Manifest, StoreError, StoreFault
 from shards.schema import COLUMN_RECORD_NAME, COLUMNS, MANIFEST_NAME
 from shards.streams import HashingReader, TarError, iter_samples, join, open_stream, read_bytes
@@ -31,11 +33,9 @@ def load_manifest_at(root: str | os.PathLike, split: str) -> Manifest:
     Raises:
         StoreError: the manifest is missing, corrupt, malformed or of another store format.
     """
-    import json
-
     location = join(root, split, MANIFEST_NAME)
     try:
-        doc = json.loads(read_bytes(location))
+        doc = parse_json(read_bytes(location))
     except (OSError, ValueError) as e:
         hint = f"; is {root} a store with split {split!r}?" if isinstance(e, (FileNotFoundError, ValueError)) else ""
         raise StoreError(f"{location}: cannot read the manifest ({e}){hint}") from None
@@ -124,8 +124,9 @@ class StoreReader:
         self.decode = decode
         self.epoch = 0
         self._exts = {c: frozenset(COLUMNS[c].exts) for c in self.columns}
-        self._decoders: dict[str, Callable[[bytes], Any]] = {
-            m.ext: DECODERS[m.codec] for c in self.columns for m in COLUMNS[c].members}
+        self._decoders: dict[str, Callable[[bytes], Any]] = {  # images are checked against S before decoding
+            m.ext: functools.partial(decode_member, m, size=self.manifest.size)
+            for c in self.columns for m in COLUMNS[c].members}
         self.records = ({c: active_column_records(root, split, c, active[c]) for c in self.columns} if check
                         else None)
 

@@ -10,6 +10,7 @@ from shards.taxonomy import GLOVE_DIM, NUM_TOKENS
 
 STORE_FORMAT = "ymap-store/1"
 DEFAULT_STORE_SIZE = 256  # S: side of the square letterbox every image-shaped member has
+MAX_STORE_SIZE = 4096  # the largest S a store may declare: it bounds what decoding one member can allocate
 DEFAULT_SHARD_SIZE = 1000
 KEY_DIGITS = 12  # key = COCO image id zero-padded to 12 digits, no dots
 

@@ -4,7 +4,6 @@ groups, text and the caption with its token words, as one PNG.
 
 from __future__ import annotations
 
-import json
 import os
 import textwrap
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from shards.atomic import out_folder_problem
 from shards.codecs import encode_jpeg, encode_png
+from shards.errors import parse_json
 from shards.manifest import StoreError
 from shards.reader import StoreReader
 from shards.schema import KEY_DIGITS, VOCAB_NAME
@@ -73,7 +73,7 @@ def find_sample(root: str | os.PathLike, split: str, key: str | int) -> dict[str
 def load_vocab_words(root: str | os.PathLike, split: str) -> list[str] | None:
     """The ``words`` list of the split's ``vocab.json``, or None when there is none."""
     try:
-        return list(json.loads(read_bytes(join(root, split, VOCAB_NAME)))["words"])
+        return list(parse_json(read_bytes(join(root, split, VOCAB_NAME)))["words"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

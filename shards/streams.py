@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import shlex
+import stat
 import subprocess
 from typing import BinaryIO, Iterator
 
@@ -18,6 +19,17 @@ from shards.schema import KEY_DIGITS
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _READ_BUFFER = 1 << 20
+#: the largest tar member a store holds (a PNG of an RGB 4096x4096 map stored is about 50 MB); a header declaring
+#: more is a damaged or hostile shard, refused before anything that size is read into memory
+MAX_MEMBER_BYTES = 256 << 20
+MAX_NAME_BYTES = 1 << 16  # a GNU long-name or pax header record
+#: the most :func:`read_bytes` reads: a manifest, a ``column.json`` or a ``vocab.json`` (a 2048-word vocabulary is
+#: about 6 MB); a file beyond it (``/dev/zero`` given as a manifest) is refused, not read until memory runs out
+MAX_SMALL_FILE_BYTES = 128 << 20
+
+
+class FileTooLarge(ValueError):
+    """A store file meant to be small (a manifest, a record) holds more than :data:`MAX_SMALL_FILE_BYTES`."""
 
 
 class TarError(ValueError):
@@ -51,7 +63,8 @@ def open_stream(location: str) -> BinaryIO:
 
     ``pipe:CMD`` runs CMD in a shell and reads its stdout; a ``{}`` in CMD is where the path below the
     store root goes (``pipe:curl -s https://host/store/{}``), otherwise the path is appended after a ``/``.
-    Other URLs go through fsspec; anything else is a local file.
+    Other URLs go through fsspec; anything else is a local file, which must be a regular file: a FIFO or a
+    device (``/dev/zero``) is an OSError, never read (and opening never waits for a FIFO's writer).
     """
     if location.startswith("pipe:"):
         return _PipeStream(location[len("pipe:"):])
@@ -64,13 +77,33 @@ def open_stream(location: str) -> BinaryIO:
             scheme = location.split("://", 1)[0]
             raise OSError(f"{scheme}:// stores need fsspec's {scheme} support ({e}); for http(s): "
                           "pip install 'fsspec[http]'") from None
-    return open(location, "rb", buffering=_READ_BUFFER)
+    return open_regular(location)
 
 
-def read_bytes(location: str) -> bytes:
-    """Read a whole (small) file, e.g. a manifest; a missing one raises FileNotFoundError."""
+def open_regular(path: str | os.PathLike, buffering: int = _READ_BUFFER) -> BinaryIO:
+    """Open a local file for binary reading if it is a regular file (followed through symlinks); a FIFO, socket or
+    device raises OSError naming it. O_NONBLOCK keeps ``open`` from waiting for a FIFO's writer."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{path} is not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(location: str, limit: int = MAX_SMALL_FILE_BYTES) -> bytes:
+    """Read a whole small file, e.g. a manifest; a missing one raises FileNotFoundError, one holding more than
+    ``limit`` bytes FileTooLarge (after reading ``limit + 1`` bytes, whatever the file claims)."""
     with open_stream(location) as f:
-        return f.read()
+        data = _read_rest(f.read, f.read(limit + 1), limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(f"{location} holds more than {limit} bytes; not a store file")
+    return data
 
 
 class _PipeStream(io.RawIOBase):
@@ -116,8 +149,8 @@ def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[st
     """Yield ``(member name, data)`` for every regular file of a tar stream, in order.
 
     Understands ustar prefixes, GNU long names and pax ``path`` records; directories and other
-    entries are skipped. Raises TarError on a header without the ustar magic or with a bad size field,
-    a short member, or a missing end marker; ``check_headers`` also verifies every header checksum
+    entries are skipped. Raises TarError on a header without the ustar magic or with a bad size field, a
+    member declaring more than :data:`MAX_MEMBER_BYTES`, a short member, or a missing end marker; ``check_headers`` also verifies every header checksum
     (about half of the parsing time, so the verifier does it and the training reader does not).
     """
     read = stream.read
@@ -149,6 +182,9 @@ def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[st
         except ValueError:
             raise TarError(f"bad tar header at byte {offset} (size or checksum field)") from None
         kind = header[156:157]
+        if size > (MAX_MEMBER_BYTES if kind in (b"0", b"\0", b"7") else MAX_NAME_BYTES):
+            name = header[:100].split(b"\0", 1)[0].decode(errors="replace")
+            raise TarError(f"member {name} at byte {offset} declares {size} bytes, more than a store member holds")
         data = read(size)
         if len(data) < size:
             data = _read_rest(read, data, size)
@@ -161,12 +197,12 @@ def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[st
             if long_name is not None:
                 name, long_name = long_name, None
             else:
-                name = header[:100].split(b"\0", 1)[0].decode()
+                name = _text(header[:100].split(b"\0", 1)[0])
                 if header[345] != 0 and header[262] == 0:  # POSIX ustar prefix (GNU puts times there)
-                    name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
+                    name = _text(header[345:500].split(b"\0", 1)[0]) + "/" + name
             yield name, data
         elif kind == b"L":
-            long_name = data.split(b"\0", 1)[0].decode()
+            long_name = _text(data.split(b"\0", 1)[0])
         elif kind == b"x":
             long_name = _pax_path(data) or long_name
 
@@ -184,16 +220,28 @@ def _read_rest(read, data: bytes, size: int) -> bytes:
 
 
 def _pax_path(data: bytes) -> str | None:
+    """The ``path`` of a pax extended header (records ``"<length> <key>=<value>\\n"``); a malformed one raises
+    TarError."""
     pos = 0
     while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
+        space = data.find(b" ", pos)
+        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
+        if length <= space - pos or pos + length > len(data):
+            raise TarError(f"bad pax header record at offset {pos}")
         record = data[space + 1: pos + length - 1]
         pos += length
         k, _, v = record.partition(b"=")
         if k == b"path":
-            return v.decode()
+            return _text(v)
     return None
+
+
+def _text(name: bytes) -> str:
+    """A member name as text; one that is not UTF-8 is a TarError (store keys are digits)."""
+    try:
+        return name.decode()
+    except UnicodeDecodeError:
+        raise TarError(f"member name {name[:80]!r} is not UTF-8") from None
 
 
 def split_name(name: str) -> tuple[str, str]:

@@ -11,7 +11,6 @@ first fault is reported with its shard, column and (where known) key. A damaged 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ from shards.layout import column_dir, column_record_path, shard_path, split_dir
 from shards.manifest import Manifest, StoreError, load_manifest
 from shards.pose import pose_problem
 from shards.schema import COLUMNS, REJECTED_NAME, VOCAB_NAME, resolve_shape
-from shards.streams import TarError, iter_samples
+from shards.errors import parse_json
+from shards.streams import TarError, iter_samples, open_regular, read_bytes
 from shards.writer import ShardRecord, file_sha256, read_column_record
 
 
@@ -128,13 +128,13 @@ def _split_file_faults(path: Path, manifest: Manifest, chosen: Sequence[str]) ->
             faults.append(Fault("-", "tokens", None, f"{e} (the tokens column needs it)"))
         else:
             own = column_dir(path, "tokens", manifest.columns["tokens"]) / VOCAB_NAME
-            if own.is_file() and own.read_bytes() != vocab.read_bytes():
+            if own.is_file() and read_bytes(str(own)) != read_bytes(str(vocab)):
                 faults.append(Fault("-", "tokens", None, f"{vocab} differs from the column's own {own}"))
     if "base" in chosen:
         rejected = path / REJECTED_NAME
         try:
-            lines = rejected.read_text(encoding="utf-8").splitlines() if rejected.exists() else []
-            ids = [json.loads(line)["id"] for line in lines]
+            lines = read_bytes(str(rejected)).decode().splitlines() if rejected.exists() else []
+            ids = [parse_json(line)["id"] for line in lines]
         except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
             faults.append(Fault("-", "base", None, f"{rejected} is unreadable or malformed ({type(e).__name__}: {e})"))
         else:
@@ -176,7 +176,7 @@ def _check_shard(path: Path, manifest: Manifest, column: str, shard: str, count:
     keys: list[str] = []
     changed = False
     if not file.is_file():
-        return fault(f"shard file {file} is missing")
+        return fault(f"shard file {file} is {'not a regular file' if file.exists() else 'missing'}")
     rec = (records or {}).get(shard)
     if records is not None and rec is None:
         return fault("no record in column.json (the shard was never finished)")
@@ -229,14 +229,14 @@ def _key_in(message: str) -> str | None:
 
 
 def _samples(file: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    with open(file, "rb") as f:
+    with open_regular(file) as f:
         yield from iter_samples(f, check_headers=True)
 
 
 def _member_problem(member, data: bytes, size: int) -> str | None:
     """Why a member's bytes are not what the schema says, or None."""
     try:
-        value = decode_member(member, data)
+        value = decode_member(member, data, size)
     except CodecError as e:
         return f"does not decode ({e})"
     if member.ext == "pose.json":

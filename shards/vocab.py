@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from shards.atomic import atomic_write_bytes
+from shards.errors import parse_json
+from shards.streams import read_bytes
 from shards.taxonomy import GLOVE_DIM
 
 VOCAB_FORMAT = "ymap-vocab/1"
@@ -66,7 +67,7 @@ class Vocabulary:
     def load(cls, path: str | os.PathLike) -> "Vocabulary":
         """Read a ``vocab.json``; a missing or malformed file raises ValueError naming it."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = parse_json(read_bytes(os.fspath(path)))
             if not isinstance(data, dict):
                 raise ValueError(f"a JSON {type(data).__name__}, not an object")
             if data.get("format") != VOCAB_FORMAT:

@@ -17,10 +17,10 @@ from typing import Any, BinaryIO, Iterable, Mapping
 
 from shards.atomic import atomic_write_bytes, atomic_write_json, locked
 from shards.codecs import encode_sample
-from shards.errors import StoreFault, is_json_type, json_kind, read_json
+from shards.errors import StoreFault, is_json_type, json_kind, parse_json, read_json
 from shards.layout import column_dir, column_record_path, shard_path
 from shards.schema import column as get_column
-from shards.streams import read_bytes
+from shards.streams import open_regular, read_bytes
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,11 @@ def read_column_record(location: str | os.PathLike, fingerprint: str | None = No
         data = read_bytes(str(location))
     except FileNotFoundError:
         raise StoreFault(f"{location}: not found") from None
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: larger than any column.json
         raise StoreFault(f"{location}: cannot read ({e})") from None
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = parse_json(data)
+    except ValueError as e:
         raise StoreFault(f"{location}: corrupt JSON ({e})") from None
     return parse_column_record(doc, location, fingerprint)
 
@@ -95,7 +95,7 @@ def keys_digest(keys: Iterable[str]) -> str:
 
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

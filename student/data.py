@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from shards.codecs import DECODERS, CodecError
+from shards.codecs import CodecError, decode_member
 from shards.manifest import Manifest, StoreError
 from shards.schema import COLUMNS, MANIFEST_NAME
 from shards.reader import StoreReader, load_manifest_at
@@ -26,8 +26,8 @@ from student.values import device_targets
 #: batch buffers each loader process reuses: the DataLoader's 2 prefetched, one being pinned, one in use
 SLOTS_PER_WORKER = 4
 REQUIRED_COLUMNS = ("base", "depth", "normals", "text", "groups", "tokens")  # each made by the stage of its name
-#: members the student decodes (ext -> codec); the rest (meta.json, depth.json, text.json) stay bytes
-MEMBERS = {m.ext: m.codec for c in REQUIRED_COLUMNS for m in COLUMNS[c].members
+#: members the student decodes (ext -> schema member); the rest (meta.json, depth.json, text.json) stay bytes
+MEMBERS = {m.ext: m for c in REQUIRED_COLUMNS for m in COLUMNS[c].members
            if m.ext not in ("meta.json", "depth.json", "text.json")}
 
 
@@ -52,6 +52,7 @@ class SampleTransform:
         seed: base seed of the augmentation.
         multihot_vocab: size of the multi-hot target (0 = none).
         epoch: the current epoch (sets target sizes and augmentation randomness); None = final sizes.
+        store_size: the store's S: an image member declaring another size is refused before it is decoded.
     """
 
     sizes: TargetSizes
@@ -59,13 +60,14 @@ class SampleTransform:
     seed: int = 0
     multihot_vocab: int = 0
     epoch: int | None = 0
+    store_size: int | None = None
 
     def __call__(self, raw: dict[str, Any]) -> StoreSample:
         """Decode the members the student uses (raw bytes from the reader) and augment."""
         decoded = {"__key__": raw["__key__"]}
-        for ext, codec in MEMBERS.items():
+        for ext, member in MEMBERS.items():
             try:
-                decoded[ext] = DECODERS[codec](raw[ext])
+                decoded[ext] = decode_member(member, raw[ext], self.store_size)
             except CodecError as e:  # name the sample: `shards verify` then finds the shard's other faults
                 raise _member_error(raw, ext, e) from None
         try:
@@ -262,7 +264,8 @@ def open_split(root: str | os.PathLike, split: str, *, train: bool, batch_size: 
                          f"`pipeline build-targets --split {split} --stages {','.join(missing)}`")
     reader = StoreReader(root, split, REQUIRED_COLUMNS, shuffle=train, seed=seed, shuffle_buffer=shuffle_buffer,
                          resampled=train, rank=rank, world_size=world_size, decode=False)
-    transform = SampleTransform(sizes, augment if train else None, seed, multihot_vocab, 0 if train else None)
+    transform = SampleTransform(sizes, augment if train else None, seed, multihot_vocab, 0 if train else None,
+                                store_size=manifest.size)
     return StudentDataset(reader, transform, batch_size)
 
 

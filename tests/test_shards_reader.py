@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import shards.codecs as codecs_module
 from shards.codecs import decode_jpeg, encode_jpeg
 from shards.manifest import StoreError, activate_column, load_manifest, save_manifest
 from shards import reader as reader_module
@@ -204,8 +205,8 @@ def test_small_store_yields_its_first_sample_after_a_bounded_chunk(store: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # 64-pixel samples: the pixel budget alone would decode 1024 samples before the first one comes out
     decoded = []
-    png = reader_module.DECODERS["png"]
-    monkeypatch.setitem(reader_module.DECODERS, "png", lambda data: decoded.append(1) or png(data))
+    png = codecs_module.DECODERS["png"]
+    monkeypatch.setitem(codecs_module.DECODERS, "png", lambda data: decoded.append(1) or png(data))
     first = next(iter(StoreReader(store, SPLIT, ["depth"], resampled=True, seed=1)))
     assert first["depth.png"].shape == (64, 64)
     assert len(decoded) == reader_module.DECODE_CHUNK_SAMPLES == 64
