@@ -149,7 +149,7 @@ def _export(args: argparse.Namespace) -> int:
     from shards.export import ExportTargetError, export_webdataset
 
     try:
-        result = export_webdataset(args.shards, args.split, args.out, args.columns)
+        result = export_webdataset(args.shards, args.split, args.out, args.columns, overwrite=args.overwrite)
     except ExportTargetError as e:
         raise UsageError(str(e)) from None
     print(f"wrote {len(result.paths)} tars, {result.samples} samples, to {args.out}")
@@ -194,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                                help="keep versions modified more recently (default 3600: a build may be writing)")
     parsers["export"].add_argument("--out", type=Path, required=True, help="output folder for the tars")
     parsers["export"].add_argument("--columns", nargs="+", default=None, help="columns (default: all active)")
+    parsers["export"].add_argument("--overwrite", action="store_true",
+                                   help="export into a non-empty folder that is not an earlier export of the split; "
+                                        "only the files an export writes are replaced there (its tars, vocab.json, "
+                                        "export.json and the tars that lists), nothing else")
     return p
 
 

@@ -80,10 +80,12 @@ def open_stream(location: str) -> BinaryIO:
     return open_regular(location)
 
 
-def open_regular(path: str | os.PathLike, buffering: int = _READ_BUFFER) -> BinaryIO:
-    """Open a local file for binary reading if it is a regular file (followed through symlinks); a FIFO, socket or
-    device raises OSError naming it. O_NONBLOCK keeps ``open`` from waiting for a FIFO's writer."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+def open_regular(path: str | os.PathLike, buffering: int = _READ_BUFFER, follow_symlinks: bool = True) -> BinaryIO:
+    """Open a local file for binary reading if it is a regular file (through symlinks unless ``follow_symlinks`` is
+    False: then a symlink is an OSError); a FIFO, socket or device raises OSError naming it. O_NONBLOCK keeps
+    ``open`` from waiting for a FIFO's writer."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
