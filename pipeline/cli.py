@@ -46,6 +46,9 @@ def _add_build_flags(p: argparse.ArgumentParser, verb: str = "build") -> None:
                    help=f"comma-separated stages (and their dependants) to {verb}; stages: "
                         f"{','.join(s.name for s in STAGES)}")
     p.add_argument("--size", type=int, default=S, help=f"store size S (default {DEFAULTS.size})")
+    p.add_argument("--max-image-pixels", dest="max_image_pixels", type=int, default=S,
+                   help=f"input images with more pixels are rejected as too-large, from their header, undecoded "
+                        f"(default {DEFAULTS.max_image_pixels})")
     p.add_argument("--shard-size", dest="shard_size", type=int, default=S,
                    help=f"samples per shard (default {DEFAULTS.shard_size})")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=S,
@@ -151,40 +154,15 @@ def _check_types(values: dict[str, Any], source: str) -> None:
                              f"got {value!r}")
 
 
-def resolve_config(args: argparse.Namespace, last_build: bool = False) -> BuildConfig:
-    """BuildConfig from defaults < config file < flags (a teacher's ``*_params`` merge key by key).
-
-    With ``last_build`` the settings the split's manifest recorded go between the defaults and the file, so
-    ``pipeline status`` compares against what the last build asked for unless told otherwise.
-    """
+def resolve_config(args: argparse.Namespace) -> BuildConfig:
+    """BuildConfig from defaults < config file < flags (a teacher's ``*_params`` merge key by key); never from a
+    store's manifest or build report, which describe data and choose nothing."""
     fields = {f.name for f in dataclasses.fields(BuildConfig)}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
     layers: list[dict[str, Any]] = []  # lowest first; a teacher's *_params merge key by key across them
     if getattr(args, "config", None):
         layers.append(_read_config_file(args.config))
     layers.append(flags)
-    if last_build:
-        from shards.layout import split_dir
-        from shards.manifest import StoreError, load_manifest
-        from shards.schema import BUILD_REPORT_NAME, MANIFEST_NAME
-
-        given = _merge(layers)
-        where = {k: given.get(k, getattr(DEFAULTS, k)) for k in ("out", "split")}
-        split_path = split_dir(where["out"], where["split"])
-        recorded = {}
-        if (split_path / MANIFEST_NAME).exists():  # not built yet: nothing recorded
-            try:
-                recorded = load_manifest(split_path).config
-            except StoreError as e:  # a damaged manifest is said, not taken for a split never built
-                raise BuildError(f"{e}; the next build-targets of the split rewrites it") from None
-        elif (split_path / BUILD_REPORT_NAME).is_file():  # a first build that never finished says what it asked
-            try:
-                report = json.loads((split_path / BUILD_REPORT_NAME).read_text())
-                recorded = report["config"] if isinstance(report.get("config"), dict) else {}
-            except (OSError, ValueError, AttributeError, KeyError):  # unreadable: as if nothing was recorded
-                recorded = {}
-        kept = fields - {"stages", "force", "progress"}  # how the last build ran, not what this query asks
-        layers.insert(0, {k: v for k, v in recorded.items() if k in kept})
     values = _merge(layers)
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -324,18 +302,28 @@ def _check_ray_address(address: str | None) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pipeline.status import format_status, split_status
+    """Settings come from the user only (defaults < --config < flags), never from the store: a manifest or a
+    build report may say what a build used, but never chooses a teacher, checkpoint, config file or path here.
+    Without any setting given, the split's active versions are described (the store's own data only)."""
+    from pipeline.status import format_status, split_status, store_status
     from shards.layout import split_dir
     from shards.schema import BUILD_REPORT_NAME
 
     recheck = vars(args).pop("recheck")
-    config = resolve_config(args, last_build=True)
+    where = ("command", "config", "out", "split", "stages")  # which split and stages, not what to compare with
+    given = bool(getattr(args, "config", None)) or any(k not in where for k in vars(args))
+    if recheck and not given:
+        raise BuildError("--recheck loads the teachers of the settings you give, and none were given (status takes "
+                         "none from the store); pass the build's --config FILE or its flags")
+    config = resolve_config(args)
     manifest = split_dir(config.out, config.split) / "manifest.json"
     started = (manifest.parent / BUILD_REPORT_NAME).is_file()  # a first build that never finished
-    if not (manifest.is_file() or started or "coco_root" in vars(args) or Path(config.coco_root).is_dir()):
+    if not (manifest.is_file() or started) and not (given and ("coco_root" in vars(args)
+                                                                or Path(config.coco_root).is_dir())):
         raise BuildError(f"split {config.split!r} is not built in store {config.out!r} (no {manifest}); "
                          "check --out and --split, or pass --coco-root to see what a build would do")
-    print(format_status(split_status(config, recheck=recheck)))
+    status = split_status(config, recheck=recheck) if given else store_status(config.out, config.split, config.stages)
+    print(format_status(status))
     return 0
 
 
@@ -381,13 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build_flags(p)
     _add_run_flags(p)
     p.set_defaults(func=_build_targets)
-    p = add("status", "active and requested version of every column of a split; "
-                      "settings not given default to what the split's last build recorded")
+    p = add("status", "active and requested version of every column of a split, for the settings given "
+                      "(flags, --config; never the store's); without settings, the state of the active versions")
     _add_build_flags(p, verb="show")
     p.add_argument("--recheck", action="store_true",
-                   help="load every teacher to fingerprint it, instead of taking the fingerprint the last build "
-                        "recorded for the same settings and unchanged weight files (also catches a hub model "
-                        "updated upstream since)")
+                   help="load the teachers of the settings given (flags, --config; never settings from the store) "
+                        "to fingerprint them; without it a teacher whose fingerprint no build recorded for the "
+                        "same settings and unchanged weight files is reported unconfirmed (--recheck also "
+                        "catches a hub model updated upstream since)")
     p.set_defaults(func=_status)
     p = add("teachers", "list the registered teachers with their specs")
     p.add_argument("--task", default=None, help="only teachers of this task (depth, panoptic, text, caption)")

@@ -9,13 +9,16 @@ modification time of every local file or folder a keyword or the default checkpo
 files its fingerprint hashes), and the commit that the local Hugging Face cache resolves for a hub id (the
 default checkpoint, ``Teacher.default_checkpoint``, when none is given; short names through
 ``Teacher.resolve_checkpoint``).
-``pipeline status`` takes a recorded fingerprint when the settings it would load a teacher with are exactly
-those, and loads that teacher otherwise (with ``--recheck``, always). What the settings cannot see: a hub model
-that a new download would update (only the local cache is read), a file replaced by one of the same size and
-modification time (``cp -p``, ``rsync -a``), and the base files a local detectron2 YAML names in ``_BASE_``;
-``--recheck`` covers them.
+``pipeline status`` takes a recorded fingerprint when the settings of the user's teacher (from the user's flags
+and ``--config`` file, never from the store) are exactly those, and otherwise reports that teacher's stage as
+unconfirmed without loading it; ``--recheck`` loads every teacher of the user's settings. What the settings
+cannot see: a hub model that a new download would update (only the local cache is read), a file replaced by one
+of the same size and modification time (``cp -p``, ``rsync -a``), and the base files a local detectron2 YAML
+names in ``_BASE_``; ``--recheck`` covers them.
 
-The file is a cache: deleting it only makes the next ``pipeline status`` load the teachers.
+The file is a cache of data, never of settings: it only says which fingerprint goes with which settings, and
+status compares the user's settings with it (a forged entry can make status report a wrong version, never make
+it load or run anything). Deleting it only makes the next ``pipeline status`` report the teachers unconfirmed.
 """
 
 from __future__ import annotations

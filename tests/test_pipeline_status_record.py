@@ -1,5 +1,6 @@
 """``pipeline status`` takes the teachers' fingerprints the build recorded instead of loading the teachers,
-as long as their settings and weight files are unchanged (pipeline.teacher_record)."""
+as long as their settings and weight files are unchanged (pipeline.teacher_record); a teacher it cannot
+confirm so is reported unconfirmed, and loaded only with ``--recheck``."""
 
 from __future__ import annotations
 
@@ -37,57 +38,82 @@ def requested(status: dict) -> dict[str, str]:
     return {r["stage"]: r["requested"] for r in status["stages"]}
 
 
+def config_file(cfg, folder: Path) -> str:
+    """The build's settings as a ``--config`` file: what a user passes status to compare against them."""
+    path = folder / "build.json"
+    path.write_text(json.dumps(cfg.to_json()))
+    return str(path)
+
+
 def test_status_after_a_build_loads_no_teacher(store) -> None:
     cfg, _ = store
     status = split_status(cfg)
     assert pipeline_fakes.BUILT == {}  # not one teacher was constructed
-    assert status["teachers"] == {"recorded": list(TEACHER_STAGES), "loaded": []}
+    assert status["teachers"] == {"recorded": list(TEACHER_STAGES), "loaded": [], "unconfirmed": []}
     assert all(r["state"] == "current" for r in status["stages"])
     rechecked = split_status(cfg, recheck=True)  # loading every teacher gives the same versions
     assert set(pipeline_fakes.BUILT) == {"fake-depth", "fake-panoptic", "fake-text", "fake-caption"}
-    assert rechecked["teachers"] == {"recorded": [], "loaded": list(TEACHER_STAGES)}
+    assert rechecked["teachers"] == {"recorded": [], "loaded": list(TEACHER_STAGES), "unconfirmed": []}
     assert requested(rechecked) == requested(status)
 
 
-def test_changed_settings_load_only_that_teacher(store) -> None:
+def test_changed_settings_leave_that_teacher_unconfirmed(store) -> None:
     cfg, _ = store
-    status = split_status(dataclasses.replace(cfg, depth_params={"gain": 2.0}))
-    assert pipeline_fakes.BUILT == {"fake-depth": 1}
-    assert status["teachers"] == {"recorded": ["panoptic", "text", "caption"], "loaded": ["depth"]}
-    states = {r["stage"]: r["state"] for r in status["stages"]}
+    changed = dataclasses.replace(cfg, depth_params={"gain": 2.0})
+    status = split_status(changed)
+    assert pipeline_fakes.BUILT == {}  # no teacher is loaded without --recheck
+    assert status["teachers"] == {"recorded": ["panoptic", "text", "caption"], "loaded": [],
+                                  "unconfirmed": ["depth"]}
+    rows = {r["stage"]: r for r in status["stages"]}
+    assert rows["depth"]["state"] == rows["normals"]["state"] == "unconfirmed" and rows["text"]["state"] == "current"
+    assert rows["depth"]["requested"] is None and rows["depth"]["active"] is not None
+    rechecked = split_status(changed, recheck=True)  # loading it tells: another version is requested
+    assert pipeline_fakes.BUILT["fake-depth"] == 1
+    states = {r["stage"]: r["state"] for r in rechecked["stages"]}
     assert states["depth"] == states["normals"] == "stale" and states["text"] == "current"
+    pipeline_fakes.BUILT.clear()
     # device and batch size do not enter a fingerprint, so they do not make status load a teacher
     pipeline_fakes.BUILT.clear()
     split_status(dataclasses.replace(cfg, batch_size=3))
     assert pipeline_fakes.BUILT == {}
 
 
-def test_a_rewritten_weights_file_is_loaded_again(store) -> None:
+def test_a_rewritten_weights_file_is_unconfirmed_again(store) -> None:
     cfg, weights = store
     weights.write_bytes(b"weights v2, longer")
     status = split_status(cfg)
-    assert status["teachers"]["loaded"] == ["depth"]
+    assert status["teachers"]["unconfirmed"] == ["depth"] and pipeline_fakes.BUILT == {}
+    assert split_status(cfg, recheck=True)["teachers"]["loaded"] == list(TEACHER_STAGES)
     pipeline_fakes.BUILT.clear()
-    os.utime(weights, ns=(1, 1))  # same size, other modification time: loaded again too
-    assert split_status(cfg)["teachers"]["loaded"] == ["depth"]
+    os.utime(weights, ns=(1, 1))  # same size, other modification time: unconfirmed too
+    assert split_status(cfg)["teachers"]["unconfirmed"] == ["depth"]
 
 
-def test_a_damaged_record_means_loading(store) -> None:
+def test_a_damaged_record_means_unconfirmed(store) -> None:
     cfg, _ = store
     record = Path(cfg.out) / "train2017" / TEACHER_RECORD_NAME
     record.write_text("{not json")
     status = split_status(cfg)
-    assert status["teachers"]["loaded"] == list(TEACHER_STAGES)
-    assert all(r["state"] == "current" for r in status["stages"])
+    assert status["teachers"]["unconfirmed"] == list(TEACHER_STAGES) and pipeline_fakes.BUILT == {}
+    assert {r["stage"]: r["state"] for r in status["stages"]} == {
+        "base": "current", **{s: "unconfirmed" for s in ("depth", "normals", "panoptic", "groups", "text", "caption",
+                                                          "tokens")}}
+    assert all(r["state"] == "current" for r in split_status(cfg, recheck=True)["stages"])
     assert build_targets(cfg)["ok"]  # the next build writes it again
     assert [e["stage"] for e in json.loads(record.read_text())["teachers"]] == list(TEACHER_STAGES)
 
 
-def test_status_command_says_where_the_versions_come_from(store, capsys) -> None:
+def test_status_command_says_where_the_versions_come_from(store, tmp_path: Path, capsys) -> None:
     cfg, _ = store
-    assert main(["status", "--out", cfg.out]) == 0
+    settings = config_file(cfg, tmp_path)
+    assert main(["status", "--config", settings]) == 0
     assert "depth, panoptic, text, caption as recorded by a build" in capsys.readouterr().out
-    assert main(["status", "--out", cfg.out, "--recheck"]) == 0
+    assert main(["status", "--config", settings, "--depth-param", "gain=2"]) == 0
+    out = capsys.readouterr().out
+    assert "panoptic, text, caption as recorded by a build" in out
+    assert "depth unconfirmed: no build recorded their fingerprint for these settings" in out
+    assert "--recheck loads them, with these settings" in out and pipeline_fakes.BUILT == {}
+    assert main(["status", "--config", settings, "--recheck"]) == 0
     assert "depth, panoptic, text, caption loaded now" in capsys.readouterr().out
 
 
@@ -96,16 +122,22 @@ def test_status_of_a_first_build_killed_before_its_manifest(store, capsys) -> No
     split = Path(cfg.out) / cfg.split
     (split / "manifest.json").unlink()  # killed before its end: only the report it wrote when it started
     (split / "build-report.json").write_text(json.dumps({"ok": None, "config": cfg.to_json()}))
-    assert main(["status", "--out", cfg.out]) == 0  # no flags: the settings the build started with
+    assert main(["status", "--out", cfg.out]) == 0  # no settings: the report's are not taken
+    out = capsys.readouterr().out
+    assert "a first build started and has not finished" in out and "give its settings" in out
+    assert pipeline_fakes.BUILT == {}
+    assert main(["status", "--config", config_file(cfg, split.parent.parent)]) == 0  # the user's settings
     out = capsys.readouterr().out
     assert "not built" not in out and "depth, panoptic, text, caption as recorded by a build" in out
+    assert {line.split()[1] for line in out.splitlines()[3:11]} == {"partial"}  # all done, none active yet
 
 
 def test_status_of_some_stages_and_of_a_damaged_manifest(store, capsys) -> None:
     cfg, _ = store
     assert main(["status", "--out", cfg.out, "--stages", "depth"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in table[3:5]] == ["depth", "normals"] and len(table) == 6  # + teacher line
+    assert [line.split()[0] for line in table[3:5]] == ["depth", "normals"]
+    assert len(table) == 7 and table[5].startswith("no settings given")  # + the note and the recorded teachers
     assert main(["status", "--out", cfg.out, "--stages", "dpeth"]) == 2
     assert capsys.readouterr().err.startswith("pipeline: error: unknown stage 'dpeth'; stages are: base,")
     (Path(cfg.out) / cfg.split / "manifest.json").write_text('{"split": "train2017"')
@@ -146,7 +178,7 @@ def test_status_after_a_build_that_switched_back_to_an_existing_version(store) -
     assert build_targets(other)["ok"]
     back = build_targets(cfg)  # every unit of the first version is still there: nothing runs, depth is activated
     assert back["ok"] and not any(st["run"] for st in back["stages"].values())
-    assert main(["status", "--out", cfg.out]) == 0  # the settings come from the last build, the one switching back
+    assert main(["status", "--out", cfg.out]) == 0  # no settings: the active versions, the ones switched back to
     status = split_status(dataclasses.replace(cfg))
     assert all(r["state"] == "current" for r in status["stages"])
 
