@@ -5,7 +5,8 @@ Loads ``model_final.pth``-style files (``{"model": state_dict}`` or a bare state
 shape matching, resizes like detectron2's test-time ``ResizeShortestEdge``, and returns per image the
 16-point polygons in original pixels with their scores (mean point logit, sigmoid, kept at >= threshold).
 A checkpoint may carry a ``"config"`` dict of ``DPTextConfig`` fields (the tiny test models do); without
-one the released R-50 sizes apply.
+one the released R-50 sizes apply. Those sizes are bounded (``dptext_detr_model.LIMITS``) and must describe
+exactly the checkpoint's tensors, checked on a meta-device model before the real one is built.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 from PIL import Image
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, model_cache, sha256_of_path
-from teachers.dptext_detr_model import DPTextConfig, DPTextDETR
-from teachers.loading import unit_interval
-from teachers.strict_load import load_strict, read_checkpoint
+from teachers.dptext_detr_model import LIMITS, DPTextConfig, DPTextDETR
+from teachers.loading import sized_config, unit_interval
+from teachers.strict_load import check_fits, load_strict, read_checkpoint, safetensors_layout, tensor_layout
 
+TEACHER = "dptext-detr"
 PREFIX = "dptext_detr."
 PIXEL_MEAN = (123.675, 116.280, 103.530)  # RGB, 0..255
 PIXEL_STD = (58.395, 57.120, 57.375)
@@ -39,8 +41,27 @@ def resized_shape(h: int, w: int, min_size: int, max_size: int) -> tuple[int, in
     return int(nh + 0.5), int(nw + 0.5)
 
 
+def _config(fields: Any, source: str) -> DPTextConfig:
+    """The ``DPTextConfig`` of a checkpoint's ``"config"`` dict, each size bounded (``LIMITS``) and consistent;
+    anything else is one TeacherError naming the file and the field."""
+    cfg = sized_config(DPTextConfig, fields, LIMITS, teacher=TEACHER, source=source)
+    where = f"teacher {TEACHER!r}: {source}: config"
+    if cfg.d_model % cfg.n_heads:
+        raise TeacherError(f"{where} field 'd_model' {cfg.d_model} is not divisible by 'n_heads' {cfg.n_heads}")
+    if cfg.d_model % 32:
+        raise TeacherError(f"{where} field 'd_model' {cfg.d_model} is not a multiple of 32 (GroupNorm's groups)")
+    if cfg.num_ctrl_points % 2:
+        raise TeacherError(f"{where} field 'num_ctrl_points' {cfg.num_ctrl_points} is odd (half per polygon side)")
+    return cfg
+
+
 def load_dptext_detr(checkpoint: str | os.PathLike) -> tuple[DPTextDETR, DPTextConfig]:
     """Build the model for a checkpoint file and load it strictly.
+
+    The sizes a checkpoint declares are data: they are bounded (``LIMITS``), and the model they describe is built
+    on the meta device and compared with the checkpoint's tensors (``check_fits``) before the real model is built,
+    so a small file cannot make this allocate a large model. A ``.safetensors`` file (the released sizes) is
+    compared from its header, before its tensors are read.
 
     Args:
         checkpoint: ``.pth`` (``{"model": ...}`` or bare state dict) or ``.safetensors`` file.
@@ -48,17 +69,20 @@ def load_dptext_detr(checkpoint: str | os.PathLike) -> tuple[DPTextDETR, DPTextC
     Returns:
         The model in eval mode on the CPU and its configuration.
     """
-    obj = read_checkpoint(checkpoint, "dptext-detr")
+    source = os.path.expanduser(str(checkpoint))
+    if source.endswith(".safetensors"):
+        default = DPTextConfig()
+        check_fits(lambda: DPTextDETR(default), safetensors_layout(source, TEACHER), prefix=PREFIX, source=source,
+                   teacher=TEACHER)
+    obj = read_checkpoint(checkpoint, TEACHER)
     state = obj.get("model", obj)
     if not isinstance(state, dict):
         raise TeacherError(f"teacher 'dptext-detr': checkpoint {checkpoint}: 'model' is not a state dict")
     fields = obj.get("config", {}) if "model" in obj else {}
-    try:
-        cfg = DPTextConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-    except TypeError as exc:
-        raise TeacherError(f"teacher 'dptext-detr': checkpoint {checkpoint} has a bad config: {exc}") from None
+    cfg = _config(fields, source)
+    check_fits(lambda: DPTextDETR(cfg), tensor_layout(state), prefix=PREFIX, source=source, teacher=TEACHER)
     model = DPTextDETR(cfg)
-    load_strict(model, state, prefix=PREFIX, source=str(checkpoint), teacher="dptext-detr")
+    load_strict(model, state, prefix=PREFIX, source=str(checkpoint), teacher=TEACHER)
     return model.eval(), cfg
 
 

@@ -34,6 +34,19 @@ from teachers.deformable_attention import MSDeformAttn
 from teachers.dptext_detr_backbone import ResNet
 
 
+#: The bounds of each size a checkpoint's ``"config"`` may ask for, ``(least, most)`` or ``(least, most, length)``:
+#: a few times the largest published configuration (the released R-50 model: d_model 256, 8 heads, 6 + 6 layers,
+#: feed-forward 1024, 100 queries, 16 control points, 4 sampling points, 4 levels; deeper ResNets have up to 36
+#: blocks in a stage, ResNeXt bottlenecks up to 256 channels). A config is data read from a checkpoint; these keep
+#: it from asking for unbounded memory or time before its tensors are compared with the model.
+LIMITS: dict[str, tuple[int, ...]] = {
+    "d_model": (32, 2048), "n_heads": (1, 64), "enc_layers": (1, 24), "dec_layers": (1, 24),
+    "dim_feedforward": (1, 8192), "num_queries": (1, 1000), "num_ctrl_points": (4, 64), "enc_n_points": (1, 32),
+    "dec_n_points": (1, 32), "num_feature_levels": (4, 4), "resnet_blocks": (1, 64, 4), "stem_channels": (1, 512),
+    "res2_channels": (1, 2048), "bottleneck_channels": (1, 1024),
+}
+
+
 @dataclass(frozen=True)
 class DPTextConfig:
     """Sizes of DPText-DETR; the defaults are the released R-50 polygon models."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
 import re
 from types import ModuleType
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from teachers.base import MissingExtraError, TeacherError, expand_home, sha256_of_path
 
@@ -131,6 +132,67 @@ def integer(name: str, value: Any, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise TeacherError(f"{name} must be an integer >= {least}, got {value!r}")
     return value
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A short one-line ``repr`` of a value read from a file (an integer too long to print says its size)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - whatever a loaded value's repr does, the message stays one line
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _sized(value: Any, least: int, most: int) -> bool:
+    """True for a real int (not a bool) in ``least..most``."""
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+
+
+def sized_config(cls: type[T], fields: Any, limits: Mapping[str, tuple[int, ...]], *, teacher: str,
+                 source: str) -> T:
+    """``cls(**fields)`` for a dataclass of model sizes read from a file, every value checked first.
+
+    A checkpoint's sizes are data: a file of a few kilobytes must not make the loader build a network of a
+    hundred gigabytes, nor spend minutes constructing a million layers. Each field is a plain integer (not a
+    bool, a float or a string) within its bound; a tuple field is a list or tuple of exactly that many such
+    integers.
+
+    Args:
+        cls: the configuration dataclass.
+        fields: the mapping read from the file (anything else is refused).
+        limits: per field ``(least, most)``, or ``(least, most, length)`` for a tuple field; every field of
+            ``cls`` has one.
+        teacher: teacher name, for the message.
+        source: the file the fields came from, for the message.
+
+    Returns:
+        The configuration; fields left out keep their defaults.
+
+    Raises:
+        TeacherError: one line naming the file and the first bad field.
+    """
+    where = f"teacher {teacher!r}: {source}:"
+    if not isinstance(fields, dict):
+        raise TeacherError(f"{where} its config is a {type(fields).__name__}, not a mapping of model sizes")
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name not in known:
+            raise TeacherError(f"{where} unknown config field {_shown(name)} (known: {', '.join(sorted(known))})")
+        least, most, *length = limits[name]
+        if length:
+            if not (isinstance(value, (list, tuple)) and len(value) == length[0]
+                    and all(_sized(v, least, most) for v in value)):
+                raise TeacherError(f"{where} config field {name!r} must be {length[0]} integers in {least}..{most}, "
+                                   f"got {_shown(value)}")
+            value = tuple(value)
+        elif not _sized(value, least, most):
+            raise TeacherError(f"{where} config field {name!r} must be an integer in {least}..{most}, "
+                               f"got {_shown(value)}")
+        values[name] = value
+    return cls(**values)
 
 
 def unit_interval(name: str, value: Any) -> float:

@@ -2,8 +2,9 @@
 
 ``checkpoint`` is the ``captioner.pt`` file (or ``.safetensors``), or a folder holding ``captioner.pt`` (or
 ``captioner.safetensors``), optionally a ``config.json`` of ``VisionGPT2Config`` fields (sizes that differ
-from the release) and optionally the tokenizer files. The state dict must match the model exactly (429 keys
-at full size). Images are resized to 224x224 (bilinear, as albumentations' ``Resize``) and scaled to
+from the release; bounded by ``visiongpt2_model.LIMITS`` and checked against the weights on a meta-device
+model before the real one is built) and optionally the tokenizer files. The state dict must match the model
+exactly (429 keys at full size). Images are resized to 224x224 (bilinear, as albumentations' ``Resize``) and scaled to
 [-1, 1]; generation starts from GPT-2's ``<|endoftext|>`` token and stops at it.
 """
 
@@ -21,16 +22,19 @@ import torch
 
 from teachers.base import (Teacher, TeacherError, TeacherInput, TeacherSpec, expand_home, model_cache,
                            sha256_of_path)
-from teachers.loading import boolean, check_vocabulary, integer, quiet_transformers
-from teachers.strict_load import load_strict, read_checkpoint
-from teachers.visiongpt2_model import VisionGPT2, VisionGPT2Config
+from teachers.loading import boolean, check_vocabulary, first_line, integer, quiet_transformers, sized_config
+from teachers.strict_load import check_fits, load_strict, read_checkpoint, safetensors_layout, tensor_layout
+from teachers.visiongpt2_model import LIMITS, VisionGPT2, VisionGPT2Config
 
+TEACHER = "visiongpt2"
 WEIGHTS_NAME = "captioner.pt"
 #: The files of a GPT-2 tokenizer folder that decide its output.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
 SAFETENSORS_NAME = "captioner.safetensors"
 CONFIG_NAME = "config.json"
+#: The largest ``config.json`` read: the sizes of this model take a few hundred bytes.
+CONFIG_MAX_BYTES = 1 << 16
 TINY_CORPUS = [
     "a man riding a horse on a beach", "a cat sitting on a red chair", "two dogs playing with a ball",
     "a plate of food on a wooden table", "a woman holding an umbrella in the rain", "a bus parked on a street",
@@ -38,29 +42,53 @@ TINY_CORPUS = [
 ]
 
 
+def _config(fields: Any, source: str) -> VisionGPT2Config:
+    """The ``VisionGPT2Config`` of a ``config.json``'s fields, each size bounded (``LIMITS``) and consistent;
+    anything else is one TeacherError naming the file and the field."""
+    cfg = sized_config(VisionGPT2Config, fields, LIMITS, teacher=TEACHER, source=source)
+    where = f"teacher {TEACHER!r}: {source}: config"
+    if cfg.embed_dim % cfg.num_heads:
+        raise TeacherError(f"{where} field 'embed_dim' {cfg.embed_dim} is not divisible by 'num_heads' "
+                           f"{cfg.num_heads}")
+    if cfg.image_size < cfg.patch_size:
+        raise TeacherError(f"{where} field 'image_size' {cfg.image_size} is smaller than 'patch_size' "
+                           f"{cfg.patch_size}")
+    return cfg
+
+
 def _weights_and_config(checkpoint: str) -> tuple[str, VisionGPT2Config]:
     """Resolve the weights file and the model sizes of a checkpoint file or folder."""
     fields: dict[str, Any] = {}
+    source = checkpoint
     if os.path.isdir(checkpoint):
         weights = os.path.join(checkpoint, SAFETENSORS_NAME)
         if not os.path.isfile(weights):
             weights = os.path.join(checkpoint, WEIGHTS_NAME)
         cfg_path = os.path.join(checkpoint, CONFIG_NAME)
         if os.path.isfile(cfg_path):
-            with open(cfg_path) as f:
-                fields = json.load(f)
+            source = cfg_path
+            if os.path.getsize(cfg_path) > CONFIG_MAX_BYTES:
+                raise TeacherError(f"teacher {TEACHER!r}: {cfg_path} has {os.path.getsize(cfg_path)} bytes; a "
+                                   f"config of model sizes has a few hundred (at most {CONFIG_MAX_BYTES} read)")
+            try:
+                with open(cfg_path, encoding="utf-8") as f:
+                    fields = json.load(f)
+            except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, an integer too long to parse
+                raise TeacherError(f"teacher {TEACHER!r}: cannot read {cfg_path} ({first_line(exc)})") from None
             if isinstance(fields, dict) and "model_type" in fields:  # a Hugging Face config (a GPT-2 snapshot's
                 fields = {}  # tokenizer folder holds one): not sizes of this model, whose defaults are GPT-2's
     else:
         weights = checkpoint
-    try:
-        return weights, VisionGPT2Config(**fields)
-    except TypeError as exc:
-        raise TeacherError(f"teacher 'visiongpt2': bad {CONFIG_NAME} in {checkpoint}: {exc}") from None
+    return weights, _config(fields, source)
 
 
 def load_visiongpt2(checkpoint: str | os.PathLike) -> tuple[VisionGPT2, VisionGPT2Config, str]:
     """Build the model of a checkpoint file or folder and load its state dict strictly.
+
+    The sizes of ``config.json`` are data: they are bounded (``LIMITS``), and the model they describe is built on
+    the meta device and compared with the weights (``check_fits``: names, shapes, and bytes of data behind them)
+    before the real model is built, so a small file cannot make this allocate a large model. A
+    ``.safetensors`` file is compared from its header, before its tensors are read.
 
     Args:
         checkpoint: ``captioner.pt`` / ``.safetensors`` file, or a folder holding ``captioner.pt``.
@@ -69,9 +97,15 @@ def load_visiongpt2(checkpoint: str | os.PathLike) -> tuple[VisionGPT2, VisionGP
         The model in eval mode on the CPU, its configuration and the weights file path.
     """
     weights, cfg = _weights_and_config(os.path.expanduser(str(checkpoint)))
-    state = read_checkpoint(weights, "visiongpt2")
+    if weights.endswith(".safetensors"):
+        check_fits(lambda: VisionGPT2(cfg), safetensors_layout(weights, TEACHER), prefix="", source=weights,
+                   teacher=TEACHER)
+        state = read_checkpoint(weights, TEACHER)
+    else:
+        state = read_checkpoint(weights, TEACHER)
+        check_fits(lambda: VisionGPT2(cfg), tensor_layout(state), prefix="", source=weights, teacher=TEACHER)
     model = VisionGPT2(cfg)
-    load_strict(model, state, prefix="", source=weights, teacher="visiongpt2")
+    load_strict(model, state, prefix="", source=weights, teacher=TEACHER)
     return model.eval(), cfg, weights
 
 

@@ -25,6 +25,17 @@ from torch import nn
 Cache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+#: The bounds of each size a ``config.json`` may ask for, ``(least, most)``: a few times the largest published
+#: configuration (the release is GPT-2 small on ViT-B/16: vocabulary 50257, width 768, 12 heads, 1024 positions, 12
+#: blocks, MLP ratio 4, 224-pixel images of 16-pixel patches; GPT-2 XL is 1600 wide and 48 blocks deep, the largest
+#: common vocabularies about 256k). The file is data; these keep it from asking for unbounded memory or time before
+#: the weights are compared with the model.
+LIMITS: dict[str, tuple[int, ...]] = {
+    "vocab_size": (1, 262144), "embed_dim": (1, 4096), "num_heads": (1, 128), "seq_len": (1, 8192),
+    "depth": (1, 64), "mlp_ratio": (1, 16), "image_size": (1, 2048), "patch_size": (1, 64),
+}
+
+
 @dataclass(frozen=True)
 class VisionGPT2Config:
     """Sizes of VisionGPT2; the defaults are the released model (ViT-B/16 at 224, GPT-2 small)."""
