@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from shards.codecs import CodecError, decode_member
-from shards.manifest import Manifest, StoreError
+from shards.manifest import Manifest, StoreError, StoreFault
 from shards.schema import COLUMNS, MANIFEST_NAME
 from shards.reader import StoreReader, load_manifest_at
 from student.augment import AugmentConfig, augment, sample_rng
@@ -29,6 +29,11 @@ REQUIRED_COLUMNS = ("base", "depth", "normals", "text", "groups", "tokens")  # e
 #: members the student decodes (ext -> schema member); the rest (meta.json, depth.json, text.json) stay bytes
 MEMBERS = {m.ext: m for c in REQUIRED_COLUMNS for m in COLUMNS[c].members
            if m.ext not in ("meta.json", "depth.json", "text.json")}
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code of a CLI that stops on ``error``: 1 for a damaged store (as ``shards`` exits), 2 for bad input."""
+    return 1 if isinstance(error, StoreFault) else 2
 
 
 def error_line(error: BaseException) -> str:
@@ -84,9 +89,9 @@ class SampleTransform:
         pack_targets(sample, radius, width, self.multihot_vocab, out, index)
 
 
-def _member_error(raw: dict[str, Any], ext: str, error: BaseException) -> StoreError:
-    """One line naming the shard, key and member of a sample the student cannot use."""
-    return StoreError(f"shard {raw.get('__shard__', '?')} key {raw['__key__']} member {ext}: {error} "
+def _member_error(raw: dict[str, Any], ext: str, error: BaseException) -> StoreFault:
+    """One line naming the shard, key and member of a sample the student cannot use (a damaged store)."""
+    return StoreFault(f"shard {raw.get('__shard__', '?')} key {raw['__key__']} member {ext}: {error} "
                       "(run `shards verify`)")
 
 

@@ -18,7 +18,7 @@ from shards.schema import VOCAB_NAME
 from shards.taxonomy import CHANNEL_GROUPS, CHANNELS, NUM_TOKENS
 from shards.vocab import Vocabulary, decode_glove
 from student.config import TrainConfig
-from student.data import close_loader, error_line, make_loader, open_split, to_device
+from student.data import close_loader, error_line, exit_code, make_loader, open_split, to_device
 from student.metrics import HDM_THRESHOLDS, IOU_GROUPS, MetricSums
 from student.postprocess import find_peaks, group_people
 from student.scoring import LearningScores
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         vocab = find_vocab(args.shards, args.split, args.vocab)
     except (StoreError, CheckpointError, ValueError, OSError) as e:
         print(f"student eval: error: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     if manifest.num_samples == 0:
         print(f"student eval: error: split {args.split!r} of store {args.shards} has no samples "
               f"({manifest.rejected} images rejected: see its rejected.jsonl)", file=sys.stderr)
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
                           vocab=vocab, progress=not args.no_progress)
     except StoreError as e:
         print(f"student eval: error: {error_line(e)}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     result["checkpoint"] = str(args.checkpoint)
     result["target_sizes"] = {"heatmap_radius": sizes.radius[1], "paf_width": sizes.width[1],
                               "source": args.heatmap_sizes}

@@ -33,7 +33,8 @@ from student.checkpoint import (CheckpointError, check_fits, load_problem, load_
                                 save_checkpoint, saved_model_config)
 from student.cli import resolve_device
 from student.config import MODELS, ModelConfig, TrainConfig
-from student.data import StudentDataset, close_loader, error_line, make_loader, open_split, skip_remainder, to_device
+from student.data import (StudentDataset, close_loader, error_line, exit_code, make_loader, open_split,
+                          skip_remainder, to_device)
 from student.loss import compute_loss, paper_loss
 from student.metrics import MetricSums, image_panel
 from student.model import YMapNet
@@ -644,7 +645,7 @@ def run(args: argparse.Namespace) -> int:
         result = train(cfg, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     except (StoreError, CheckpointError, ValueError) as e:
         print(f"student train: error: {error_line(e)}{_store_hint(e, args, flags, base)}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     except FloatingPointError as e:  # a diverged run
         print(f"student train: error: {e}", file=sys.stderr)
         return 1
