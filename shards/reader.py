@@ -19,7 +19,7 @@ from shards.codecs import CodecError, decode_member
 from shards.errors import parse_json
 from shards.manifest import Manifest, StoreError, StoreFault
 from shards.schema import COLUMN_RECORD_NAME, COLUMNS, MANIFEST_NAME
-from shards.streams import HashingReader, TarError, iter_samples, join, open_stream, read_bytes
+from shards.streams import HashingReader, TarError, iter_samples, join, open_stream, read_bytes, whole_samples
 from shards.writer import ShardRecord, read_column_record
 
 Raw = tuple[str, str, dict[str, bytes]]  # (shard, key, {ext: bytes}) of all chosen columns
@@ -229,7 +229,10 @@ class StoreReader:
             key, members = next(it)
         except StopIteration:
             return None, {}
-        except (TarError, OSError) as e:
+        except TarError as e:
+            raise StoreFault(f"shard {shard} column {name!r}: {e} (after {whole_samples(e, n, exts)} whole "
+                             "samples)") from None
+        except OSError as e:
             raise StoreFault(f"shard {shard} column {name!r}: {e} (after {n} samples)") from None
         if members.keys() != exts:
             raise StoreFault(f"shard {shard} column {name!r} key {key}: members {sorted(members)}, "

@@ -259,27 +259,38 @@ def iter_samples(stream: BinaryIO, check_headers: bool = False) -> Iterator[tupl
     """Group consecutive tar members by key: yield ``(key, {ext: bytes})`` per sample.
 
     A key that shows up again after another key (members not contiguous), or that is not the 12 digits of a
-    store key (``../x``, an absolute path, dots), raises TarError.
+    store key (``../x``, an absolute path, dots), raises TarError. A TarError carries ``pending``: the member
+    names of the sample being read when it came (see :func:`whole_samples`).
     """
     key: str | None = None
     members: dict[str, bytes] = {}
     seen: set[str] = set()
-    for name, data in iter_tar(stream, check_headers):
-        k, ext = split_name(name)
-        if not (len(k) == KEY_DIGITS and k.isascii() and k.isdigit()):  # keys become file names on export
-            raise TarError(f"member {name[:80]!r}: its key is not {KEY_DIGITS} digits")
-        if k != key:
-            if key is not None:
-                yield key, members
-            if k in seen:
-                raise TarError(f"key {k} appears twice (members not contiguous)")
-            seen.add(k)
-            key, members = k, {}
-        if ext in members:
-            raise TarError(f"member {name} appears twice")
-        members[ext] = data
+    try:
+        for name, data in iter_tar(stream, check_headers):
+            k, ext = split_name(name)
+            if not (len(k) == KEY_DIGITS and k.isascii() and k.isdigit()):  # keys become file names on export
+                raise TarError(f"member {name[:80]!r}: its key is not {KEY_DIGITS} digits")
+            if k != key:
+                if key is not None:
+                    yield key, members
+                if k in seen:
+                    raise TarError(f"key {k} appears twice (members not contiguous)")
+                seen.add(k)
+                key, members = k, {}
+            if ext in members:
+                raise TarError(f"member {name} appears twice")
+            members[ext] = data
+    except TarError as e:
+        e.pending = frozenset(members)
+        raise
     if key is not None:
         yield key, members
+
+
+def whole_samples(error: TarError, yielded: int, exts: frozenset[str] | set[str]) -> int:
+    """Whole samples before the damage ``error`` reports: the ``yielded`` ones, plus the one being read when it
+    came if all its members ``exts`` had arrived (a cut at a member boundary)."""
+    return yielded + (1 if getattr(error, "pending", None) == frozenset(exts) else 0)
 
 
 class HashingReader:

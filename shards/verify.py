@@ -24,7 +24,7 @@ from shards.manifest import Manifest, StoreError, load_manifest
 from shards.pose import pose_problem
 from shards.schema import COLUMNS, REJECTED_NAME, VOCAB_NAME, resolve_shape
 from shards.errors import parse_json
-from shards.streams import TarError, iter_samples, open_regular, read_bytes
+from shards.streams import TarError, iter_samples, open_regular, read_bytes, whole_samples
 from shards.writer import ShardRecord, file_sha256, read_column_record
 
 
@@ -202,7 +202,7 @@ def _check_shard(path: Path, manifest: Manifest, column: str, shard: str, count:
                     if problem:
                         return fault(f"member {ext}: {problem}", key)
     except TarError as e:
-        return fault(f"{e} (after {len(keys)} whole samples)", _key_in(str(e)))
+        return fault(f"{e} (after {whole_samples(e, len(keys), exts)} whole samples)", _key_in(str(e)))
     if base_keys is not None and len(keys) < len(base_keys):
         return fault(f"missing key {base_keys[len(keys)]} (the column ends after {len(keys)} samples)",
                      base_keys[len(keys)])

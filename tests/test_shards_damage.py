@@ -452,3 +452,24 @@ def test_verify_checks_the_structure_of_pose_json(store: Path, capsys: pytest.Ca
     keys = set_pose(store / SPLIT, {})
     rc, line = _verify(store, capsys)
     assert rc == 1 and f"column 'base' key {keys[0]}: member pose.json: is not a pose record: lacks 'persons'" in line
+
+
+@pytest.mark.parametrize("cut_after, whole", [("the last member of its last sample", 3),
+                                             ("the first member of its last sample", 2)])
+def test_a_cut_shard_counts_the_whole_samples_before_the_cut(clean: Path, tmp_path: Path, cut_after: str, whole: int,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    import tarfile
+
+    store = tmp_path / "cut"
+    shutil.copytree(clean, store)
+    tar = _shard(store, "base", f"{SPLIT}-000001")  # 3 samples of 3 members each
+    with tarfile.open(tar) as t:
+        members = t.getmembers()
+    assert len(members) == 9
+    keep = members[8] if "last member" in cut_after else members[6]
+    end = keep.offset_data + -(-keep.size // 512) * 512  # cut at that member's end: no end-of-archive marker
+    tar.write_bytes(tar.read_bytes()[:end])
+    rc, _, err = _run(capsys, "verify", "--shards", str(store), "--split", SPLIT, "--columns", "base")
+    assert rc == 1 and f"after {whole} whole samples" in err, err
+    with pytest.raises(StoreFault, match=f"after {whole} whole samples"):
+        list(StoreReader(store, SPLIT, ["base"], check=False))
