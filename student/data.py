@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -289,7 +290,17 @@ def make_loader(dataset: StudentDataset, workers: int, pin_memory: bool = False)
     if workers:
         dataset.slots.share_memory_()
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=ignore_stop_signals if workers else None)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """In a loader worker: ignore SIGINT, SIGTERM and SIGUSR1. A signal sent to the whole process group (Ctrl-C in
+    a terminal, ``timeout``, ``kill -- -PGID``) would otherwise end the workers first and turn the main process's
+    clean stop into a "worker exited unexpectedly" error; the main process decides, and ends its workers itself
+    (they also end when it dies: torch's workers watch their parent)."""
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def close_loader(batches: Iterator[Any] | None) -> None:

@@ -48,32 +48,40 @@ class _HardStop(KeyboardInterrupt):
     """A second Ctrl-C inside a training step: stop at once and save nothing (the step is half done)."""
 
 
-class _StepGuard:
-    """Holds a Ctrl-C (SIGINT) that arrives during a training step until the step has finished, so that the
-    checkpoint it leads to never holds a half-done step (BatchNorm statistics updated but the step not counted,
-    or weights partly updated). Outside a step a Ctrl-C interrupts at once; a second one inside a step stops
-    without saving. With ``hold_always`` (several ranks) every Ctrl-C outside a step is held too: the ranks stop
-    together after a step they agree on (see ``_agree``), none waiting in a collective for one that left. Only
-    the main thread can take signals: elsewhere it does nothing."""
+#: the signals that stop a run as Ctrl-C does (finish the step, save last.pt, exit 128 + signal): SIGINT, SIGTERM
+#: (``timeout``, ``docker stop``, Slurm, Kubernetes) and SIGUSR1 (Slurm's ``--signal`` warning before the end)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
-    _UNSET = object()
+
+class _StepGuard:
+    """Holds a stop signal (:data:`STOP_SIGNALS`) that arrives during a training step until the step has finished,
+    so that the checkpoint it leads to never holds a half-done step (BatchNorm statistics updated but the step not
+    counted, or weights partly updated). Outside a step a signal interrupts at once (as KeyboardInterrupt); a
+    second one inside a step stops without saving. With ``hold_always`` (several ranks) every signal outside a
+    step is held too: the ranks stop together after a step they agree on (see ``_agree``), none waiting in a
+    collective for one that left. ``received`` is the last signal taken (by any guard). Only the main thread can
+    take signals: elsewhere it does nothing."""
+
+    received: int | None = None
 
     def __init__(self, hold_always: bool = False) -> None:
         self.hold_always = hold_always
         self.in_step = hold_always
         self.pending = False
-        self._previous: Any = self._UNSET
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StepGuard":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not self._UNSET:  # None: a handler installed from C; default is what stands then
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+        for s, previous in self._previous.items():  # None: a handler installed from C; the default stands then
+            default = signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
+            signal.signal(s, previous if previous is not None else default)
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        _StepGuard.received = signum
         if self.in_step and not self.pending:
             self.pending = True  # the loop stops after this step
             return
@@ -159,6 +167,9 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
           overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume) a student; the Python API behind ``student train``.
 
+    A stop signal (Ctrl-C, SIGTERM, SIGUSR1: :data:`STOP_SIGNALS`) ends the run as an interruption: the step it
+    arrives in is finished, ``last.pt`` saved, and the result's ``"signal"`` names it (None for another end).
+
     Nothing is written into ``cfg.out`` before the first training step has finished (or a checkpoint is
     saved): a run that fails before that leaves the folder as it was.
 
@@ -175,13 +186,22 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at_step: int | None 
         finished here], "epochs": epochs completed, "best": best val loss, "val": last validation metrics,
         "checkpoint": path of the last checkpoint, "interrupted": bool, "stopped": why the run ended early
         ("max_steps", "max_minutes", "early_stopping") or None, "samples_per_s": training samples per second
-        over the steps after each epoch's first}``.
+        over the steps after each epoch's first, "signal": the stop signal that interrupted it, or None}``.
 
     Raises:
         StoreError: the store lacks a split or a needed column, or a split's image size does not fit the model.
         CheckpointError: ``resume`` cannot be loaded, or its weights or optimiser state do not fit its config.
         ValueError: ``cfg.out`` holds another run and ``overwrite`` is not set, is a file, or cannot be written.
     """
+    _StepGuard.received = None
+    with _StepGuard():  # outside the steps (setup, loader start, validation) a stop signal interrupts at once
+        result = _train(cfg, resume, stop_at_step, overwrite)
+    result["signal"] = _StepGuard.received if result["interrupted"] else None
+    return result
+
+
+def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overwrite: bool) -> dict[str, Any]:
+    """:func:`train` under its signal guard."""
     cfg = replace(cfg, shards=absolute_store(cfg.shards))
     out_dir = Path(cfg.out)
     replacing = _check_out(out_dir, resume, overwrite)  # before anything is written, on every rank alike
@@ -661,4 +681,6 @@ def run(args: argparse.Namespace) -> int:
                           "steps": len(result["losses"]), "train_loss": epoch_losses[-1] if epoch_losses else None,
                           "epoch_train_losses": epoch_losses, "best_val_loss": best,
                           "checkpoint": result["checkpoint"], "samples_per_s": result["samples_per_s"]}))
-    return 130 if result["interrupted"] else 0
+    if result["interrupted"]:  # 128 + the signal, as a shell reports it: 130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1
+        return 128 + int(result["signal"] or signal.SIGINT)
+    return 0

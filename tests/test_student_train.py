@@ -239,6 +239,60 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_sigterm_and_sigusr1_inside_a_step_save_as_ctrl_c_does(store: Path, tmp_path: Path, monkeypatch, one_thread,
+                                                               name: str) -> None:
+    import os
+    import signal
+
+    import student.train as train_module
+
+    real_loss, calls = train_module.compute_loss, []
+
+    def loss_then_signal(*args, **kwargs):  # the signal arrives after the forward pass of the second step
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), getattr(signal, name))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "compute_loss", loss_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    result = train(_cfg(store, tmp_path / "run"))
+    assert result["interrupted"] and result["signal"] == getattr(signal, name) and len(result["losses"]) == 2
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["step"] == 2 and saved["position"] == {"epoch": 0, "batch": 2}
+    assert signal.getsignal(signal.SIGTERM) == before  # the run's handlers are gone with it
+
+
+def test_sigterm_to_the_process_group_stops_a_run_with_workers_cleanly(store: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "student.cli", "train", "--shards", str(store), "--model", "tiny",
+            "--epochs", "50", "--steps-per-epoch", "1000", "--batch-size", "2", "--workers", "2", "--out", str(out),
+            "--no-progress", "--device", "cpu", "--no-tensorboard"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal or `timeout` makes
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "train_config.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # the run writes into --out once its first step is done
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGTERM)  # main process and loader workers alike
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "exited unexpectedly" not in err, err
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["step"] >= 1 and saved["position"]["batch"] == saved["step"]
+
+
 def test_ctrl_c_inside_a_step_finishes_the_step_before_saving(store: Path, tmp_path: Path, monkeypatch,
                                                               one_thread) -> None:
     import os
