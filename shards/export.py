@@ -1,7 +1,8 @@
 """Export of a split's active columns as one plain WebDataset: one tar per shard holding every member of a sample.
 
-The result is what third-party tools expect (``webdataset.WebDataset("out/train2017-{000000..000117}.tar")``);
-tars are deterministic, ``export.json`` records the source versions, and ``vocab.json`` comes along with the
+The result is what third-party tools expect (``webdataset.WebDataset("out/" + export["urls"])``, ``urls`` being
+the brace range of the tars written, e.g. ``train2017-{000000..000118}.tar``); tars are deterministic,
+``export.json`` records the source versions and that range, and ``vocab.json`` comes along with the
 tokens column. Every source shard is checked against its ``column.json`` record while it is packed (read once,
 hashed on the way), and the tars appear under their names only once all of them are written, so a damaged
 store never yields an export, nor a half-written one.
@@ -174,6 +175,20 @@ def _plan_out(out: Path, split: str, shard_names: Sequence[str], earlier: _Earli
     return stale, leftovers
 
 
+def brace_range(shards: Sequence[str]) -> str:
+    """The tars of ``shards`` as one brace pattern (``train2017-{000000..000118}.tar``) when they are consecutive
+    ``<split>-NNNNNN`` names, else as a brace list; what webdataset and ``ray.data`` expand."""
+    stems = [s.rsplit("-", 1) for s in shards]
+    if stems and all(len(p) == 2 and p[1].isdigit() for p in stems) and len({p[0] for p in stems}) == 1:
+        numbers = [int(p[1]) for p in stems]
+        width = len(stems[0][1])
+        if numbers == list(range(numbers[0], numbers[0] + len(numbers))) and all(len(p[1]) == width for p in stems):
+            if len(numbers) == 1:
+                return f"{shards[0]}.tar"
+            return f"{stems[0][0]}-{{{stems[0][1]}..{stems[-1][1]}}}.tar"
+    return shards[0] + ".tar" if len(shards) == 1 else "{" + ",".join(shards) + "}.tar"
+
+
 def _vocabulary(reader: StoreReader) -> bytes:
     """The split's ``vocab.json``, which an export of the tokens column carries; a missing one is a StoreFault."""
     location = join(reader.root, reader.split, VOCAB_NAME)
@@ -280,5 +295,5 @@ def export_webdataset(root: str | os.PathLike, split: str, out_dir: str | os.Pat
     fsync_dir(out)
     atomic_write_json(out / EXPORT_RECORD_NAME, {
         "split": split, "columns": {c: reader.manifest.columns[c] for c in reader.columns},
-        "num_samples": total, "shards": shards})
+        "num_samples": total, "shards": shards, "urls": brace_range(reader.manifest.shard_names)})
     return ExportResult(tuple(final for _, final in written), total)

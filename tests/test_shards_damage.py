@@ -473,3 +473,15 @@ def test_a_cut_shard_counts_the_whole_samples_before_the_cut(clean: Path, tmp_pa
     assert rc == 1 and f"after {whole} whole samples" in err, err
     with pytest.raises(StoreFault, match=f"after {whole} whole samples"):
         list(StoreReader(store, SPLIT, ["base"], check=False))
+
+
+def test_export_records_the_brace_range_of_its_tars(clean: Path, tmp_path: Path) -> None:
+    from shards.export import brace_range
+
+    export_webdataset(clean, SPLIT, tmp_path / "wds")
+    record = json.loads((tmp_path / "wds" / "export.json").read_text())
+    assert record["urls"] == f"{SPLIT}-{{000000..000002}}.tar"  # 7 samples in shards of 3
+    assert brace_range(["a-000007"]) == "a-000007.tar"
+    assert brace_range(["a-000001", "a-000003"]) == "{a-000001,a-000003}.tar"
+    braceexpand = pytest.importorskip("braceexpand")
+    assert sorted(braceexpand.braceexpand(record["urls"])) == sorted(p.name for p in (tmp_path / "wds").glob("*.tar"))
