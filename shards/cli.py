@@ -90,6 +90,9 @@ def _verify(args: argparse.Namespace) -> int:
         for fault in report.faults:
             print(f"{PROG} verify: {fault}", file=sys.stderr)
         return 1
+    for name in report.stray:  # not a fault: the store itself is whole
+        print(f"{PROG} verify: warning: stray file {name} in split {args.split!r} (no tool wrote it there)",
+              file=sys.stderr)
     print(f"OK: {report.shards} shards x {len(report.columns)} columns ({', '.join(report.columns)}), "
           f"{report.samples} samples")
     return 0

@@ -22,7 +22,8 @@ from shards.codecs import CodecError, decode_member
 from shards.layout import column_dir, column_record_path, shard_path, split_dir
 from shards.manifest import Manifest, StoreError, load_manifest
 from shards.pose import pose_problem
-from shards.schema import COLUMNS, REJECTED_NAME, VOCAB_NAME, resolve_shape
+from shards.schema import (BUILD_REPORT_NAME, COLUMN_RECORD_NAME, COLUMNS, MANIFEST_NAME, REJECTED_NAME,
+                           TEACHER_RECORD_NAME, VOCAB_NAME, resolve_shape)
 from shards.errors import parse_json
 from shards.streams import TarError, iter_samples, open_regular, read_bytes, whole_samples
 from shards.writer import ShardRecord, file_sha256, read_column_record
@@ -50,6 +51,7 @@ class VerifyReport:
     samples: int = 0
     columns: tuple[str, ...] = ()
     faults: list[Fault] = field(default_factory=list)
+    stray: list[str] = field(default_factory=list)  # files no tool wrote in the split or an active version folder
 
     @property
     def ok(self) -> bool:
@@ -95,6 +97,7 @@ def verify_split(root: str | os.PathLike, split: str, columns: Sequence[str] | N
         report.faults.append(fault)
         if first_only:
             return report
+    report.stray = stray_files(path, manifest)
     base_first = ["base"] + [c for c in chosen if c != "base"] if "base" in manifest.columns else chosen
     for entry in manifest.shards:
         if progress:
@@ -112,6 +115,31 @@ def verify_split(root: str | os.PathLike, split: str, columns: Sequence[str] | N
         report.shards += 1
         report.samples += entry.count
     return report
+
+
+#: what the split folder holds besides its column folders
+_SPLIT_FILES = frozenset({MANIFEST_NAME, VOCAB_NAME, REJECTED_NAME, BUILD_REPORT_NAME, TEACHER_RECORD_NAME})
+
+
+def stray_files(path: Path, manifest: Manifest) -> list[str]:
+    """Files of the split folder and of its active version folders that no tool of this project wrote there (a
+    warning, not a fault: a copy left by hand, a temporary file of a killed writer), relative to the split."""
+    shards = {entry.name for entry in manifest.shards}
+    expected = {f"{s}.tar" for s in shards} | {COLUMN_RECORD_NAME}
+    stray = []
+    for entry in sorted(os.listdir(path)):
+        if entry in COLUMNS and (path / entry).is_dir():
+            continue
+        if entry.removesuffix(".lock") not in _SPLIT_FILES:
+            stray.append(entry)
+    for column, fp in manifest.columns.items():
+        folder = column_dir(path, column, fp)
+        if not folder.is_dir():
+            continue
+        own = expected | ({f"{s}.rejected.json" for s in shards} if column == "base" else set()) | \
+            ({VOCAB_NAME} if column == "tokens" else set())
+        stray += [f"{column}/{fp[:12]}.../{e}" for e in sorted(os.listdir(folder)) if e.removesuffix(".lock") not in own]
+    return stray
 
 
 def _split_file_faults(path: Path, manifest: Manifest, chosen: Sequence[str]) -> list[Fault]:

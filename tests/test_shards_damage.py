@@ -485,3 +485,19 @@ def test_export_records_the_brace_range_of_its_tars(clean: Path, tmp_path: Path)
     assert brace_range(["a-000001", "a-000003"]) == "{a-000001,a-000003}.tar"
     braceexpand = pytest.importorskip("braceexpand")
     assert sorted(braceexpand.braceexpand(record["urls"])) == sorted(p.name for p in (tmp_path / "wds").glob("*.tar"))
+
+
+def test_verify_lists_stray_files_as_warnings(clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    store = tmp_path / "stray"
+    shutil.copytree(clean, store)
+    rc, _, err = _run(capsys, "verify", "--shards", str(store), "--split", SPLIT)
+    assert rc == 0 and "warning" not in err, err  # a store as the tools wrote it has none
+    fp = load_manifest(store / SPLIT).columns["depth"]
+    (store / SPLIT / "notes.txt").write_text("mine")
+    (store / SPLIT / "depth" / fp / f"{SPLIT}-000000 (copy).tar").write_bytes(b"")
+    rc, out, err = _run(capsys, "verify", "--shards", str(store), "--split", SPLIT)
+    assert rc == 0 and out.startswith("OK:"), (out, err)
+    assert err.splitlines() == [
+        f"shards verify: warning: stray file notes.txt in split {SPLIT!r} (no tool wrote it there)",
+        f"shards verify: warning: stray file depth/{fp[:12]}.../{SPLIT}-000000 (copy).tar in split {SPLIT!r} "
+        "(no tool wrote it there)"]
