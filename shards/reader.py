@@ -8,6 +8,7 @@ torch is never imported here: the DataLoader worker is detected only when torch 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 import random
@@ -23,6 +24,8 @@ from shards.streams import HashingReader, TarError, iter_samples, join, open_str
 from shards.writer import ShardRecord, read_column_record
 
 Raw = tuple[str, str, dict[str, bytes]]  # (shard, key, {ext: bytes}) of all chosen columns
+Segment = tuple[str, int, int]  # (shard, first sample, end sample): the piece of a shard a rank reads
+REMAINDERS = ("pad", "drop", "uneven")  # StoreReader's remainder: how ranks share an epoch's samples
 DECODE_CHUNK_PIXELS = 64 * 256 * 256  # decode 64 samples of 256x256 (about 48 MB of arrays) at a time
 DECODE_CHUNK_SAMPLES = 64  # and never more samples than this (small stores), so the first one comes soon
 
@@ -85,7 +88,14 @@ class StoreReader:
         seed: seed of every random choice; the same seed and epoch give the same order.
         shuffle_buffer: samples held for the sample shuffle.
         resampled: draw shards at random with replacement, forever (training); no node split needed.
-        rank, world_size: this node's share of the shards (default env RANK / WORLD_SIZE, else 0 / 1).
+        rank, world_size: this node's share of the samples (default env RANK / WORLD_SIZE, else 0 / 1).
+        remainder: how an epoch's samples are shared by several ranks, which each get one contiguous run of the
+            epoch's shard order (split inside shards where needed, so ranks outnumbering shards still get samples):
+            ``"pad"`` (default) gives every rank ceil(N / ranks) samples, the last ranks taking again samples from
+            the start of the epoch (as torch's DistributedSampler pads), so a collective per batch (DDP) never
+            waits on a rank that ran out; ``"drop"`` gives every rank floor(N / ranks), leaving the rest out of
+            that epoch; ``"uneven"`` gives every sample exactly once, ranks differing by at most one (evaluation
+            without a collective per batch). With one rank all three read every sample once.
         decode: decode members with ``shards.codecs``; ``False`` yields raw bytes.
         check: check every tar read to its end against its ``column.json`` record (size and sha256, hashed while
             it streams): a store changed after it was written (a flipped bit that still decodes, a replaced
@@ -93,14 +103,17 @@ class StoreReader:
             by then: a training run stops after at most one such shard per worker, instead of going on).
 
     Each sample is ``{"__key__": key, "__shard__": shard, ext: value, ...}`` with every member of the
-    chosen columns. Without resampling, every sample of the split is seen exactly once per epoch over all
-    ranks and DataLoader workers (shards are dealt round-robin, so ranks x workers > shards leaves some idle).
+    chosen columns. Without resampling, an epoch is one pass over the split's samples: each rank takes its run
+    of them (see ``remainder``), and its DataLoader workers share that run's pieces of shards round-robin (a
+    worker without a piece yields nothing).
     """
 
     def __init__(self, root: str | os.PathLike, split: str, columns: Sequence[str] | None = None, *,
                  shuffle: bool = False, seed: int = 0, shuffle_buffer: int = 256, resampled: bool = False,
                  rank: int | None = None, world_size: int | None = None, decode: bool = True,
-                 check: bool = True) -> None:
+                 check: bool = True, remainder: str = "pad") -> None:
+        if remainder not in REMAINDERS:
+            raise ValueError(f"remainder {remainder!r}: use one of {', '.join(REMAINDERS)}")
         self.root = str(root)
         self.split = split
         self.manifest = load_manifest_at(root, split)
@@ -122,6 +135,7 @@ class StoreReader:
         self.rank = rank
         self.world_size = world_size
         self.decode = decode
+        self.remainder = remainder
         self.epoch = 0
         self._exts = {c: frozenset(COLUMNS[c].exts) for c in self.columns}
         self._decoders: dict[str, Callable[[bytes], Any]] = {  # images are checked against S before decoding
@@ -159,11 +173,13 @@ class StoreReader:
                                      random.Random(f"{self.seed}:{self.epoch}:{rank}:{worker}:samples"))
         return self._decode(stream) if self.decode else self._raw(stream)
 
-    def _shards(self, rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
-        names = self.manifest.shard_names
+    def _shards(self, rank: int, world_size: int, worker: int, num_workers: int) -> list[Segment]:
+        """This rank's and worker's pieces of shards for the epoch: ``(shard, first sample, end)``."""
+        entries = list(self.manifest.shards)
         if self.shuffle:  # same seed on every node and worker: all agree on the order before splitting
-            random.Random(f"{self.seed}:{self.epoch}:shards").shuffle(names)
-        return names[rank::world_size][worker::num_workers]
+            random.Random(f"{self.seed}:{self.epoch}:shards").shuffle(entries)
+        return rank_segments([(e.name, e.count) for e in entries], rank, world_size, self.remainder)[
+            worker::num_workers]
 
     def _resampled_shards(self, seed: str) -> Iterator[str]:
         names = self.manifest.shard_names
@@ -173,14 +189,19 @@ class StoreReader:
         while True:
             yield rng.choice(names)
 
-    def _join(self, shards: Iterable[str]) -> Iterator[Raw]:
-        for shard in shards:
-            yield from self._join_shard(shard)
+    def _join(self, shards: Iterable[str | Segment]) -> Iterator[Raw]:
+        for item in shards:
+            if isinstance(item, str):
+                yield from self._join_shard(item)
+            else:
+                yield from self._join_shard(item[0], start=item[1], stop=item[2])
 
-    def _join_shard(self, shard: str, opener: Callable[[str], BinaryIO] | None = None) -> Iterator[Raw]:
+    def _join_shard(self, shard: str, opener: Callable[[str], BinaryIO] | None = None, start: int = 0,
+                    stop: int | None = None) -> Iterator[Raw]:
         """Read every chosen column of one shard in lockstep; keys must match sample by sample. With ``check`` and
         no ``opener`` of the caller's (export passes its own and checks the tars itself), each column's tar is
-        hashed as it streams and checked at the shard's end."""
+        hashed as it streams and checked at the shard's end. Only samples ``start`` to ``stop`` (exclusive) are
+        yielded; the rest are parsed, not decoded, so the whole shard is still checked."""
         hashed: dict[str, HashingReader] = {}
         if opener is None and self.records is not None:
             for c in self.columns:
@@ -218,7 +239,8 @@ class StoreReader:
                         check_read(f"shard {shard} column {c!r}", self.records[c][shard], stream)
                     return
                 n += 1
-                yield shard, key, merged
+                if start < n and (stop is None or n <= stop):
+                    yield shard, key, merged
 
     @staticmethod
     def _next(shard: str, column: tuple[str, Iterator[tuple[str, dict[str, bytes]]], frozenset[str]],
@@ -256,6 +278,34 @@ class StoreReader:
     def _raw(stream: Iterable[Raw]) -> Iterator[dict[str, Any]]:
         for shard, key, members in stream:
             yield {"__key__": key, "__shard__": shard, **members}
+
+
+def rank_segments(shards: Sequence[tuple[str, int]], rank: int, world_size: int, remainder: str = "pad"
+                  ) -> list[Segment]:
+    """Rank ``rank``'s contiguous run of an epoch's samples, as pieces ``(shard, first sample, end)`` of the shards
+    in their epoch order (``shards``: names and sample counts); ``remainder`` as :class:`StoreReader` has it.
+    One rank gets every shard whole."""
+    total = sum(count for _, count in shards)
+    if world_size == 1 or total == 0:
+        return [(name, 0, count) for name, count in shards if count or world_size == 1]
+    if remainder == "uneven":
+        quota, extra = divmod(total, world_size)
+        begin, end = rank * quota + min(rank, extra), (rank + 1) * quota + min(rank + 1, extra)
+    else:
+        quota = total // world_size if remainder == "drop" else -(-total // world_size)
+        begin, end = rank * quota, (rank + 1) * quota
+    starts = [0]
+    for _, count in shards:
+        starts.append(starts[-1] + count)
+    segments: list[Segment] = []
+    pos = begin
+    while pos < end:  # past the last sample ("pad"), the run goes on from the epoch's first
+        at = pos % total
+        i = bisect.bisect_right(starts, at) - 1
+        take = min(end - pos, starts[i + 1] - at)
+        segments.append((shards[i][0], at - starts[i], at - starts[i] + take))
+        pos += take
+    return segments
 
 
 def check_read(where: str, rec: ShardRecord, stream: HashingReader, consequence: str = "") -> None:

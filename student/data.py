@@ -269,7 +269,8 @@ def open_split(root: str | os.PathLike, split: str, *, train: bool, batch_size: 
         raise StoreError(f"store {root} split {split} lacks column(s) {', '.join(missing)}; build them with "
                          f"`pipeline build-targets --split {split} --stages {','.join(missing)}`")
     reader = StoreReader(root, split, REQUIRED_COLUMNS, shuffle=train, seed=seed, shuffle_buffer=shuffle_buffer,
-                         resampled=train, rank=rank, world_size=world_size, decode=False)
+                         resampled=train, rank=rank, world_size=world_size, decode=False,
+                         remainder="pad" if train else "uneven")  # evaluation: every sample once, none twice
     transform = SampleTransform(sizes, augment if train else None, seed, multihot_vocab, 0 if train else None,
                                 store_size=manifest.size)
     return StudentDataset(reader, transform, batch_size)

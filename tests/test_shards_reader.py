@@ -169,15 +169,38 @@ def test_two_nodes_two_workers_see_each_sample_once(store: Path, shuffle: bool) 
     assert set(seen.values()) == {1}
 
 
-def test_rank_from_environment(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    everything = _keys(store)
+@pytest.mark.parametrize("remainder, sizes", [("pad", [9, 9, 9]), ("drop", [8, 8, 8]), ("uneven", [9, 9, 8])])
+def test_ranks_from_the_environment_get_equal_shares(store: Path, monkeypatch: pytest.MonkeyPatch, remainder: str,
+                                                     sizes: list[int]) -> None:
+    everything = _keys(store)  # 26 samples in 7 shards (the last holds 2)
     monkeypatch.setenv("WORLD_SIZE", "3")
     parts = []
     for rank in range(3):
         monkeypatch.setenv("RANK", str(rank))
-        parts.append([s["__key__"] for s in StoreReader(store, SPLIT, ["caption"])])
-    assert sorted(itertools.chain(*parts)) == everything
-    assert [len(p) for p in parts] == [4 + 4 + 2, 4 + 4, 4 + 4]  # shards 0,3,6 | 1,4 | 2,5 (shard 6 holds 2)
+        parts.append([s["__key__"] for s in StoreReader(store, SPLIT, ["caption"], remainder=remainder)])
+    assert [len(p) for p in parts] == sizes
+    got = list(itertools.chain(*parts))
+    if remainder == "pad":  # the last rank takes the epoch's first sample again
+        assert sorted(set(got)) == everything and got[-1] == everything[0]
+    elif remainder == "drop":  # 26 = 3 x 8 + 2: the epoch's last two are left out
+        assert got == everything[:24]
+    else:
+        assert got == everything
+
+
+def test_ranks_outnumbering_shards_split_them(store: Path) -> None:
+    from shards.reader import rank_segments
+
+    everything = _keys(store)
+    parts = [[s["__key__"] for s in StoreReader(store, SPLIT, ["caption"], rank=r, world_size=13)] for r in range(13)]
+    assert [len(p) for p in parts] == [2] * 13 and list(itertools.chain(*parts)) == everything
+    shards = [("a", 3), ("b", 2)]  # samples a0 a1 a2 b0 b1
+    assert rank_segments(shards, 1, 2) == [("b", 0, 2), ("a", 0, 1)]  # b0 b1, padded with a0
+    assert rank_segments(shards, 1, 2, "drop") == [("a", 2, 3), ("b", 0, 1)]  # a2 b0; b1 is left out
+    assert rank_segments(shards, 1, 2, "uneven") == [("b", 0, 2)]  # a0 a1 a2 | b0 b1
+    assert rank_segments(shards, 3, 4) == [("a", 1, 3)]  # 4 ranks x 2: a0 a1 | a2 b0 | b1 a0 | a1 a2
+    with pytest.raises(ValueError, match="remainder 'even'"):
+        StoreReader(store, SPLIT, ["caption"], remainder="even")
 
 
 def test_seeded_shuffle_and_set_epoch(store: Path) -> None:
