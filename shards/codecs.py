@@ -283,6 +283,7 @@ def encode_npy(array: np.ndarray) -> bytes:
 def decode_npy(data: bytes) -> np.ndarray:
     """Load .npy bytes with pickle disabled; a version-1 file of a plain dtype skips numpy's header parser
     (its header is read once per distinct header text)."""
+    layout, start = None, 0
     if data[:8] == _NPY_MAGIC and len(data) >= 10:
         start = 10 + int.from_bytes(data[8:10], "little")
         layout = _npy_layout(bytes(data[8:start]))

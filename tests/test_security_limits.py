@@ -167,6 +167,12 @@ def test_decoders_refuse_foreign_formats_and_lying_headers() -> None:
     assert lying != header
     with pytest.raises(CodecError, match="declares"):
         decode_npy(lying + bytes(npy[len(header):]))
+    for junk in (b"", b"not an npy file", b"\x93NUMPY\x02\x00" + bytes(8)):  # no header, another version
+        with pytest.raises(CodecError, match="corrupt npy"):
+            decode_npy(junk)
+    buf = io.BytesIO()  # a version-2 header of a plain array still loads, through numpy's parser
+    np.lib.format.write_array(buf, np.arange(6, dtype=np.int16).reshape(2, 3), version=(2, 0))
+    assert decode_npy(buf.getvalue()).tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_a_tar_header_declaring_gigabytes_is_one_line(store: Path, capsys: pytest.CaptureFixture) -> None:
