@@ -64,3 +64,21 @@ def test_plain_tarfile_and_pil_read_16_bit_depth_exactly(export) -> None:
                     assert depth.dtype == np.uint16 and np.array_equal(depth, expected[key]["depth.png"])
                     seen += 1
     assert seen == len(expected)
+
+
+def test_ray_data_reads_an_export_with_exact_16_bit_depth(export) -> None:
+    pytest.importorskip("pyarrow", reason="ray.data needs the project's [data] extra (pyarrow, pandas)")
+    ray = pytest.importorskip("ray")
+    import ray.data
+
+    out, expected = export
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        rows = ray.data.read_webdataset(sorted(str(p) for p in out.glob("*.tar"))).take_all()
+    finally:
+        ray.shutdown()
+    got = {row["__key__"]: row for row in rows}
+    assert got.keys() == expected.keys()
+    for key, row in got.items():
+        depth = np.asarray(row["depth.png"])
+        assert depth.dtype == np.uint16 and np.array_equal(depth, expected[key]["depth.png"]), key
