@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import os
 import random
 import sys
@@ -137,6 +138,8 @@ class StoreReader:
         self.decode = decode
         self.remainder = remainder
         self.epoch = 0
+        self._yielded = 0  # samples the current iteration has given out (its position, for state_dict)
+        self._skip = 0  # samples the next iteration skips (load_state_dict)
         self._exts = {c: frozenset(COLUMNS[c].exts) for c in self.columns}
         self._decoders: dict[str, Callable[[bytes], Any]] = {  # images are checked against S before decoding
             m.ext: functools.partial(decode_member, m, size=self.manifest.size)
@@ -145,8 +148,24 @@ class StoreReader:
                         else None)
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseed the shard and sample shuffles (and the resampling) for ``epoch``."""
+        """Reseed the shard and sample shuffles (and the resampling) for ``epoch``; a position loaded for another
+        epoch is dropped."""
+        if epoch != self.epoch:
+            self._skip = 0
         self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        """The position of this process's iteration: its epoch and the samples it has given out in it (the
+        protocol of torchdata's ``StatefulDataLoader``, which calls it in each loader worker)."""
+        return {"epoch": self.epoch, "samples": self._yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from :meth:`state_dict`: the next iteration is of that epoch and skips the samples already given
+        out (read and shuffled as before, so the rest come in the same order, but not decoded)."""
+        if not (isinstance(state, dict) and all(isinstance(state.get(k), int) and not isinstance(state[k], bool)
+                                                and state[k] >= 0 for k in ("epoch", "samples"))):
+            raise ValueError(f"not a StoreReader position: {str(state)[:80]} (expected {{'epoch': E, 'samples': N}})")
+        self.epoch, self._skip = state["epoch"], state["samples"]
 
     def shard_location(self, column: str, shard: str) -> str:
         """Where the tar of ``shard`` of the active version of ``column`` lives."""
@@ -171,7 +190,16 @@ class StoreReader:
         if self.shuffle:
             stream = _buffer_shuffle(stream, self.shuffle_buffer,
                                      random.Random(f"{self.seed}:{self.epoch}:{rank}:{worker}:samples"))
-        return self._decode(stream) if self.decode else self._raw(stream)
+        skip, self._skip = self._skip, 0
+        if skip:  # resuming inside the epoch: the samples given out before are passed over undecoded
+            stream = itertools.islice(stream, skip, None)
+        return self._count(self._decode(stream) if self.decode else self._raw(stream), skip)
+
+    def _count(self, samples: Iterator[dict[str, Any]], start: int) -> Iterator[dict[str, Any]]:
+        self._yielded = start
+        for sample in samples:
+            self._yielded += 1
+            yield sample
 
     def _shards(self, rank: int, world_size: int, worker: int, num_workers: int) -> list[Segment]:
         """This rank's and worker's pieces of shards for the epoch: ``(shard, first sample, end)``."""

@@ -36,5 +36,13 @@ class StoreDataset(IterableDataset):
         """Reseed the reader's shuffling; call it before each epoch's ``iter(loader)``."""
         self.reader.set_epoch(epoch)
 
+    def state_dict(self) -> dict[str, int]:
+        """The reader's position in this process (see :meth:`StoreReader.state_dict`): with torchdata's
+        ``StatefulDataLoader`` each worker's position is saved, and restored into that worker on resume."""
+        return self.reader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reader.load_state_dict(state)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.reader)

@@ -294,3 +294,47 @@ def test_a_pipe_stream_reads_past_an_empty_member(tmp_path: Path) -> None:
             t.addfile(info, io.BytesIO(data))
     with open_stream(f"pipe:cat {path}") as f:  # reading 0 bytes was taken for the end: a wait on a full pipe
         assert [(name, len(data)) for name, data in iter_tar(f)] == [("k1.empty", 0), ("k1.big", 1 << 20)]
+
+
+def test_a_reader_goes_on_from_its_saved_position(store: Path) -> None:
+    def reader() -> StoreReader:
+        r = StoreReader(store, SPLIT, ["caption"], shuffle=True, seed=3, shuffle_buffer=5)
+        r.set_epoch(2)
+        return r
+
+    full = [s["__key__"] for s in reader()]
+    first, it = reader(), None
+    it = iter(first)
+    head = [next(it)["__key__"] for _ in range(11)]
+    state = first.state_dict()
+    assert state == {"epoch": 2, "samples": 11}
+    again = StoreReader(store, SPLIT, ["caption"], shuffle=True, seed=3, shuffle_buffer=5)
+    again.load_state_dict(json.loads(json.dumps(state)))  # a position survives JSON
+    again.set_epoch(2)  # the loop's usual call keeps it; another epoch would drop it
+    assert head + [s["__key__"] for s in again] == full
+    assert [s["__key__"] for s in again] == full  # the next pass starts at the beginning
+    with pytest.raises(ValueError, match="not a StoreReader position"):
+        again.load_state_dict({"epoch": 0, "samples": -1})
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_stateful_dataloader_resumes_inside_an_epoch(store: Path, workers: int) -> None:
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    from shards.torchdata import StoreDataset
+
+    def loader() -> object:
+        reader = StoreReader(store, SPLIT, ["caption"], shuffle=True, seed=5, shuffle_buffer=4)
+        reader.set_epoch(1)
+        return stateful.StatefulDataLoader(StoreDataset(reader), batch_size=None, num_workers=workers)
+
+    full = [s["__key__"] for s in loader()]
+    assert sorted(full) == _keys(store)
+    dl = loader()
+    it = iter(dl)
+    head = [next(it)["__key__"] for _ in range(9)]
+    state = dl.state_dict()
+    del it
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [s["__key__"] for s in resumed]
+    assert head + rest == full  # neither repeated nor skipped
