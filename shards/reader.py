@@ -97,6 +97,10 @@ class StoreReader:
             waits on a rank that ran out; ``"drop"`` gives every rank floor(N / ranks), leaving the rest out of
             that epoch; ``"uneven"`` gives every sample exactly once, ranks differing by at most one (evaluation
             without a collective per batch). With one rank all three read every sample once.
+        worker_batch: when > 0, every DataLoader worker of every rank gets its own contiguous run of the epoch
+            (shares as ``remainder`` says, over ranks x workers), the same number of samples for all, a multiple
+            of ``worker_batch`` ("pad" rounds up, "drop" down): whole batches in a fixed round-robin, which a
+            trainer's mid-epoch resume counts on. 0 (default): a rank's workers share its pieces of shards.
         decode: decode members with ``shards.codecs``; ``False`` yields raw bytes.
         check: check every tar read to its end against its ``column.json`` record (size and sha256, hashed while
             it streams): a store changed after it was written (a flipped bit that still decodes, a replaced
@@ -112,7 +116,7 @@ class StoreReader:
     def __init__(self, root: str | os.PathLike, split: str, columns: Sequence[str] | None = None, *,
                  shuffle: bool = False, seed: int = 0, shuffle_buffer: int = 256, resampled: bool = False,
                  rank: int | None = None, world_size: int | None = None, decode: bool = True,
-                 check: bool = True, remainder: str = "pad") -> None:
+                 check: bool = True, remainder: str = "pad", worker_batch: int = 0) -> None:
         if remainder not in REMAINDERS:
             raise ValueError(f"remainder {remainder!r}: use one of {', '.join(REMAINDERS)}")
         self.root = str(root)
@@ -137,6 +141,7 @@ class StoreReader:
         self.world_size = world_size
         self.decode = decode
         self.remainder = remainder
+        self.worker_batch = worker_batch
         self.epoch = 0
         self._yielded = 0  # samples the current iteration has given out (its position, for state_dict)
         self._skip = 0  # samples the next iteration skips (load_state_dict)
@@ -206,8 +211,11 @@ class StoreReader:
         entries = list(self.manifest.shards)
         if self.shuffle:  # same seed on every node and worker: all agree on the order before splitting
             random.Random(f"{self.seed}:{self.epoch}:shards").shuffle(entries)
-        return rank_segments([(e.name, e.count) for e in entries], rank, world_size, self.remainder)[
-            worker::num_workers]
+        shards = [(e.name, e.count) for e in entries]
+        if self.worker_batch:
+            return rank_segments(shards, rank * num_workers + worker, world_size * num_workers, self.remainder,
+                                 self.worker_batch)
+        return rank_segments(shards, rank, world_size, self.remainder)[worker::num_workers]
 
     def _resampled_shards(self, seed: str) -> Iterator[str]:
         names = self.manifest.shard_names
@@ -308,19 +316,20 @@ class StoreReader:
             yield {"__key__": key, "__shard__": shard, **members}
 
 
-def rank_segments(shards: Sequence[tuple[str, int]], rank: int, world_size: int, remainder: str = "pad"
-                  ) -> list[Segment]:
+def rank_segments(shards: Sequence[tuple[str, int]], rank: int, world_size: int, remainder: str = "pad",
+                  multiple: int = 1) -> list[Segment]:
     """Rank ``rank``'s contiguous run of an epoch's samples, as pieces ``(shard, first sample, end)`` of the shards
-    in their epoch order (``shards``: names and sample counts); ``remainder`` as :class:`StoreReader` has it.
-    One rank gets every shard whole."""
+    in their epoch order (``shards``: names and sample counts); ``remainder`` as :class:`StoreReader` has it, each
+    share a multiple of ``multiple`` (not for "uneven"). One rank gets every shard whole (when ``multiple`` is 1)."""
     total = sum(count for _, count in shards)
-    if world_size == 1 or total == 0:
+    if total == 0 or (world_size == 1 and (multiple == 1 or remainder == "uneven")):
         return [(name, 0, count) for name, count in shards if count or world_size == 1]
     if remainder == "uneven":
         quota, extra = divmod(total, world_size)
         begin, end = rank * quota + min(rank, extra), (rank + 1) * quota + min(rank + 1, extra)
     else:
-        quota = total // world_size if remainder == "drop" else -(-total // world_size)
+        per = world_size * multiple
+        quota = (total // per if remainder == "drop" else -(-total // per)) * multiple
         begin, end = rank * quota, (rank + 1) * quota
     starts = [0]
     for _, count in shards:

@@ -130,7 +130,7 @@ class TrainConfig:
     out: str = "runs/student"
     model: str = "paper"  # paper | small | tiny
     recipe: Recipe = field(default_factory=Recipe)
-    steps_per_epoch: int = 0  # 0 = one pass over the train split (rounded down to whole batches)
+    steps_per_epoch: int = 0  # 0 = one pass over the train split (padded to whole batches); N = N resampled draws
     val_steps: int = 0  # 0 = the whole val split
     max_steps: int = 0  # end the run normally after this many steps in all (0 = no limit)
     max_minutes: float = 0.0  # end the run normally after the step that passes this much training time (0 = none)

@@ -236,14 +236,15 @@ def _splits_of(root: str | os.PathLike) -> list[str]:
 def open_split(root: str | os.PathLike, split: str, *, train: bool, batch_size: int = 32, seed: int = 0,
                shuffle_buffer: int = 256,
                sizes: TargetSizes = TargetSizes(), augment: AugmentConfig | None = AugmentConfig(),
-               multihot_vocab: int = 0, rank: int | None = None, world_size: int | None = None) -> StudentDataset:
+               multihot_vocab: int = 0, rank: int | None = None, world_size: int | None = None,
+               one_pass: bool = True) -> StudentDataset:
     """The dataset of one split, with one-line errors for a missing split or column.
 
     Args:
         root: store root.
         split: e.g. ``"train2017"``.
-        train: endless resampled, shuffled, augmented stream with epoch-dependent target sizes; else one
-            ordered pass with the final sizes and no augmentation.
+        train: shuffled, augmented stream with epoch-dependent target sizes; else one ordered pass with the final
+            sizes and no augmentation.
         batch_size: samples per batch.
         seed: seed of shuffling and augmentation.
         shuffle_buffer: samples in the shuffle buffer (training).
@@ -251,6 +252,9 @@ def open_split(root: str | os.PathLike, split: str, *, train: bool, batch_size: 
         augment: augmentation settings (training only; None disables).
         multihot_vocab: size of the multi-hot target (0 = none).
         rank, world_size: DDP position (default env RANK / WORLD_SIZE).
+        one_pass: training epochs are one pass over the split (every sample at least once, each loader worker of
+            every rank the same whole number of batches, padded from the epoch's start: see
+            ``StoreReader(worker_batch=...)``); False: the endless resampled stream (draws with replacement).
 
     Raises:
         StoreError: the split does not exist or lacks a needed column.
@@ -269,8 +273,9 @@ def open_split(root: str | os.PathLike, split: str, *, train: bool, batch_size: 
         raise StoreError(f"store {root} split {split} lacks column(s) {', '.join(missing)}; build them with "
                          f"`pipeline build-targets --split {split} --stages {','.join(missing)}`")
     reader = StoreReader(root, split, REQUIRED_COLUMNS, shuffle=train, seed=seed, shuffle_buffer=shuffle_buffer,
-                         resampled=train, rank=rank, world_size=world_size, decode=False,
-                         remainder="pad" if train else "uneven")  # evaluation: every sample once, none twice
+                         resampled=train and not one_pass, rank=rank, world_size=world_size, decode=False,
+                         remainder="pad" if train else "uneven",  # evaluation: every sample once, none twice
+                         worker_batch=batch_size if train and one_pass else 0)
     transform = SampleTransform(sizes, augment if train else None, seed, multihot_vocab, 0 if train else None,
                                 store_size=manifest.size)
     return StudentDataset(reader, transform, batch_size)

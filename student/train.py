@@ -212,7 +212,8 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
     sizes = recipe.target_sizes()
     train_ds = open_split(cfg.shards, cfg.train_split, train=True, batch_size=recipe.batch_size, seed=cfg.seed,
                           shuffle_buffer=cfg.shuffle_buffer, sizes=sizes,
-                          augment=recipe.augmentation if recipe.augment else None)
+                          augment=recipe.augmentation if recipe.augment else None,
+                          one_pass=not cfg.steps_per_epoch)  # --steps-per-epoch N: N draws per epoch instead
     val_ds = open_split(cfg.shards, cfg.val_split, train=False, batch_size=recipe.batch_size, sizes=sizes)
     for split, ds in ((cfg.train_split, train_ds), (cfg.val_split, val_ds)):
         if ds.manifest.num_samples == 0:  # the loaders would wait forever for a first batch
@@ -252,7 +253,11 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
                 from None
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     gains = recipe.gains()
-    steps_per_epoch = cfg.steps_per_epoch or max(1, train_ds.manifest.num_samples // (recipe.batch_size * world))
+    if cfg.steps_per_epoch:  # draws from the endless resampled stream
+        steps_per_epoch = cfg.steps_per_epoch
+    else:  # one pass: every loader worker of every rank gives the same whole number of batches (padded)
+        slots = world * max(1, cfg.workers)
+        steps_per_epoch = max(1, cfg.workers) * max(1, -(-train_ds.manifest.num_samples // (slots * recipe.batch_size)))
 
     writer = None
     opened = False
@@ -562,7 +567,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-recipe", action="store_true",
                         help="print the resolved recipe as JSON (write it to a file for --recipe) and exit")
     parser.add_argument("--epochs", type=int, default=s, help="maximum epochs (recipe; paper 250)")
-    parser.add_argument("--steps-per-epoch", type=int, default=s, help="batches per epoch (default: one pass)")
+    parser.add_argument("--steps-per-epoch", type=int, default=s,
+                        help="batches per epoch drawn from the endless resampled stream (default 0: one pass over the "
+                             "train split, every sample at least once, padded to whole batches per loader worker)")
     parser.add_argument("--val-steps", type=int, default=s, help="validation batches per epoch (default: all)")
     parser.add_argument("--max-steps", type=int, default=s,
                         help="end the run normally after this many training steps in all (default: no limit)")

@@ -47,7 +47,8 @@ def _cfg(store: Path, out: Path, recipe: dict | None = None, **kw) -> TrainConfi
 
 
 def test_loader_keeps_compact_host_dtypes_through_workers_and_skips_exactly(store: Path) -> None:
-    dataset = open_split(store, "train2017", train=True, batch_size=4, seed=0, multihot_vocab=16)
+    dataset = open_split(store, "train2017", train=True, batch_size=4, seed=0, multihot_vocab=16,
+                         one_pass=False)  # 12 batches: more than one pass holds
     dataset.set_epoch(2)
     batches = iter(make_loader(dataset, workers=2))
     first = [next(batches) for _ in range(5)]
@@ -73,7 +74,8 @@ def test_loader_keeps_compact_host_dtypes_through_workers_and_skips_exactly(stor
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_released_batch_buffers_are_reused_and_held_ones_never_overwritten(store: Path, workers: int) -> None:
-    dataset = open_split(store, "train2017", train=True, batch_size=4, seed=0, multihot_vocab=16)
+    dataset = open_split(store, "train2017", train=True, batch_size=4, seed=0, multihot_vocab=16,
+                         one_pass=False)  # 12 batches: more than one pass holds
 
     def stream(release: bool) -> list[dict]:
         dataset.set_epoch(1)
@@ -726,3 +728,40 @@ def test_a_run_without_dropout_resumes_under_a_recipe_with_it(store: Path, tmp_p
     train(_cfg(store, out, {"epochs": 1, "token_dropout": 0.0, "encoder_dropout": 0.0}))
     resumed = train(_cfg(store, out, {"epochs": 2}), resume=str(out / "last.pt"))
     assert resumed["epochs"] == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_training_epoch_is_one_pass_and_resumes_without_repeats_or_gaps(store: Path, workers: int) -> None:
+    from student.data import skip_remainder
+
+    dataset = open_split(store, "train2017", train=True, batch_size=5, seed=0)  # 24 samples: not whole batches
+
+    def epoch(skip: int = 0) -> list[list[str]]:
+        dataset.set_epoch(3, skip)
+        batches = iter(make_loader(dataset, workers=workers))
+        for _ in range(skip_remainder(skip, workers)):
+            next(batches)
+        return [list(b["key"]) for b in batches]
+
+    full = epoch()
+    slots = max(1, workers)
+    assert len(full) == slots * -(-24 // (slots * 5))  # every loader worker gives the same whole batches
+    assert all(len(b) == 5 for b in full)
+    keys = [k for b in full for k in b]
+    assert set(keys) == set(_train_keys(store)) and len(keys) - len(set(keys)) < slots * 5  # padding only
+    assert epoch(skip=3) == full[3:]  # a resumed epoch neither repeats nor skips
+    assert epoch() == full
+
+
+def _train_keys(store: Path) -> list[str]:
+    from shards.reader import StoreReader
+
+    return [s["__key__"] for s in StoreReader(store, "train2017", ["caption"])]
+
+
+def test_student_train_epochs_are_one_pass_by_default(store: Path, tmp_path: Path, one_thread) -> None:
+    full = train(_cfg(store, tmp_path / "full", steps_per_epoch=0))
+    assert len(full["losses"]) == 2 * 6 and full["epochs"] == 2  # 24 samples in batches of 4, two epochs
+    first = train(_cfg(store, tmp_path / "split", steps_per_epoch=0), stop_at_step=8)  # inside epoch 2
+    rest = train(_cfg(store, tmp_path / "split", steps_per_epoch=0), resume=str(tmp_path / "split" / "last.pt"))
+    assert np.allclose(first["losses"] + rest["losses"], full["losses"], rtol=1e-5, atol=1e-6)
