@@ -155,3 +155,15 @@ def test_glove_file_in_the_wrong_format_fails_before_any_work(demo_root: Path, t
     assert "notes.txt: not a GloVe text file" in err
     assert not fakes  # no teacher was called
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad, needle", [("the 0.1 x 0.3\n", "line 3 ('the') holds a value that is not a number"),
+                                         ("the 0.1\n", "line 3 ('the') has 1 values, line 1 has 3")])
+def test_a_damaged_glove_line_fails_before_any_work(demo_root: Path, tmp_path: Path, capsys, fakes, bad: str,
+                                                    needle: str) -> None:
+    glove = tmp_path / "glove.txt"
+    glove.write_text("a 0.1 0.2 0.3\nof -1.5e-3 2 3\n" + bad + "to 1 2 3\n")
+    err = run_bad(["--coco-root", str(demo_root), *FAKE_FLAGS, "--glove", str(glove)], capsys, tmp_path / "out")
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not fakes  # no teacher was loaded or called
+    assert not (tmp_path / "out").exists()

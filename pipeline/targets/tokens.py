@@ -105,23 +105,47 @@ def glove_array(ids: list[int], vocab: Vocabulary) -> np.ndarray:
     return out
 
 
-def check_glove_file(path: str | os.PathLike) -> int:
-    """Check that the first line of a GloVe text file reads ``word v1 ... vN``; returns N.
+_NUMBER_BYTES = b"0123456789.-+eE "  # what the values of a GloVe line are made of
 
-    A cheap look before a build starts, so that a wrong ``--glove`` file fails before any teacher runs.
+
+def check_glove_file(path: str | os.PathLike) -> int:
+    """Check that every line of a GloVe text file reads ``word v1 ... vN`` with the first line's N; returns N.
+
+    Run before a build starts (about a second per GB), so that a wrong or damaged ``--glove`` file fails
+    before any teacher runs, naming the line, rather than at the tokens stage after every teacher has run.
 
     Raises:
-        ValueError: the first line is not a word followed by decimal numbers.
+        ValueError: the first line is not a word followed by decimal numbers; or a later line has another number
+            of values, or a value that is not a number.
     """
+    size = 0
     with open(path, "rb") as f:
-        first = f.readline().rstrip().split(b" ")
+        for number, line in enumerate(f, 1):
+            word, _, rest = line.rstrip().partition(b" ")
+            values = rest.count(b" ") + 1 if rest else 0
+            numeric = not rest.translate(None, _NUMBER_BYTES)
+            if number == 1:
+                if not (values and numeric and _first_value_parses(rest)):
+                    raise ValueError(f"{path}: not a GloVe text file (each line must read 'word v1 ... vN', "
+                                     "no header)")
+                size = values
+            elif values != size:
+                raise ValueError(f"{path}: line {number} ({word[:40].decode(errors='replace')!r}) has {values} "
+                                 f"values, line 1 has {size}")
+            elif not numeric:
+                raise ValueError(f"{path}: line {number} ({word[:40].decode(errors='replace')!r}) holds a value "
+                                 "that is not a number")
+    if not size:
+        raise ValueError(f"{path}: not a GloVe text file (it is empty)")
+    return size
+
+
+def _first_value_parses(rest: bytes) -> bool:
     try:
-        values = [float(v) for v in first[1:]]
+        float(rest.split(b" ", 1)[0])
     except ValueError:
-        values = []
-    if len(first) < 2 or not values:
-        raise ValueError(f"{path}: not a GloVe text file (each line must read 'word v1 ... vN', no header)")
-    return len(values)
+        return False
+    return True
 
 
 class GloveFile:
