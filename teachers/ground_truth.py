@@ -112,7 +112,6 @@ class CaptionGroundTruth(_GroundTruth):
         raw = inp.record.get("captions") or []
         if isinstance(raw, str):  # one caption given as a string, not a list of them
             raw = [raw]
-        captions = [str(c).strip() for c in raw if str(c).strip()]
-        if not captions:
-            raise TeacherError(f"image {inp.image_id} has no caption annotation")
-        return captions
+        # An image without a (non-empty) caption gets none: its caption.json lists no caption and its eight token
+        # slots stay empty, as the slots past a short caption are; one such image never fails its shard.
+        return [str(c).strip() for c in raw if str(c).strip()]

@@ -90,8 +90,7 @@ def test_caption_gt_teacher() -> None:
               for i in range(3)]
     out = teacher(inputs)
     assert out == [{"captions": [f"A cat {i}.", "A dog."]} for i in range(3)]
-    with pytest.raises(TeacherError, match="no caption"):
-        teacher([TeacherInput(np.zeros((4, 4, 3), np.uint8), 9, {"captions": []})])
+    assert teacher([TeacherInput(np.zeros((4, 4, 3), np.uint8), 9, {"captions": []})]) == [{"captions": []}]
     assert teacher.fingerprint() == create_teacher("caption-gt", batch_size=5).fingerprint()
 
 
@@ -117,6 +116,20 @@ def test_caption_gt_takes_one_caption_given_as_a_string() -> None:
     teacher = create_teacher("caption-gt")
     img = np.zeros((4, 4, 3), np.uint8)
     assert teacher([TeacherInput(img, 1, {"captions": " a dog on a sofa "})]) == [{"captions": ["a dog on a sofa"]}]
+
+
+def test_caption_gt_gives_an_image_without_captions_none_and_its_batch_goes_on() -> None:
+    from pipeline.samples import caption_sample, tokens_sample
+    from shards.vocab import Vocabulary
+
+    teacher = create_teacher("caption-gt")
+    img = np.zeros((4, 4, 3), np.uint8)
+    preds = teacher([TeacherInput(img, 1, {"captions": ["a dog"]}), TeacherInput(img, 2, {}),
+                     TeacherInput(img, 3, {"captions": ["  ", ""]})])
+    assert preds == [{"captions": ["a dog"]}, {"captions": []}, {"captions": []}]
+    vocab = Vocabulary(["dog"], [1], 1.0, np.ones((1, 300), np.float32))
+    tokens = tokens_sample(caption_sample(preds[1], "caption-gt")["caption.json"], vocab)
+    assert tokens["tokens.json"]["ids"] == [] and not tokens["glove.npy"].any()  # eight empty slots
 
 
 def test_panoptic_gt_grayscale_png_and_malformed_segments(tmp_path) -> None:
