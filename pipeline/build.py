@@ -368,6 +368,7 @@ class _Run:
             "samples": samples, "rejected": rejected, "image_ids": sum(len(r) for r in p.records.values()),
             "stages": {s: st.to_json() for s, st in self.stats.items()}, "teachers": dict(placement),
             "failures": self.failures, "config": cfg.to_json(),
+            "dropped_annotations": p.dropped_annotations,  # malformed person annotations left out when reading COCO
         }
         p.split_path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(p.split_path / BUILD_REPORT_NAME, report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,14 +142,22 @@ def _add_images(images: dict[int, dict[str, Any]], data: dict[str, Any], path: P
                             "needs id, file_name, width and height") from None
 
 
-def _people(data: dict[str, Any], path: Path) -> tuple[dict[int, list], dict[int, list]]:
-    """Persons and crowd regions per image id of a person_keypoints file."""
+def _people(data: dict[str, Any], path: Path, images: dict[int, dict[str, Any]], dropped: list[dict[str, Any]]
+            ) -> tuple[dict[int, list], dict[int, list]]:
+    """Persons and crowd regions per image id of a person_keypoints file; an annotation whose box, keypoints or
+    crowd segmentation is not well formed for its image is left out, with a line in ``dropped``."""
     persons: dict[int, list] = {}
     crowd: dict[int, list] = {}
     for image_id, anns in _index(data, path).imgToAnns.items():
         for ann in anns:
             try:
                 if int(ann["category_id"]) != PERSON_CATEGORY_ID:
+                    continue
+                image = images.get(image_id, {})
+                problem = annotation_problem(ann, int(image.get("width", 0)), int(image.get("height", 0)))
+                if problem:
+                    dropped.append({"image_id": int(image_id), "annotation_id": ann.get("id"),
+                                    "file": path.name, "reason": problem})
                     continue
                 if ann.get("iscrowd", 0):
                     crowd.setdefault(image_id, []).append({"bbox": [float(v) for v in ann["bbox"]],
@@ -159,6 +168,79 @@ def _people(data: dict[str, Any], path: Path) -> tuple[dict[int, list], dict[int
                 raise CocoError(f"COCO annotation file {path} is malformed: annotation "
                                 f"{ann.get('id')}: {type(e).__name__} {e}") from None
     return persons, crowd
+
+
+def _finite(values: Any, n: int | None = None) -> bool:
+    return (isinstance(values, list) and (n is None or len(values) == n)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+
+def annotation_problem(ann: dict[str, Any], width: int, height: int) -> str | None:
+    """Why a person annotation cannot be used as it is (a box that is not 4 finite numbers with w, h >= 0;
+    keypoints that are not 17 finite triples with visibility 0, 1 or 2; a crowd RLE whose size is not the image's
+    or whose counts do not cover it exactly; polygons that are not lists of at least 3 finite points), or None.
+
+    A crowd RLE covering less than its image would make pycocotools decode memory it never wrote (a build
+    differing from run to run), more than it would be cut: both are refused here."""
+    bbox = ann.get("bbox")
+    if not (_finite(bbox, 4) and bbox[2] >= 0 and bbox[3] >= 0):
+        return f"bbox {str(bbox)[:60]} is not 4 finite numbers [x, y, w >= 0, h >= 0]"
+    if not ann.get("iscrowd", 0):
+        kps = ann.get("keypoints")
+        if kps is None or kps == []:
+            return None
+        if not (_finite(kps, 3 * NUM_KEYPOINTS) and all(v in (0, 1, 2) for v in kps[2::3])):
+            return f"keypoints are not {NUM_KEYPOINTS} finite [x, y, v] triples with v in 0, 1, 2"
+        return None
+    seg = ann.get("segmentation")
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and size == [height, width]):
+            return f"crowd RLE size {str(size)[:40]} is not the image's [height, width] [{height}, {width}]"
+        try:
+            runs = rle_counts(counts)
+        except ValueError as e:
+            return f"crowd RLE counts are malformed ({e})"
+        if any(r < 0 for r in runs) or sum(runs) != height * width:
+            return f"crowd RLE counts cover {sum(runs)} pixels, the image has {height * width}"
+        return None
+    if isinstance(seg, list) and seg and all(_finite(p) and len(p) >= 6 and len(p) % 2 == 0 for p in seg):
+        return None
+    return "crowd segmentation is neither an RLE nor a list of polygons of at least 3 finite points"
+
+
+def rle_counts(counts: Any) -> list[int]:
+    """The run lengths of a COCO RLE's ``counts``: a list of ints, or the compressed string of pycocotools'
+    ``rleToString`` (6-bit groups, deltas from the run two before), decoded here with bounds checks."""
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            raise ValueError("counts hold a value that is not an integer")
+        return counts
+    if not isinstance(counts, (str, bytes)):
+        raise ValueError(f"counts are {type(counts).__name__}, not a list or a string")
+    s = counts.encode() if isinstance(counts, str) else counts
+    runs: list[int] = []
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(s):
+                raise ValueError("the string ends inside a number")
+            c = s[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"byte {s[p]!r} at {p} is not an RLE character")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+            if k > 13:
+                raise ValueError("a number longer than 64 bits")
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
 
 
 def _captions(data: dict[str, Any], path: Path) -> dict[int, list[str]]:
@@ -173,7 +255,7 @@ def _captions(data: dict[str, Any], path: Path) -> dict[int, list[str]]:
     return captions
 
 
-def load_split(coco_root: str | Path, split: str) -> list[ImageRecord]:
+def load_split(coco_root: str | Path, split: str, dropped: list[dict[str, Any]] | None = None) -> list[ImageRecord]:
     """Read every image of a COCO split with its annotations.
 
     The annotation files are read one at a time, each dropped once what is used of it is taken (of
@@ -182,6 +264,9 @@ def load_split(coco_root: str | Path, split: str) -> list[ImageRecord]:
     Args:
         coco_root: folder holding ``<split>/`` and ``annotations/``.
         split: e.g. ``"train2017"``.
+
+        dropped: filled with one line per person annotation left out as malformed (``annotation_problem``):
+            image id, annotation id, file and reason.
 
     Returns:
         One record per image id listed in any of the split's annotation files, sorted by id. Images
@@ -202,7 +287,7 @@ def load_split(coco_root: str | Path, split: str) -> list[ImageRecord]:
         del data  # before the next file is parsed: one file's objects in memory at a time
         data = _load_json(paths["person_keypoints"])
         _add_images(images, data, paths["person_keypoints"])
-        persons, crowd = _people(data, paths["person_keypoints"])
+        persons, crowd = _people(data, paths["person_keypoints"], images, [] if dropped is None else dropped)
         del data
         data = _load_json(paths["captions"])
         _add_images(images, data, paths["captions"])

@@ -50,6 +50,7 @@ class Plan:
     teacher_fps: dict[str, str] = field(default_factory=dict)  # teacher stage -> the teacher's own fingerprint
     recorded: list[str] = field(default_factory=list)  # teacher stages fingerprinted from teachers.json
     teacher_settings: dict[str, Any] = field(default_factory=dict)  # stage -> teacher_record.teacher_settings
+    dropped_annotations: list[dict[str, Any]] = field(default_factory=list)  # malformed ones left out (coco.py)
 
     def teacher_stages_to_run(self) -> list[str]:
         return [s for s in self.run_stages if stage(s).kind == "teacher" and self.pending[s]]
@@ -270,10 +271,14 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
     config = absolute_paths(config)
     root = check_inputs(config)
     _say(config, f"reading the COCO annotations of {config.split}")  # about half a minute on train2017
+    dropped: list[dict[str, Any]] = []
     try:
-        records = load_split(root, config.split)
+        records = load_split(root, config.split, dropped)
     except CocoError as e:
         raise BuildError(str(e)) from None
+    if dropped:
+        _say(config, f"{len(dropped)} malformed person annotation(s) left out (first: image {dropped[0]['image_id']}, "
+                     f"{dropped[0]['reason']}); build-report.json lists them")
     chosen = dependants(config.stages) if config.stages else [s.name for s in STAGES]
     needed = set(chosen) | set(ancestors(chosen))
 
@@ -336,4 +341,4 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         if existing.is_file() and not (config.force and "tokens" in chosen):
             vocab_path = str(existing)
     return Plan(config, split_path, shards, by_shard, specs, fps, run_stages, pending, active,
-                loaded, vocab_path, teacher_fps, sorted(recorded, key=TEACHER_STAGES.index), settings)
+                loaded, vocab_path, teacher_fps, sorted(recorded, key=TEACHER_STAGES.index), settings, dropped)

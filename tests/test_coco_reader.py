@@ -62,13 +62,41 @@ def test_malformed_annotation_file_names_it(coco_copy: Path, content: str, messa
     assert "captions_train2017.json" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_bad_keypoint_count_names_the_file(coco_copy: Path) -> None:
+def test_malformed_person_annotations_are_dropped_with_a_line(coco_copy: Path) -> None:
     path = coco_copy / "annotations" / "person_keypoints_train2017.json"
     data = json.loads(path.read_text())
-    data["annotations"][0]["keypoints"] = [1, 2, 2]
+    anns = {a["id"]: a for a in data["annotations"]}
+    anns[7]["keypoints"] = [1, 2, 2]  # the astronaut: 3 values, not 51
+    anns[47]["bbox"] = [10.0, 25.0, -5.0, 575.0]  # a negative width
+    crowd = next(a for a in data["annotations"] if a.get("iscrowd") and a["image_id"] == 1268)
+    crowd["segmentation"]["counts"] = crowd["segmentation"]["counts"][:-1]  # covers less than the image
     path.write_text(json.dumps(data))
-    with pytest.raises(CocoError, match="person_keypoints_train2017.json.*3 keypoint values"):
-        load_split(coco_copy, "train2017")
+    dropped: list = []
+    records = {r.image_id: r for r in load_split(coco_copy, "train2017", dropped)}
+    reasons = {d["annotation_id"]: d["reason"] for d in dropped}
+    assert set(reasons) == {7, 47, crowd["id"]} and all(d["file"] == path.name for d in dropped)
+    assert "keypoints are not 17 finite" in reasons[7] and "bbox" in reasons[47]
+    assert "crowd RLE counts cover" in reasons[crowd["id"]]
+    assert records[397133].persons == [] and records[1268].crowd == []  # left out, the images kept
+    assert load_split(coco_copy, "train2017") == list(records.values())  # the same records every time
+
+
+def test_compressed_rle_counts_are_decoded_as_pycocotools_writes_them() -> None:
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from pipeline.coco import annotation_problem, rle_counts
+
+    rng = np.random.default_rng(0)
+    mask = np.asfortranarray((rng.random((37, 53)) > 0.7).astype(np.uint8))
+    rle = mask_utils.encode(mask)
+    runs = rle_counts(rle["counts"].decode())
+    assert sum(runs) == 37 * 53 and runs[0] == int(np.argmax(mask.ravel(order="F")))  # zeros before the first 1
+    ann = {"bbox": [0, 0, 5, 5], "iscrowd": 1, "segmentation": {"size": [37, 53], "counts": rle["counts"].decode()}}
+    assert annotation_problem(ann, 53, 37) is None
+    assert "cover" in annotation_problem({**ann, "segmentation": {"size": [37, 53], "counts": "0"}}, 53, 37)
+    assert "not the image's" in annotation_problem(ann, 37, 53)
+    assert "malformed" in annotation_problem({**ann, "segmentation": {"size": [37, 53], "counts": "\x7f"}}, 53, 37)
 
 
 def test_image_without_annotations_is_still_a_record(coco_copy: Path) -> None:
