@@ -1,6 +1,8 @@
 """Depth teacher: Depth Anything V2 (relative or metric) through transformers, with the published model's own input
 geometry (``infer_image`` of the Depth Anything V2 repository): each image scaled so that its short side is
-``input_size``, both sides multiples of 14, no padding; images of the same input shape share a batch."""
+``input_size``, both sides multiples of 14, no padding; images of the same input shape share a batch. The long
+side is capped (``max_long_side``, default 4 x ``input_size``): a 2000x20 strip would otherwise become a
+518x51800 input, hundreds of times a photo's cost; past the cap the short side shrinks with it."""
 
 from __future__ import annotations
 
@@ -21,20 +23,28 @@ VARIANTS = {
        for scene in ("indoor", "outdoor") for size in ("small", "base", "large")},
 }
 PATCH = 14
+LONG_SIDE_FACTOR = 4  # the default cap of the input's long side, in units of input_size (aspect ratios up to 4:1)
 
 
-def input_shape(height: int, width: int, input_size: int = 518) -> tuple[int, int]:
+def input_shape(height: int, width: int, input_size: int = 518, max_long_side: int | None = None
+                ) -> tuple[int, int]:
     """The model input (h, w) of an image: Depth Anything V2's ``Resize(keep_aspect_ratio=True,
     resize_method="lower_bound", ensure_multiple_of=14)``: scaled so that both sides are at least ``input_size``,
     each side then rounded to the nearest multiple of 14, or up to one where rounding would go below
-    ``input_size``."""
+    ``input_size``. When the long side would exceed ``max_long_side`` (default ``LONG_SIDE_FACTOR x
+    input_size``) the image is scaled to that long side instead, each side a multiple of 14 (at least 14)."""
     scale = max(input_size / height, input_size / width)
+    cap = LONG_SIDE_FACTOR * input_size if max_long_side is None else max_long_side
 
     def side(x: float) -> int:
         y = round(x / PATCH) * PATCH  # half to even, as numpy's round upstream
         return y if y >= input_size else math.ceil(x / PATCH) * PATCH
 
-    return side(scale * height), side(scale * width)
+    shape = side(scale * height), side(scale * width)
+    if max(shape) <= cap:
+        return shape
+    fit = cap / max(height, width)  # an extreme aspect ratio: the long side to the cap, the short one follows
+    return max(PATCH, int(fit * height // PATCH) * PATCH), max(PATCH, int(fit * width // PATCH) * PATCH)
 
 
 class DepthAnythingTeacher(Teacher):
@@ -44,6 +54,7 @@ class DepthAnythingTeacher(Teacher):
         checkpoint: hub id, a short name of ``VARIANTS``, or a local ``save_pretrained`` folder.
         revision: hub revision to load (and fingerprint).
         input_size: the short side of the model input (the published 518); both sides are multiples of 14.
+        max_long_side: the cap of the input's long side (default 4 x input_size), bounding an image's cost.
         device, dtype, batch_size: see ``Teacher``.
     """
 
@@ -53,24 +64,29 @@ class DepthAnythingTeacher(Teacher):
         description="Depth Anything V2 (transformers DepthAnythingForDepthEstimation; Small/Base/Large, "
                     "relative or metric)",
         input_size="short side -> input_size (default 518), both sides multiples of 14, bicubic, no padding, "
-                   "ImageNet mean/std (the published model's own preprocessing)",
+                   "ImageNet mean/std (the published model's own preprocessing); long side at most max_long_side "
+                   "(default 4 x input_size)",
         outputs={"depth": "float32 (H, W) at the original resolution", "kind": "'relative' | 'metric'"},
         units="relative inverse depth (larger = nearer), or metres for metric checkpoints",
     )
 
     def __init__(self, *, checkpoint: str = DEFAULT_CHECKPOINT, revision: str | None = None,
-                 input_size: int = 518, device: str = "cpu", dtype: str = "float32", batch_size: int = 8) -> None:
+                 input_size: int = 518, max_long_side: int | None = None, device: str = "cpu",
+                 dtype: str = "float32", batch_size: int = 8) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         input_size = integer("input_size", input_size, PATCH)
         self.checkpoint = self.resolve_checkpoint(checkpoint)
         self.input_size = int(input_size)
+        self.max_long_side = int(integer("max_long_side", max_long_side, self.input_size) if max_long_side is not None
+                                 else LONG_SIDE_FACTOR * self.input_size)
         from transformers import DepthAnythingForDepthEstimation
 
         self.model = from_pretrained_strict(DepthAnythingForDepthEstimation, self.name, self.checkpoint, revision)
         self.model.to(device=device, dtype=torch_dtype(dtype)).eval()
         self.kind = "metric" if self.model.config.depth_estimation_type == "metric" else "relative"
         self._identity = {**checkpoint_identity(self.checkpoint, hub_revision(self.model, revision)),
-                          "input_size": self.input_size, "resize": "short side, multiples of 14", "kind": self.kind}
+                          "input_size": self.input_size, "resize": "short side, multiples of 14",
+                          "max_long_side": self.max_long_side, "kind": self.kind}
 
     @classmethod
     def resolve_checkpoint(cls, checkpoint: str) -> str:
@@ -93,7 +109,7 @@ class DepthAnythingTeacher(Teacher):
         groups: dict[tuple[int, int], list[int]] = {}
         for i, inp in enumerate(inputs):
             check_image(inp.image)
-            groups.setdefault(input_shape(*inp.image.shape[:2], self.input_size), []).append(i)
+            groups.setdefault(input_shape(*inp.image.shape[:2], self.input_size, self.max_long_side), []).append(i)
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         outs: list[dict[str, Any]] = [{}] * len(inputs)

@@ -42,6 +42,23 @@ def test_input_shape_is_the_published_lower_bound_resize(hw, expected) -> None:
     assert min(small) >= 70 and small[0] % 14 == small[1] % 14 == 0
 
 
+def test_an_extreme_aspect_ratio_costs_at_most_a_few_photos(tmp_path) -> None:
+    photo = input_shape(480, 640)
+    strip = input_shape(20, 2000)  # uncapped: 518 x 51800, a hundred photos' pixels
+    assert max(strip) <= 4 * 518 and strip[0] % 14 == strip[1] % 14 == 0 and strip == (14, 2072)
+    assert strip[0] * strip[1] <= 4 * photo[0] * photo[1]
+    assert input_shape(480, 1920) == (518, 2072)  # 4:1 is still the published geometry
+    assert input_shape(480, 2400, max_long_side=1036) == (196, 1036)
+    teacher = create_teacher("depth-anything-v2", checkpoint=save_tiny_checkpoint(str(tmp_path / "m")),
+                             input_size=70)
+    seen = []
+    teacher.model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["pixel_values"].shape),
+                                            with_kwargs=True)
+    (out,) = teacher([TeacherInput(np.zeros((20, 2000, 3), np.uint8))])
+    assert seen == [(1, 3, 14, 280)] and out["depth"].shape == (20, 2000)  # long side 4 x 70
+    assert teacher.identity()["max_long_side"] == 280
+
+
 @pytest.mark.parametrize("hw", [(50, 90), (300, 200)])  # upscaled to (70, 126); downscaled to (105, 70)
 def test_model_input_is_the_published_bicubic_resize_without_padding(hw, tmp_path) -> None:
     import cv2
