@@ -256,15 +256,26 @@ def _say(config: "BuildConfig", line: str) -> None:
 HASH_THREADS = min(8, os.cpu_count() or 1)
 
 
-def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recorded: bool = False) -> Plan:
+def _all_done(config: "BuildConfig", split_path: Path, stage_name: str, teacher: tuple[str, str],
+              shards: list[str]) -> bool:
+    """True when every shard of teacher stage ``stage_name`` is written at the version that ``teacher`` (name and
+    recorded fingerprint) gives it: a build then has no use for loading that teacher."""
+    specs = resolve_specs(config.size, config.shard_size, {stage_name: teacher}, {}, config.max_image_pixels)
+    done = ColumnWriter(split_path, stage_name, fingerprint(specs[stage_name])).done_shards(shards,
+                                                                                            threads=HASH_THREADS)
+    return len(done) == len(shards)
+
+
+def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recorded: str = "when_done") -> Plan:
     """Check the inputs and plan the build; raises BuildError (one line) before any unit runs.
 
     Args:
         config: the build settings.
         executor: where the teachers are loaded (the build's executor, started here); None = in this process.
-        reuse_recorded: take a teacher's fingerprint from the split's ``teachers.json`` when a build recorded it
-            for the same settings, instead of loading the teacher (``pipeline status``; a build loads every
-            teacher it may run).
+        reuse_recorded: when to take a teacher's fingerprint from the split's ``teachers.json`` (recorded by a
+            build for the same settings) instead of loading the teacher: ``"always"`` (``pipeline status``),
+            ``"never"`` (``status --recheck``), or ``"when_done"`` (a build: only for a teacher whose units are
+            all done at that version, which then has no use being loaded; every teacher that may run is loaded).
     """
     from pipeline.coco import CocoError, load_split
 
@@ -305,7 +316,12 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         if problem:
             raise BuildError(problem)
     settings = {s: teacher_settings(f) for s, f in factories.items()}  # read before loading: what was loaded
-    recorded = recorded_fingerprints(split_path, settings) if reuse_recorded else {}
+    recorded = recorded_fingerprints(split_path, settings) if reuse_recorded != "never" else {}
+    shards = [shard_name(config.split, k) for k in range(max(1, -(-len(records) // config.shard_size)))]
+    if reuse_recorded == "when_done":  # a teacher is loaded unless its stage has nothing left to do at that version
+        recorded = {s: fp for s, fp in recorded.items()
+                    if not (config.force and s in chosen)
+                    and _all_done(config, split_path, s, (teacher_choice(config, s)[0], fp), shards)}
     loaded = {s: f for s, f in factories.items() if s not in recorded}
     if loaded:  # weights can take minutes to load (and Ray actors to start)
         _say(config, "loading teachers: " + ", ".join(f"{s} {teacher_choice(config, s)[0]}" for s in loaded))
@@ -321,12 +337,8 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
     run_stages = [s.name for s in STAGES
                   if s.name in chosen or (s.name in needed and active.get(s.name) != fps[s.name])]
 
-    ids = records  # already sorted by image id
-    shards, by_shard = [], {}
-    for k in range(0, max(1, (len(ids) + config.shard_size - 1) // config.shard_size)):
-        name = shard_name(config.split, k)
-        shards.append(name)
-        by_shard[name] = ids[k * config.shard_size:(k + 1) * config.shard_size]
+    by_shard = {name: records[k * config.shard_size:(k + 1) * config.shard_size]  # records: sorted by image id
+                for k, name in enumerate(shards)}
 
     pending: dict[str, set[str]] = {}
     for s in run_stages:

@@ -71,10 +71,10 @@ def split_status(config: "BuildConfig", recheck: bool = False) -> dict[str, Any]
             config = dataclasses.replace(config, device="cpu")  # the device enters no fingerprint
     if recheck:
         quiet_model_loading()  # a status query loads teachers only to fingerprint them: no bars
-        plan = prepare(config, reuse_recorded=False)
+        plan = prepare(config, reuse_recorded="never")
         loaded, unconfirmed = list(plan.factories), []
     else:  # no "loading teachers" line: none is loaded
-        plan = prepare(dataclasses.replace(config, progress=False), _NoTeachers(), reuse_recorded=True)
+        plan = prepare(dataclasses.replace(config, progress=False), _NoTeachers(), reuse_recorded="always")
         loaded, unconfirmed = [], [s for s in TEACHER_STAGES if s in plan.factories]
     unknown = set(dependants(unconfirmed)) if unconfirmed else set()
     rows = []

@@ -241,3 +241,15 @@ def test_a_package_without_metadata_is_recorded_by_its_source_version(tmp_path: 
 
     monkeypatch.setattr("importlib.metadata.version", no_metadata)
     assert teacher_record._versions() == {"detectron2": "0.7.2"}
+
+
+def test_a_build_loads_no_teacher_whose_units_are_all_done(store) -> None:
+    cfg, weights = store
+    calls = dict(pipeline_fakes.CALLS)
+    again = build_targets(dataclasses.replace(cfg, stages=("depth",)))  # a finished --stages depth, run again
+    assert again["ok"] and pipeline_fakes.BUILT == {} and pipeline_fakes.CALLS == calls
+    forced = build_targets(dataclasses.replace(cfg, stages=("depth",), force=True))
+    assert forced["ok"] and pipeline_fakes.BUILT == {"fake-depth": 1}  # --force reruns it: loaded
+    pipeline_fakes.BUILT.clear()
+    changed = build_targets(dataclasses.replace(cfg, depth_params={"gain": 2.0}))  # another version to build
+    assert changed["ok"] and pipeline_fakes.BUILT == {"fake-depth": 1}  # only the teacher with work is loaded
