@@ -369,6 +369,7 @@ class _Run:
             "stages": {s: st.to_json() for s, st in self.stats.items()}, "teachers": dict(placement),
             "failures": self.failures, "config": cfg.to_json(),
             "dropped_annotations": p.dropped_annotations,  # malformed person annotations left out when reading COCO
+            "requested_columns": list(p.run_stages),  # what this build set out to make active (shards verify)
         }
         p.split_path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(p.split_path / BUILD_REPORT_NAME, report)

@@ -11,6 +11,7 @@ first fault is reported with its shard, column and (where known) key. A damaged 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from shards.codecs import CodecError, decode_member
+from shards.errors import parse_json, read_json
 from shards.layout import column_dir, column_record_path, shard_path, split_dir
 from shards.manifest import Manifest, StoreError, load_manifest
 from shards.pose import pose_problem
 from shards.schema import (BUILD_REPORT_NAME, COLUMN_RECORD_NAME, COLUMNS, MANIFEST_NAME, REJECTED_NAME,
                            TEACHER_RECORD_NAME, VOCAB_NAME, resolve_shape)
-from shards.errors import parse_json
 from shards.streams import TarError, iter_samples, open_regular, read_bytes, whole_samples
 from shards.writer import ShardRecord, file_sha256, read_column_record
 
@@ -142,12 +143,30 @@ def stray_files(path: Path, manifest: Manifest) -> list[str]:
     return stray
 
 
+def _unbuilt_columns(path: Path, manifest: Manifest) -> list[Fault]:
+    """A fault per column the split's last build (``build-report.json``) set out to make and did not: a failed
+    build leaves the other columns whole, but the split is not what it asked for."""
+    report_path = path / BUILD_REPORT_NAME
+    if not report_path.is_file():
+        return []
+    try:
+        report = read_json(report_path)
+    except StoreError as e:
+        return [Fault("-", "-", None, f"{e}")]
+    asked = report.get("requested_columns") if isinstance(report, dict) else None
+    if not isinstance(asked, list):  # a report of an older build says nothing of it
+        return []
+    return [Fault("-", c, None, f"not built: the last build ({report_path.name}, ok {json.dumps(report.get('ok'))}) "
+                                "asked for it; run `pipeline build-targets` again")
+            for c in asked if c in COLUMNS and c not in manifest.columns]
+
+
 def _split_file_faults(path: Path, manifest: Manifest, chosen: Sequence[str]) -> list[Fault]:
     """Faults of the split's own files that the chosen columns need: ``vocab.json`` (the ids of tokens.json mean
     nothing without it) and ``rejected.jsonl`` (one line per image the manifest counts as rejected)."""
     from shards.vocab import Vocabulary
 
-    faults = []
+    faults = _unbuilt_columns(path, manifest)
     if "tokens" in chosen:
         vocab = path / VOCAB_NAME
         try:

@@ -501,3 +501,21 @@ def test_verify_lists_stray_files_as_warnings(clean: Path, tmp_path: Path, capsy
         f"shards verify: warning: stray file notes.txt in split {SPLIT!r} (no tool wrote it there)",
         f"shards verify: warning: stray file depth/{fp[:12]}.../{SPLIT}-000000 (copy).tar in split {SPLIT!r} "
         "(no tool wrote it there)"]
+
+
+def test_verify_faults_columns_the_last_build_asked_for_and_did_not_make(clean: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    store = tmp_path / "failed"
+    shutil.copytree(clean, store)
+    report = store / SPLIT / "build-report.json"
+    report.write_text(json.dumps({"ok": True, "requested_columns": ["base", "depth"]}))
+    assert _run(capsys, "verify", "--shards", str(store), "--split", SPLIT)[0] == 0
+    _edit_manifest(store, lambda doc: doc["columns"].pop("caption"))  # a build whose caption units all failed
+    report.write_text(json.dumps({"ok": False, "requested_columns": ["base", "caption", "tokens"]}))
+    _edit_manifest(store, lambda doc: doc["columns"].pop("tokens"))
+    rc, out, err = _run(capsys, "verify", "--shards", str(store), "--split", SPLIT, "--all")
+    assert rc == 1 and not out.startswith("OK"), (out, err)
+    assert "column 'caption': not built: the last build (build-report.json, ok false) asked for it" in err
+    assert "column 'tokens': not built" in err
+    report.write_text(json.dumps({"ok": False}))  # the report of an older build: nothing to compare
+    assert _run(capsys, "verify", "--shards", str(store), "--split", SPLIT)[0] == 0
