@@ -272,7 +272,7 @@ class LocalExecutor(Executor):
                 unit.value = value
                 return
             except Exception as e:  # a failed unit is reported, not fatal to the build
-                if attempt == self.retries:
+                if attempt == self.retries or not worth_retrying(e):
                     unit.error = e
                     return
                 log.warning("unit %s failed (%s), retrying", name, e)
@@ -480,7 +480,7 @@ class RayExecutor(Executor):
 
     def submit_teacher(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
         actor = min(self.pools[stage], key=lambda a: self.load[a])
-        ref = actor.run.options(retry_exceptions=True).remote(stage, fn, *args)
+        ref = actor.run.options(retry_exceptions=[_Transient]).remote(stage, fn, *args)
         self.load[actor] += 1
         self.owner[ref] = actor
         return ref
@@ -514,8 +514,9 @@ class RayExecutor(Executor):
         try:
             return ray.get(handle)
         except ray.exceptions.RayTaskError as e:  # the unit's own exception, without Ray's traceback and colours
-            if isinstance(e.cause, Exception):
-                raise e.cause from None
+            cause = e.cause.args[0] if isinstance(e.cause, _Transient) else e.cause
+            if isinstance(cause, Exception):
+                raise cause from None
             raise
         except ray.exceptions.RayError as e:  # an actor or worker died, an object was lost: on one line (the
             # cause, e.g. out of memory, is on a later line of Ray's message)
@@ -570,7 +571,25 @@ class _TeacherWorker:
     def run(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
         if stage not in self.teachers:
             raise RuntimeError(f"the {stage} teacher did not load: {self.built[stage]}")
-        return fn(self.teachers[stage], *args)
+        try:
+            return fn(self.teachers[stage], *args)
+        except Exception as e:  # Ray retries only a _Transient: a TeacherError would fail the same way again
+            if not worth_retrying(e):
+                raise
+            raise _Transient(e) from None
+
+
+class _Transient(Exception):
+    """Carries a teacher call's exception through Ray as one worth retrying (its ``args[0]``; ``result`` raises
+    that again): anything but a TeacherError, which is the input's fault and would fail the same way."""
+
+
+def worth_retrying(error: BaseException) -> bool:
+    """False for a TeacherError (bad input or settings: the same call fails again), True otherwise (a lost
+    worker, out of memory, a flaky read)."""
+    from teachers.base import TeacherError
+
+    return not isinstance(error, TeacherError)
 
 
 def make_executor(name: str, **options: Any) -> Executor:

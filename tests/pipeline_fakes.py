@@ -130,3 +130,13 @@ def make_config(demo_root: Path, out: Path, **kw: Any) -> "BuildConfig":
                 text_teacher="fake-text", caption_teacher="fake-caption",
                 glove=str(demo_root / "glove" / "glove.demo.300d.txt"))
     return BuildConfig(**{**base, **kw})
+
+
+def teacher_raises(teacher: Teacher, log: str, kind: str) -> None:
+    """A teacher call that notes each attempt in ``log`` and fails: with a TeacherError (the input's fault) or a
+    RuntimeError (what a lost GPU or a flaky read gives)."""
+    from teachers.base import TeacherError
+
+    with open(log, "a") as f:
+        f.write("attempt\n")
+    raise (TeacherError if kind == "input" else RuntimeError)(f"{kind} failure of {teacher.name}")

@@ -101,3 +101,32 @@ def test_one_gpu_is_shared_by_the_gpu_teachers_and_over_asking_fails(monkeypatch
             RayExecutor(gpus_per_teacher=1, retries=0).start(factories)
     finally:
         ray.shutdown()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_teacher_error_is_not_retried_and_other_failures_are(executor: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.executors import LocalExecutor, RayExecutor, TeacherFactory
+    from teachers.base import TeacherError
+
+    factories = {"text": TeacherFactory(pipeline_fakes.FakeText)}
+    if executor == "ray":
+        ray = pytest.importorskip("ray")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    try:
+        ex = LocalExecutor(retries=2) if executor == "local" else RayExecutor(retries=2)
+        ex.start(factories)
+        for kind, error, attempts in (("input", TeacherError, 1), ("transient", RuntimeError, 3)):
+            log = tmp_path / f"{kind}.log"
+            handle = ex.submit_teacher("text", pipeline_fakes.teacher_raises, str(log), kind)
+            while not ex.wait([handle], 1.0):
+                pass
+            with pytest.raises(error, match=f"{kind} failure of fake-text"):  # the unit's own exception
+                ex.result(handle)
+            assert log.read_text().count("attempt") == attempts, kind
+        ex.close()
+    finally:
+        if executor == "ray":
+            ray.shutdown()
