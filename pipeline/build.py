@@ -158,6 +158,7 @@ class _Run:
         self.done = {s: set(plan.shards) - plan.pending[s] for s in plan.run_stages}
         self.failed: dict[str, set[str]] = {s: set() for s in plan.run_stages}
         self.failures: list[dict[str, Any]] = []
+        self.emptied: list[dict[str, Any]] = []  # images a teacher refused, written with an empty target
         self.inflight: dict[Any, tuple[str, str, str]] = {}  # handle -> (kind, stage, shard)
         self.decoded: dict[str, Any] = {}  # shard -> handle of its Decoded
         self.teacher_left: dict[str, int] = {}  # shard -> teacher units still running on it
@@ -288,6 +289,7 @@ class _Run:
         st.images += result.images
         st.seconds += result.seconds
         st.rejected += len(result.rejected)
+        self.emptied += result.emptied
         progress.update(result.stage, result.images + len(result.rejected))
         for other, shards in self.estimated.items():  # their bars counted this shard's rejected images too
             if result.rejected and result.shard in shards:
@@ -370,6 +372,7 @@ class _Run:
             "failures": self.failures, "config": cfg.to_json(),
             "dropped_annotations": p.dropped_annotations,  # malformed person annotations left out when reading COCO
             "requested_columns": list(p.run_stages),  # what this build set out to make active (shards verify)
+            "emptied_targets": sorted(self.emptied, key=lambda e: (e["stage"], e["id"])),  # a teacher refused them
         }
         p.split_path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(p.split_path / BUILD_REPORT_NAME, report)

@@ -13,7 +13,9 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from shards.atomic import atomic_write_json
 from shards.codecs import decode_member
@@ -41,6 +43,7 @@ class UnitResult:
     seconds: float  # time spent inside the unit
     rejected: list[dict[str, Any]] = field(default_factory=list)  # base units only
     written: bool = True  # False for a decode unit that only fed teachers
+    emptied: list[dict[str, Any]] = field(default_factory=list)  # images a teacher refused: written empty
 
 
 @dataclass
@@ -115,7 +118,16 @@ class Predicted:
     samples: list[tuple[str, dict[str, Any]]]
     seconds: float
     metas: list[dict[str, Any]] = field(default_factory=list)  # the base meta.json of each sample
+    emptied: list[dict[str, Any]] = field(default_factory=list)  # {"id", "stage", "reason"} of refused images
 
+
+#: what a teacher stage writes for an image its teacher refuses (a TeacherError of that image alone): the store's
+#: own meaning of "nothing here". Depth has none: a refused depth image still fails its shard.
+EMPTY_PREDICTIONS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "caption": lambda image: {"captions": []},  # eight empty token slots
+    "text": lambda image: {"polygons": [], "scores": []},  # no text
+    "panoptic": lambda image: {"classes": np.full(image.shape[:2], 255, np.uint8)},  # void; groups: unlabeled
+}
 
 def teacher_predict(teacher: Any, stage: str, decoded: Decoded) -> Predicted:
     """Run a teacher over a decoded shard and map its predictions into the members of the stage's column.
@@ -131,14 +143,28 @@ def teacher_predict(teacher: Any, stage: str, decoded: Decoded) -> Predicted:
     Returns:
         The shard's samples and the seconds spent.
     """
+    from teachers.base import TeacherError
+
     t0 = time.perf_counter()
-    preds = teacher(decoded.inputs) if decoded.inputs else []
+    emptied: list[dict[str, Any]] = []
+    try:
+        preds = teacher(decoded.inputs) if decoded.inputs else []
+    except TeacherError:  # one image's fault, most likely: the others go on, that one gets the empty target
+        if stage not in EMPTY_PREDICTIONS:
+            raise
+        preds = []
+        for inp in decoded.inputs:
+            try:
+                preds += teacher([inp])
+            except TeacherError as e:
+                preds.append(EMPTY_PREDICTIONS[stage](inp.image))
+                emptied.append({"id": int(inp.image_id), "stage": stage, "reason": str(e).splitlines()[0][:300]})
     if len(preds) != len(decoded.inputs):
         raise RuntimeError(f"teacher {teacher.name!r} returned {len(preds)} predictions for "
                            f"{len(decoded.inputs)} images of {decoded.shard}")
     samples = [(key, teacher_members(stage, pred, meta, teacher.name))
                for key, pred, meta in zip(decoded.keys, preds, decoded.metas)]
-    return Predicted(samples, time.perf_counter() - t0, list(decoded.metas))
+    return Predicted(samples, time.perf_counter() - t0, list(decoded.metas), emptied)
 
 
 def write_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], shard: str, predicted: Predicted,
@@ -164,7 +190,8 @@ def write_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], sh
     """
     t0 = time.perf_counter()
     ColumnWriter(split_path, stage, fp, spec).write_shard(shard, predicted.samples)
-    results = [UnitResult(stage, shard, len(predicted.samples), predicted.seconds + time.perf_counter() - t0)]
+    results = [UnitResult(stage, shard, len(predicted.samples), predicted.seconds + time.perf_counter() - t0,
+                          emptied=predicted.emptied)]
     for name, dfp, dspec in chained:
         t0 = time.perf_counter()
         try:

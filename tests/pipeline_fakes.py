@@ -23,21 +23,26 @@ class _Fake(Teacher):
 
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
                  checkpoint: str | None = None, gain: float = 1.0, delay: float = 0.0,
-                 die_once: str | None = None) -> None:
+                 die_once: str | None = None, refuse: int | None = None) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
         BUILT[self.name] = BUILT.get(self.name, 0) + 1
         self.checkpoint = checkpoint
         self.gain = gain
         self.delay = delay  # seconds per image; does not change the output, so not part of identity()
         self.die_once = die_once  # a marker file: the first process to predict creates it and dies
+        self.refuse = refuse  # an image id whose batch raises a TeacherError (the image's own fault)
 
     def identity(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "gain": self.gain}
+        return {"checkpoint": self.checkpoint, "gain": self.gain, **({"refuse": self.refuse} if self.refuse else {})}
 
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
         if self.die_once is not None and not os.path.exists(self.die_once):
             open(self.die_once, "w").close()
             os._exit(1)  # a crashed worker, as an out-of-memory kill would leave it
+        if any(inp.image_id == self.refuse for inp in inputs):
+            from teachers.base import TeacherError
+
+            raise TeacherError(f"image {self.refuse}: {self.name} refuses it")
         CALLS[self.name] = CALLS.get(self.name, 0) + len(inputs)
         time.sleep(self.delay * len(inputs))
         return [self.one(inp) for inp in inputs]

@@ -214,3 +214,26 @@ def test_local_progress_moves_unit_by_unit(demo_root: Path, fakes: dict[str, int
     assert seen[0] == ("base", 0)  # the first shard's decode is reported before any teacher ran
     first_depth = next(i for i, (stage, _) in enumerate(seen) if stage == "depth")
     assert seen[first_depth][1] <= 4 * cfg.shard_size  # ... and its depth before the teachers of a second shard
+
+
+@pytest.mark.parametrize("stage", ["text", "caption", "panoptic"])
+def test_an_image_its_teacher_refuses_gets_an_empty_target_and_its_shard_goes_on(demo_root: Path, tmp_path: Path,
+                                                                                 fakes, stage: str) -> None:
+    from shards.reader import StoreReader
+
+    cfg = make_config(demo_root, tmp_path / "store", **{f"{stage}_params": {"refuse": 397133}})
+    report = build_targets(cfg)
+    assert report["ok"], report["failures"]
+    assert report["emptied_targets"] == [{"id": 397133, "stage": stage,
+                                          "reason": f"image 397133: fake-{stage} refuses it"}]
+    column = {"text": "text", "caption": "caption", "panoptic": "groups"}[stage]
+    samples = {s["__key__"]: s for s in StoreReader(tmp_path / "store", "train2017", [column])}
+    empty = samples["000000397133"]
+    if stage == "text":
+        assert empty["text.json"] == {"polygons": [], "scores": []} and not empty["text.png"].any()
+    elif stage == "caption":
+        assert empty["caption.json"]["captions"] == []
+    else:
+        assert not empty["groups.png"].any()  # void everywhere: unlabeled
+    assert len(samples) == report["samples"]  # every other image of the shard is there too
+    assert json.loads((tmp_path / "store" / "train2017" / "build-report.json").read_text())["emptied_targets"]
