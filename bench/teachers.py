@@ -128,7 +128,7 @@ CASES: tuple[Case, ...] = (
          "Large: 13 ms/image on an A100 (518 px)"),
     Case("detectron2-panoptic-fpn", {"min_size": 480, "max_size": 640}, _full_detectron2, {},
          "R50: 53 ms/image on a V100 (800 px)"),
-    Case("mask2former", {"input_size": 640}, _full_mask2former, {}, "Swin-L: about 3 images/s on an A100"),
+    Case("mask2former", {"min_size": 480, "max_size": 640}, _full_mask2former, {}, "Swin-L: about 3 images/s on an A100"),
     Case("rapidocr", {"input_size": 640}, _full_rapidocr, {}, "about 0.5 s/image on this machine's CPU"),
     Case("vit-gpt2", {"num_beams": 4, "max_length": 16}, _full_vit_gpt2, {}, ""),
     Case("dptext-detr", {"min_size": 640}, _full_dptext_detr, {}, "official test size: shorter side 1000"),

@@ -18,27 +18,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, model_cache, sha256_of_path
 from teachers.dptext_detr_model import LIMITS, DPTextConfig, DPTextDETR
 from teachers.loading import sized_config, unit_interval
+from teachers.preprocess import shortest_edge_resize
 from teachers.strict_load import check_fits, load_strict, read_checkpoint, safetensors_layout, tensor_layout
 
 TEACHER = "dptext-detr"
 PREFIX = "dptext_detr."
 PIXEL_MEAN = (123.675, 116.280, 103.530)  # RGB, 0..255
 PIXEL_STD = (58.395, 57.120, 57.375)
-
-
-def resized_shape(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """detectron2's ResizeShortestEdge: shorter side to ``min_size``, longer side at most ``max_size``."""
-    scale = min_size / min(h, w)
-    nh, nw = (min_size, scale * w) if h < w else (scale * h, min_size)
-    if max(nh, nw) > max_size:
-        s = max_size / max(nh, nw)
-        nh, nw = nh * s, nw * s
-    return int(nh + 0.5), int(nw + 0.5)
 
 
 def _config(fields: Any, source: str) -> DPTextConfig:
@@ -170,8 +160,7 @@ class DPTextDETRTeacher(Teacher):
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise TeacherError(f"teacher 'dptext-detr': needs (H, W, 3) uint8 RGB images, got {img.dtype} "
                                f"{img.shape}")
-        nh, nw = resized_shape(img.shape[0], img.shape[1], self.min_size, self.max_size)
-        return np.array(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+        return shortest_edge_resize(img, self.min_size, self.max_size)
 
     def _tensor(self, resized: list[np.ndarray]) -> torch.Tensor:
         """Same-size resized images -> normalised (B, 3, H, W) on the device."""

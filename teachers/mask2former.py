@@ -9,7 +9,7 @@ from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec
 from teachers.loading import (checkpoint_identity, from_pretrained_strict, hub_revision, integer, torch_dtype,
                               unit_interval)
 from teachers.panoptic_ids import PANOPTIC_OUTPUTS
-from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox_batch, unletterbox
+from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_image, shortest_edge_resize
 
 DEFAULT_CHECKPOINT = "facebook/mask2former-swin-large-coco-panoptic"
 STRIDE = 32
@@ -27,7 +27,9 @@ class Mask2FormerTeacher(Teacher):
     Args:
         checkpoint: hub id or a local ``save_pretrained`` folder of a 133-class COCO panoptic model.
         revision: hub revision to load (and fingerprint).
-        input_size: long side of the model input (1067 gives 4:3 images Mask2Former's 800-pixel test size).
+        min_size, max_size: Mask2Former's own test resize (detectron2's ResizeShortestEdge, PIL bilinear: shorter
+            side to ``min_size``, longer at most ``max_size``; its COCO configs' 800 and 1333), the result padded
+            at the bottom and right to a multiple of 32 (zeros after normalisation, as detectron2's ImageList).
         score_threshold: minimum query class probability (Mask2Former's object_mask_threshold).
         overlap_threshold: minimum visible fraction of a query's mask (Mask2Former's overlap_threshold).
         device, dtype, batch_size: see ``Teacher``.
@@ -37,21 +39,24 @@ class Mask2FormerTeacher(Teacher):
     spec = TeacherSpec(
         task="panoptic",
         description="Mask2Former COCO panoptic (transformers Mask2FormerForUniversalSegmentation, Swin-L)",
-        input_size="long side -> input_size, letterboxed on a square canvas (multiple of 32), bilinear, "
-                   "ImageNet mean/std",
+        input_size="Mask2Former's own test resize: shorter side -> min_size (800), longer at most max_size (1333), "
+                   "PIL bilinear, ImageNet mean/std, padded bottom-right to a multiple of 32",
         outputs=PANOPTIC_OUTPUTS,
         units="class id",
     )
 
     def __init__(self, *, checkpoint: str = DEFAULT_CHECKPOINT, revision: str | None = None,
-                 input_size: int = 1067, score_threshold: float = 0.8, overlap_threshold: float = 0.8,
-                 device: str = "cpu", dtype: str = "float32", batch_size: int = 4) -> None:
+                 min_size: int = 800, max_size: int = 1333, score_threshold: float = 0.8,
+                 overlap_threshold: float = 0.8, device: str = "cpu", dtype: str = "float32", batch_size: int = 4
+                 ) -> None:
         super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        input_size = integer("input_size", input_size, STRIDE)
+        min_size, max_size = integer("min_size", min_size, STRIDE), integer("max_size", max_size, STRIDE)
+        if max_size < min_size:
+            raise TeacherError(f"teacher {self.name!r}: max_size {max_size} is below min_size {min_size}")
         from transformers import Mask2FormerForUniversalSegmentation
 
         self.checkpoint = checkpoint = self.resolve_checkpoint(checkpoint)
-        self.input_size = int(input_size)
+        self.min_size, self.max_size = int(min_size), int(max_size)
         self.score_threshold = unit_interval("score_threshold", score_threshold)
         self.overlap_threshold = unit_interval("overlap_threshold", overlap_threshold)
         self.model = from_pretrained_strict(Mask2FormerForUniversalSegmentation, self.name, checkpoint, revision)
@@ -61,7 +66,8 @@ class Mask2FormerTeacher(Teacher):
         _check_label_order(self.name, checkpoint, self.model.config.id2label)
         self.model.to(device=device, dtype=torch_dtype(dtype)).eval()
         self._identity = {**checkpoint_identity(checkpoint, hub_revision(self.model, revision)),
-                          "input_size": self.input_size, "score_threshold": self.score_threshold,
+                          "min_size": self.min_size, "max_size": self.max_size, "resize": "shortest edge, pad 32",
+                          "score_threshold": self.score_threshold,
                           "overlap_threshold": self.overlap_threshold,
                           "merge": 2}  # 2: pixels outside the winning query's own mask are void
 
@@ -69,26 +75,39 @@ class Mask2FormerTeacher(Teacher):
         return dict(self._identity)
 
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        """As Mask2Former's own inference: each image at its test size (``shortest_edge_resize``), normalised and
+        zero-padded at the bottom and right to a multiple of 32; the mask logits upsampled to the padded size,
+        cropped to the image's, upsampled to its original size (``sem_seg_postprocess``). Images of one resized
+        shape run as one batch, so an image's output does not depend on the others of the call."""
+        import numpy as np
         import torch
+        import torch.nn.functional as F
 
+        groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        for i, inp in enumerate(inputs):
+            check_image(inp.image)
+            resized = shortest_edge_resize(inp.image, self.min_size, self.max_size)
+            groups.setdefault(resized.shape[:2], []).append((i, resized))
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+        results: list[dict[str, Any]] = [{} for _ in inputs]
         with torch.inference_mode():
-            x, geo = letterbox_batch([i.image for i in inputs], self.input_size, canvas_multiple=STRIDE,
-                                     device=self.device, dtype=torch_dtype(self.dtype), mean=IMAGENET_MEAN,
-                                     std=IMAGENET_STD, mode="bilinear")
-            out = self.model(pixel_values=x)
-            probs = out.class_queries_logits.float().softmax(-1)  # (B, Q, 134)
-            scores, labels = probs.max(-1)  # (B, Q)
-            keep = (labels != NUM_PANOPTIC_CLASSES) & (scores > self.score_threshold)
-            results = []
-            for i in range(len(inputs)):
-                k = keep[i]
-                masks = out.masks_queries_logits[i, k]  # (K, h/4, w/4) over the canvas
-                if masks.shape[0] == 0:
-                    h, w = geo.original[i]
-                    results.append({"classes": torch.full((h, w), PANOPTIC_VOID, dtype=torch.uint8).numpy()})
-                    continue
-                mask_probs = unletterbox(masks, geo, i, mode="bilinear").sigmoid()  # (K, H, W)
-                results.append({"classes": self._merge(mask_probs, scores[i, k], labels[i, k])})
+            for (h, w), items in groups.items():
+                x = torch.from_numpy(np.stack([r for _, r in items])).to(self.device).permute(0, 3, 1, 2).float()
+                x = F.pad((x - mean) / std, (0, -w % STRIDE, 0, -h % STRIDE))  # zeros: detectron2's ImageList
+                out = self.model(pixel_values=x.to(torch_dtype(self.dtype)))
+                probs = out.class_queries_logits.float().softmax(-1)  # (B, Q, 134)
+                scores, labels = probs.max(-1)  # (B, Q)
+                keep = (labels != NUM_PANOPTIC_CLASSES) & (scores > self.score_threshold)
+                for j, (i, _) in enumerate(items):
+                    size = inputs[i].image.shape[:2]
+                    masks = out.masks_queries_logits[j, keep[j]].float()  # (K, h'/4, w'/4) of the padded input
+                    if masks.shape[0] == 0:
+                        results[i] = {"classes": np.full(size, PANOPTIC_VOID, np.uint8)}
+                        continue
+                    masks = F.interpolate(masks[None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+                    masks = F.interpolate(masks[:, :, :h, :w], size=size, mode="bilinear", align_corners=False)[0]
+                    results[i] = {"classes": self._merge(masks.sigmoid(), scores[j, keep[j]], labels[j, keep[j]])}
         return results
 
     def _merge(self, mask_probs: Any, scores: Any, labels: Any) -> Any:

@@ -37,6 +37,25 @@ def check_image(image: np.ndarray) -> None:
         raise TeacherError(f"teachers take (H, W, 3) uint8 RGB images, got {what}")
 
 
+def shortest_edge_shape(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """detectron2's ResizeShortestEdge: shorter side to ``min_size``, longer side at most ``max_size`` (the test
+    resize of DPText-DETR and Mask2Former, as their own code rounds it)."""
+    scale = min_size / min(h, w)
+    nh, nw = (min_size, scale * w) if h < w else (scale * h, min_size)
+    if max(nh, nw) > max_size:
+        s = max_size / max(nh, nw)
+        nh, nw = nh * s, nw * s
+    return int(nh + 0.5), int(nw + 0.5)
+
+
+def shortest_edge_resize(img: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+    """One RGB uint8 image at :func:`shortest_edge_shape` (PIL bilinear, as detectron2's ResizeTransform)."""
+    from PIL import Image
+
+    nh, nw = shortest_edge_shape(img.shape[0], img.shape[1], min_size, max_size)
+    return np.array(Image.fromarray(np.ascontiguousarray(img)).resize((nw, nh), Image.BILINEAR))
+
+
 def resized_size(height: int, width: int, long_side: int, multiple: int = 1) -> tuple[int, int]:
     """Size of an image whose long side is scaled to ``long_side``, each side rounded to ``multiple``."""
     scale = long_side / max(height, width)

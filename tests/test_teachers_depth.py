@@ -80,5 +80,5 @@ def test_model_input_is_the_published_bicubic_resize_without_padding(hw, tmp_pat
 
 
 def test_canvas_geometry_of_the_letterboxed_teachers() -> None:
-    # Mask2Former letterboxes every image of a batch on one square canvas (teachers.preprocess)
+    # the letterboxing teachers (RapidOCR) put every image of a batch on one square canvas (teachers.preprocess)
     assert resized_size(427, 640, 1067) == (712, 1067) and canvas_size(1067, 32) == 1088

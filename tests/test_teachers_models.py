@@ -18,7 +18,7 @@ CASES: dict[str, dict] = {
     "depth-anything-v2": {"input_size": 126},
     "detectron2-panoptic-fpn": {"min_size": 64, "max_size": 96},
     # threshold 0 keeps every query, so random weights still exercise the panoptic merge
-    "mask2former": {"input_size": 128, "score_threshold": 0.0},
+    "mask2former": {"min_size": 64, "max_size": 128, "score_threshold": 0.0},
     "vit-gpt2": {"num_beams": 2, "max_length": 8},
     "rapidocr": {"input_size": 128},
 }
@@ -216,10 +216,35 @@ def test_impossible_thresholds_are_refused(name, params, needle, checkpoints) ->
 
 @pytest.mark.parametrize("name, params, needle", [
     ("depth-anything-v2", {"input_size": 700.5}, "input_size must be an integer >= 14, got 700.5"),
-    ("mask2former", {"input_size": "big"}, "input_size must be an integer >= 32, got 'big'"),
+    ("mask2former", {"min_size": "big"}, "min_size must be an integer >= 32, got 'big'"),
+    ("mask2former", {"min_size": 800, "max_size": 640}, "max_size 640 is below min_size 800"),
     ("vit-gpt2", {"max_length": 10**6}, "max_length must be at most 64 (the decoder's positions)"),
     ("vit-gpt2", {"num_beams": 0}, "num_beams must be an integer >= 1, got 0"),
 ])
 def test_impossible_sizes_are_refused(name, params, needle, checkpoints) -> None:
     with pytest.raises(TeacherError, match=re.escape(needle)):
         create_teacher(name, checkpoint=checkpoints[name], **params)
+
+
+@pytest.mark.parametrize("hw, resized", [((300, 450), (64, 96)), ((400, 200), (128, 64)), ((90, 300), (38, 128))])
+def test_mask2former_runs_at_its_own_test_geometry(checkpoints, hw, resized) -> None:
+    """Mask2Former's test resize (shorter side to min_size, longer at most max_size, PIL bilinear), normalised and
+    zero-padded bottom-right to a multiple of 32: a 3:2 photo and a 1:2 portrait as a 4:3 one."""
+    from PIL import Image
+
+    from teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, shortest_edge_shape
+
+    assert shortest_edge_shape(427, 640, 800, 1333) == (800, 1199)  # a COCO photo at Mask2Former's test size
+    assert shortest_edge_shape(1000, 500, 800, 1333) == (1333, 667)  # a 1:2 portrait: the long side caps it
+    teacher = create_teacher("mask2former", checkpoint=checkpoints["mask2former"], **CASES["mask2former"])
+    seen = []
+    teacher.model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["pixel_values"].clone()),
+                                            with_kwargs=True)
+    image = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    (out,) = teacher([TeacherInput(image)])
+    assert out["classes"].shape == hw
+    h, w = resized
+    expected = np.zeros((-(-h // 32) * 32, -(-w // 32) * 32, 3), np.float32)
+    pil = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), np.float32)
+    expected[:h, :w] = (pil - np.array(IMAGENET_MEAN) * 255) / (np.array(IMAGENET_STD) * 255)
+    np.testing.assert_allclose(seen[0][0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
