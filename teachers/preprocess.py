@@ -117,21 +117,6 @@ def letterbox_batch(images: Sequence[np.ndarray], long_side: int, *, multiple: i
     return batch, Letterbox(canvas, tuple(original), tuple(resized))
 
 
-def unletterbox(maps: Any, geometry: Letterbox, index: int, mode: str = "bilinear") -> Any:
-    """Map one image's (C, h', w') prediction over the whole canvas back to its original (C, H, W).
-
-    The canvas map may have any resolution (e.g. 1/4 of the canvas); the valid region is scaled to the
-    original size exactly by resizing the whole map and cropping, so no sub-pixel offset is introduced.
-    """
-    import torch.nn.functional as F
-
-    (h0, w0), (h, w) = geometry.original[index], geometry.resized[index]
-    size = (int(round(geometry.canvas * h0 / h)), int(round(geometry.canvas * w0 / w)))  # canvas in original px
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    out = F.interpolate(maps[None].float(), size=size, mode=mode, **kwargs)[0]
-    return out[:, :h0, :w0]
-
-
 def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int], *, device: Any = "cpu", dtype: Any = None,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  scale: float = 1 / 255, mode: str = "bilinear") -> Any:
