@@ -7,6 +7,7 @@ passed as arguments of later submissions (Ray resolves them where the unit runs)
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -373,6 +374,7 @@ class RayExecutor(Executor):
             # start; it stays on, only the notice is kept out of the build's output.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         handler = signal.getsignal(signal.SIGTERM)  # the command's own (stop cleanly), which Ray's driver replaces
+        before = set(descendants(os.getpid())) if not self.address else set()
         try:
             ray.init(**kwargs)
             if callable(handler) and threading.current_thread() is threading.main_thread():
@@ -387,6 +389,8 @@ class RayExecutor(Executor):
             raise ClusterConnectionError(f"cannot join the Ray cluster at {self.address}: {first[:200]}{hint}") \
                 from None
         self._started_here = True
+        if not self.address:  # a cluster started here: its processes end with this one, even after a kill -9
+            fate_share([p for p in descendants(os.getpid()) if p not in before])
 
     def on_every_node(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
         import ray
@@ -577,6 +581,70 @@ class _TeacherWorker:
             if not worth_retrying(e):
                 raise
             raise _Transient(e) from None
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (field 22 of /proc/PID/stat): with the pid, it names that process and no later one."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """``(pid, start time)`` of every process below ``pid`` (Linux /proc; elsewhere none)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        start = _start_time(p)
+        if start is not None:
+            found.append((p, start))
+        todo += children.get(p, [])
+    return found
+
+
+#: run by a process of its own: waits for the driver to end, then ends the processes it was given (the local Ray
+#: cluster's GCS, raylet, monitors and agents), those whose start time shows they are still the same processes
+_WATCHDOG = "import os, signal, sys, time, json\n" + inspect.getsource(_start_time) + r"""
+driver, start, procs = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+while _start_time(driver) == start:
+    time.sleep(1.0)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    alive = [p for p, s in procs if _start_time(p) == s]
+    for p in alive:
+        try:
+            os.kill(p, sig)
+        except OSError:
+            pass
+    if not alive:
+        break
+    time.sleep(2.0)
+"""
+
+
+def fate_share(procs: Sequence[tuple[int, str]]) -> None:
+    """Have ``procs`` ended when this process ends, however it ends: Ray's own fate sharing leaves a local
+    cluster's dashboard and runtime-env agents running, orphaned, after a driver is killed with SIGKILL. A small
+    watchdog process of its own session waits for this one and ends them (Linux; elsewhere nothing)."""
+    import json
+    import subprocess
+
+    start = _start_time(os.getpid())
+    if start is None or not procs:
+        return
+    subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), start, json.dumps(list(procs))],
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, close_fds=True)
 
 
 class _Transient(Exception):

@@ -84,3 +84,32 @@ def test_sigkill_then_resume_is_byte_identical(demo_root: Path, tmp_path: Path,
     for m in manifests:
         m.pop("config")  # holds the --out path, which differs
     assert manifests[0] == manifests[1]
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_driver_leaves_no_process_of_its_ray_cluster(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from pipeline.executors import _start_time, descendants
+
+    code = ("import os, sys, time; from pipeline.executors import RayExecutor, TeacherFactory; "
+            "import pipeline_fakes; ex = RayExecutor(num_cpus=1, retries=0); "
+            "ex.start({'text': TeacherFactory(pipeline_fakes.FakeText)}); print('up', flush=True); time.sleep(600)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        started = descendants(proc.pid)  # the cluster's GCS, raylet, agents, the teacher actor...
+        assert len(started) >= 4, started
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            alive = [(p, s) for p, s in started if _start_time(p) == s]
+            if not alive:
+                break
+            time.sleep(1.0)
+        assert not alive, f"still running 30 s after the driver was killed: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
