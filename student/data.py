@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -307,6 +308,15 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
+    sys.excepthook = _quiet_when_the_parent_leaves
+
+
+def _quiet_when_the_parent_leaves(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """A loader worker's excepthook: the connection errors of its resource-sharing thread when the main process
+    stops while a batch's shared memory is being handed over are the stop, not a fault; the rest is printed."""
+    if issubclass(kind, (OSError, EOFError)):
+        return
+    sys.__excepthook__(kind, value, tb)
 
 
 def close_loader(batches: Iterator[Any] | None) -> None:
