@@ -15,13 +15,15 @@ dict):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import os
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -46,6 +48,26 @@ def expand_home(checkpoint: Any) -> Any:
     if isinstance(checkpoint, str) and checkpoint.startswith("~"):
         return os.path.expanduser(checkpoint)
     return checkpoint
+
+
+#: torch threads of a teacher running on the CPU. Float sums split over threads differ in their last bits with the
+#: thread count, and a depth map's 16-bit levels with them: a fixed count makes a teacher write the same bytes
+#: in-process and in a Ray actor (whose thread count Ray sets from its CPU share), on any number of cores.
+CPU_THREADS = 4
+
+
+@contextlib.contextmanager
+def _cpu_threads(device: str) -> Iterator[None]:
+    torch = sys.modules.get("torch")
+    if torch is None or not device.startswith("cpu"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(CPU_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class TeacherError(RuntimeError):
@@ -117,14 +139,16 @@ class Teacher(ABC):
         self.batch_size = batch_size
 
     def __call__(self, inputs: Sequence[TeacherInput]) -> list[dict[str, Any]]:
-        """Predict every input, ``batch_size`` images per model call; one dict per input, in order."""
+        """Predict every input, ``batch_size`` images per model call; one dict per input, in order. On the CPU
+        with :data:`CPU_THREADS` torch threads, whatever the process was given."""
         for inp in inputs:
             if not isinstance(inp, TeacherInput):
                 raise TeacherError(f"teacher {self.name!r}: inputs must be TeacherInput(image, image_id, record) "
                                    f"items, got a {type(inp).__name__}")
         out: list[dict[str, Any]] = []
-        for i in range(0, len(inputs), self.batch_size):
-            out.extend(self.predict(list(inputs[i:i + self.batch_size])))
+        with _cpu_threads(str(self.device)):
+            for i in range(0, len(inputs), self.batch_size):
+                out.extend(self.predict(list(inputs[i:i + self.batch_size])))
         return out
 
     @classmethod

@@ -130,3 +130,24 @@ def test_a_teacher_error_is_not_retried_and_other_failures_are(executor: str, tm
     finally:
         if executor == "ray":
             ray.shutdown()
+
+
+@pytest.mark.timeout(300)
+def test_a_real_model_teacher_writes_the_same_bytes_on_both_executors(demo_root: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Depth Anything (a tiny random one) on Ray and in-process: the same depth and normals tars, byte for byte
+    (float sums differ with the torch thread count, and depth levels with them, unless it is fixed)."""
+    pytest.importorskip("ray")
+    from teachers.depth_anything import save_tiny_checkpoint
+
+    pipeline_fakes.register_for_test(monkeypatch)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    tiny = save_tiny_checkpoint(str(tmp_path / "depth"))
+    common = dict(stages=("depth",), depth_teacher="depth-anything-v2", depth_checkpoint=tiny,
+                  depth_params={"input_size": 126})
+    on_ray = build_targets(make_config(demo_root, tmp_path / "ray", executor="ray", num_cpus=2, **common))
+    local = build_targets(make_config(demo_root, tmp_path / "local", **common))
+    assert on_ray["ok"] and local["ok"], (on_ray["failures"], local["failures"])
+    ray_tars, local_tars = tar_files(tmp_path / "ray" / "train2017"), tar_files(tmp_path / "local" / "train2017")
+    depth = {k: v for k, v in ray_tars.items() if k.startswith(("depth", "normals"))}
+    assert depth and depth == {k: v for k, v in local_tars.items() if k.startswith(("depth", "normals"))}
