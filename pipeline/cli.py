@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline.build import BuildConfig
+from pipeline.config import BuildConfig
 from pipeline.plan import BuildError
 from pipeline.stages import STAGES, TEACHER_STAGES
 from shards.errors import StoreFault

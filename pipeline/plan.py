@@ -26,7 +26,7 @@ from pipeline.teacher_record import recorded_fingerprints, teacher_settings
 from pipeline.units import rejected_path
 
 if TYPE_CHECKING:
-    from pipeline.build import BuildConfig
+    from pipeline.config import BuildConfig
 
 class BuildError(ValueError):
     """Bad input a user can fix (path, split, teacher, checkpoint, flag); the message is one line."""

@@ -28,7 +28,7 @@ from pipeline.stages import STAGES, TEACHER_STAGES, dependants
 from pipeline.units import rejected_path
 
 if TYPE_CHECKING:
-    from pipeline.build import BuildConfig
+    from pipeline.config import BuildConfig
 
 #: The teacher fingerprint ``prepare`` gets for a teacher status does not load (the stage is reported as
 #: unconfirmed; the column fingerprints computed from it are never shown nor compared).
