@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.coco import load_split
 from pipeline.demo import OMITTED_GLOVE_WORDS, SPLITS, bad_files, make_demo
-from pipeline.demo_figures import beach
+from pipeline.demo.figures import beach
 from pipeline.samples import RejectedImage, base_sample, decode_image
 from shards.codecs import decode_png
 

@@ -1,4 +1,5 @@
-"""Build the demo COCO root deterministically: images, COCO json annotations, panoptic PNGs, a tiny GloVe file.
+"""The demo data generator, in a corner of its own: builds the demo COCO root deterministically (images, COCO json
+annotations, panoptic PNGs, a tiny GloVe file); its scenes and figures are `scenes` and `figures` beside it.
 
 ``make_demo(out_dir)`` writes ``train2017/``, ``val2017/``, ``annotations/`` and ``glove/glove.demo.300d.txt``.
 train2017 also holds deliberately odd files that must decode (grayscale, CMYK, PNG data named .jpg, 16-bit
@@ -16,9 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline import demo_figures as figures
-from pipeline import demo_scenes as scenes
-from pipeline.demo_scenes import Scene
+from pipeline.demo import figures, scenes
+from pipeline.demo.scenes import Scene
 from pipeline.targets.tokens import tokenise
 from shards.taxonomy import CLASS_BY_NAME, JOINTS, PANOPTIC_CLASSES
 
@@ -198,7 +198,7 @@ class _SplitBuilder:
         pan_cats = [{"id": c.coco_id, "name": c.name, "supercategory": c.group.lower(), "isthing": int(c.isthing),
                      "color": list(c.color)} for c in PANOPTIC_CLASSES]
         info = {"description": "ymap-distill demo dataset", "version": "1.0", "year": 2017}
-        base = {"info": info, "licenses": [{"id": 0, "name": "see pipeline/demo_scenes.py"}], "images": self.images}
+        base = {"info": info, "licenses": [{"id": 0, "name": "see pipeline/demo/scenes.py"}], "images": self.images}
         for kind, anns, cats in (("instances", self.instances, thing_cats),
                                  ("person_keypoints", self.keypoints, person_cat),
                                  ("captions", self.captions, None),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.demo_scenes import Region, Scene
+from pipeline.demo.scenes import Region, Scene
 from shards.taxonomy import JOINTS
 
 #: Joint positions of a figure facing the camera, x from the body's centre line and y from the top of
