@@ -206,11 +206,8 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 
 
 def _decode_png_fast(data: bytes) -> np.ndarray | None:
-    """Vectorised decode of a non-interlaced 8/16-bit gray or RGB PNG with one filter; None if not such."""
-    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
-        return None
-    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
-        raise CodecError("corrupt PNG: bad IHDR checksum")
+    """Vectorised decode of a non-interlaced 8/16-bit gray or RGB PNG with one filter; None if not such. ``data``
+    has a header :func:`png_size` accepted (signature, IHDR and its checksum)."""
     width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
     channels = _PNG_CHANNELS.get(ctype)
     if channels is None or depth not in (8, 16) or interlace or not width or not height:

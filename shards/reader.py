@@ -217,20 +217,18 @@ class StoreReader:
                                  self.worker_batch)
         return rank_segments(shards, rank, world_size, self.remainder)[worker::num_workers]
 
-    def _resampled_shards(self, seed: str) -> Iterator[str]:
-        names = self.manifest.shard_names
-        if not names:
+    def _resampled_shards(self, seed: str) -> Iterator[Segment]:
+        """Whole shards drawn at random with replacement, forever."""
+        whole = [(e.name, 0, e.count) for e in self.manifest.shards]
+        if not whole:
             raise StoreError(f"{join(self.root, self.split, MANIFEST_NAME)}: the split has no shards")
         rng = random.Random(seed + ":resample")
         while True:
-            yield rng.choice(names)
+            yield rng.choice(whole)
 
-    def _join(self, shards: Iterable[str | Segment]) -> Iterator[Raw]:
-        for item in shards:
-            if isinstance(item, str):
-                yield from self._join_shard(item)
-            else:
-                yield from self._join_shard(item[0], start=item[1], stop=item[2])
+    def _join(self, segments: Iterable[Segment]) -> Iterator[Raw]:
+        for shard, start, stop in segments:
+            yield from self._join_shard(shard, start=start, stop=stop)
 
     def _join_shard(self, shard: str, opener: Callable[[str], BinaryIO] | None = None, start: int = 0,
                     stop: int | None = None) -> Iterator[Raw]:

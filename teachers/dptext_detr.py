@@ -60,17 +60,18 @@ def load_dptext_detr(checkpoint: str | os.PathLike) -> tuple[DPTextDETR, DPTextC
         The model in eval mode on the CPU and its configuration.
     """
     source = os.path.expanduser(str(checkpoint))
-    if source.endswith(".safetensors"):
-        default = DPTextConfig()
-        check_fits(lambda: DPTextDETR(default), safetensors_layout(source, TEACHER), prefix=PREFIX, source=source,
-                   teacher=TEACHER)
+    safetensors = source.endswith(".safetensors")
+    if safetensors:  # the released sizes, compared from the header before any tensor is read
+        check_fits(lambda: DPTextDETR(DPTextConfig()), safetensors_layout(source, TEACHER), prefix=PREFIX,
+                   source=source, teacher=TEACHER)
     obj = read_checkpoint(checkpoint, TEACHER)
     state = obj.get("model", obj)
     if not isinstance(state, dict):
         raise TeacherError(f"teacher 'dptext-detr': checkpoint {checkpoint}: 'model' is not a state dict")
     fields = obj.get("config", {}) if "model" in obj else {}
     cfg = _config(fields, source)
-    check_fits(lambda: DPTextDETR(cfg), tensor_layout(state), prefix=PREFIX, source=source, teacher=TEACHER)
+    if not safetensors:
+        check_fits(lambda: DPTextDETR(cfg), tensor_layout(state), prefix=PREFIX, source=source, teacher=TEACHER)
     model = DPTextDETR(cfg)
     load_strict(model, state, prefix=PREFIX, source=str(checkpoint), teacher=TEACHER)
     return model.eval(), cfg

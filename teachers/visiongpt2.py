@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import torch
 
+from shards.errors import parse_json
+from shards.streams import FileTooLarge, read_bytes
 from teachers.base import (Teacher, TeacherError, TeacherInput, TeacherSpec, expand_home, model_cache,
                            sha256_of_path)
 from teachers.loading import boolean, check_vocabulary, first_line, integer, quiet_transformers, sized_config
@@ -67,12 +69,11 @@ def _weights_and_config(checkpoint: str) -> tuple[str, VisionGPT2Config]:
         cfg_path = os.path.join(checkpoint, CONFIG_NAME)
         if os.path.isfile(cfg_path):
             source = cfg_path
-            if os.path.getsize(cfg_path) > CONFIG_MAX_BYTES:
-                raise TeacherError(f"teacher {TEACHER!r}: {cfg_path} has {os.path.getsize(cfg_path)} bytes; a "
-                                   f"config of model sizes has a few hundred (at most {CONFIG_MAX_BYTES} read)")
             try:
-                with open(cfg_path, encoding="utf-8") as f:
-                    fields = json.load(f)
+                fields = parse_json(read_bytes(cfg_path, limit=CONFIG_MAX_BYTES))
+            except FileTooLarge:
+                raise TeacherError(f"teacher {TEACHER!r}: {cfg_path} holds more than {CONFIG_MAX_BYTES} bytes; a "
+                                   "config of model sizes has a few hundred") from None
             except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, an integer too long to parse
                 raise TeacherError(f"teacher {TEACHER!r}: cannot read {cfg_path} ({first_line(exc)})") from None
             if isinstance(fields, dict) and "model_type" in fields:  # a Hugging Face config (a GPT-2 snapshot's
