@@ -330,7 +330,8 @@ def timed_build(config: Any, executor: Any = None) -> tuple[float, dict[str, Any
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=None,
-                        help="photos in the split (1200, the steady state the Ray targets are set at; 6000 with --memory)")
+                        help="photos in the split (1200, the steady state the Ray targets are set at; "
+                             "6000 with --memory)")
     parser.add_argument("--shard-size", type=int, default=50)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3,

@@ -152,7 +152,8 @@ def iter_tar(stream: BinaryIO, check_headers: bool = False) -> Iterator[tuple[st
 
     Understands ustar prefixes, GNU long names and pax ``path`` records; directories and other
     entries are skipped. Raises TarError on a header without the ustar magic or with a bad size field, a
-    member declaring more than :data:`MAX_MEMBER_BYTES`, a short member, or a missing end marker; ``check_headers`` also verifies every header checksum
+    member declaring more than :data:`MAX_MEMBER_BYTES`, a short member, or a missing end marker;
+    ``check_headers`` also verifies every header checksum
     (about half of the parsing time, so the verifier does it and the training reader does not).
     """
     read = stream.read

@@ -139,7 +139,8 @@ def stray_files(path: Path, manifest: Manifest) -> list[str]:
             continue
         own = expected | ({f"{s}.rejected.json" for s in shards} if column == "base" else set()) | \
             ({VOCAB_NAME} if column == "tokens" else set())
-        stray += [f"{column}/{fp[:12]}.../{e}" for e in sorted(os.listdir(folder)) if e.removesuffix(".lock") not in own]
+        stray += [f"{column}/{fp[:12]}.../{e}" for e in sorted(os.listdir(folder))
+                  if e.removesuffix(".lock") not in own]
     return stray
 
 

@@ -172,7 +172,7 @@ def test_checkpoint_and_store_faults_are_one_line(store: str, tmp_path, capsys: 
     tar.write_bytes(bytes(data))
     for workers in ("0", "2"):  # a fault inside a loader worker comes back as one line too
         assert cli.main(["eval", "--checkpoint", str(ckpt), "--shards", str(damaged), "--split", SPLIT,
-                         "--workers", workers, "--no-progress", "--device", "auto"]) == 1  # damaged store: 1, as `shards`
+                         "--workers", workers, "--no-progress", "--device", "auto"]) == 1  # damaged: 1, as shards
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "member depth.png" in err and "shards verify" in err, err
 

@@ -17,7 +17,8 @@ import torch
 from teachers import MissingExtraError, TeacherError, TeacherInput, create_teacher, describe, list_teachers
 from teachers.tiny import save_tiny_checkpoint
 
-HF = {"depth-anything-v2": {"input_size": 70}, "mask2former": {"min_size": 64, "max_size": 96}, "vit-gpt2": {"max_length": 6}}
+HF = {"depth-anything-v2": {"input_size": 70}, "mask2former": {"min_size": 64, "max_size": 96},
+      "vit-gpt2": {"max_length": 6}}
 SMALL = {**HF, "dptext-detr": {"min_size": 64, "max_size": 96}, "visiongpt2": {"max_tokens": 4},
          "rapidocr": {"input_size": 64}, "detectron2-panoptic-fpn": {"min_size": 48, "max_size": 64}}
 
