@@ -111,7 +111,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     json_s, json_gb = (statistics.median(c) for c in zip(*stdlib))
     load_s, load_gb = (statistics.median(c) for c in zip(*reader))
-    print(f"annotation files: " + ", ".join(f"{k} {mb:.0f} MB" for k, mb in megabytes.items()))
+    print("annotation files: " + ", ".join(f"{k} {mb:.0f} MB" for k, mb in megabytes.items()))
     print(f"{'run':<40}{'seconds':>10}{'peak GB':>10}")
     print(f"{'json.load of the three files':<40}{json_s:>10.1f}{json_gb:>10.2f}")
     print(f"{'load_split (records of every image)':<40}{load_s:>10.1f}{load_gb:>10.2f}")

@@ -87,7 +87,7 @@ def main() -> int:
 
     from pipeline.build import BuildConfig, build_targets
     from pipeline.demo import make_demo
-    from pipeline.executors import RayExecutor
+    from pipeline.ray_executor import RayExecutor
     from pipeline.plan import load_teachers, teacher_factories
     from pipeline.stages import TEACHER_STAGES
     from shards.verify import verify_split

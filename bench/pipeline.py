@@ -14,12 +14,17 @@ on a cluster's head node; ``--pin-all`` leaves them on the W cores too. The clus
 up to the worker processes Ray boots with it, is left out, the start-up of the teacher actors is not (a fixed
 cost; with CPU teachers one shared actor process, also timed on its own after the first round's builds).
 
+With ``--teacher-bound`` the teachers sleep a fixed time per image instead (GPU stand-ins that use no CPU), each
+in an actor of its own, and the figure is how close the Ray build comes to the slowest teacher's time: wall time
+after the fixed start-up over images x that teacher's time per image (target <= 1.10).
+
 With ``--memory`` it times nothing: it builds ``--images`` (default 6000) photos once in-process and once on a
 2-worker Ray cluster and samples the memory (PSS) of this process and everything it started, per quarter of
 each build: in-flight work is bounded, so the last quarter should peak no higher than the second.
 
     python bench/pipeline.py [--images 1200] [--shard-size 50] [--rounds 3] [--skip-ray] [--pin-all]
     python bench/pipeline.py --memory [--images 6000]
+    python bench/pipeline.py --teacher-bound [--teacher-ms depth=20,panoptic=12,text=8,caption=4]
 """
 
 from __future__ import annotations
@@ -47,12 +52,19 @@ from teachers.base import Teacher, TeacherInput, TeacherSpec  # noqa: E402
 
 
 class _Identity(Teacher):
-    """A teacher that costs nothing beyond touching its input: the build's own work is what is measured."""
+    """A teacher that costs nothing beyond touching its input: the build's own work is what is measured. With
+    ``ms_per_image`` it also sleeps that long per image: a stand-in for GPU work, which takes time and no CPU."""
+
+    def __init__(self, *, ms_per_image: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ms_per_image = float(ms_per_image)
 
     def identity(self) -> dict[str, Any]:
-        return {"bench": 1}
+        return {"bench": 1, "ms_per_image": self.ms_per_image}
 
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        if self.ms_per_image:
+            time.sleep(self.ms_per_image * len(inputs) / 1000)
         return [self.one(inp) for inp in inputs]
 
 
@@ -172,7 +184,8 @@ def store_floor(store: Path, split: str, scratch: Path) -> tuple[float, float]:
 
 def actor_startup(config: Any) -> float:
     """Seconds to start the teacher actors on the running Ray cluster until each has loaded its teacher."""
-    from pipeline.executors import RayExecutor, TeacherFactory
+    from pipeline.executors import TeacherFactory
+    from pipeline.ray_executor import RayExecutor
 
     factories = {s: TeacherFactory(cls, {"device": "cpu", "batch_size": config.batch_size})
                  for s, cls in zip(("depth", "panoptic", "text", "caption"), BENCH_TEACHERS)}
@@ -286,7 +299,7 @@ def memory_run(args: argparse.Namespace, base: Any, work: Path) -> None:
     import ray
 
     from pipeline.build import BuildConfig
-    from pipeline.executors import RayExecutor
+    from pipeline.ray_executor import RayExecutor
 
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     n, result, rows = args.images, {"images": args.images, "shard_size": args.shard_size}, []
@@ -316,6 +329,60 @@ def memory_run(args: argparse.Namespace, base: Any, work: Path) -> None:
     print(json.dumps(result))
 
 
+TEACHER_MS = {"depth": 20.0, "panoptic": 12.0, "text": 8.0, "caption": 4.0}
+
+
+def teacher_bound_run(args: argparse.Namespace, base: Any, work: Path) -> None:
+    """``--teacher-bound``: Ray builds whose teachers sleep a fixed time per image (as GPU work would take time
+    and no CPU), each teacher in an actor of its own, as GPU teachers are placed. The slowest teacher sets the
+    floor: images x its time per image. The figure is the build's wall time after its fixed start-up (planning,
+    teacher actors loading) over that floor; at most 1.10 means the slowest teacher is busy 90% of the build."""
+    import ray
+
+    from pipeline.build import BuildConfig
+    from pipeline.ray_executor import RayExecutor
+
+    ms = dict(TEACHER_MS)
+    for item in filter(None, args.teacher_ms.split(",")):
+        stage, _, value = item.partition("=")
+        if stage not in ms:
+            raise SystemExit(f"--teacher-ms: unknown stage {stage!r}; use {', '.join(ms)}")
+        ms[stage] = float(value)
+    n, slowest = args.images, max(ms, key=lambda s: ms[s])
+    floor = n * ms[slowest] / 1000
+    params = {f"{s}_params": {"ms_per_image": v} for s, v in ms.items()}
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    rounds = []
+    for r in range(args.rounds):
+        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            cfg = BuildConfig(**{**base.__dict__, **params, "out": str(work / f"bound{r}"), "executor": "ray",
+                                 "max_inflight_shards": args.max_inflight_shards})
+            secs, report = timed_build(cfg, RayExecutor(shared_actors=False, retries=1))
+        finally:
+            ray.shutdown()
+            shutil.rmtree(work / f"bound{r}", ignore_errors=True)
+        setup = report["setup_seconds"]
+        rounds.append((secs, setup, {s: st["seconds"] for s, st in report["stages"].items()}))
+    wall, setup = (statistics.median(col) for col in list(zip(*rounds))[:2])
+    ratios = [(w - su) / floor for w, su, _ in rounds]
+    ratio = statistics.median(ratios)
+    print("teachers (ms per image, one actor each): " + ", ".join(f"{s} {v:g}" for s, v in ms.items()))
+    print(f"{'run':<44}{'seconds':>10}")
+    print(f"{'floor: images x slowest teacher (' + slowest + ')':<44}{floor:>10.2f}")
+    print(f"{'build on Ray, whole':<44}{wall:>10.2f}")
+    print(f"{'  of which start-up (plan, teacher actors)':<44}{setup:>10.2f}")
+    print(f"{'  after start-up':<44}{wall - setup:>10.2f}")
+    print(f"{'after start-up / floor':<44}{ratio:>10.2f}")
+    print(json.dumps({"images": n, "shard_size": args.shard_size, "cores": len(os.sched_getaffinity(0)),
+                      "max_inflight_shards": args.max_inflight_shards, "teacher_ms_per_image": ms,
+                      "slowest_teacher": slowest, "floor_seconds": round(floor, 2),
+                      "build_seconds": round(wall, 2), "startup_seconds": round(setup, 2),
+                      "teacher_bound_over_floor_per_round": [round(v, 3) for v in ratios],
+                      "stage_busy_s": rounds[0][2],
+                      "teacher_bound_over_floor": round(ratio, 3), "target_teacher_bound_over_floor": 1.10}))
+
+
 def timed_build(config: Any, executor: Any = None) -> tuple[float, dict[str, Any]]:
     from pipeline.build import build_targets
 
@@ -341,6 +408,13 @@ def main() -> None:
                         help="Ray's own processes and the driver share the W workers' cores (default: other cores)")
     parser.add_argument("--memory", action="store_true",
                         help="instead of the timings: the memory of a long build, in-process and on Ray")
+    parser.add_argument("--teacher-bound", action="store_true",
+                        help="instead of the timings: Ray builds whose teachers sleep per image (GPU stand-ins); "
+                             "wall time after start-up over images x the slowest teacher's time")
+    parser.add_argument("--teacher-ms", default="",
+                        help="with --teacher-bound: per-image sleep of some teachers, e.g. depth=30,text=5 "
+                             f"(default {','.join(f'{k}={v:g}' for k, v in TEACHER_MS.items())})")
+    parser.add_argument("--max-inflight-shards", type=int, default=4, help="with --teacher-bound: the build's")
     args = parser.parse_args()
     args.images = args.images or (6000 if args.memory else 1200)
 
@@ -362,6 +436,9 @@ def main() -> None:
     n = args.images
     if args.memory:
         memory_run(args, base, work)
+        return
+    if args.teacher_bound:
+        teacher_bound_run(args, base, work)
         return
     cores = spread_cores(sorted(os.sched_getaffinity(0)))
     os.sched_setaffinity(0, cores[:1])  # the bare loop and the in-process build get one core each
@@ -403,7 +480,7 @@ def main() -> None:
     if not args.skip_ray:
         import ray
 
-        from pipeline.executors import RayExecutor
+        from pipeline.ray_executor import RayExecutor
 
         ray_s: dict[int, list[float]] = {1: [], 2: []}
         # a local cluster announces its token authentication at every start; keep the table readable

@@ -3,30 +3,28 @@ complete columns in the manifest, and write rejected.jsonl and build-report.json
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Mapping
 
-from shards.atomic import atomic_write_bytes, atomic_write_json, locked
-from shards.layout import column_dir, manifest_path
-from shards.manifest import (Manifest, ShardEntry, StoreError, StoreFault, activate_column, load_manifest,
-                             save_manifest)
-from shards.schema import BUILD_REPORT_NAME, REJECTED_NAME, VOCAB_NAME
+from shards.atomic import atomic_write_json
+from shards.layout import column_dir
+from shards.manifest import Manifest
+from shards.schema import BUILD_REPORT_NAME, VOCAB_NAME
 from shards.writer import ColumnWriter
 
+from pipeline.commit import commit_split
 from pipeline.config import BuildConfig
 from pipeline.executors import Executor, make_executor, quiet_model_loading
 from pipeline.plan import BuildError, Plan, check_gensim_model, prepare
 from pipeline.progress import NOT_RUN, Progress
 from pipeline.stages import stage as get_stage
 from pipeline.teacher_record import record_fingerprints
-from pipeline.units import (UnitResult, decode_unit, derived_unit, load_vocabulary, read_rejected, teacher_predict,
-                            vocab_unit, write_unit)
+from pipeline.units import (UnitResult, decode_unit, derived_unit, load_vocabulary, teacher_predict, vocab_unit,
+                            write_unit)
 
 __all__ = ["BuildConfig", "BuildError", "build_targets"]
 
@@ -96,18 +94,53 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
         ex.close()
 
 
+class _Ledger:
+    """What one build did, stage by stage: units done, run, failed, their images and seconds, the failures and the
+    images a teacher refused; the progress bars move with it."""
+
+    def __init__(self, plan: Plan, progress: Progress | None = None) -> None:
+        self.stats = {s: StageStats(plan.fps[s], units=len(plan.shards)) for s in plan.run_stages}
+        self.done = {s: set(plan.shards) - plan.pending[s] for s in plan.run_stages}
+        for s in plan.run_stages:
+            self.stats[s].skipped = len(self.done[s])
+        self.failures: list[dict[str, Any]] = []
+        self.emptied: list[dict[str, Any]] = []  # images a teacher refused, written with an empty target
+        self.estimated: dict[str, set[str]] = {}  # stage -> shards whose image count includes rejected ids
+        self.progress = progress
+
+    def is_done(self, s: str, shard: str) -> bool:
+        """Whether ``shard`` of stage ``s`` is written, or ``s`` is not a stage of this build."""
+        return s not in self.done or shard in self.done[s]
+
+    def record(self, result: UnitResult) -> None:
+        st = self.stats[result.stage]
+        self.done[result.stage].add(result.shard)
+        st.run += 1
+        st.images += result.images
+        st.seconds += result.seconds
+        st.rejected += len(result.rejected)
+        self.emptied += result.emptied
+        if self.progress is not None:
+            self.progress.update(result.stage, result.images + len(result.rejected))
+            for other, shards in self.estimated.items():  # their bars counted this shard's rejected images too
+                if result.rejected and result.shard in shards:
+                    self.progress.shrink(other, len(result.rejected))
+
+    def fail(self, s: str, shard: str, error: str, counted: bool = True) -> None:
+        """A unit that failed for good (``counted``: one of the stage's units, not the vocabulary)."""
+        self.failures.append({"stage": s, "shard": shard or None, "error": error})
+        if counted:
+            self.stats[s].failed += 1
+
+
 class _Run:
-    """The scheduler of one build: submits ready units, bounded, and records what finishes."""
+    """The scheduler of one build: submits ready units, bounded, and hands what finishes to the ledger."""
 
     def __init__(self, plan: Plan, ex: Executor) -> None:
         self.plan, self.ex = plan, ex
         self.cfg = plan.config
         self.split_path = str(plan.split_path)
-        self.stats = {s: StageStats(plan.fps[s], units=len(plan.shards)) for s in plan.run_stages}
-        self.done = {s: set(plan.shards) - plan.pending[s] for s in plan.run_stages}
-        self.failed: dict[str, set[str]] = {s: set() for s in plan.run_stages}
-        self.failures: list[dict[str, Any]] = []
-        self.emptied: list[dict[str, Any]] = []  # images a teacher refused, written with an empty target
+        self.ledger = _Ledger(plan)
         self.inflight: dict[Any, tuple[str, str, str]] = {}  # handle -> (kind, stage, shard)
         self.decoded: dict[str, Any] = {}  # shard -> handle of its Decoded
         self.teacher_left: dict[str, int] = {}  # shard -> teacher units still running on it
@@ -115,14 +148,8 @@ class _Run:
         self.vocab_handle: Any = None  # the loaded vocabulary, shared by every tokens unit
         self.vocab_started = False
         self.chained: dict[Any, list[str]] = {}  # teacher write handle -> derived stages it also writes
-        self.estimated: dict[str, set[str]] = {}  # stage -> shards whose image count includes rejected ids
-        for s in plan.run_stages:
-            self.stats[s].skipped = len(self.done[s])
 
     # ---- readiness -------------------------------------------------------------------------------
-    def _stage_done(self, s: str, shard: str) -> bool:
-        return s not in self.plan.run_stages or shard in self.done[s]
-
     def _derived_ready(self) -> list[tuple[str, str]]:
         ready = []
         for s in self.plan.run_stages:
@@ -132,7 +159,7 @@ class _Run:
             if s == "tokens" and self.vocab_path is None:
                 continue
             for shard in sorted(self.plan.pending[s]):
-                if all(self._stage_done(i, shard) for i in st.inputs):
+                if all(self.ledger.is_done(i, shard) for i in st.inputs):
                     ready.append((s, shard))
         return ready
 
@@ -187,7 +214,7 @@ class _Run:
             return
         if not p.pending["tokens"]:
             return
-        if not all(self._stage_done("caption", shard) for shard in p.shards):
+        if not all(self.ledger.is_done("caption", shard) for shard in p.shards):
             return
         self.vocab_started = True
         out = str(column_dir(p.split_path, "tokens", p.fps["tokens"]) / VOCAB_NAME)
@@ -196,53 +223,33 @@ class _Run:
         self.inflight[h] = ("vocab", "tokens", "")
 
     # ---- results ---------------------------------------------------------------------------------
-    def _finish(self, handle: Any, progress: Progress) -> None:
+    def _finish(self, handle: Any) -> None:
         kind, s, shard = self.inflight.pop(handle)
-        self._release(kind, shard)
+        if kind == "teacher":
+            self.teacher_left[shard] -= 1
+            if self.teacher_left[shard] == 0:
+                del self.teacher_left[shard], self.decoded[shard]
         chained = self.chained.pop(handle, [])
         try:
             result = self.ex.result(handle)
         except Exception as e:  # recorded; the rest of the build goes on
             for d in chained:  # not run: reported with the other units whose input failed
                 self.plan.pending[d].add(shard)
-            if kind == "decode":  # pixels for teachers only: their own units fail and are recorded
-                return
-            self.failures.append({"stage": s, "shard": shard or None, "error": f"{type(e).__name__}: {e}"})
-            if kind != "vocab":
-                self.failed[s].add(shard)
-                self.stats[s].failed += 1
+            if kind != "decode":  # pixels for teachers only: their own units fail and are recorded
+                self.ledger.fail(s, shard, f"{type(e).__name__}: {e}", counted=kind != "vocab")
             return
         if kind == "vocab":
             self.vocab_path, seconds = result
-            self.stats["tokens"].seconds += seconds  # the vocabulary is part of the tokens stage's work
+            self.ledger.stats["tokens"].seconds += seconds  # the vocabulary is part of the tokens stage's work
         elif kind == "teacher":
             for r in result:
-                self._record(r, progress)
+                self.ledger.record(r)
             written = {r.stage for r in result}
             for d in chained:  # a chained stage that failed runs again as a derived unit reading the store
                 if d not in written:
                     self.plan.pending[d].add(shard)
         elif kind != "decode":
-            self._record(result, progress)
-
-    def _release(self, kind: str, shard: str) -> None:
-        if kind == "teacher":
-            self.teacher_left[shard] -= 1
-            if self.teacher_left[shard] == 0:
-                del self.teacher_left[shard], self.decoded[shard]
-
-    def _record(self, result: UnitResult, progress: Progress) -> None:
-        st = self.stats[result.stage]
-        self.done[result.stage].add(result.shard)
-        st.run += 1
-        st.images += result.images
-        st.seconds += result.seconds
-        st.rejected += len(result.rejected)
-        self.emptied += result.emptied
-        progress.update(result.stage, result.images + len(result.rejected))
-        for other, shards in self.estimated.items():  # their bars counted this shard's rejected images too
-            if result.rejected and result.shard in shards:
-                progress.shrink(other, len(result.rejected))
+            self.ledger.record(result)
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self, setup_seconds: float = 0.0) -> dict[str, Any]:
@@ -253,12 +260,13 @@ class _Run:
             sh in p.pending[s] for s in p.run_stages if get_stage(s).kind in ("base", "teacher"))]
         limit = self._inflight_limit()
         known = ColumnWriter(p.split_path, "base", p.fps["base"]).records()  # sample counts of finished base shards
-        self.estimated = {s: {sh for sh in p.pending[s] if sh not in known} for s in p.run_stages if s != "base"}
+        self.ledger.estimated = {s: {sh for sh in p.pending[s] if sh not in known} for s in p.run_stages
+                                 if s != "base"}
         totals = {s: (len(p.pending[s]), sum(known[sh].count if sh in known and s != "base" else len(p.records[sh])
                                              for sh in p.pending[s])) for s in p.run_stages}
         placement, cluster = self.ex.placement(), self.ex.cluster()
         header = "teachers: " + "; ".join(f"{s} {where}" for s, where in placement.items()) if placement else None
-        with Progress(totals, enabled=self.cfg.progress, header=header) as progress:
+        with Progress(totals, enabled=self.cfg.progress, header=header) as self.ledger.progress:
             while True:
                 while shard_queue and self._live_shards() < limit:
                     self._submit_shard(shard_queue.pop(0))
@@ -269,8 +277,18 @@ class _Run:
                 if not self.inflight:
                     break
                 for handle in self.ex.wait(list(self.inflight), timeout=0.5):
-                    self._finish(handle, progress)
-        return self._conclude(started, time.perf_counter() - t0, setup_seconds, placement, cluster)
+                    self._finish(handle)
+        for s in p.run_stages:  # units never submitted because an input failed
+            for shard in sorted(p.pending[s]):
+                self.ledger.fail(s, shard, NOT_RUN, counted=False)
+        manifest = None
+        if all(self.ledger.is_done("base", sh) for sh in p.shards):
+            manifest = commit_split(p, self.ledger.done, self.vocab_path)
+        report = _report(p, self.ledger, manifest, self.ex.name, placement, cluster, started=started,
+                         wall=time.perf_counter() - t0, setup=setup_seconds)
+        p.split_path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(p.split_path / BUILD_REPORT_NAME, report)
+        return report
 
     def _inflight_limit(self) -> int:
         """``max_inflight_shards``, lowered where that many decoded shards would not fit the executor's memory
@@ -292,78 +310,22 @@ class _Run:
         decoding = {sh for k, _, sh in self.inflight.values() if k == "decode"}
         return len(decoding | set(self.decoded))
 
-    def _conclude(self, started: str, wall: float, setup: float, placement: Mapping[str, str],
-                  cluster: Mapping[str, Any] | None) -> dict[str, Any]:
-        p, cfg = self.plan, self.cfg
-        for s in p.run_stages:  # units never submitted because an input failed
-            for shard in sorted(p.pending[s]):
-                self.failures.append({"stage": s, "shard": shard, "error": NOT_RUN})
-        manifest = None
-        if all(self._stage_done("base", sh) for sh in p.shards):
-            manifest = self._write_manifest()
-            for s in p.run_stages:
-                if len(self.done[s]) == len(p.shards) and manifest.columns.get(s) != p.fps[s]:
-                    if s == "tokens":  # the vocabulary goes first: activation is the commit point
-                        self._publish_vocab()
-                    manifest = activate_column(p.split_path, s, p.fps[s])
-            if "tokens" in p.fps and manifest.columns.get("tokens") == p.fps["tokens"]:
-                self._publish_vocab()  # also repairs a build killed between the two steps
-        columns = manifest.columns if manifest else {}
-        for s, st in self.stats.items():
-            st.active = columns.get(s)
-        samples = manifest.num_samples if manifest else None
-        rejected = manifest.rejected if manifest else None
-        report = {
-            "split": cfg.split, "started": started, "wall_seconds": round(wall, 3), "setup_seconds": round(setup, 3),
-            "executor": self.ex.name, "cluster": dict(cluster) if cluster else None, "ok": not self.failures,
-            "samples": samples, "rejected": rejected, "image_ids": sum(len(r) for r in p.records.values()),
-            "stages": {s: st.to_json() for s, st in self.stats.items()}, "teachers": dict(placement),
-            "failures": self.failures, "config": cfg.to_json(),
-            "dropped_annotations": p.dropped_annotations,  # malformed person annotations left out when reading COCO
-            "requested_columns": list(p.run_stages),  # what this build set out to make active (shards verify)
-            "emptied_targets": sorted(self.emptied, key=lambda e: (e["stage"], e["id"])),  # a teacher refused them
-        }
-        p.split_path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(p.split_path / BUILD_REPORT_NAME, report)
-        return report
 
-    def _write_manifest(self) -> Manifest:
-        """Create or refresh the manifest from the finished base shards; rewrite rejected.jsonl."""
-        p, cfg = self.plan, self.cfg
-        records = ColumnWriter(p.split_path, "base", p.fps["base"]).records()
-        unseen = [sh for sh in p.shards if sh not in records]
-        if unseen:  # finished, yet not recorded here: a store the workers wrote elsewhere, or a damaged record
-            raise StoreFault(f"base shards {', '.join(unseen[:3])}{' ...' if len(unseen) > 3 else ''} are done but "
-                             f"not recorded in the base column.json under {p.split_path}: a store the cluster's "
-                             "workers do not share with this machine, or a damaged record (run `shards verify`)")
-        shards = [ShardEntry(sh, records[sh].count) for sh in p.shards]
-        rejected = sorted((line for sh in p.shards for line in read_rejected(p.split_path, p.fps["base"], sh)),
-                          key=lambda r: r["id"])
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode()
-        path = manifest_path(p.split_path)
-        with locked(path):
-            try:
-                m = load_manifest(p.split_path)
-            except StoreError:
-                m = None
-            before = m.to_json() if m is not None else None
-            if m is None or m.columns.get("base") != p.fps["base"] or m.shards != shards:
-                m = Manifest(split=cfg.split, size=cfg.size, shard_size=cfg.shard_size, shards=shards)
-            m.rejected = len(rejected)
-            m.config = cfg.to_json()  # the last build's settings: what `pipeline status` compares against
-            if m.to_json() != before:
-                save_manifest(p.split_path, m)
-        rejected_file = p.split_path / REJECTED_NAME
-        if not rejected_file.exists() or rejected_file.read_bytes() != text:
-            atomic_write_bytes(rejected_file, text)
-        return m
-
-    def _publish_vocab(self) -> None:
-        """Copy the vocabulary of the requested tokens column to ``<split>/vocab.json`` unless it is there."""
-        p = self.plan
-        own = column_dir(p.split_path, "tokens", p.fps["tokens"]) / VOCAB_NAME
-        src = Path(self.vocab_path) if self.vocab_path else own
-        dst = p.split_path / VOCAB_NAME
-        if src.resolve() == dst.resolve() or (dst.is_file() and dst.read_bytes() == src.read_bytes()):
-            return
-        atomic_write_bytes(dst, src.read_bytes())
+def _report(plan: Plan, ledger: _Ledger, manifest: Manifest | None, executor: str, placement: Mapping[str, str],
+            cluster: Mapping[str, Any] | None, started: str, wall: float, setup: float) -> dict[str, Any]:
+    """The build report (build-report.json): what was asked, what ran, what failed, what is active."""
+    columns = manifest.columns if manifest else {}
+    for s, st in ledger.stats.items():
+        st.active = columns.get(s)
+    return {
+        "split": plan.config.split, "started": started, "wall_seconds": round(wall, 3),
+        "setup_seconds": round(setup, 3), "executor": executor, "cluster": dict(cluster) if cluster else None,
+        "ok": not ledger.failures, "samples": manifest.num_samples if manifest else None,
+        "rejected": manifest.rejected if manifest else None,
+        "image_ids": sum(len(r) for r in plan.records.values()),
+        "stages": {s: st.to_json() for s, st in ledger.stats.items()}, "teachers": dict(placement),
+        "failures": ledger.failures, "config": plan.config.to_json(),
+        "dropped_annotations": plan.dropped_annotations,  # malformed person annotations left out when reading COCO
+        "requested_columns": list(plan.run_stages),  # what this build set out to make active (shards verify)
+        "emptied_targets": sorted(ledger.emptied, key=lambda e: (e["stage"], e["id"])),  # a teacher refused them
+    }

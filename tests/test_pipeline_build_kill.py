@@ -89,9 +89,10 @@ def test_sigkill_then_resume_is_byte_identical(demo_root: Path, tmp_path: Path,
 @pytest.mark.timeout(180)
 def test_a_killed_driver_leaves_no_process_of_its_ray_cluster(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    from pipeline.executors import _start_time, descendants
+    from pipeline.processes import descendants, start_time
 
-    code = ("import os, sys, time; from pipeline.executors import RayExecutor, TeacherFactory; "
+    code = ("import os, sys, time; from pipeline.executors import TeacherFactory; "
+            "from pipeline.ray_executor import RayExecutor; "
             "import pipeline_fakes; ex = RayExecutor(num_cpus=1, retries=0); "
             "ex.start({'text': TeacherFactory(pipeline_fakes.FakeText)}); print('up', flush=True); time.sleep(600)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
@@ -105,7 +106,7 @@ def test_a_killed_driver_leaves_no_process_of_its_ray_cluster(tmp_path: Path) ->
         proc.wait()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            alive = [(p, s) for p, s in started if _start_time(p) == s]
+            alive = [(p, s) for p, s in started if start_time(p) == s]
             if not alive:
                 break
             time.sleep(1.0)

@@ -47,7 +47,8 @@ def test_ray_build_matches_local_and_survives_a_dead_actor(demo_root: Path, tmp_
 @pytest.mark.timeout(120)
 def test_teachers_share_one_actor_on_cpu_and_get_their_own_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
-    from pipeline.executors import RayExecutor, TeacherFactory
+    from pipeline.executors import TeacherFactory
+    from pipeline.ray_executor import RayExecutor
     from teachers.base import TeacherError
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
@@ -81,7 +82,8 @@ def test_one_gpu_is_shared_by_the_gpu_teachers_and_over_asking_fails(monkeypatch
     each and the ground-truth-like one none; the old default of a whole GPU per actor left all but one actor
     waiting forever. Asking for more than the cluster has is an error before any actor starts."""
     ray = pytest.importorskip("ray")
-    from pipeline.executors import ClusterResourceError, RayExecutor, TeacherFactory
+    from pipeline.executors import ClusterResourceError, TeacherFactory
+    from pipeline.ray_executor import RayExecutor
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     factories = {"depth": TeacherFactory(pipeline_fakes.FakeDepth), "text": TeacherFactory(pipeline_fakes.FakeText),
@@ -107,7 +109,8 @@ def test_one_gpu_is_shared_by_the_gpu_teachers_and_over_asking_fails(monkeypatch
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_teacher_error_is_not_retried_and_other_failures_are(executor: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.executors import LocalExecutor, RayExecutor, TeacherFactory
+    from pipeline.executors import LocalExecutor, TeacherFactory
+    from pipeline.ray_executor import RayExecutor
     from teachers.base import TeacherError
 
     factories = {"text": TeacherFactory(pipeline_fakes.FakeText)}

@@ -119,18 +119,19 @@ def test_cpu_reservations_must_fit_and_leave_a_cpu_for_decoding() -> None:
 
 def test_actor_pools_put_gpu_teachers_apart_and_the_others_together() -> None:
     import pipeline_fakes
-    from pipeline.executors import RayExecutor, TeacherFactory
+    from pipeline.executors import TeacherFactory
+    from pipeline.ray_executor import TeacherPools
 
     f = {"depth": TeacherFactory(pipeline_fakes.FakeDepth), "text": TeacherFactory(pipeline_fakes.FakeText),
          "panoptic": TeacherFactory(pipeline_fakes.FakePanoptic, {"device": "cpu"}),
          "caption": TeacherFactory(pipeline_fakes.FakeCaption)}
-    groups = RayExecutor(actors_per_teacher=2)._actor_groups
+    groups = TeacherPools(actors_per_teacher=2).groups
     assert groups(f, [1]) == [(["depth"], 0.25), (["text"], 0.25), (["panoptic", "caption"], 0.0)]
     assert groups(f, []) == [(["depth", "text", "panoptic", "caption"], 0.0)]  # no GPU: one shared pool
-    assert RayExecutor(gpus_per_teacher=0)._actor_groups(f, [1]) == [(list(f), 0.0)]
-    assert RayExecutor(shared_actors=False)._actor_groups(f, [1, 1]) == [
+    assert TeacherPools(gpus_per_teacher=0).groups(f, [1]) == [(list(f), 0.0)]
+    assert TeacherPools(shared_actors=False).groups(f, [1, 1]) == [
         (["depth"], 1.0), (["text"], 1.0), (["panoptic"], 0.0), (["caption"], 0.0)]
-    assert RayExecutor(shared_actors=True, gpus_per_teacher=0.5)._actor_groups(f, [1]) == [(list(f), 0.5)]
+    assert TeacherPools(shared_actors=True, gpus_per_teacher=0.5).groups(f, [1]) == [(list(f), 0.5)]
 
 
 def test_a_teacher_actor_without_a_gpu_runs_model_teachers_on_cpu() -> None:

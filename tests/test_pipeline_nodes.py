@@ -64,7 +64,7 @@ def test_nodes_that_see_everything_pass_and_in_process_executors_are_not_probed(
 def test_ray_workers_importing_another_copy_of_the_project_are_refused(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
-    from pipeline.executors import RayExecutor
+    from pipeline.ray_executor import RayExecutor
 
     # Ray puts the driver's working folder first on its workers' path: a source folder with another version
     # of the project there wins over the installed one
@@ -89,7 +89,8 @@ def test_ray_workers_importing_another_copy_of_the_project_are_refused(tmp_path:
 def test_a_cluster_that_refuses_the_driver_is_one_line_naming_token_authentication(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
-    from pipeline.executors import ClusterConnectionError, RayExecutor
+    from pipeline.executors import ClusterConnectionError
+    from pipeline.ray_executor import RayExecutor
 
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("secret")  # what any local ray.init() leaves behind

@@ -68,7 +68,7 @@ def test_plain_tarfile_and_pil_read_16_bit_depth_exactly(export) -> None:
 
 def test_ray_data_reads_an_export_with_exact_16_bit_depth(export) -> None:
     pytest.importorskip("pyarrow", reason="ray.data needs the project's [data] extra (pyarrow, pandas)")
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     import ray.data
 
     out, expected = export

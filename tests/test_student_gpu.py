@@ -18,6 +18,7 @@ from student.config import ModelConfig, TrainConfig
 from student.data import make_loader, open_split, to_device
 from student.model import YMapNet
 from student.predict import Predictor
+from student.recipe import Recipe
 from student.train import train
 
 pytestmark = [pytest.mark.gpu,
