@@ -3,17 +3,22 @@ complete columns in the manifest, and write rejected.jsonl and build-report.json
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
-from shards.atomic import atomic_write_json
+from shards.atomic import Held, atomic_write_json, held
 from shards.layout import column_dir
 from shards.manifest import Manifest
-from shards.schema import BUILD_REPORT_NAME, VOCAB_NAME
+from shards.schema import BUILD_LOCK_NAME, BUILD_REPORT_NAME, VOCAB_NAME
 from shards.writer import ColumnWriter
 
 from pipeline.commit import commit_split
@@ -81,17 +86,64 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
         raise BuildError(str(e)) from None
     t0 = time.perf_counter()
     try:  # the teachers load once, where they run (on Ray: in the actors, which also give the fingerprints)
-        plan = prepare(config, ex)
-        if "tokens" in plan.run_stages and plan.vocab_path is None and plan.pending["tokens"]:
-            check_gensim_model(plan.config.glove)  # the vocabulary is built at the end: know now it can be
-        record_fingerprints(plan.split_path, plan.teacher_settings, plan.teacher_fps)  # for `pipeline status`
-        plan.split_path.mkdir(parents=True, exist_ok=True)  # what was asked, should the build never finish
-        atomic_write_json(plan.split_path / BUILD_REPORT_NAME, {
-            "ok": None, "finished": None, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": plan.config.to_json(), "note": "started, not finished (yet): its shards done so far are kept"})
-        return _Run(plan, ex).run(setup_seconds=time.perf_counter() - t0)
+        with contextlib.ExitStack() as lock:
+            return _build(config, ex, t0, hold=lambda split_path: lock.enter_context(_one_build_of(split_path)))
     finally:
         ex.close()
+
+
+@contextlib.contextmanager
+def _one_build_of(split_path: Path) -> Iterator[None]:
+    """Hold the split's build lock (``build.lock`` in its folder) until the build ends: a second build of the same
+    split of the same store, from this machine or another sharing the store, is refused at once, naming the
+    first, instead of racing it. Taken after the cheap checks, before the cluster starts and the teachers load."""
+    path = split_path / BUILD_LOCK_NAME
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ray_job": _ray_job_id()}
+    created = [p for p in (split_path, *split_path.parents) if not p.exists()]  # deepest first
+    lock = held(path, holder)
+    try:
+        lock.__enter__()
+    except OSError as e:  # cannot create or open it: one line
+        raise BuildError(f"cannot take the build lock {path}: {e.strerror or e}") from None
+    except Held as e:
+        h = e.holder
+        who = f"pid {h.get('pid')} on {h.get('host')} since {h.get('started')}" if h else "another process"
+        job = f" (Ray job {h['ray_job']}: `ray job stop {h['ray_job']}` stops it)" if h.get("ray_job") else ""
+        raise BuildError(f"split {split_path.name} of {split_path.parent} is being built by {who}{job}; one build "
+                         "of a split runs at a time: wait for it, or stop it (a stopped build resumes where it "
+                         "stopped)") from None
+    try:
+        yield
+    finally:
+        try:  # a build refused before its first write (a teacher that does not load) leaves nothing behind
+            if created and split_path.is_dir() and all(f.name == BUILD_LOCK_NAME for f in split_path.iterdir()):
+                path.unlink()
+                for folder in created:
+                    folder.rmdir()
+        finally:
+            lock.__exit__(None, None, None)
+
+
+def _ray_job_id() -> str | None:
+    """The Ray job submission id of this process when a Ray job runs it (``ray job submit``), else None."""
+    try:
+        meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata") or {}
+        return str(meta["job_submission_id"])[:100] if "job_submission_id" in meta else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def _build(config: BuildConfig, ex: Executor, t0: float, hold: Callable[[Path], Any]) -> dict[str, Any]:
+    plan = prepare(config, ex, hold=hold)
+    if "tokens" in plan.run_stages and plan.vocab_path is None and plan.pending["tokens"]:
+        check_gensim_model(plan.config.glove)  # the vocabulary is built at the end: know now it can be
+    record_fingerprints(plan.split_path, plan.teacher_settings, plan.teacher_fps)  # for `pipeline status`
+    plan.split_path.mkdir(parents=True, exist_ok=True)  # what was asked, should the build never finish
+    atomic_write_json(plan.split_path / BUILD_REPORT_NAME, {
+        "ok": None, "finished": None, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": plan.config.to_json(), "note": "started, not finished (yet): its shards done so far are kept"})
+    return _Run(plan, ex).run(setup_seconds=time.perf_counter() - t0)
 
 
 class _Ledger:

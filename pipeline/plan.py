@@ -10,7 +10,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from shards.layout import column_dir, split_dir
 from shards.manifest import StoreError, load_manifest
@@ -266,7 +266,8 @@ def _all_done(config: "BuildConfig", split_path: Path, stage_name: str, teacher:
     return len(done) == len(shards)
 
 
-def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recorded: str = "when_done") -> Plan:
+def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recorded: str = "when_done",
+            hold: Callable[[Path], Any] | None = None) -> Plan:
     """Check the inputs and plan the build; raises BuildError (one line) before any unit runs.
 
     Args:
@@ -276,6 +277,8 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
             build for the same settings) instead of loading the teacher: ``"always"`` (``pipeline status``),
             ``"never"`` (``status --recheck``), or ``"when_done"`` (a build: only for a teacher whose units are
             all done at that version, which then has no use being loaded; every teacher that may run is loaded).
+        hold: called with the split folder once the cheap checks passed, before the cluster's nodes are checked
+            and the teachers load (a build takes its lock there; it raises BuildError to refuse).
     """
     from pipeline.coco import CocoError, load_split
 
@@ -304,6 +307,8 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
     vocab_path = None
     if "tokens" in needed:  # checked before the teachers load: a bad GloVe file or vocabulary fails fast
         derived["tokens"], vocab_path = tokens_params(config, store_root)
+    if hold is not None:
+        hold(split_path)
     if executor is not None and records:  # a cluster's nodes must see what this machine sees, at the same paths
         reads = [str(f.kwargs["checkpoint"]) for f in factories.values()
                  if isinstance(f.kwargs.get("checkpoint"), str) and os.path.exists(f.kwargs["checkpoint"])]

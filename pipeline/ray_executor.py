@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.executors import (ClusterConnectionError, Executor, TeacherFactory, build_into, check_cpu_share,
@@ -123,7 +124,8 @@ class TeacherPools:
         n = self.actors_per_teacher
         for stages, gpus in groups:
             worker = ray.remote(_TeacherWorker).options(num_gpus=gpus, num_cpus=self.cpus_per_teacher,
-                                                         max_restarts=self.retries, max_task_retries=self.retries)
+                                                         max_restarts=self.retries, max_task_retries=self.retries,
+                                                         max_concurrency=ACTOR_CONCURRENCY)
             hosted = {s: teachers[s] if gpus else teachers[s].without_gpu() for s in stages}
             pool = [worker.remote(hosted, self.quiet) for _ in range(n)]
             self.pools.update({s: pool for s in stages})
@@ -299,16 +301,47 @@ class _Transient(Exception):
     that again): anything but a TeacherError, which is the input's fault and would fail the same way."""
 
 
+#: teacher calls an actor runs at once: one in the model while the previous one maps its predictions into store
+#: geometry (CPU work that would otherwise leave the GPU idle between shards)
+ACTOR_CONCURRENCY = 2
+
+
+class _OneAtATime:
+    """A teacher whose model calls take turns (a lock shared by every teacher of the actor), while whatever its
+    caller does around them runs beside: the next shard's model call overlaps the last one's mapping."""
+
+    def __init__(self, teacher: Any, lock: threading.Lock) -> None:
+        self._teacher, self._lock = teacher, lock
+        self._waits = threading.local()
+
+    def __call__(self, inputs: Any) -> Any:
+        t0 = time.perf_counter()
+        with self._lock:
+            self._waits.seconds = getattr(self._waits, "seconds", 0.0) + time.perf_counter() - t0
+            return self._teacher(inputs)
+
+    def take_wait(self) -> float:
+        """Seconds this thread's calls waited for their turn since the last ``take_wait`` (not the unit's work)."""
+        seconds, self._waits.seconds = getattr(self._waits, "seconds", 0.0), 0.0
+        return seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._teacher, name)
+
+
 class _TeacherWorker:
     """The body of a teacher actor: builds its teachers (one or several stages') once, then runs teacher
     units with the one of the unit's stage. A teacher that fails to build is reported by ``fingerprint``
-    instead of killing the actor (and with it the other teachers it hosts)."""
+    instead of killing the actor (and with it the other teachers it hosts). Units run ``ACTOR_CONCURRENCY`` at a
+    time, their model calls one at a time."""
 
     def __init__(self, factories: Mapping[str, TeacherFactory], quiet: bool = False) -> None:
         if quiet:
             quiet_model_loading()
         self.teachers: dict[str, Any] = {}
         self.built = {stage: build_into(self.teachers, stage, factory) for stage, factory in factories.items()}
+        lock = threading.Lock()
+        self.teachers = {stage: _OneAtATime(teacher, lock) for stage, teacher in self.teachers.items()}
 
     def fingerprint(self, stage: str) -> Any:
         result = self.built[stage]

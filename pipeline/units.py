@@ -164,7 +164,8 @@ def teacher_predict(teacher: Any, stage: str, decoded: Decoded) -> Predicted:
                            f"{len(decoded.inputs)} images of {decoded.shard}")
     samples = [(key, teacher_members(stage, pred, meta, teacher.name))
                for key, pred, meta in zip(decoded.keys, preds, decoded.metas)]
-    return Predicted(samples, time.perf_counter() - t0, list(decoded.metas), emptied)
+    waited = teacher.take_wait() if hasattr(teacher, "take_wait") else 0.0  # for another unit's model call
+    return Predicted(samples, time.perf_counter() - t0 - waited, list(decoded.metas), emptied)
 
 
 def write_unit(stage: str, split_path: str, fp: str, spec: Mapping[str, Any], shard: str, predicted: Predicted,

@@ -1,4 +1,5 @@
-"""Crash-safe file primitives: atomic replace with fsync, and an inter-process lock around read-modify-write."""
+"""Crash-safe file primitives: atomic replace with fsync, an inter-process lock around read-modify-write, and a
+lock that refuses a second holder at once and names the first (``held``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -82,6 +84,52 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+class Held(RuntimeError):
+    """Another process holds the lock file ``path``; ``holder`` is what it wrote there about itself ({} if
+    unreadable)."""
+
+    def __init__(self, path: Path, holder: dict[str, Any]) -> None:
+        super().__init__(f"{path} is held by another process")
+        self.path, self.holder = path, holder
+
+
+#: the most of a lock file read back to name its holder
+_HOLDER_BYTES = 4096
+
+
+@contextlib.contextmanager
+def held(path: str | os.PathLike, holder: dict[str, Any]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` for the ``with`` block, or raise ``Held`` at once.
+
+    The holder's description (JSON, ``holder``) is written into the file while it is held, for the message of the
+    one refused; the lock itself is the flock, which the kernel releases however the holder ends (kill -9
+    included), so a stale file never blocks. The file is opened as a regular file only, never through a symlink.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                found = json.loads(os.pread(fd, _HOLDER_BYTES, 0).decode())
+            except (ValueError, UnicodeDecodeError):  # being written, or not ours
+                found = {}
+            raise Held(path, found if isinstance(found, dict) else {}) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder, sort_keys=True).encode()[:_HOLDER_BYTES], 0)
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def out_folder_problem(out: str | os.PathLike, writable: bool = True) -> str | None:

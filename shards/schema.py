@@ -20,6 +20,7 @@ VOCAB_NAME = "vocab.json"
 REJECTED_NAME = "rejected.jsonl"
 BUILD_REPORT_NAME = "build-report.json"
 TEACHER_RECORD_NAME = "teachers.json"  # the teachers' fingerprints by settings (pipeline.teacher_record)
+BUILD_LOCK_NAME = "build.lock"  # held by the one build of the split running now; names it (shards.atomic.held)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from shards.errors import parse_json, read_json
 from shards.layout import column_dir, column_record_path, shard_path, split_dir
 from shards.manifest import Manifest, StoreError, load_manifest
 from shards.pose import pose_problem
-from shards.schema import (BUILD_REPORT_NAME, COLUMN_RECORD_NAME, COLUMNS, MANIFEST_NAME, REJECTED_NAME,
-                           TEACHER_RECORD_NAME, VOCAB_NAME, resolve_shape)
+from shards.schema import (BUILD_LOCK_NAME, BUILD_REPORT_NAME, COLUMN_RECORD_NAME, COLUMNS, MANIFEST_NAME,
+                           REJECTED_NAME, TEACHER_RECORD_NAME, VOCAB_NAME, resolve_shape)
 from shards.streams import TarError, iter_samples, open_regular, read_bytes, whole_samples
 from shards.writer import ShardRecord, file_sha256, read_column_record
 
@@ -119,7 +119,8 @@ def verify_split(root: str | os.PathLike, split: str, columns: Sequence[str] | N
 
 
 #: what the split folder holds besides its column folders
-_SPLIT_FILES = frozenset({MANIFEST_NAME, VOCAB_NAME, REJECTED_NAME, BUILD_REPORT_NAME, TEACHER_RECORD_NAME})
+_SPLIT_FILES = frozenset({MANIFEST_NAME, VOCAB_NAME, REJECTED_NAME, BUILD_REPORT_NAME, TEACHER_RECORD_NAME,
+                          BUILD_LOCK_NAME})
 
 
 def stray_files(path: Path, manifest: Manifest) -> list[str]:
@@ -131,7 +132,7 @@ def stray_files(path: Path, manifest: Manifest) -> list[str]:
     for entry in sorted(os.listdir(path)):
         if entry in COLUMNS and (path / entry).is_dir():
             continue
-        if entry.removesuffix(".lock") not in _SPLIT_FILES:
+        if entry not in _SPLIT_FILES and entry.removesuffix(".lock") not in _SPLIT_FILES:
             stray.append(entry)
     for column, fp in manifest.columns.items():
         folder = column_dir(path, column, fp)

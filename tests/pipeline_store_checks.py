@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.coco import load_split
 from shards.manifest import load_manifest
-from shards.schema import COLUMNS, key_of
+from shards.schema import BUILD_LOCK_NAME, COLUMNS, key_of
 from shards.verify import verify_split
 
 
@@ -43,11 +43,12 @@ def check_split(store: Path, coco_root: Path, split: str) -> dict[str, int]:
 
 
 def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[str, int]]:
-    """sha256 and mtime of every file under ``root`` whose path does not start with one of ``skip``."""
+    """sha256 and mtime of every file under ``root`` whose path does not start with one of ``skip``, but for the
+    split's build lock (every build takes it: its time changes, its content is empty between builds)."""
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and not rel.startswith(skip):
+        if p.is_file() and not rel.startswith(skip) and p.name != BUILD_LOCK_NAME:
             out[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
     return out
 

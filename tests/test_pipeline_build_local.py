@@ -237,3 +237,36 @@ def test_an_image_its_teacher_refuses_gets_an_empty_target_and_its_shard_goes_on
         assert not empty["groups.png"].any()  # void everywhere: unlabeled
     assert len(samples) == report["samples"]  # every other image of the shard is there too
     assert json.loads((tmp_path / "store" / "train2017" / "build-report.json").read_text())["emptied_targets"]
+
+
+def test_a_second_build_of_the_same_split_is_refused_naming_the_first(built, demo_root: Path,
+                                                                     fakes: dict[str, int]) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.build import BuildError
+    from shards.atomic import held
+
+    out, _ = built
+    lock = out / "train2017" / "build.lock"
+    with held(lock, {"pid": 4242, "host": "node-7", "started": "2026-12-06T10:00:00+00:00", "ray_job": "raysubmit_1"}):
+        with pytest.raises(BuildError, match=r"being built by pid 4242 on node-7 .*ray job stop raysubmit_1"):
+            build_targets(make_config(demo_root, out))
+    assert fakes == {}  # refused before any teacher ran
+    # a holder killed with SIGKILL leaves the file, not the lock: the next build runs
+    code = ("import sys, time; from shards.atomic import held\n"
+            "with held(sys.argv[1], {'pid': 1}):\n    print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(BuildError, match="being built by pid 1 "):
+            build_targets(make_config(demo_root, out))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert lock.exists() and build_targets(make_config(demo_root, out))["ok"]
+    from shards.verify import verify_split
+
+    assert not verify_split(out, "train2017").stray  # the lock file is the store's own

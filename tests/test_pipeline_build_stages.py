@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pipeline.stages import STAGES, ancestors, dependants, fingerprint, resolve_specs
@@ -157,3 +159,37 @@ def test_auto_device_is_cpu_for_a_teacher_that_never_uses_a_gpu(monkeypatch) -> 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert TeacherFactory(pipeline_fakes.FakeDepth, {"device": "auto"}).build().device == "cuda"
     assert TeacherFactory(pipeline_fakes.FakeCaption, {"device": "auto"}).build().device == "cpu"
+
+
+def test_a_teacher_actor_runs_one_model_call_at_a_time_and_does_not_count_the_wait() -> None:
+    import threading
+
+    from pipeline.ray_executor import _OneAtATime
+
+    spans, lock = [], threading.Lock()
+
+    class Slow:
+        name = "slow"
+
+        def __call__(self, inputs):
+            start = time.perf_counter()
+            time.sleep(0.2)
+            spans.append((start, time.perf_counter()))
+            return inputs
+
+    teacher = _OneAtATime(Slow(), lock)
+    waits: dict[str, float] = {}
+
+    def call(tag: str) -> None:
+        assert teacher(tag) == tag and teacher.name == "slow"
+        waits[tag] = teacher.take_wait()
+
+    threads = [threading.Thread(target=call, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (s0, e0), (s1, e1) = sorted(spans)
+    assert s1 >= e0  # never two model calls at once
+    assert min(waits.values()) < 0.05 and max(waits.values()) > 0.15  # the second waited for the first's turn
+    assert teacher.take_wait() == 0.0  # per thread: this one never called
