@@ -79,7 +79,8 @@ class TeacherPools:
 
     def __init__(self, gpus_per_teacher: float | None = None, cpus_per_teacher: float = 0.0,
                  actors_per_teacher: int = 1, shared_actors: bool | None = None, retries: int = 3,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, overlap: bool | None = None) -> None:
+        self.overlap = overlap
         self.gpus_per_teacher = gpus_per_teacher
         self.cpus_per_teacher = cpus_per_teacher
         self.actors_per_teacher = actors_per_teacher
@@ -114,6 +115,12 @@ class TeacherPools:
         gpus = gpus_per_actor(len(with_gpu) * self.actors_per_teacher, node_gpus, self.gpus_per_teacher)
         return [(g, gpus if g in with_gpu else 0.0) for g in groups]
 
+    def concurrency(self, gpus: float) -> int:
+        """Teacher units an actor of ``gpus`` GPUs runs at once: ``ACTOR_CONCURRENCY`` where its model calls run
+        on a GPU (``overlap`` None) or where asked (True), so that the CPU work around a model call overlaps the
+        next one; 1 on CPU, where both would only share the same cores."""
+        return ACTOR_CONCURRENCY if (self.overlap if self.overlap is not None else gpus > 0) else 1
+
     def start(self, teachers: Mapping[str, TeacherFactory], nodes: Sequence[Mapping[str, float]]) -> dict[str, Any]:
         """Start the actors on a cluster of ``nodes``; returns each stage's fingerprint, or why it did not load."""
         import ray
@@ -125,7 +132,7 @@ class TeacherPools:
         for stages, gpus in groups:
             worker = ray.remote(_TeacherWorker).options(num_gpus=gpus, num_cpus=self.cpus_per_teacher,
                                                          max_restarts=self.retries, max_task_retries=self.retries,
-                                                         max_concurrency=ACTOR_CONCURRENCY)
+                                                         max_concurrency=self.concurrency(gpus))
             hosted = {s: teachers[s] if gpus else teachers[s].without_gpu() for s in stages}
             pool = [worker.remote(hosted, self.quiet) for _ in range(n)]
             self.pools.update({s: pool for s in stages})
@@ -190,6 +197,8 @@ class RayExecutor(Executor):
             cheaper layout.
         retries: retries of a failed task; restarts of a dead actor and retries of its calls.
         quiet: no model-loading progress bars in the teacher actors.
+        overlap: let a teacher actor map one unit's predictions while its model runs the next (two units at once,
+            model calls one at a time); ``None`` = on for actors that reserve a GPU.
     """
 
     name = "ray"
@@ -197,12 +206,12 @@ class RayExecutor(Executor):
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
                  gpus_per_teacher: float | None = None, cpus_per_teacher: float = 0.0,
                  actors_per_teacher: int = 1, shared_actors: bool | None = None, retries: int = 3,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, overlap: bool | None = None) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
         self.retries = retries
         self.teachers = TeacherPools(gpus_per_teacher, cpus_per_teacher, actors_per_teacher, shared_actors, retries,
-                                     quiet)
+                                     quiet, overlap)
         self._remote: dict[Callable[..., Any], Any] = {}
         self._started_here = False
 
@@ -332,8 +341,8 @@ class _OneAtATime:
 class _TeacherWorker:
     """The body of a teacher actor: builds its teachers (one or several stages') once, then runs teacher
     units with the one of the unit's stage. A teacher that fails to build is reported by ``fingerprint``
-    instead of killing the actor (and with it the other teachers it hosts). Units run ``ACTOR_CONCURRENCY`` at a
-    time, their model calls one at a time."""
+    instead of killing the actor (and with it the other teachers it hosts). Its units may run several at a time
+    (``TeacherPools.concurrency``), their model calls always one at a time."""
 
     def __init__(self, factories: Mapping[str, TeacherFactory], quiet: bool = False) -> None:
         if quiet:
