@@ -380,4 +380,6 @@ def _report(plan: Plan, ledger: _Ledger, manifest: Manifest | None, executor: st
         "dropped_annotations": plan.dropped_annotations,  # malformed person annotations left out when reading COCO
         "requested_columns": list(plan.run_stages),  # what this build set out to make active (shards verify)
         "emptied_targets": sorted(ledger.emptied, key=lambda e: (e["stage"], e["id"])),  # a teacher refused them
+        "replaced": {s: {"from": plan.active[s], "to": fp} for s, fp in columns.items()  # `pipeline diff` them
+                     if plan.active.get(s) not in (None, fp)},
     }

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -19,7 +20,7 @@ from typing import Any, Mapping, Sequence
 from pipeline.config import BuildConfig
 from pipeline.plan import BuildError
 from pipeline.stages import STAGES, TEACHER_STAGES
-from shards.errors import StoreFault
+from shards.errors import StoreError, StoreFault
 
 DEFAULTS = BuildConfig()
 
@@ -220,9 +221,35 @@ def _build_targets(args: argparse.Namespace) -> int:
     code = 0 if report["ok"] else 1
     try:
         print(summary_table(report))
+        where = f"--out {shlex.quote(config.out)} --split {shlex.quote(config.split)}"
+        for stage, change in (report.get("replaced") or {}).items():
+            print(f"{stage}: version {change['from'][:12]} replaced by {change['to'][:12]}; what changed: "
+                  f"pipeline diff {where} --stage {stage}")
+        if report.get("samples"):
+            print(f"a report of the split's targets: shards --shards {shlex.quote(config.out)} --split "
+                  f"{shlex.quote(config.split)} report --out {shlex.quote(config.split)}-report")
     except BrokenPipeError:  # piped into `head`: the build's result still decides the exit code
         sys.stdout = open(os.devnull, "w")
     return code
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from pipeline.diff import DiffError, diff_sheet, diff_versions, resolve_versions, summary_lines, write_diff
+
+    if args.top < 0:
+        raise BuildError(f"--top must be >= 0, got {args.top}")
+    try:
+        pair = resolve_versions(args.out, args.split, args.stage, args.old, args.new)
+        diff, worst = diff_versions(args.out, args.split, pair, top=args.top,
+                                    progress=args.progress and sys.stderr.isatty())
+    except StoreFault:  # a damaged store: exit 1, as `shards verify`
+        raise
+    except (DiffError, StoreError) as e:
+        raise BuildError(str(e)) from None
+    paths = write_diff(diff, diff_sheet(pair.stage, worst), args.report or f"diff-{args.split}-{pair.stage}")
+    print("\n".join(summary_lines(diff)))
+    print("written: " + ", ".join(paths.values()))
+    return 0
 
 
 def _note_teachers_differ_from_vocab_split(config: BuildConfig) -> None:
@@ -378,6 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "same settings and unchanged weight files is reported unconfirmed (--recheck also "
                         "catches a hub model updated upstream since)")
     p.set_defaults(func=_status)
+    p = add("diff", "how two versions of a column of a split differ: measures per sample and overall, and a "
+                    "contact sheet of the samples that changed most")
+    p.add_argument("--out", default="shards", help="store root (default shards)")
+    p.add_argument("--split", required=True, help="split, e.g. train2017")
+    p.add_argument("--stage", required=True, help="column to compare: depth, normals, panoptic, groups, text, "
+                                                  "caption or tokens")
+    p.add_argument("--from", dest="old", default=None, metavar="FP",
+                   help="the older version (fingerprint or a unique prefix of at least 6 hex digits); default: the "
+                        "newest version on disk other than --to")
+    p.add_argument("--to", dest="new", default=None, metavar="FP", help="the newer version; default: the active one")
+    p.add_argument("--top", type=int, default=8, help="samples on the contact sheet, the most changed (default 8)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="folder for diff.json and diff-sheet.png (default diff-<split>-<stage>)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_diff)
     p = add("teachers", "list the registered teachers with their specs")
     p.add_argument("--task", default=None, help="only teachers of this task (depth, panoptic, text, caption)")
     p.set_defaults(func=_teachers)

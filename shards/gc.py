@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,10 +19,8 @@ from pathlib import Path
 from shards.atomic import locked
 from shards.layout import column_dir, manifest_path, split_dir
 from shards.manifest import Manifest, StoreError, load_manifest, read_json
-from shards.schema import COLUMN_RECORD_NAME, COLUMNS
+from shards.schema import COLUMN_RECORD_NAME, COLUMNS, FINGERPRINT_RE
 from shards.writer import ColumnWriter
-
-FINGERPRINT = re.compile(r"[0-9a-f]{64}")  # a stage fingerprint: sha256 hex digest (DESIGN 4)
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,7 @@ def is_version_dir(path: Path) -> bool:
     folders (a user's copy, a backup) are not versions and are never removed."""
     if not path.is_dir() or path.is_symlink():
         return False
-    if FINGERPRINT.fullmatch(path.name):
+    if FINGERPRINT_RE.fullmatch(path.name):
         return True
     try:
         doc = read_json(path / COLUMN_RECORD_NAME)

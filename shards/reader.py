@@ -15,12 +15,12 @@ import os
 import random
 import sys
 from contextlib import ExitStack
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 from shards.codecs import CodecError, decode_member
 from shards.errors import parse_json
 from shards.manifest import Manifest, StoreError, StoreFault
-from shards.schema import COLUMN_RECORD_NAME, COLUMNS, MANIFEST_NAME
+from shards.schema import COLUMN_RECORD_NAME, COLUMNS, FINGERPRINT_RE, MANIFEST_NAME
 from shards.streams import HashingReader, TarError, iter_samples, join, open_stream, read_bytes, whole_samples
 from shards.writer import ShardRecord, read_column_record
 
@@ -102,6 +102,8 @@ class StoreReader:
             of ``worker_batch`` ("pad" rounds up, "drop" down): whole batches in a fixed round-robin, which a
             trainer's mid-epoch resume counts on. 0 (default): a rank's workers share its pieces of shards.
         decode: decode members with ``shards.codecs``; ``False`` yields raw bytes.
+        versions: column -> fingerprint of a version to read instead of the active one (an older version kept
+            until ``gc``, a new one not yet active); it must hold every shard of the manifest's plan.
         check: check every tar read to its end against its ``column.json`` record (size and sha256, hashed while
             it streams): a store changed after it was written (a flipped bit that still decodes, a replaced
             file) ends the iteration with a StoreFault once that shard has been read (its samples are yielded
@@ -116,7 +118,8 @@ class StoreReader:
     def __init__(self, root: str | os.PathLike, split: str, columns: Sequence[str] | None = None, *,
                  shuffle: bool = False, seed: int = 0, shuffle_buffer: int = 256, resampled: bool = False,
                  rank: int | None = None, world_size: int | None = None, decode: bool = True,
-                 check: bool = True, remainder: str = "pad", worker_batch: int = 0) -> None:
+                 check: bool = True, remainder: str = "pad", worker_batch: int = 0,
+                 versions: Mapping[str, str] | None = None) -> None:
         if remainder not in REMAINDERS:
             raise ValueError(f"remainder {remainder!r}: use one of {', '.join(REMAINDERS)}")
         self.root = str(root)
@@ -127,12 +130,16 @@ class StoreReader:
         for name in chosen:
             if name not in COLUMNS:
                 raise StoreError(f"unknown column {name!r}; columns are: {', '.join(COLUMNS)}")
-            if name not in active:
+            if name not in active and name not in (versions or {}):
                 raise StoreError(f"column {name!r} is not active in {join(root, split, MANIFEST_NAME)} "
                                  f"(active: {', '.join(active) or 'none'}); build it first")
         if not chosen:
             raise StoreError(f"{join(root, split, MANIFEST_NAME)}: no active column to read")
         self.columns = tuple(chosen)
+        self.versions = {c: (versions or {}).get(c) or active[c] for c in chosen}
+        for c, fp in self.versions.items():
+            if not FINGERPRINT_RE.fullmatch(fp):
+                raise StoreError(f"column {c!r}: {fp!r} is not a version fingerprint (64 hex digits)")
         self.shuffle = shuffle
         self.seed = seed
         self.shuffle_buffer = max(1, shuffle_buffer)
@@ -149,8 +156,15 @@ class StoreReader:
         self._decoders: dict[str, Callable[[bytes], Any]] = {  # images are checked against S before decoding
             m.ext: functools.partial(decode_member, m, size=self.manifest.size)
             for c in self.columns for m in COLUMNS[c].members}
-        self.records = ({c: active_column_records(root, split, c, active[c]) for c in self.columns} if check
+        self.records = ({c: active_column_records(root, split, c, self.versions[c]) for c in self.columns} if check
                         else None)
+        for c in (versions or {}):
+            plan = {e.name: e.count for e in self.manifest.shards}
+            got = {name: rec.count for name, rec in (self.records or {}).get(c, {}).items()}
+            if self.records is not None and got != plan:
+                raise StoreError(f"version {self.versions[c][:12]} of column {c!r} does not hold the split's "
+                                 f"{len(plan)} shards as planned ({len(got)} recorded): another shard plan, or "
+                                 "not finished")
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the shard and sample shuffles (and the resampling) for ``epoch``; a position loaded for another
@@ -174,7 +188,7 @@ class StoreReader:
 
     def shard_location(self, column: str, shard: str) -> str:
         """Where the tar of ``shard`` of the active version of ``column`` lives."""
-        return join(self.root, self.split, column, self.manifest.columns[column], f"{shard}.tar")
+        return join(self.root, self.split, column, self.versions[column], f"{shard}.tar")
 
     def read_shard(self, shard: str, opener: Callable[[str], BinaryIO] | None = None) -> Iterator[dict[str, Any]]:
         """Every sample of one shard in stored order (no splitting, no shuffling), decoded per ``decode``;

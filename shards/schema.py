@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -20,6 +21,7 @@ VOCAB_NAME = "vocab.json"
 REJECTED_NAME = "rejected.jsonl"
 BUILD_REPORT_NAME = "build-report.json"
 TEACHER_RECORD_NAME = "teachers.json"  # the teachers' fingerprints by settings (pipeline.teacher_record)
+FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")  # a column version: a stage fingerprint, sha256 hex (DESIGN 4)
 BUILD_LOCK_NAME = "build.lock"  # held by the one build of the split running now; names it (shards.atomic.held)
 
 

@@ -230,21 +230,58 @@ def _caption_lines(s: dict[str, Any], words: list[str] | None) -> list[str]:
     return lines
 
 
+def label_tile(img: np.ndarray, tile: int, text: str) -> np.ndarray:
+    """``img`` fitted to a ``tile`` square with ``text`` in its top-left corner."""
+    return _label(_fit(img, tile, nearest=img.dtype == np.uint8 and img.ndim == 2), text)
+
+
+def lines_tile(lines: list[str], tile: int, title: str) -> np.ndarray:
+    """Lines of text, wrapped, on a dark ``tile`` square titled ``title``."""
+    cv2 = _cv2()
+    img = np.full((tile, tile, 3), 24, np.uint8)
+    wrapped = [w for line in lines for w in textwrap.wrap(line, max(12, tile // 7))] or ["(none)"]
+    for i, line in enumerate(wrapped[: (tile - 50) // 16]):
+        cv2.putText(img, line, (6, 60 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return _label(img, title)
+
+
+def column_tile(sample: dict[str, Any], column: str, tile: int, title: str | None = None) -> np.ndarray:
+    """The tile of one column of a decoded sample, as the contact sheet draws it (captions and tokens as text);
+    ``title`` is written above the column's own label."""
+    s = sample
+    if column == "base":
+        img = _pose_tile(s, tile) if "jpg" in s else _missing(tile, "image")
+    elif column == "depth":
+        img = _depth_tile(s, tile) if "depth.png" in s else _missing(tile, "depth")
+    elif column == "normals":
+        img = (_label(_fit(_mask_letterbox(s["normals.png"], s.get("meta.json")), tile), "normals")
+               if "normals.png" in s else _missing(tile, "normals"))
+    elif column == "panoptic":
+        img = _panoptic_tile(s, tile) if "panoptic.png" in s else _missing(tile, "panoptic")
+    elif column == "groups":
+        img = _groups_tile(s, tile) if "groups.png" in s else _missing(tile, "groups")
+    elif column == "text":
+        img = _text_tile(s, tile) if "text.png" in s else _missing(tile, "text")
+    elif column == "caption":
+        img = lines_tile(list((s.get("caption.json") or {}).get("captions", [])), tile, "captions")
+    elif column == "tokens":
+        img = lines_tile([" ".join(str(w) for w in (s.get("tokens.json") or {}).get("words", []))], tile, "tokens")
+    else:
+        raise ValueError(f"unknown column {column!r}")
+    if title:
+        cv2 = _cv2()
+        cv2.rectangle(img, (0, 20), (8 + 9 * len(title), 40), (0, 0, 96), -1)
+        cv2.putText(img, title, (4, 35), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
 def contact_sheet(sample: dict[str, Any], vocab_words: list[str] | None = None) -> np.ndarray:
     """Draw one decoded sample as a (H, W, 3) uint8 RGB contact sheet; absent columns get grey tiles."""
     cv2 = _cv2()
     size = next((v.shape[0] for v in sample.values() if isinstance(v, np.ndarray) and v.ndim >= 2), TILE_MIN)
     tile = max(size, TILE_MIN)
     s = sample
-    tiles = [
-        _pose_tile(s, tile) if "jpg" in s else _missing(tile, "image"),
-        _depth_tile(s, tile) if "depth.png" in s else _missing(tile, "depth"),
-        _label(_fit(_mask_letterbox(s["normals.png"], s.get("meta.json")), tile), "normals")
-        if "normals.png" in s else _missing(tile, "normals"),
-        _panoptic_tile(s, tile) if "panoptic.png" in s else _missing(tile, "panoptic"),
-        _groups_tile(s, tile) if "groups.png" in s else _missing(tile, "groups"),
-        _text_tile(s, tile) if "text.png" in s else _missing(tile, "text"),
-    ]
+    tiles = [column_tile(s, c, tile) for c in ("base", "depth", "normals", "panoptic", "groups", "text")]
     grid = np.vstack([np.hstack(tiles[:3]), np.hstack(tiles[3:])])
     lines = _caption_lines(s, vocab_words)
     band = np.full((12 + 20 * len(lines), grid.shape[1], 3), 24, np.uint8)

@@ -61,7 +61,8 @@ class FakePanoptic(_Fake):
     spec = TeacherSpec(task="panoptic", description="red channel modulo 133")
 
     def one(self, inp: TeacherInput) -> dict[str, Any]:
-        return {"classes": (inp.image[..., 0] % 133).astype(np.uint8)}
+        red = inp.image[..., 0] if self.gain == 1 else (inp.image[..., 0] // 2 * 2)  # gain != 1: half the classes
+        return {"classes": (red % 133).astype(np.uint8)}
 
 
 class FakeText(_Fake):
@@ -70,7 +71,8 @@ class FakeText(_Fake):
 
     def one(self, inp: TeacherInput) -> dict[str, Any]:
         h, w = inp.image.shape[:2]
-        box = np.array([[w / 4, h / 4], [w / 2, h / 4], [w / 2, h / 2], [w / 4, h / 2]], np.float32)
+        right = w / 4 + w / 4 * self.gain  # gain scales the box's width
+        box = np.array([[w / 4, h / 4], [right, h / 4], [right, h / 2], [w / 4, h / 2]], np.float32)
         return {"polygons": [box], "scores": [0.9]}
 
 
@@ -79,7 +81,8 @@ class FakeCaption(_Fake):
     spec = TeacherSpec(task="caption", description="the COCO captions", uses_gpu=False)
 
     def one(self, inp: TeacherInput) -> dict[str, Any]:
-        return {"captions": list(inp.record.get("captions") or ["a picture"])}
+        captions = list(inp.record.get("captions") or ["a picture"])
+        return {"captions": captions if self.gain == 1 else captions[:1]}  # gain != 1: the first caption only
 
 
 FAKES = {cls.name: f"{__name__}:{cls.__name__}" for cls in (FakeDepth, FakePanoptic, FakeText, FakeCaption)}
