@@ -25,6 +25,7 @@ for SPLIT in train2017 val2017; do  # val reuses train's vocabulary, so train go
 done
 "$BIN/pipeline" status --out "$STORE" --split train2017  # the other settings come from the last build
 "$BIN/shards" --shards "$STORE" --split train2017 show 397133 --out "$STORE/contact-sheet-397133.png"
+"$BIN/shards" --shards "$STORE" --split train2017 report --out "$DEMO/report" --no-progress  # open index.html
 
 echo "== student: a short training run of the TINY model on the demo store (CPU)"
 "$BIN/student" train --shards "$STORE" --model tiny --epochs 2 --steps-per-epoch 4 --batch-size 4 --workers 2 \
@@ -34,5 +35,6 @@ echo "== student: a short training run of the TINY model on the demo store (CPU)
 "$BIN/student" predict --checkpoint "$DEMO/runs/student/last.pt" "$DEMO/val2017/000000000073.jpg" \
   --vocab "$STORE/train2017/vocab.json" --out "$DEMO/predictions" --json
 "$BIN/student" export --checkpoint "$DEMO/runs/student/last.pt" --onnx "$DEMO/student.onnx"
-echo "== done: contact sheet $STORE/contact-sheet-397133.png, prediction panel $DEMO/predictions/000000000073.panel.png"
+echo "== done: contact sheet $STORE/contact-sheet-397133.png, report $DEMO/report/index.html,"
+echo "==       prediction panel $DEMO/predictions/000000000073.panel.png"
 echo "==       (the tiny student trained for 8 steps: its predictions are noise; train longer on real targets)"

@@ -137,9 +137,10 @@ def depth_measures(old: Mapping[str, Any], new: Mapping[str, Any], meta: Mapping
     mask = _content(meta, old["depth.png"].shape)
     a, b = _raw_depth(old["depth.png"], old.get("depth.json"))[mask], _raw_depth(new["depth.png"],
                                                                                  new.get("depth.json"))[mask]
-    ok = (a > EPS) & (b > EPS)
-    if not ok.any():
-        absrel, delta = 0.0 if np.array_equal(a, b) else 1.0, 1.0 if np.array_equal(a, b) else 0.0
+    ok = (a > 0) & (b > 0)  # median scaling needs positive depth (a model's raw values may be tiny, never < 0 here)
+    if not ok.any():  # no positive pixel in common: agreement only where the two are the same
+        same = bool(np.array_equal(a, b))
+        absrel, delta = (0.0, 1.0) if same else (1.0, 0.0)
     else:
         a, b = a[ok], b[ok]
         b = b * (np.median(a) / np.median(b))

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from shards.atomic import out_folder_problem
 from shards.codecs import CodecError
 from shards.layout import split_dir
 from shards.manifest import StoreError, StoreFault, load_manifest, read_json
@@ -159,6 +160,21 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from shards.report import build_report
+
+    _local_root(args, "report")
+    if args.max_samples < 1:
+        raise UsageError(f"--max-samples must be >= 1, got {args.max_samples}")
+    problem = out_folder_problem(args.out)
+    if problem:
+        raise UsageError(f"cannot write --out {args.out}: {problem}")
+    page = build_report(args.shards, args.split, args.out, max_samples=args.max_samples, seed=args.seed,
+                        progress=args.progress and sys.stderr.isatty())
+    print(f"report: {page}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         raise UsageError(message)
@@ -179,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show": (_show, "write a PNG contact sheet of one sample"),
         "gc": (_gc, "remove inactive column versions"),
         "export": (_export, "pack the active columns into one single-tar-per-shard WebDataset"),
+        "report": (_report, "write an HTML report of the active columns (plots, frequencies, contact sheets)"),
     }
     parsers = {name: sub.add_parser(name, help=h, description=h, parents=[common])
                for name, (_, h) in commands.items()}
@@ -201,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    help="export into a non-empty folder that is not an earlier export of the split; "
                                         "only the files an export writes are replaced there (its tars, vocab.json, "
                                         "export.json and the tars that lists), nothing else")
+    parsers["report"].add_argument("--out", type=Path, required=True,
+                                   help="folder for index.html, its plots and contact sheets, and report.json")
+    parsers["report"].add_argument("--max-samples", type=int, default=2000,
+                                   help="samples the target figures are taken from (default 2000; a seeded draw "
+                                        "of up to 32 shards' first samples)")
+    parsers["report"].add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    parsers["report"].add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
 
