@@ -137,7 +137,7 @@ class StoreReader:
             raise StoreError(f"{join(root, split, MANIFEST_NAME)}: no active column to read")
         self.columns = tuple(chosen)
         self.versions = {c: (versions or {}).get(c) or active[c] for c in chosen}
-        for c, fp in self.versions.items():
+        for c, fp in (versions or {}).items():  # the manifest's own names are checked as it is read
             if not FINGERPRINT_RE.fullmatch(fp):
                 raise StoreError(f"column {c!r}: {fp!r} is not a version fingerprint (64 hex digits)")
         self.shuffle = shuffle

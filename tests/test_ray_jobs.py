@@ -1,6 +1,10 @@
 """The build as a Ray Job: `ray job submit` to a head started with `ray start --head` (token authentication on,
 ports on 127.0.0.1), `ray job stop`, and two jobs on one split.
 
+Ray binds the head's dashboard (the job API) where ``--dashboard-host`` says, here 127.0.0.1; its GCS, raylet and
+agent ports it binds on every interface whatever ``--node-ip-address`` says (Ray 2.60 has no setting for them),
+which is why the head runs with token authentication: every one of those calls needs the token.
+
 The jobs run the fake teachers of pipeline_fakes (their module reaches the job's driver and workers through the
 job's runtime_env), with the same settings as ``make_config``, so an in-process build is their reference.
 Needs the [cluster] extra (ray[default]: the dashboard and the job client).
