@@ -378,6 +378,7 @@ def _report(plan: Plan, ledger: _Ledger, manifest: Manifest | None, executor: st
         "stages": {s: st.to_json() for s, st in ledger.stats.items()}, "teachers": dict(placement),
         "failures": ledger.failures, "config": plan.config.to_json(),
         "dropped_annotations": plan.dropped_annotations,  # malformed person annotations left out when reading COCO
+        "added_files": plan.added_files, "removed_files": plan.removed_files,  # a folder source's changes
         "requested_columns": list(plan.run_stages),  # what this build set out to make active (shards verify)
         "emptied_targets": sorted(ledger.emptied, key=lambda e: (e["stage"], e["id"])),  # a teacher refused them
         "replaced": {s: {"from": plan.active[s], "to": fp} for s, fp in columns.items()  # `pipeline diff` them

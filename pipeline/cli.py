@@ -41,6 +41,10 @@ def _add_build_flags(p: argparse.ArgumentParser, verb: str = "build") -> None:
                    help="JSON or TOML file of settings, keys as BuildConfig's fields (coco_root, depth_teacher, "
                         "depth_params, ...); flags override it")
     p.add_argument("--coco-root", dest="coco_root", default=S, help=f"COCO 2017 root (default {DEFAULTS.coco_root})")
+    p.add_argument("--images", default=S, metavar="DIR",
+                   help="build the split from a folder of images (recursive: jpg, png, webp, bmp, tif), not from a "
+                        "COCO split; --split names it. Keys are kept in <out>/<split>/ids.json: files added later "
+                        "get new keys and only the shards that changed are built again")
     p.add_argument("--split", default=S, help=f"split to build (default {DEFAULTS.split})")
     p.add_argument("--out", default=S, help=f"store root (default {DEFAULTS.out})")
     p.add_argument("--stages", default=S, type=lambda t: tuple(s for s in t.split(",") if s),
@@ -281,7 +285,7 @@ def _check_paths(config: BuildConfig) -> None:
     from pipeline.plan import check_inputs
 
     root = check_inputs(config).resolve()
-    if not (root / config.split).is_dir():
+    if config.images is None and not (root / config.split).is_dir():
         raise BuildError(f"image folder {root / config.split} does not exist; unzip COCO's {config.split}.zip "
                          f"into {root}")
     if config.executor == "local" and str(config.device).startswith("cuda"):  # a Ray cluster may have GPUs elsewhere

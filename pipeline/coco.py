@@ -270,7 +270,8 @@ def load_split(coco_root: str | Path, split: str, dropped: list[dict[str, Any]] 
 
     Returns:
         One record per image id listed in any of the split's annotation files, sorted by id. Images
-        without annotations are included with empty lists.
+        without annotations are included with empty lists. A split with ``image_info_<split>.json`` and no
+        captions file (COCO's unlabeled2017, test2017) gives its images without annotations.
 
     Raises:
         CocoError: a required annotation file is missing or malformed (the message names it).
@@ -278,6 +279,14 @@ def load_split(coco_root: str | Path, split: str, dropped: list[dict[str, Any]] 
     root = Path(coco_root).resolve()
     image_dir = root / split
     images: dict[int, dict[str, Any]] = {}
+    info = annotation_path(root, "image_info", split)
+    if not annotation_path(root, "captions", split).exists() and info.exists():  # unlabeled2017, test2017
+        with _gc_paused():
+            data = _load_json(info)
+            _add_images(images, data, info)
+        return [ImageRecord(image_id=i, file_name=str(images[i]["file_name"]),
+                            path=str(image_dir / images[i]["file_name"]), width=int(images[i]["width"]),
+                            height=int(images[i]["height"])) for i in sorted(images)]
     with _gc_paused():
         paths = {kind: annotation_path(root, kind, split) for kind in REQUIRED_KINDS}
         for path in paths.values():  # a missing file fails before a minute of parsing the others

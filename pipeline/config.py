@@ -19,6 +19,7 @@ class BuildConfig:
     """
 
     coco_root: str = "data/coco"
+    images: str | None = None  # a folder of images to build the split from, instead of a COCO split
     split: str = "train2017"
     out: str = "shards"
     stages: tuple[str, ...] = ()  # empty: every stage; else these stages and their dependants

@@ -23,6 +23,8 @@ from pipeline.nodes import check_nodes
 from pipeline.stages import STAGES, TEACHER_STAGES, ancestors, dependants, fingerprint, resolve_specs, stage
 from pipeline.targets.tokens import check_glove_file
 from pipeline.teacher_record import recorded_fingerprints, teacher_settings
+from pipeline.sources import (IMAGE_EXTENSIONS, forget_shards, list_images, plan_folder, read_id_map, shard_digests,
+                              write_id_map)
 from pipeline.units import rejected_path
 
 if TYPE_CHECKING:
@@ -51,15 +53,20 @@ class Plan:
     recorded: list[str] = field(default_factory=list)  # teacher stages fingerprinted from teachers.json
     teacher_settings: dict[str, Any] = field(default_factory=dict)  # stage -> teacher_record.teacher_settings
     dropped_annotations: list[dict[str, Any]] = field(default_factory=list)  # malformed ones left out (coco.py)
+    removed_files: list[str] = field(default_factory=list)  # a folder source's files gone since the last build
+    added_files: int = 0  # a folder source's files new since the last build
 
     def teacher_stages_to_run(self) -> list[str]:
         return [s for s in self.run_stages if stage(s).kind == "teacher" and self.pending[s]]
 
 
 def available_splits(coco_root: Path) -> list[str]:
-    """Splits with a captions annotation file under ``coco_root/annotations``."""
+    """Splits with a captions (annotated) or image_info (unlabeled) file under ``coco_root/annotations``."""
     ann = coco_root / "annotations"
-    return sorted(p.name[len("captions_"):-len(".json")] for p in ann.glob("captions_*.json")) if ann.is_dir() else []
+    if not ann.is_dir():
+        return []
+    return sorted({p.name.removeprefix(kind).removesuffix(".json") for kind in ("captions_", "image_info_")
+                   for p in ann.glob(f"{kind}*.json")})
 
 
 def check_inputs(config: "BuildConfig") -> Path:
@@ -92,14 +99,23 @@ def check_inputs(config: "BuildConfig") -> Path:
         raise BuildError(f"--device {config.device}: on Ray each teacher actor sees only the GPU it reserved, as "
                          "cuda:0; use --device cuda (or auto), or --executor local to pick a GPU of this machine")
     check_stages(config.stages)
+    if config.images is not None:  # a folder source: the COCO root plays no part
+        folder = Path(config.images).expanduser()
+        if not folder.is_dir():
+            raise BuildError(f"--images {config.images}: not a folder of images")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", config.split) or config.split.endswith("."):
+            raise BuildError(f"--split {config.split!r}: name the folder's split with letters, digits, '_', '-' "
+                             "and '.' (it names a folder of the store)")
+        return folder
     root = Path(config.coco_root).expanduser()
     if not root.is_dir():
         raise BuildError(f"COCO root {str(root)!r} does not exist; pass --coco-root DIR "
                          f"(a folder holding annotations/ and the split's image folder)")
     splits = available_splits(root)
     if config.split not in splits:
-        raise BuildError(f"split {config.split!r} not found under {str(root)!r} "
-                         f"(no annotations/captions_{config.split}.json); splits there: {', '.join(splits) or 'none'}")
+        raise BuildError(f"split {config.split!r} not found under {str(root)!r} (no annotations/captions_"
+                         f"{config.split}.json or image_info_{config.split}.json); splits there: "
+                         f"{', '.join(splits) or 'none'}")
     return root
 
 
@@ -238,6 +254,8 @@ def absolute_paths(config: "BuildConfig") -> "BuildConfig":
         return os.path.abspath(os.path.expanduser(path))  # "~/..." from a config file or --flag=~/...
 
     changes: dict[str, Any] = {"out": local(config.out), "coco_root": local(config.coco_root)}
+    if config.images is not None:
+        changes["images"] = local(config.images)
     for key in ("glove", *(f"{s}_checkpoint" for s in TEACHER_STAGES)):
         value = getattr(config, key)
         if value is not None and os.path.exists(os.path.expanduser(value)):  # else a hub id or gensim name
@@ -284,12 +302,23 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
 
     config = absolute_paths(config)
     root = check_inputs(config)
-    _say(config, f"reading the COCO annotations of {config.split}")  # about half a minute on train2017
     dropped: list[dict[str, Any]] = []
-    try:
-        records = load_split(root, config.split, dropped)
-    except CocoError as e:
-        raise BuildError(str(e)) from None
+    folder = None
+    if config.images is not None:
+        _say(config, f"listing the images under {root}")
+        try:
+            folder = plan_folder(list_images(root), read_id_map(split_dir(Path(config.out), config.split)))
+        except OSError as e:
+            raise BuildError(f"--images {config.images}: cannot list it ({e.strerror or e})") from None
+        records = folder.records
+        if not records:
+            raise BuildError(f"--images {config.images}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
+    else:
+        _say(config, f"reading the COCO annotations of {config.split}")  # about half a minute on train2017
+        try:
+            records = load_split(root, config.split, dropped)
+        except CocoError as e:
+            raise BuildError(str(e)) from None
     if dropped:
         _say(config, f"{len(dropped)} malformed person annotation(s) left out (first: image {dropped[0]['image_id']}, "
                      f"{dropped[0]['reason']}); build-report.json lists them")
@@ -309,6 +338,22 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         derived["tokens"], vocab_path = tokens_params(config, store_root)
     if hold is not None:
         hold(split_path)
+    shards = [shard_name(config.split, k) for k in range(max(1, -(-len(records) // config.shard_size)))]
+    by_shard = {name: records[k * config.shard_size:(k + 1) * config.shard_size]  # records: sorted by image id
+                for k, name in enumerate(shards)}
+    changed: set[str] = set()
+    if folder is not None:
+        digests = shard_digests(by_shard, folder.signatures)
+        changed = {sh for sh in shards if folder.id_map.shards.get(sh) != digests[sh]}
+        if folder.removed:
+            _say(config, f"{len(folder.removed)} image(s) of the id map are gone from the folder (first: "
+                         f"{folder.removed[0]}); their samples are dropped")
+        if hold is not None:  # a build: the changed shards are written again in every column, then the map
+            forget_shards(split_path, changed)
+            folder.id_map.shards = digests
+            write_id_map(split_path, folder.id_map)
+        if folder.added or changed:
+            _say(config, f"{len(folder.added)} new image(s); {len(changed)} of {len(shards)} shard(s) to build")
     if executor is not None and records:  # a cluster's nodes must see what this machine sees, at the same paths
         reads = [str(f.kwargs["checkpoint"]) for f in factories.values()
                  if isinstance(f.kwargs.get("checkpoint"), str) and os.path.exists(f.kwargs["checkpoint"])]
@@ -322,7 +367,6 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
             raise BuildError(problem)
     settings = {s: teacher_settings(f) for s, f in factories.items()}  # read before loading: what was loaded
     recorded = recorded_fingerprints(split_path, settings) if reuse_recorded != "never" else {}
-    shards = [shard_name(config.split, k) for k in range(max(1, -(-len(records) // config.shard_size)))]
     if reuse_recorded == "when_done":  # a teacher is loaded unless its stage has nothing left to do at that version
         recorded = {s: fp for s, fp in recorded.items()
                     if not (config.force and s in chosen)
@@ -332,18 +376,16 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         _say(config, "loading teachers: " + ", ".join(f"{s} {teacher_choice(config, s)[0]}" for s in loaded))
     teacher_fps = {**recorded, **load_teachers(config, loaded, executor if executor is not None else LocalExecutor())}
     teacher_ids = {s: (teacher_choice(config, s)[0], fp) for s, fp in teacher_fps.items()}
-    specs = resolve_specs(config.size, config.shard_size, teacher_ids, derived, config.max_image_pixels)
+    source = {"kind": "folder", "extensions": list(IMAGE_EXTENSIONS)} if folder is not None else None
+    specs = resolve_specs(config.size, config.shard_size, teacher_ids, derived, config.max_image_pixels, source)
     fps = {s: fingerprint(spec) for s, spec in specs.items()}
 
     try:
         active = dict(load_manifest(split_path).columns)
     except StoreError:
         active = {}
-    run_stages = [s.name for s in STAGES
-                  if s.name in chosen or (s.name in needed and active.get(s.name) != fps[s.name])]
-
-    by_shard = {name: records[k * config.shard_size:(k + 1) * config.shard_size]  # records: sorted by image id
-                for k, name in enumerate(shards)}
+    run_stages = [s.name for s in STAGES  # with a folder whose shards changed, every needed stage has work
+                  if s.name in chosen or (s.name in needed and (active.get(s.name) != fps[s.name] or changed))]
 
     pending: dict[str, set[str]] = {}
     for s in run_stages:
@@ -358,4 +400,6 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         if existing.is_file() and not (config.force and "tokens" in chosen):
             vocab_path = str(existing)
     return Plan(config, split_path, shards, by_shard, specs, fps, run_stages, pending, active,
-                loaded, vocab_path, teacher_fps, sorted(recorded, key=TEACHER_STAGES.index), settings, dropped)
+                loaded, vocab_path, teacher_fps, sorted(recorded, key=TEACHER_STAGES.index), settings, dropped,
+                removed_files=folder.removed if folder is not None else [],
+                added_files=len(folder.added) if folder is not None else 0)

@@ -127,22 +127,26 @@ def fingerprint(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
 
 
-def base_params(shard_size: int, max_image_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, Any]:
+def base_params(shard_size: int, max_image_pixels: int = MAX_IMAGE_PIXELS,
+                source: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Parameters of the base stage; everything reads base, so store-wide settings go here.
 
     ``max_image_pixels`` (which images are rejected as too large) enters only when it is not the default, so the
-    stores built before the limit existed, none of whose images it rejects, keep their fingerprints.
+    stores built before the limit existed, none of whose images it rejects, keep their fingerprints; ``source``
+    (the options of a source other than a COCO split) only when there is one, for the same reason.
     """
     params = {"shard_size": int(shard_size), "format": STORE_FORMAT,
               "jpeg_quality": JPEG_QUALITY, "png_compression": PNG_COMPRESSION, "png_encoder": png_encoder()}
     if int(max_image_pixels) != MAX_IMAGE_PIXELS:
         params["max_image_pixels"] = int(max_image_pixels)
+    if source:
+        params["source"] = dict(source)
     return params
 
 
 def resolve_specs(size: int, shard_size: int, teachers: Mapping[str, tuple[str, str]],
-                  derived_params: Mapping[str, Mapping[str, Any]], max_image_pixels: int = MAX_IMAGE_PIXELS
-                  ) -> dict[str, dict[str, Any]]:
+                  derived_params: Mapping[str, Mapping[str, Any]], max_image_pixels: int = MAX_IMAGE_PIXELS,
+                  source: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """The spec of every stage that can be resolved, in graph order, each covering its inputs' fingerprints.
 
     Args:
@@ -153,6 +157,7 @@ def resolve_specs(size: int, shard_size: int, teachers: Mapping[str, tuple[str, 
         derived_params: derived stage -> its parameters (normals scale, vocabulary settings, ...); a derived
             stage left out is not resolved.
         max_image_pixels: the base stage's limit on input images (see :func:`base_params`).
+        source: the options of a source other than a COCO split (see :func:`base_params`).
 
     Returns:
         stage name -> spec; ``fingerprint(spec)`` names the column version.
@@ -164,7 +169,7 @@ def resolve_specs(size: int, shard_size: int, teachers: Mapping[str, tuple[str, 
             continue
         inputs = {i: fps[i] for i in s.inputs}
         if s.kind == "base":
-            spec = stage_spec(s.name, size, base_params(shard_size, max_image_pixels), inputs)
+            spec = stage_spec(s.name, size, base_params(shard_size, max_image_pixels, source), inputs)
         elif s.kind == "teacher":
             if s.name not in teachers:
                 continue

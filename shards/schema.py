@@ -22,6 +22,7 @@ REJECTED_NAME = "rejected.jsonl"
 BUILD_REPORT_NAME = "build-report.json"
 TEACHER_RECORD_NAME = "teachers.json"  # the teachers' fingerprints by settings (pipeline.teacher_record)
 FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")  # a column version: a stage fingerprint, sha256 hex (DESIGN 4)
+SOURCE_IDS_NAME = "ids.json"  # a folder source's file -> id map (pipeline.sources)
 BUILD_LOCK_NAME = "build.lock"  # held by the one build of the split running now; names it (shards.atomic.held)
 
 

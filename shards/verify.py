@@ -25,7 +25,7 @@ from shards.layout import column_dir, column_record_path, shard_path, split_dir
 from shards.manifest import Manifest, StoreError, load_manifest
 from shards.pose import pose_problem
 from shards.schema import (BUILD_LOCK_NAME, BUILD_REPORT_NAME, COLUMN_RECORD_NAME, COLUMNS, MANIFEST_NAME,
-                           REJECTED_NAME, TEACHER_RECORD_NAME, VOCAB_NAME, resolve_shape)
+                           REJECTED_NAME, SOURCE_IDS_NAME, TEACHER_RECORD_NAME, VOCAB_NAME, resolve_shape)
 from shards.streams import TarError, iter_samples, open_regular, read_bytes, whole_samples
 from shards.writer import ShardRecord, file_sha256, read_column_record
 
@@ -120,7 +120,7 @@ def verify_split(root: str | os.PathLike, split: str, columns: Sequence[str] | N
 
 #: what the split folder holds besides its column folders
 _SPLIT_FILES = frozenset({MANIFEST_NAME, VOCAB_NAME, REJECTED_NAME, BUILD_REPORT_NAME, TEACHER_RECORD_NAME,
-                          BUILD_LOCK_NAME})
+                          BUILD_LOCK_NAME, SOURCE_IDS_NAME})
 
 
 def stray_files(path: Path, manifest: Manifest) -> list[str]:

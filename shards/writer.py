@@ -195,6 +195,20 @@ class ColumnWriter:
             atomic_write_json(self.record_path, doc)
         return record
 
+    def forget(self, shards: set[str]) -> int:
+        """Drop the records of ``shards`` (their inputs changed: they are to be written again); returns how many
+        there were."""
+        if not self.record_path.is_file():
+            return 0
+        with locked(self.record_path):
+            doc = self._load()
+            gone = [s for s in doc["shards"] if s in shards]
+            for s in gone:
+                del doc["shards"][s]
+            if gone:
+                atomic_write_json(self.record_path, doc)
+        return len(gone)
+
     def records(self) -> dict[str, ShardRecord]:
         """Every finished shard of this version, by shard name."""
         return parse_column_record(self._load(), self.record_path)

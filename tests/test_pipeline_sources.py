@@ -1,0 +1,183 @@
+"""A split built from a folder of images (`--images DIR`): stable keys, incremental rebuilds, removed files,
+ground truth refused, a damaged id map."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import pipeline_fakes
+from pipeline.build import build_targets
+from pipeline.cli import main as pipeline_main
+from pipeline_store_checks import tar_files
+from shards.manifest import load_manifest
+from shards.verify import verify_split
+
+SPLIT = "factory"
+
+
+@pytest.fixture
+def folder(demo_root: Path, tmp_path: Path) -> Path:
+    """Ten of the demo's photos in nested folders, with names no COCO split has; plus a non-image file."""
+    root = tmp_path / "photos"
+    good = sorted(p for p in (demo_root / "train2017").glob("*.jpg") if p.stat().st_size > 1000)[:10]
+    for i, src in enumerate(good):
+        dst = root / ("line-a" if i % 2 else "line-b") / f"cam{i}.jpg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def config(demo_root: Path, folder: Path):
+    def make(out: Path, **kw):
+        return pipeline_fakes.make_config(demo_root, out, images=str(folder), split=SPLIT, vocab_split=SPLIT,
+                                          shard_size=4, **kw)
+    return make
+
+
+def _ids(out: Path) -> dict[str, int]:
+    return json.loads((out / SPLIT / "ids.json").read_text())["ids"]
+
+
+def test_a_folder_builds_a_store_that_verifies(config, folder: Path, tmp_path: Path, fakes) -> None:
+    out = tmp_path / "store"
+    report = build_targets(config(out))
+    assert report["ok"] and report["samples"] == 10 and report["rejected"] == 0
+    assert not verify_split(out, SPLIT).faults
+    ids = _ids(out)
+    assert sorted(ids) == sorted(str(p.relative_to(folder)) for p in folder.rglob("*.jpg"))
+    assert sorted(ids.values()) == list(range(1, 11))  # numbered in path order from 1
+    assert list(ids) == sorted(ids) and ids["line-a/cam1.jpg"] == 1
+    m = load_manifest(out / SPLIT)
+    assert set(m.columns) == {"base", "depth", "normals", "panoptic", "groups", "text", "caption", "tokens"}
+
+
+def test_added_files_keep_every_key_and_rebuild_only_new_or_changed_shards(config, folder: Path, tmp_path: Path,
+                                                                           demo_root: Path, fakes) -> None:
+    out = tmp_path / "store"
+    assert build_targets(config(out))["ok"]  # 10 images: shards of 4, 4, 2
+    before, tars = _ids(out), tar_files(out / SPLIT)
+    extra = sorted(p for p in (demo_root / "val2017").glob("*.jpg") if p.stat().st_size > 1000)[:3]
+    assert len(extra) == 3
+    for i, src in enumerate(extra):  # "a-first" sorts before every old path: it still gets a new, larger id
+        shutil.copy(src, folder / f"a-first{i}.jpg")
+    fakes.clear()
+    report = build_targets(config(out))
+    after = _ids(out)
+    assert report["ok"] and report["samples"] == 13
+    assert {k: after[k] for k in before} == before  # every existing key kept
+    assert sorted(after[f"a-first{i}.jpg"] for i in range(3)) == [11, 12, 13]
+    runs = {s: st["run"] for s, st in report["stages"].items()}
+    assert runs["base"] == 2 and runs["depth"] == 2  # the last shard (2 -> 4 images) and a new one (1 image)
+    assert fakes["fake-depth"] == 2 + 3  # only their images were predicted again
+    now = tar_files(out / SPLIT)
+    unchanged = [p for p in tars if p.endswith(("-000000.tar", "-000001.tar"))]
+    assert unchanged and all(now[p] == tars[p] for p in unchanged)  # the first shards' bytes untouched
+    assert not verify_split(out, SPLIT).faults
+
+
+def test_a_removed_file_is_reported_and_its_sample_dropped(config, folder: Path, tmp_path: Path, fakes, capsys) -> None:
+    out = tmp_path / "store"
+    assert build_targets(config(out))["ok"]
+    gone = "line-b/cam0.jpg"  # id 6: the second shard
+    (folder / gone).unlink()
+    report = build_targets(config(out))
+    assert report["ok"] and report["samples"] == 9
+    assert report["removed_files"] == [gone]
+    assert gone in _ids(out)  # the id stays taken; the file comes back with its old key
+    assert {s: st["run"] for s, st in report["stages"].items()}["base"] == 2  # its shard and the one after
+    assert not verify_split(out, SPLIT).faults
+
+
+def test_a_changed_file_rebuilds_its_shard(config, folder: Path, tmp_path: Path, fakes) -> None:
+    out = tmp_path / "store"
+    assert build_targets(config(out))["ok"]
+    target = folder / "line-a" / "cam1.jpg"  # id 1: the first shard
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10 ** 9))
+    report = build_targets(config(out))
+    assert {s: st["run"] for s, st in report["stages"].items()}["depth"] == 1
+
+
+def test_ground_truth_teachers_on_a_folder_are_one_line(config, folder: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "store"
+    code = pipeline_main(["build-targets", "--executor", "local", "--images", str(folder), "--split", SPLIT,
+                          "--out", str(out), "--device", "cpu", "--caption-teacher", "caption-gt",
+                          "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "no caption annotations" in err, err
+    assert not out.exists()
+
+
+def test_bad_folder_and_split_names_are_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    for argv in (["--images", str(tmp_path / "missing"), "--split", SPLIT],
+                 ["--images", str(tmp_path / "empty"), "--split", SPLIT],
+                 ["--images", str(tmp_path / "empty"), "--split", "../up"]):
+        code = pipeline_main(["build-targets", "--executor", "local", "--out", str(tmp_path / "out"),
+                              "--no-progress", *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and err.startswith("pipeline: error: "), (argv, err)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d["ids"].update({"../../etc/passwd": 99}),
+    lambda d: d["ids"].update({"dup.jpg": 1}),
+    lambda d: d.update(next="many"),
+    lambda d: d.update(format="other"),
+])
+def test_a_damaged_id_map_is_one_line_and_reads_no_file_outside(config, folder: Path, tmp_path: Path, fakes, capsys,
+                                                                  damage) -> None:
+    out = tmp_path / "store"
+    assert build_targets(config(out))["ok"]
+    path = out / SPLIT / "ids.json"
+    doc = json.loads(path.read_text())
+    damage(doc)
+    path.write_text(json.dumps(doc))
+    code = pipeline_main(["build-targets", "--executor", "local", "--images", str(folder), "--split", SPLIT,
+                          "--out", str(out), "--shard-size", "4", "--size", "64", "--device", "cpu",
+                          "--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic",
+                          "--text-teacher", "fake-text", "--caption-teacher", "fake-caption", "--vocab-split", SPLIT,
+                          "--glove", config(out).glove, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err and "ids.json" in err and "remove it" in err, err
+
+
+@pytest.fixture
+def with_unlabeled(demo_root: Path, tmp_path: Path) -> Path:
+    """The demo COCO root plus an unlabeled2017 split: images and image_info_unlabeled2017.json only."""
+    import cv2
+
+    root = tmp_path / "coco"
+    shutil.copytree(demo_root, root)
+    (root / "unlabeled2017").mkdir()
+    images = []
+    for i, src in enumerate(sorted(p for p in (demo_root / "val2017").glob("*.jpg") if p.stat().st_size > 1000)):
+        h, w = cv2.imread(str(src)).shape[:2]
+        name = f"{500000 + i:012d}.jpg"
+        shutil.copy(src, root / "unlabeled2017" / name)
+        images.append({"id": 500000 + i, "file_name": name, "width": w, "height": h})
+    (root / "annotations" / "image_info_unlabeled2017.json").write_text(json.dumps({"images": images}))
+    return root
+
+
+def test_coco_unlabeled2017_builds_with_train_s_vocabulary(with_unlabeled: Path, tmp_path: Path, fakes,
+                                                          capsys) -> None:
+    out = tmp_path / "store"
+    assert build_targets(pipeline_fakes.make_config(with_unlabeled, out))["ok"]  # train2017: the vocabulary
+    report = build_targets(pipeline_fakes.make_config(with_unlabeled, out, split="unlabeled2017"))
+    n = len(list((with_unlabeled / "unlabeled2017").glob("*.jpg")))
+    assert report["ok"] and report["samples"] == n and n >= 3
+    assert not verify_split(out, "unlabeled2017").faults
+    assert (out / "unlabeled2017" / "vocab.json").read_bytes() == (out / "train2017" / "vocab.json").read_bytes()
+    code = pipeline_main(["build-targets", "--executor", "local", "--coco-root", str(with_unlabeled), "--split",
+                          "unlabeled2017", "--out", str(tmp_path / "gt"), "--device", "cpu",
+                          "--panoptic-teacher", "panoptic-gt", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "no panoptic annotations" in err, err
