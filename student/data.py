@@ -282,6 +282,96 @@ def open_split(root: str | os.PathLike, split: str, *, train: bool, batch_size: 
     return StudentDataset(reader, transform, batch_size)
 
 
+def parse_mix(value: str) -> dict[str, float]:
+    """``"train2017"`` -> {train2017: 1}; ``"train2017:3,unlabeled2017:1"`` -> each split with its weight.
+
+    Raises:
+        ValueError: a weight that is not a positive number, a split named twice, no split.
+    """
+    mix: dict[str, float] = {}
+    for part in (p.strip() for p in value.split(",")):
+        name, _, weight = part.partition(":")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            w = -1.0
+        if not name or not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"--train-split {value!r}: give SPLIT or SPLIT:WEIGHT,SPLIT:WEIGHT,... with positive "
+                             "weights")
+        if name in mix:
+            raise ValueError(f"--train-split {value!r}: split {name} is named twice")
+        mix[name] = w
+    return mix
+
+
+class MixedReader:
+    """The samples of several splits, each draw from split s with probability weight(s) / sum of the weights:
+    every split's reader is an endless resampled stream, and a seeded draw (per epoch and loader worker) picks
+    which one gives the next sample. Looks like a ``StoreReader`` to :class:`StudentDataset`.
+    """
+
+    def __init__(self, readers: dict[str, StoreReader], weights: dict[str, float], seed: int = 0) -> None:
+        self.readers, self.weights, self.seed = readers, weights, seed
+        self.epoch = 0
+        first = next(iter(readers.values())).manifest
+        self.manifest = Manifest(split="+".join(readers), size=first.size, shard_size=first.shard_size,
+                                 shards=[e for r in readers.values() for e in r.manifest.shards])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for r in self.readers.values():
+            r.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import random
+
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"mix:{self.seed}:{self.epoch}:{info.id if info is not None else 0}")
+        names = list(self.readers)
+        streams = {s: iter(r) for s, r in self.readers.items()}
+        weights = [self.weights[s] for s in names]
+        while True:
+            split = rng.choices(names, weights)[0]
+            yield {**next(streams[split]), "__split__": split}
+
+
+def open_mixed(root: str | os.PathLike, mix: dict[str, float], *, batch_size: int = 32, seed: int = 0,
+               shuffle_buffer: int = 256, sizes: TargetSizes = TargetSizes(),
+               augment: AugmentConfig | None = AugmentConfig(), multihot_vocab: int = 0, rank: int | None = None,
+               world_size: int | None = None) -> StudentDataset:
+    """The training dataset of several splits of one store drawn as ``mix`` weighs them (see :class:`MixedReader`).
+
+    Raises:
+        StoreError: a split is missing or lacks a column, has no samples, or has another store size or another
+            vocabulary than the first (their tokens would mean other words).
+    """
+    parts = {s: open_split(root, s, train=True, batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer,
+                           sizes=sizes, augment=augment, multihot_vocab=multihot_vocab, rank=rank,
+                           world_size=world_size, one_pass=False) for s in mix}
+    first = next(iter(parts))
+    vocab = {s: _vocab_bytes(root, s) for s in parts}
+    for s, ds in parts.items():
+        if ds.manifest.num_samples == 0:
+            raise StoreError(f"split {s!r} of store {root} has no samples to draw")
+        if ds.manifest.size != parts[first].manifest.size:
+            raise StoreError(f"splits {first} and {s} of store {root} have {parts[first].manifest.size}- and "
+                             f"{ds.manifest.size}-pixel samples; mixed splits must share the store size")
+        if vocab[s] != vocab[first]:
+            raise StoreError(f"splits {first} and {s} of store {root} have different vocab.json files: their tokens "
+                             f"name other words; build {s} with --vocab-split {first}")
+    reader = MixedReader({s: ds.reader for s, ds in parts.items()}, mix, seed)
+    return StudentDataset(reader, parts[first].transform, batch_size)  # type: ignore[arg-type]
+
+
+def _vocab_bytes(root: str | os.PathLike, split: str) -> bytes | None:
+    from shards.streams import join, read_bytes
+
+    try:
+        return read_bytes(join(root, split, "vocab.json"))
+    except OSError:
+        return None
+
+
 def skip_remainder(skip_batches: int, workers: int) -> int:
     """Batches a resumed loader still yields before the saved position (see ``StudentDataset.set_epoch``)."""
     return skip_batches % max(1, workers)

@@ -258,7 +258,8 @@ def find_vocabulary(args: argparse.Namespace, extra: dict) -> Vocabulary | None:
         candidates.append(named)
     train = extra.get("train_cfg") or {}
     if isinstance(train, dict) and train.get("shards"):
-        candidates.append(Path(train["shards"]) / train.get("train_split", "train2017") / VOCAB_NAME)
+        first = str(train.get("train_split", "train2017")).split(",")[0].split(":")[0]  # of a mix, the first
+        candidates.append(Path(train["shards"]) / first / VOCAB_NAME)
     for path in candidates:
         if path.is_file():
             try:

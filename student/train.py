@@ -33,8 +33,8 @@ from student.checkpoint import (CheckpointError, check_fits, load_problem, load_
                                 save_checkpoint, saved_model_config)
 from student.cli import resolve_device
 from student.config import MODELS, ModelConfig, TrainConfig
-from student.data import (StudentDataset, close_loader, error_line, exit_code, make_loader, open_split,
-                          skip_remainder, to_device)
+from student.data import (StudentDataset, close_loader, error_line, exit_code, make_loader, open_mixed, open_split,
+                          parse_mix, skip_remainder, to_device)
 from student.loss import compute_loss, paper_loss
 from student.metrics import MetricSums, image_panel
 from student.model import YMapNet
@@ -210,10 +210,19 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
     torch.manual_seed(cfg.seed)
     recipe = cfg.recipe
     sizes = recipe.target_sizes()
-    train_ds = open_split(cfg.shards, cfg.train_split, train=True, batch_size=recipe.batch_size, seed=cfg.seed,
-                          shuffle_buffer=cfg.shuffle_buffer, sizes=sizes,
-                          augment=recipe.augmentation if recipe.augment else None,
-                          one_pass=not cfg.steps_per_epoch)  # --steps-per-epoch N: N draws per epoch instead
+    mix = parse_mix(cfg.train_split)
+    if len(mix) > 1:  # several splits drawn by weight: an endless stream, so epochs are counted in steps
+        if not cfg.steps_per_epoch:
+            raise ValueError(f"--train-split {cfg.train_split}: mixed splits are drawn, not passed over; give "
+                             "--steps-per-epoch N")
+        train_ds = open_mixed(cfg.shards, mix, batch_size=recipe.batch_size, seed=cfg.seed,
+                              shuffle_buffer=cfg.shuffle_buffer, sizes=sizes,
+                              augment=recipe.augmentation if recipe.augment else None)
+    else:
+        train_ds = open_split(cfg.shards, next(iter(mix)), train=True, batch_size=recipe.batch_size, seed=cfg.seed,
+                              shuffle_buffer=cfg.shuffle_buffer, sizes=sizes,
+                              augment=recipe.augmentation if recipe.augment else None,
+                              one_pass=not cfg.steps_per_epoch)  # --steps-per-epoch N: N draws per epoch instead
     val_ds = open_split(cfg.shards, cfg.val_split, train=False, batch_size=recipe.batch_size, sizes=sizes)
     for split, ds in ((cfg.train_split, train_ds), (cfg.val_split, val_ds)):
         if ds.manifest.num_samples == 0:  # the loaders would wait forever for a first batch
@@ -554,7 +563,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config)."""
     s = argparse.SUPPRESS
     parser.add_argument("--shards", default=s, help="store root (default shards)")
-    parser.add_argument("--train-split", default=s, help="training split (default train2017)")
+    parser.add_argument("--train-split", default=s,
+                        help="training split (default train2017), or several with weights, SPLIT:W,SPLIT:W (e.g. "
+                             "train2017:3,unlabeled2017:1: three draws in four from train2017; needs "
+                             "--steps-per-epoch; the splits must share vocab.json)")
     parser.add_argument("--val-split", default=s, help="validation split (default val2017)")
     parser.add_argument("--out", default=s, help="run folder for checkpoints and TensorBoard (default runs/student)")
     parser.add_argument("--model", choices=MODELS, default=s,
