@@ -23,6 +23,20 @@ for SPLIT in train2017 val2017; do  # val reuses train's vocabulary, so train go
     --glove "$DEMO/glove/glove.demo.300d.txt"
   "$BIN/shards" --shards "$STORE" --split "$SPLIT" verify
 done
+echo "== distil your own images: a folder of photos without annotations and a short video, model teachers only"
+echo "==   (TINY RANDOM Mask2Former and VisionGPT2, so their panoptic and captions are noise; vocabulary: train's)"
+PAN_CKPT=$("$BIN/python" -c "from teachers.tiny import save_tiny_checkpoint; \
+print(save_tiny_checkpoint('mask2former', '$DEMO/checkpoints/mask2former'))" 2>/dev/null)
+CAP_CKPT=$("$BIN/python" -c "from teachers.tiny import save_tiny_checkpoint; \
+print(save_tiny_checkpoint('visiongpt2', '$DEMO/checkpoints/visiongpt2'))" 2>/dev/null)
+for SPLIT in photos robot; do
+  if [ "$SPLIT" = photos ]; then SOURCE=(--images "$DEMO/val2017"); else SOURCE=(--videos "$DEMO/videos" --frame-step 4); fi
+  "$BIN/pipeline" build-targets --executor local --out "$STORE" "${SOURCE[@]}" --split "$SPLIT" --shard-size 8 \
+    --device cpu --batch-size 4 --depth-teacher depth-anything-v2 --depth-checkpoint "$DEPTH_CKPT" \
+    --panoptic-teacher mask2former --panoptic-checkpoint "$PAN_CKPT" --text-teacher rapidocr \
+    --caption-teacher visiongpt2 --caption-checkpoint "$CAP_CKPT" --glove "$DEMO/glove/glove.demo.300d.txt"
+  "$BIN/shards" --shards "$STORE" --split "$SPLIT" verify
+done
 "$BIN/pipeline" status --out "$STORE" --split train2017  # the other settings come from the last build
 "$BIN/shards" --shards "$STORE" --split train2017 show 397133 --out "$STORE/contact-sheet-397133.png"
 "$BIN/shards" --shards "$STORE" --split train2017 report --out "$DEMO/report" --no-progress  # open index.html

@@ -45,6 +45,13 @@ def _add_build_flags(p: argparse.ArgumentParser, verb: str = "build") -> None:
                    help="build the split from a folder of images (recursive: jpg, png, webp, bmp, tif), not from a "
                         "COCO split; --split names it. Keys are kept in <out>/<split>/ids.json: files added later "
                         "get new keys and only the shards that changed are built again")
+    p.add_argument("--videos", default=S, metavar="PATH",
+                   help="build the split from the frames of a video, or of every video in a folder (recursive: mp4, "
+                        "avi, mov, mkv, webm, m4v): each sampled frame a sample, its video and time in meta.json")
+    p.add_argument("--frame-step", dest="frame_step", type=int, default=S,
+                   help="with --videos: take every N-th frame (default: by --video-fps)")
+    p.add_argument("--video-fps", dest="video_fps", type=float, default=S,
+                   help=f"with --videos: frames taken per second of video (default {DEFAULTS.video_fps:g})")
     p.add_argument("--split", default=S, help=f"split to build (default {DEFAULTS.split})")
     p.add_argument("--out", default=S, help=f"store root (default {DEFAULTS.out})")
     p.add_argument("--stages", default=S, type=lambda t: tuple(s for s in t.split(",") if s),
@@ -285,7 +292,7 @@ def _check_paths(config: BuildConfig) -> None:
     from pipeline.plan import check_inputs
 
     root = check_inputs(config).resolve()
-    if config.images is None and not (root / config.split).is_dir():
+    if config.images is None and config.videos is None and not (root / config.split).is_dir():
         raise BuildError(f"image folder {root / config.split} does not exist; unzip COCO's {config.split}.zip "
                          f"into {root}")
     if config.executor == "local" and str(config.device).startswith("cuda"):  # a Ray cluster may have GPUs elsewhere

@@ -50,6 +50,8 @@ class ImageRecord:
     crowd: list[dict[str, Any]] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
     panoptic: dict[str, Any] | None = None
+    frame: int | None = None  # a video source's frame: ``path`` is the video, ``file_name`` "video@frame"
+    time: float | None = None  # that frame's time in seconds
 
     def to_record(self) -> dict[str, Any]:
         """JSON-able dict of the record (what ground-truth teachers receive as ``TeacherInput.record``)."""
@@ -59,6 +61,7 @@ class ImageRecord:
             "persons": [dict(p) for p in self.persons], "crowd": [dict(c) for c in self.crowd],
             "captions": list(self.captions),
             "panoptic": None if self.panoptic is None else dict(self.panoptic),
+            **({"frame": self.frame, "time": self.time} if self.frame is not None else {}),
         }
 
     @classmethod

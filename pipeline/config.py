@@ -20,6 +20,9 @@ class BuildConfig:
 
     coco_root: str = "data/coco"
     images: str | None = None  # a folder of images to build the split from, instead of a COCO split
+    videos: str | None = None  # a video, or a folder of videos, whose sampled frames make the split
+    frame_step: int = 0  # videos: every N-th frame (0: by video_fps)
+    video_fps: float = 1.0  # videos: frames per second of video taken, when frame_step is 0
     split: str = "train2017"
     out: str = "shards"
     stages: tuple[str, ...] = ()  # empty: every stage; else these stages and their dependants

@@ -23,8 +23,8 @@ from pipeline.nodes import check_nodes
 from pipeline.stages import STAGES, TEACHER_STAGES, ancestors, dependants, fingerprint, resolve_specs, stage
 from pipeline.targets.tokens import check_glove_file
 from pipeline.teacher_record import recorded_fingerprints, teacher_settings
-from pipeline.sources import (IMAGE_EXTENSIONS, forget_shards, list_images, plan_folder, read_id_map, shard_digests,
-                              write_id_map)
+from pipeline.sources import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, forget_shards, list_images, list_video_frames,
+                              plan_folder, read_id_map, shard_digests, write_id_map)
 from pipeline.units import rejected_path
 
 if TYPE_CHECKING:
@@ -99,9 +99,17 @@ def check_inputs(config: "BuildConfig") -> Path:
         raise BuildError(f"--device {config.device}: on Ray each teacher actor sees only the GPU it reserved, as "
                          "cuda:0; use --device cuda (or auto), or --executor local to pick a GPU of this machine")
     check_stages(config.stages)
-    if config.images is not None:  # a folder source: the COCO root plays no part
-        folder = Path(config.images).expanduser()
-        if not folder.is_dir():
+    if config.images is not None and config.videos is not None:
+        raise BuildError("--images and --videos: give one source per split")
+    if config.videos is not None:
+        if int(config.frame_step) < 0 or not (math.isfinite(config.video_fps) and config.video_fps > 0):
+            raise BuildError(f"--frame-step must be >= 0 and --video-fps > 0, got {config.frame_step} and "
+                             f"{config.video_fps}")
+        if not os.path.exists(os.path.expanduser(config.videos)):
+            raise BuildError(f"--videos {config.videos}: no such video file or folder")
+    if config.images is not None or config.videos is not None:  # a folder source: the COCO root plays no part
+        folder = Path(config.images or config.videos).expanduser()
+        if config.images is not None and not folder.is_dir():
             raise BuildError(f"--images {config.images}: not a folder of images")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", config.split) or config.split.endswith("."):
             raise BuildError(f"--split {config.split!r}: name the folder's split with letters, digits, '_', '-' "
@@ -254,8 +262,9 @@ def absolute_paths(config: "BuildConfig") -> "BuildConfig":
         return os.path.abspath(os.path.expanduser(path))  # "~/..." from a config file or --flag=~/...
 
     changes: dict[str, Any] = {"out": local(config.out), "coco_root": local(config.coco_root)}
-    if config.images is not None:
-        changes["images"] = local(config.images)
+    for key in ("images", "videos"):
+        if getattr(config, key) is not None:
+            changes[key] = local(getattr(config, key))
     for key in ("glove", *(f"{s}_checkpoint" for s in TEACHER_STAGES)):
         value = getattr(config, key)
         if value is not None and os.path.exists(os.path.expanduser(value)):  # else a hub id or gensim name
@@ -304,15 +313,19 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
     root = check_inputs(config)
     dropped: list[dict[str, Any]] = []
     folder = None
-    if config.images is not None:
-        _say(config, f"listing the images under {root}")
+    if config.images is not None or config.videos is not None:
+        flag, what = ("--images", "image files") if config.images is not None else ("--videos", "readable videos")
+        _say(config, f"listing the {what} under {root}")
         try:
-            folder = plan_folder(list_images(root), read_id_map(split_dir(Path(config.out), config.split)))
+            listing = (list_images(root) if config.images is not None
+                       else list_video_frames(root, int(config.frame_step), float(config.video_fps)))
+            folder = plan_folder(listing, read_id_map(split_dir(Path(config.out), config.split)))
         except OSError as e:
-            raise BuildError(f"--images {config.images}: cannot list it ({e.strerror or e})") from None
+            raise BuildError(f"{flag} {root}: cannot list it ({e.strerror or e})") from None
         records = folder.records
         if not records:
-            raise BuildError(f"--images {config.images}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
+            exts = IMAGE_EXTENSIONS if config.images is not None else VIDEO_EXTENSIONS
+            raise BuildError(f"{flag} {root}: no {what} ({', '.join(exts)}) in it")
     else:
         _say(config, f"reading the COCO annotations of {config.split}")  # about half a minute on train2017
         try:
@@ -376,7 +389,12 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         _say(config, "loading teachers: " + ", ".join(f"{s} {teacher_choice(config, s)[0]}" for s in loaded))
     teacher_fps = {**recorded, **load_teachers(config, loaded, executor if executor is not None else LocalExecutor())}
     teacher_ids = {s: (teacher_choice(config, s)[0], fp) for s, fp in teacher_fps.items()}
-    source = {"kind": "folder", "extensions": list(IMAGE_EXTENSIONS)} if folder is not None else None
+    source = None
+    if config.images is not None:
+        source = {"kind": "folder", "extensions": list(IMAGE_EXTENSIONS)}
+    elif config.videos is not None:
+        source = {"kind": "video", "extensions": list(VIDEO_EXTENSIONS), "frame_step": int(config.frame_step),
+                  "fps": 0.0 if config.frame_step else float(config.video_fps)}
     specs = resolve_specs(config.size, config.shard_size, teacher_ids, derived, config.max_image_pixels, source)
     fps = {s: fingerprint(spec) for s, spec in specs.items()}
 

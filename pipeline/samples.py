@@ -98,10 +98,18 @@ def base_sample(record: ImageRecord | Mapping[str, Any], size: int = DEFAULT_STO
         RejectedImage: the image cannot be used; ``.reason`` is the rejected.jsonl reason.
     """
     rec = _as_record(record)
-    image = _image_in_annotation_frame(rec, max_pixels)
+    if rec.frame is not None:
+        from pipeline.sources import read_video_frame
+
+        check_image_path(rec)
+        image = read_video_frame(rec.path, rec.frame, max_pixels)
+    else:
+        image = _image_in_annotation_frame(rec, max_pixels)
     h, w = image.shape[:2]
     box = Letterbox.fit(w, h, size)
     meta = {"id": rec.image_id, "file_name": rec.file_name, **box.to_meta()}
+    if rec.frame is not None:  # where in which video (file_name is "<video>@<frame>")
+        meta.update(video=rec.file_name.rpartition("@")[0], frame=rec.frame, time=rec.time)
     pose = {"persons": [_person_to_store(p, box) for p in rec.persons],
             "crowd": [_crowd_to_store(c, box) for c in rec.crowd]}
     return {"jpg": letterbox_image(image, box), "meta.json": meta, "pose.json": pose}, image

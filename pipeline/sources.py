@@ -29,6 +29,7 @@ from pipeline.coco import ImageRecord
 
 #: the file types a folder source takes (case-insensitive), those OpenCV decodes
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 IDS_FORMAT = "ymap-ids/1"
 MAX_ID = 10 ** KEY_DIGITS - 1
 
@@ -39,10 +40,12 @@ class FolderListing:
 
     root: Path
     files: list[tuple[str, int, int]] = field(default_factory=list)
+    frames: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # "video@frame" -> (video, frame, time)
 
 
-def list_images(root: str | os.PathLike) -> FolderListing:
-    """Every image file under ``root`` (recursive; symlinks and hidden entries are not followed or taken)."""
+def list_images(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> FolderListing:
+    """Every file of ``extensions`` under ``root`` (recursive; symlinks and hidden entries are not followed or
+    taken)."""
     root = Path(root)
     out = FolderListing(root)
 
@@ -54,13 +57,88 @@ def list_images(root: str | os.PathLike) -> FolderListing:
                 name = f"{rel}{e.name}"
                 if e.is_dir(follow_symlinks=False):
                     yield from walk(e.path, name + "/")
-                elif e.name.lower().endswith(IMAGE_EXTENSIONS):
+                elif e.name.lower().endswith(extensions):
                     st = e.stat(follow_symlinks=False)
                     if stat.S_ISREG(st.st_mode):
                         yield name, st.st_size, st.st_mtime_ns
 
     out.files = sorted(walk(str(root), ""))
     return out
+
+
+def list_video_frames(root: str | os.PathLike, frame_step: int = 0, fps: float = 0.0) -> FolderListing:
+    """The sampled frames of every video under ``root`` (a folder, searched as ``list_images`` does, or one
+    video file): every ``frame_step``-th frame, or ``fps`` frames per second of the video's own rate (default:
+    one per second). Each frame is an entry ``"<video>@<frame, 7 digits>"`` with the video's size and mtime."""
+    import cv2
+
+    root = Path(root)
+    if root.is_file():
+        videos = FolderListing(root.parent)
+        st = root.stat()
+        videos.files = [(root.name, st.st_size, st.st_mtime_ns)]
+    else:
+        videos = list_images(root, VIDEO_EXTENSIONS)
+    out = FolderListing(videos.root)
+    for name, size, mtime in videos.files:
+        cap = cv2.VideoCapture(str(videos.root / name))
+        try:
+            count, rate = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        finally:
+            cap.release()
+        if count <= 0 or rate <= 0:
+            continue  # not a video OpenCV can read: the build says how many it took
+        step = frame_step if frame_step > 0 else max(1, round(rate / (fps if fps > 0 else 1.0)))
+        for frame in range(0, count, step):
+            key = f"{name}@{frame:07d}"
+            out.files.append((key, size, mtime))
+            out.frames[key] = (name, frame, round(frame / rate, 6))
+    return out
+
+
+class _VideoReader:
+    """The frames of one video at a time, read forward (a shard's frames come in order); one per process."""
+
+    path: str | None = None
+    cap: Any = None
+    pos = 0
+
+
+def read_video_frame(path: str, frame: int, max_pixels: int) -> Any:
+    """Frame ``frame`` of the video at ``path`` as RGB uint8.
+
+    Raises:
+        RejectedImage: the video cannot be opened, holds no such frame, or its frames exceed ``max_pixels``.
+    """
+    import cv2
+
+    from shards.images import RejectedImage
+
+    r = _VideoReader
+    if r.path != path or frame < r.pos:
+        if r.cap is not None:
+            r.cap.release()
+        r.cap, r.path, r.pos = cv2.VideoCapture(path), path, 0
+        if not r.cap.isOpened():
+            r.path = None
+            raise RejectedImage("undecodable", f"{path}: not a video OpenCV can read")
+        w, h = int(r.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(r.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if w * h > max_pixels:
+            r.path = None
+            raise RejectedImage("too-large", f"{path}: {w}x{h} frames are over {max_pixels} pixels")
+        if frame > 0:
+            r.cap.set(cv2.CAP_PROP_POS_FRAMES, frame)
+            r.pos = int(r.cap.get(cv2.CAP_PROP_POS_FRAMES))
+    while r.pos < frame:  # forward to it
+        if not r.cap.grab():
+            break
+        r.pos += 1
+    ok, bgr = r.cap.read() if r.pos == frame else (False, None)
+    if not ok or bgr is None:
+        r.path = None
+        raise RejectedImage("truncated", f"{path}: no frame {frame}")
+    r.pos = frame + 1
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 @dataclass
@@ -147,7 +225,12 @@ def plan_folder(listing: FolderListing, old: IdMap) -> FolderPlan:
     records, signatures = [], {}
     for name, size, mtime in listing.files:
         i = ids[name]
-        records.append(ImageRecord(image_id=i, file_name=name, path=str(root / name), width=0, height=0))
+        if name in listing.frames:
+            video, frame, time = listing.frames[name]
+            records.append(ImageRecord(image_id=i, file_name=name, path=str(root / video), width=0, height=0,
+                                       frame=frame, time=time))
+        else:
+            records.append(ImageRecord(image_id=i, file_name=name, path=str(root / name), width=0, height=0))
         signatures[i] = f"{name}\t{size}\t{mtime}"
     records.sort(key=lambda r: r.image_id)
     return FolderPlan(records, IdMap(ids, nxt, dict(old.shards)), signatures, added, removed)

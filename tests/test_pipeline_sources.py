@@ -3,6 +3,7 @@ ground truth refused, a damaged id map."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -181,3 +182,49 @@ def test_coco_unlabeled2017_builds_with_train_s_vocabulary(with_unlabeled: Path,
                           "--panoptic-teacher", "panoptic-gt", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "no panoptic annotations" in err, err
+
+
+def _write_video(path: Path, frames: int = 30, fps: float = 10.0) -> None:
+    """An MJPEG AVI whose frame i is a flat grey of level 8 * i (64x48)."""
+    import cv2
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    assert out.isOpened()
+    for i in range(frames):
+        out.write(np.full((48, 64, 3), 8 * i, np.uint8))
+    out.release()
+
+
+def test_a_video_s_sampled_frames_are_samples_with_their_times(demo_root: Path, tmp_path: Path, fakes) -> None:
+    from shards.reader import StoreReader
+
+    videos = tmp_path / "videos"
+    _write_video(videos / "robot" / "run1.avi")
+    out = tmp_path / "store"
+    cfg = pipeline_fakes.make_config(demo_root, out, videos=str(videos), frame_step=5, split="robot",
+                                     vocab_split="robot", shard_size=4)
+    report = build_targets(cfg)
+    assert report["ok"] and report["samples"] == 6 and report["rejected"] == 0  # frames 0, 5, ..., 25
+    assert not verify_split(out, "robot").faults
+    metas = [s["meta.json"] for s in StoreReader(out, "robot", ["base"])]
+    assert [(m["video"], m["frame"], m["time"]) for m in metas] == [("robot/run1.avi", f, f / 10) for f in
+                                                                    range(0, 30, 5)]
+    for s in StoreReader(out, "robot", ["base"]):  # the right frame: its grey level, inside the letterbox
+        m = s["meta.json"]
+        (x0, y0), (w, h) = m["offset"], m["resized"]
+        level = float(s["jpg"][y0 + 2:y0 + h - 2, x0 + 2:x0 + w - 2].mean())
+        assert abs(level - 8 * m["frame"]) < 4, (m["frame"], level)
+    ids = _ids_of(out, "robot")
+    _write_video(videos / "robot" / "run2.avi", frames=10)  # a second video: new keys after the first's
+    report = build_targets(cfg)
+    assert report["ok"] and report["samples"] == 8
+    after = _ids_of(out, "robot")
+    assert {k: after[k] for k in ids} == ids and sorted(after[k] for k in after if "run2" in k) == [7, 8]
+    two_fps = dataclasses.replace(cfg, frame_step=0, video_fps=2.0, out=str(tmp_path / "fps"))
+    assert build_targets(two_fps)["samples"] == 8  # 10 fps video, 2 per second: every 5th frame again
+
+
+def _ids_of(out: Path, split: str) -> dict[str, int]:
+    return json.loads((out / split / "ids.json").read_text())["ids"]

@@ -79,7 +79,7 @@ def make_demo(out_dir: str | Path) -> Path:
         FileExistsError: ``out_dir`` holds such folders that make_demo did not write.
     """
     root = Path(out_dir)
-    subfolders = ("train2017", "val2017", "annotations", "glove")
+    subfolders = ("train2017", "val2017", "annotations", "glove", "videos")
     if not (root / MARKER).is_file() and any((root / sub).exists() for sub in subfolders):
         raise FileExistsError(f"{root} already holds a COCO-like tree that make_demo did not write; "
                               "choose an empty --out folder")
@@ -97,8 +97,26 @@ def make_demo(out_dir: str | Path) -> Path:
             all_captions.extend(scene.captions)
         builder.write()
     _write_glove(root / GLOVE_FILE, all_captions)
+    write_pan_video(root / "videos" / "pan.avi", root / "val2017")
     (root / MARKER).write_text("written by pipeline.demo.make_demo; rebuilt in place on every run\n")
     return root
+
+
+def write_pan_video(path: Path, photos: Path, frames: int = 24, fps: float = 8.0) -> Path:
+    """A short MJPEG video panning across the first demo photo of ``photos`` (a camera moving along a scene):
+    the demo's video source. Deterministic bytes."""
+    import cv2
+
+    photo = next(cv2.imread(str(p)) for p in sorted(photos.glob("*.jpg")) if cv2.imread(str(p)) is not None)
+    h, w = photo.shape[:2]
+    big = cv2.resize(photo, (w * 2, h * 2), interpolation=cv2.INTER_LINEAR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for i in range(frames):  # the window slides from the top-left quarter to the bottom-right one
+        x, y = round(w * i / (frames - 1)), round(h * i / (frames - 1))
+        out.write(np.ascontiguousarray(big[y:y + h, x:x + w]))
+    out.release()
+    return path
 
 
 def bad_files(split: str = "train2017") -> dict[str, str]:
