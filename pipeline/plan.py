@@ -411,7 +411,7 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
             pending[s] = set(shards)
             continue
         done = ColumnWriter(split_path, s, fps[s]).done_shards(shards, threads=HASH_THREADS)
-        pending[s] = {sh for sh in shards if sh not in done
+        pending[s] = {sh for sh in shards if sh not in done or sh in changed  # changed: a folder's files moved
                       or (s == "base" and not rejected_path(split_path, fps[s], sh).is_file())}
     if "tokens" in run_stages and vocab_path is None:
         existing = column_dir(split_path, "tokens", fps["tokens"]) / VOCAB_NAME

@@ -228,3 +228,17 @@ def test_a_video_s_sampled_frames_are_samples_with_their_times(demo_root: Path, 
 
 def _ids_of(out: Path, split: str) -> dict[str, int]:
     return json.loads((out / split / "ids.json").read_text())["ids"]
+
+
+def test_status_counts_the_shards_whose_files_changed(config, folder: Path, tmp_path: Path, demo_root: Path,
+                                                      fakes) -> None:
+    from pipeline.status import split_status
+
+    out = tmp_path / "store"
+    assert build_targets(config(out))["ok"]
+    assert {r["state"] for r in split_status(config(out))["stages"]} == {"current"}
+    shutil.copy(next(p for p in sorted((demo_root / "val2017").glob("*.jpg")) if p.stat().st_size > 1000),
+                folder / "late.jpg")
+    rows = {r["stage"]: r for r in split_status(config(out))["stages"]}
+    assert rows["base"]["state"] == "incomplete" and rows["base"]["done"] == 2  # of 3: the last one changed
+    assert not (out / SPLIT / "ids.json").read_text().count("late.jpg")  # status writes nothing
