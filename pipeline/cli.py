@@ -247,12 +247,13 @@ def _build_targets(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     from pipeline.diff import DiffError, diff_sheet, diff_versions, resolve_versions, summary_lines, write_diff
 
-    if args.top < 0:
-        raise BuildError(f"--top must be >= 0, got {args.top}")
+    if args.top < 0 or args.max_samples < 0:
+        raise BuildError(f"--top and --max-samples must be >= 0, got {args.top} and {args.max_samples}")
     try:
         pair = resolve_versions(args.out, args.split, args.stage, args.old, args.new)
         diff, worst = diff_versions(args.out, args.split, pair, top=args.top,
-                                    progress=args.progress and sys.stderr.isatty())
+                                    progress=args.progress and sys.stderr.isatty(), max_samples=args.max_samples,
+                                    seed=args.seed)
     except StoreFault:  # a damaged store: exit 1, as `shards verify`
         raise
     except (DiffError, StoreError) as e:
@@ -427,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "newest version on disk other than --to")
     p.add_argument("--to", dest="new", default=None, metavar="FP", help="the newer version; default: the active one")
     p.add_argument("--top", type=int, default=8, help="samples on the contact sheet, the most changed (default 8)")
+    p.add_argument("--max-samples", type=int, default=0,
+                   help="compare this many samples, the first ones of up to 32 seeded shards (default 0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of that draw (default 0)")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="folder for diff.json and diff-sheet.png (default diff-<split>-<stage>)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

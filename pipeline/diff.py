@@ -209,35 +209,44 @@ class Diff:
                 "overall": self.overall, "samples": self.samples}
 
 
-def _pairs(root: str | os.PathLike, split: str, pair: VersionPair, columns: list[str]
-           ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """The samples of both versions side by side (the other columns read once, from the first)."""
-    old = StoreReader(root, split, columns, versions={pair.stage: pair.old}, remainder="uneven")
-    new = StoreReader(root, split, [pair.stage], versions={pair.stage: pair.new}, remainder="uneven")
-    for a, b in zip(old, new, strict=True):
-        if a["__key__"] != b["__key__"]:
-            raise DiffError(f"the two versions hold different samples ({a['__key__']} vs {b['__key__']})")
-        yield a, b
+def _pairs(root: str | os.PathLike, split: str, pair: VersionPair, columns: list[str],
+           plan: list[tuple[str, int]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """The samples of both versions side by side (the other columns read once, from the first), the first
+    ``take`` samples of each ``(shard, take)`` of ``plan``."""
+    old = StoreReader(root, split, columns, versions={pair.stage: pair.old}, rank=0, world_size=1)
+    new = StoreReader(root, split, [pair.stage], versions={pair.stage: pair.new}, rank=0, world_size=1)
+    for shard, take in plan:
+        for i, (a, b) in enumerate(zip(old.read_shard(shard), new.read_shard(shard), strict=True)):
+            if i >= take:
+                break
+            if a["__key__"] != b["__key__"]:
+                raise DiffError(f"the two versions hold different samples ({a['__key__']} vs {b['__key__']})")
+            yield a, b
 
 
-def diff_versions(root: str | os.PathLike, split: str, pair: VersionPair, top: int = 8,
-                  progress: bool = False) -> tuple[Diff, list[tuple[dict[str, Any], dict[str, Any]]]]:
-    """Compare the two versions over every sample; returns the diff and the ``top`` most changed sample pairs
-    (old with the base column, new), for the contact sheet."""
+def diff_versions(root: str | os.PathLike, split: str, pair: VersionPair, top: int = 8, progress: bool = False,
+                  max_samples: int = 0, seed: int = 0) -> tuple[Diff, list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """Compare the two versions over every sample (or ``max_samples`` of them, drawn as ``shards report`` draws:
+    the first samples of up to 32 seeded shards); returns the diff and the ``top`` most changed sample pairs (old
+    with the base column, new), for the contact sheet."""
+    from shards.report import sample_plan
+
     stage = pair.stage
     columns = ["base", stage]  # the image beside every target, and its letterbox
     diff = Diff(split, pair)
     label_key = {"panoptic": "panoptic.png", "groups": "groups.png"}.get(stage)
     joint = np.zeros((256, 256), np.int64)
     worst: list[tuple[float, str, dict, dict]] = []
-    total = sum(e.count for e in load_manifest(split_dir(root, split)).shards)
+    shards = [(e.name, e.count) for e in load_manifest(split_dir(root, split)).shards]
+    plan = sample_plan(shards, max_samples, seed) if max_samples > 0 else shards
+    total = sum(n for _, n in plan)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=f"diff {stage}", unit="sample")
     try:
-        for a, b in _pairs(root, split, pair, columns):
+        for a, b in _pairs(root, split, pair, columns, plan):
             meta = a.get("meta.json")
             if label_key:
                 m, j = label_measures(label_key, a, b, meta)
@@ -253,6 +262,8 @@ def diff_versions(root: str | os.PathLike, split: str, pair: VersionPair, top: i
         if bar is not None:
             bar.close()
     diff.overall = _overall(stage, diff.samples, joint if label_key else None)
+    if max_samples > 0:
+        diff.overall["sampled"] = {"max_samples": max_samples, "seed": seed, "shards": len(plan)}
     return diff, [(a, b) for change, _, a, b in worst if change > 0]
 
 
@@ -310,8 +321,9 @@ def summary_lines(diff: Diff) -> list[str]:
     """The terminal table of a diff."""
     o, p = diff.overall, diff.pair
     lines = [f"{p.stage} of {diff.split}: {p.old[:12]} -> {p.new[:12]}, {o['samples']} samples, "
-             f"{o['unchanged']} unchanged"]
-    rows = [(k, v) for k, v in o.items() if k not in ("samples", "unchanged", "iou", "flows")]
+             f"{o['unchanged']} unchanged" + (f" (sampled from {o['sampled']['shards']} shards)" if "sampled" in o
+                                              else "")]
+    rows = [(k, v) for k, v in o.items() if k not in ("samples", "unchanged", "iou", "flows", "sampled")]
     lines += [f"  {k:<22}{v:>12.4f}" if isinstance(v, float) else f"  {k:<22}{v!s:>12}" for k, v in rows]
     if "iou" in o:
         lines.append("  lowest IoU:   " + ", ".join(f"{k} {v:.3f}" for k, v in list(o["iou"].items())[:6]))

@@ -131,3 +131,13 @@ def test_the_cli_writes_the_table_the_json_and_the_sheet(two_builds, tmp_path: P
 
     sheet = cv2.imread(str(tmp_path / "r" / "diff-sheet.png"))
     assert sheet is not None and sheet.shape[0] > 2 * 256 and np.any(sheet[..., 2] == 255)  # the changed pixels
+
+
+def test_a_large_split_can_be_compared_on_a_seeded_sample(two_builds) -> None:
+    out, _, second = two_builds
+    pair = resolve_versions(out, "train2017", "depth")
+    diff, _ = diff_versions(out, "train2017", pair, max_samples=5, seed=3)
+    counts = [e.count for e in load_manifest(out / "train2017").shards]
+    assert 5 <= diff.overall["samples"] == sum(min(2, c) for c in counts) < second["samples"]  # 2 of each shard
+    assert diff.overall["sampled"] == {"max_samples": 5, "seed": 3, "shards": len(counts)}
+    assert diff.overall["absrel"] > 0
