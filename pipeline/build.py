@@ -26,6 +26,7 @@ from pipeline.config import BuildConfig
 from pipeline.executors import Executor, make_executor, quiet_model_loading
 from pipeline.plan import BuildError, Plan, check_gensim_model, prepare
 from pipeline.progress import NOT_RUN, Progress
+from pipeline.sources import write_id_map
 from pipeline.stages import stage as get_stage
 from pipeline.teacher_record import record_fingerprints
 from pipeline.units import (UnitResult, decode_unit, derived_unit, load_vocabulary, teacher_predict, vocab_unit,
@@ -85,11 +86,11 @@ def build_targets(config: BuildConfig, executor: Executor | None = None) -> dict
     except ValueError as e:  # an unknown executor name
         raise BuildError(str(e)) from None
     t0 = time.perf_counter()
-    try:  # the teachers load once, where they run (on Ray: in the actors, which also give the fingerprints)
-        with contextlib.ExitStack() as lock:
+    with contextlib.ExitStack() as lock:  # released after the executor closed: no unit of this build still runs
+        try:  # the teachers load once, where they run (on Ray: in the actors, which also give the fingerprints)
             return _build(config, ex, t0, hold=lambda split_path: lock.enter_context(_one_build_of(split_path)))
-    finally:
-        ex.close()
+        finally:
+            ex.close()
 
 
 @contextlib.contextmanager
@@ -119,8 +120,9 @@ def _one_build_of(split_path: Path) -> Iterator[None]:
         try:  # a build refused before its first write (a teacher that does not load) leaves nothing behind
             if created and split_path.is_dir() and all(f.name == BUILD_LOCK_NAME for f in split_path.iterdir()):
                 path.unlink()
-                for folder in created:
-                    folder.rmdir()
+                with contextlib.suppress(OSError):  # a folder another build has just written into stays
+                    for folder in created:
+                        folder.rmdir()
         finally:
             lock.__exit__(None, None, None)
 
@@ -336,6 +338,8 @@ class _Run:
         manifest = None
         if all(self.ledger.is_done("base", sh) for sh in p.shards):
             manifest = commit_split(p, self.ledger.done, self.vocab_path)
+            if p.id_map is not None and not self.ledger.failures:  # every column holds the folder's shards as
+                write_id_map(p.split_path, p.id_map)  # they are now: their digests are the map's from here on
         report = _report(p, self.ledger, manifest, self.ex.name, placement, cluster, started=started,
                          wall=time.perf_counter() - t0, setup=setup_seconds)
         p.split_path.mkdir(parents=True, exist_ok=True)
@@ -379,6 +383,7 @@ def _report(plan: Plan, ledger: _Ledger, manifest: Manifest | None, executor: st
         "failures": ledger.failures, "config": plan.config.to_json(),
         "dropped_annotations": plan.dropped_annotations,  # malformed person annotations left out when reading COCO
         "added_files": plan.added_files, "removed_files": plan.removed_files,  # a folder source's changes
+        "source_notes": plan.source_notes,  # what it left out
         "requested_columns": list(plan.run_stages),  # what this build set out to make active (shards verify)
         "emptied_targets": sorted(ledger.emptied, key=lambda e: (e["stage"], e["id"])),  # a teacher refused them
         "replaced": {s: {"from": plan.active[s], "to": fp} for s, fp in columns.items()  # `pipeline diff` them

@@ -258,6 +258,9 @@ def _diff(args: argparse.Namespace) -> int:
         raise
     except (DiffError, StoreError) as e:
         raise BuildError(str(e)) from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # a member that decodes, misshapen
+        raise StoreFault(f"{args.split}: a member of the store is malformed ({type(e).__name__}: {str(e)[:200]}); "
+                         "run `shards verify`") from None
     paths = write_diff(diff, diff_sheet(pair.stage, worst), args.report or f"diff-{args.split}-{pair.stage}")
     print("\n".join(summary_lines(diff)))
     print("written: " + ", ".join(paths.values()))

@@ -23,8 +23,8 @@ from pipeline.nodes import check_nodes
 from pipeline.stages import STAGES, TEACHER_STAGES, ancestors, dependants, fingerprint, resolve_specs, stage
 from pipeline.targets.tokens import check_glove_file
 from pipeline.teacher_record import recorded_fingerprints, teacher_settings
-from pipeline.sources import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, forget_shards, list_images, list_video_frames,
-                              plan_folder, read_id_map, shard_digests, write_id_map)
+from pipeline.sources import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, cut_by_id, forget_shards, list_images,
+                              list_video_frames, plan_folder, read_id_map, shard_digests, write_id_map)
 from pipeline.units import rejected_path
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ class Plan:
     dropped_annotations: list[dict[str, Any]] = field(default_factory=list)  # malformed ones left out (coco.py)
     removed_files: list[str] = field(default_factory=list)  # a folder source's files gone since the last build
     added_files: int = 0  # a folder source's files new since the last build
+    id_map: Any = None  # a folder source's id map with this plan's shard digests: written once all columns hold them
+    source_notes: list[str] = field(default_factory=list)  # files or videos a folder source left out, and why
 
     def teacher_stages_to_run(self) -> list[str]:
         return [s for s in self.run_stages if stage(s).kind == "teacher" and self.pending[s]]
@@ -351,20 +353,31 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         derived["tokens"], vocab_path = tokens_params(config, store_root)
     if hold is not None:
         hold(split_path)
-    shards = [shard_name(config.split, k) for k in range(max(1, -(-len(records) // config.shard_size)))]
-    by_shard = {name: records[k * config.shard_size:(k + 1) * config.shard_size]  # records: sorted by image id
-                for k, name in enumerate(shards)}
     changed: set[str] = set()
-    if folder is not None:
+    if folder is None:
+        shards = [shard_name(config.split, k) for k in range(max(1, -(-len(records) // config.shard_size)))]
+        by_shard = {name: records[k * config.shard_size:(k + 1) * config.shard_size]  # records: sorted by image id
+                    for k, name in enumerate(shards)}
+    else:
+        if hold is not None:  # under the lock: the map as the last build left it (another may have ended since)
+            folder = plan_folder(listing, read_id_map(split_path))
+            records = folder.records
+        shards, by_shard = cut_by_id(config.split, records, folder.id_map.next_id, config.shard_size)
         digests = shard_digests(by_shard, folder.signatures)
         changed = {sh for sh in shards if folder.id_map.shards.get(sh) != digests[sh]}
+        for line in folder.notes:
+            _say(config, line)
         if folder.removed:
             _say(config, f"{len(folder.removed)} image(s) of the id map are gone from the folder (first: "
                          f"{folder.removed[0]}); their samples are dropped")
-        if hold is not None:  # a build: the changed shards are written again in every column, then the map
+        if changed and config.stages and folder.id_map.shards:
+            raise BuildError(f"{len(changed)} shard(s) of {config.split} changed in the folder since its last "
+                             "build: build the whole split first (without --stages), so every column follows")
+        if hold is not None:  # a build: the changed shards are written again in every column. The ids are kept
+            # now (a key is never given twice); the digests only once every column holds them (see build.py)
             forget_shards(split_path, changed)
+            write_id_map(split_path, folder.id_map)  # new ids, the old digests
             folder.id_map.shards = digests
-            write_id_map(split_path, folder.id_map)
         if folder.added or changed:
             _say(config, f"{len(folder.added)} new image(s); {len(changed)} of {len(shards)} shard(s) to build")
     if executor is not None and records:  # a cluster's nodes must see what this machine sees, at the same paths
@@ -420,4 +433,6 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
     return Plan(config, split_path, shards, by_shard, specs, fps, run_stages, pending, active,
                 loaded, vocab_path, teacher_fps, sorted(recorded, key=TEACHER_STAGES.index), settings, dropped,
                 removed_files=folder.removed if folder is not None else [],
-                added_files=len(folder.added) if folder is not None else 0)
+                added_files=len(folder.added) if folder is not None else 0,
+                id_map=folder.id_map if folder is not None else None,
+                source_notes=list(folder.notes) if folder is not None else [])

@@ -30,6 +30,7 @@ from pipeline.coco import ImageRecord
 #: the file types a folder source takes (case-insensitive), those OpenCV decodes
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+MAX_VIDEO_FRAMES = 10_000_000  # frames a video header may declare (about 4 days at 30 fps)
 IDS_FORMAT = "ymap-ids/1"
 MAX_ID = 10 ** KEY_DIGITS - 1
 
@@ -41,6 +42,7 @@ class FolderListing:
     root: Path
     files: list[tuple[str, int, int]] = field(default_factory=list)
     frames: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # "video@frame" -> (video, frame, time)
+    notes: list[str] = field(default_factory=list)  # what was left out, and why (said before the build starts)
 
 
 def list_images(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> FolderListing:
@@ -48,6 +50,7 @@ def list_images(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXT
     taken)."""
     root = Path(root)
     out = FolderListing(root)
+    odd: list[str] = []
 
     def walk(folder: str, rel: str) -> Iterator[tuple[str, int, int]]:
         with os.scandir(folder) as entries:
@@ -58,11 +61,16 @@ def list_images(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXT
                 if e.is_dir(follow_symlinks=False):
                     yield from walk(e.path, name + "/")
                 elif e.name.lower().endswith(extensions):
+                    if not _plain_relative(name):  # a name the id map could not hold (not UTF-8, "\\", "c:")
+                        odd.append(name.encode("utf-8", "backslashreplace").decode())
+                        continue
                     st = e.stat(follow_symlinks=False)
                     if stat.S_ISREG(st.st_mode):
                         yield name, st.st_size, st.st_mtime_ns
 
     out.files = sorted(walk(str(root), ""))
+    if odd:
+        out.notes.append(f"{len(odd)} file(s) left out: their names are not plain UTF-8 paths (first: {odd[0][:100]})")
     return out
 
 
@@ -79,20 +87,25 @@ def list_video_frames(root: str | os.PathLike, frame_step: int = 0, fps: float =
         videos.files = [(root.name, st.st_size, st.st_mtime_ns)]
     else:
         videos = list_images(root, VIDEO_EXTENSIONS)
-    out = FolderListing(videos.root)
+    out = FolderListing(videos.root, notes=list(videos.notes))
+    unread = []
     for name, size, mtime in videos.files:
         cap = cv2.VideoCapture(str(videos.root / name))
         try:
             count, rate = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         finally:
             cap.release()
-        if count <= 0 or rate <= 0:
-            continue  # not a video OpenCV can read: the build says how many it took
+        if not (0 < count <= MAX_VIDEO_FRAMES and 0 < rate <= 1000):  # unreadable, or a header not to be believed
+            unread.append(name)
+            continue
         step = frame_step if frame_step > 0 else max(1, round(rate / (fps if fps > 0 else 1.0)))
         for frame in range(0, count, step):
             key = f"{name}@{frame:07d}"
             out.files.append((key, size, mtime))
             out.frames[key] = (name, frame, round(frame / rate, 6))
+    if unread:
+        out.notes.append(f"{len(unread)} video(s) left out: OpenCV reads no frame count and rate from them, or a "
+                         f"count over {MAX_VIDEO_FRAMES} (first: {unread[0]})")
     return out
 
 
@@ -102,6 +115,13 @@ class _VideoReader:
     path: str | None = None
     cap: Any = None
     pos = 0
+
+
+def release_video() -> None:
+    """Close the video ``read_video_frame`` holds open (end of a unit)."""
+    if _VideoReader.cap is not None:
+        _VideoReader.cap.release()
+    _VideoReader.cap, _VideoReader.path, _VideoReader.pos = None, None, 0
 
 
 def read_video_frame(path: str, frame: int, max_pixels: int) -> Any:
@@ -189,7 +209,12 @@ def read_id_map(split_path: Path) -> IdMap:
 
 
 def _plain_relative(name: Any) -> bool:
+    """A relative POSIX path inside a folder, valid UTF-8, without "..", "\\" or a drive: what the id map holds."""
     if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # an undecodable file name (os.fsdecode's surrogates)
         return False
     p = PurePosixPath(name)
     return not p.is_absolute() and ".." not in p.parts and "." not in p.parts and not re.match(r"^[A-Za-z]:", name)
@@ -204,6 +229,22 @@ class FolderPlan:
     signatures: dict[int, str]  # id -> "path\tsize\tmtime" (a shard's digest covers its images')
     added: list[str]
     removed: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def cut_by_id(split: str, records: Sequence[ImageRecord], next_id: int, shard_size: int
+              ) -> tuple[list[str], dict[str, list[ImageRecord]]]:
+    """Shard k holds the ids k * shard_size + 1 .. (k + 1) * shard_size: a removed file changes its own shard only
+    and new files (the next ids) only the last ones; the number of shards never shrinks, as ids are never given
+    back (a shard whose files are all gone is empty)."""
+    from shards.schema import shard_name
+
+    count = max(1, -(-(next_id - 1) // shard_size))
+    names = [shard_name(split, k) for k in range(count)]
+    by_shard: dict[str, list[ImageRecord]] = {name: [] for name in names}
+    for r in records:
+        by_shard[names[(r.image_id - 1) // shard_size]].append(r)
+    return names, by_shard
 
 
 def plan_folder(listing: FolderListing, old: IdMap) -> FolderPlan:
@@ -233,7 +274,7 @@ def plan_folder(listing: FolderListing, old: IdMap) -> FolderPlan:
             records.append(ImageRecord(image_id=i, file_name=name, path=str(root / name), width=0, height=0))
         signatures[i] = f"{name}\t{size}\t{mtime}"
     records.sort(key=lambda r: r.image_id)
-    return FolderPlan(records, IdMap(ids, nxt, dict(old.shards)), signatures, added, removed)
+    return FolderPlan(records, IdMap(ids, nxt, dict(old.shards)), signatures, added, removed, list(listing.notes))
 
 
 def shard_digests(by_shard: dict[str, Sequence[ImageRecord]], signatures: dict[int, str]) -> dict[str, str]:

@@ -90,18 +90,24 @@ def decode_unit(shard: str, records: Sequence[Any], size: int, split_path: str, 
     t0 = time.perf_counter()
     samples, rejected, metas, inputs = [], [], [], []
     max_pixels = base_spec["params"].get("max_image_pixels", MAX_IMAGE_PIXELS)
-    for rec in records:
-        try:
-            members, rgb = base_sample(rec, size, max_pixels)
-        except RejectedImage as e:
-            rejected.append({"id": int(rec.image_id), "file_name": rec.file_name, "reason": e.reason,
-                             "detail": str(e)})
-            continue
-        key = key_of(int(rec.image_id))
-        samples.append((key, members))
-        metas.append(members["meta.json"])
-        if keep_images:
-            inputs.append(TeacherInput(image=rgb, image_id=int(rec.image_id), record=rec.to_record()))
+    try:
+        for rec in records:
+            try:
+                members, rgb = base_sample(rec, size, max_pixels)
+            except RejectedImage as e:
+                rejected.append({"id": int(rec.image_id), "file_name": rec.file_name, "reason": e.reason,
+                                 "detail": str(e)})
+                continue
+            key = key_of(int(rec.image_id))
+            samples.append((key, members))
+            metas.append(members["meta.json"])
+            if keep_images:
+                inputs.append(TeacherInput(image=rgb, image_id=int(rec.image_id), record=rec.to_record()))
+    finally:
+        if any(getattr(r, "frame", None) is not None for r in records[:1]):
+            from pipeline.sources import release_video
+
+            release_video()  # a video source's open file: not kept past the unit
     if write_base:
         # The rejected list lands first: a finished base shard always has it, so a resumed run can rebuild
         # rejected.jsonl without decoding again.
@@ -146,6 +152,8 @@ def teacher_predict(teacher: Any, stage: str, decoded: Decoded) -> Predicted:
     from teachers.base import TeacherError
 
     t0 = time.perf_counter()
+    if hasattr(teacher, "take_wait"):
+        teacher.take_wait()  # a failed unit's wait must not count against this one
     emptied: list[dict[str, Any]] = []
     try:
         preds = teacher(decoded.inputs) if decoded.inputs else []

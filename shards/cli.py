@@ -169,8 +169,12 @@ def _report(args: argparse.Namespace) -> int:
     problem = out_folder_problem(args.out)
     if problem:
         raise UsageError(f"cannot write --out {args.out}: {problem}")
-    page = build_report(args.shards, args.split, args.out, max_samples=args.max_samples, seed=args.seed,
-                        progress=args.progress and sys.stderr.isatty())
+    try:
+        page = build_report(args.shards, args.split, args.out, max_samples=args.max_samples, seed=args.seed,
+                            progress=args.progress and sys.stderr.isatty())
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # a member that decodes, misshapen
+        raise StoreFault(f"{args.split}: a member of the store is malformed ({type(e).__name__}: {str(e)[:200]}); "
+                         "run `shards verify`") from None
     print(f"report: {page}")
     return 0
 

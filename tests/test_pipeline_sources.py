@@ -86,13 +86,16 @@ def test_added_files_keep_every_key_and_rebuild_only_new_or_changed_shards(confi
 def test_a_removed_file_is_reported_and_its_sample_dropped(config, folder: Path, tmp_path: Path, fakes, capsys) -> None:
     out = tmp_path / "store"
     assert build_targets(config(out))["ok"]
-    gone = "line-b/cam0.jpg"  # id 6: the second shard
+    tars = tar_files(out / SPLIT)
+    gone = "line-b/cam0.jpg"  # id 6: the second shard (ids 5-8)
     (folder / gone).unlink()
     report = build_targets(config(out))
     assert report["ok"] and report["samples"] == 9
     assert report["removed_files"] == [gone]
     assert gone in _ids(out)  # the id stays taken; the file comes back with its old key
-    assert {s: st["run"] for s, st in report["stages"].items()}["base"] == 2  # its shard and the one after
+    assert {s: st["run"] for s, st in report["stages"].items()}["base"] == 1  # its own shard only
+    now = tar_files(out / SPLIT)
+    assert all(now[p] == tars[p] for p in tars if not p.endswith("-000001.tar"))  # the others' bytes untouched
     assert not verify_split(out, SPLIT).faults
 
 
@@ -242,3 +245,32 @@ def test_status_counts_the_shards_whose_files_changed(config, folder: Path, tmp_
     rows = {r["stage"]: r for r in split_status(config(out))["stages"]}
     assert rows["base"]["state"] == "incomplete" and rows["base"]["done"] == 2  # of 3: the last one changed
     assert not (out / SPLIT / "ids.json").read_text().count("late.jpg")  # status writes nothing
+
+
+def test_a_build_stopped_after_planning_resumes_and_stages_wait_for_the_whole_split(config, folder: Path,
+                                                                                   tmp_path: Path, demo_root: Path,
+                                                                                   fakes) -> None:
+    from pipeline.plan import BuildError, prepare
+
+    out = tmp_path / "store"
+    assert build_targets(config(out))["ok"]
+    shutil.copy(next(p for p in sorted((demo_root / "val2017").glob("*.jpg")) if p.stat().st_size > 1000),
+                folder / "late.jpg")
+    prepare(config(out), hold=lambda split_path: None)  # planned (records forgotten, ids kept), then "killed"
+    with pytest.raises(BuildError, match="without --stages"):  # the other columns lack the changed shard too
+        build_targets(config(out, stages=("depth",)))
+    report = build_targets(config(out))
+    assert report["ok"] and report["samples"] == 11 and not verify_split(out, SPLIT).faults
+    assert {s: st["run"] for s, st in report["stages"].items()}["base"] == 1  # the last shard (ids 9-11)
+    again = build_targets(config(out, stages=("depth",)))  # now the digests are the store's: nothing to do
+    assert again["ok"] and all(st["run"] == 0 for st in again["stages"].values())
+
+
+def test_names_the_id_map_cannot_hold_are_left_out_and_said(config, folder: Path, tmp_path: Path, fakes,
+                                                            capsys) -> None:
+    shutil.copy(folder / "line-a" / "cam1.jpg", folder / "back\\slash.jpg")
+    os.link(folder / "line-a" / "cam1.jpg", os.fsencode(folder) + b"/bad-\xff.jpg")
+    out = tmp_path / "store"
+    report = build_targets(config(out))
+    assert report["ok"] and report["samples"] == 10
+    assert report["source_notes"][0].startswith("2 file(s) left out: their names are not plain UTF-8 paths")
