@@ -4,7 +4,8 @@ shards marked for rebuild, in one run.
 The listing is generated (a million ``(path, size, mtime)`` entries, as ``pipeline.sources.list_images`` returns
 them; nothing is decoded or created on disk but the split's id map). Each plan runs in a fresh process, so its
 peak memory (max RSS) is its own, and does what ``build-targets`` does with a folder before any teacher loads:
-read the id map, number the files, cut the shards, digest every shard, mark the changed ones, write the id map.
+read the id map, number the files, cut the shards by id, digest every shard, mark the changed ones, write the id
+map.
 The new files of the second plan are spread through the folder's path order; they still take the next ids, so
 only the shards past the old last id change. Targets: each plan under 60 s and 2 GB; the rebuild marks only the
 new files' shards.
@@ -32,8 +33,7 @@ TARGET_SECONDS, TARGET_GB = 60.0, 2.0
 def one_plan(split: Path, files: int, extra: int, shard_size: int) -> dict:
     """Plan ``files`` generated paths plus ``extra`` new ones spread among them (run in a process of its own)."""
     sys.path.insert(0, str(ROOT))
-    from pipeline.sources import FolderListing, plan_folder, read_id_map, shard_digests, write_id_map
-    from shards.schema import shard_name
+    from pipeline.sources import FolderListing, cut_by_id, plan_folder, read_id_map, shard_digests, write_id_map
 
     t0 = time.perf_counter()
     listing = FolderListing(Path("/data/factory"))
@@ -46,9 +46,8 @@ def one_plan(split: Path, files: int, extra: int, shard_size: int) -> dict:
     listed = time.perf_counter() - t0
     old = read_id_map(split)
     plan = plan_folder(listing, old)
-    records = plan.records
-    count = max(1, math.ceil(len(records) / shard_size))
-    by_shard = {shard_name("factory", k): records[k * shard_size:(k + 1) * shard_size] for k in range(count)}
+    names, by_shard = cut_by_id("factory", plan.records, plan.id_map.next_id, shard_size)
+    count = len(names)
     digests = shard_digests(by_shard, plan.signatures)
     changed = sorted(sh for sh in by_shard if old.shards.get(sh) != digests[sh])
     plan.id_map.shards = digests

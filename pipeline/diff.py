@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from shards.geometry import content_mask
 from shards.layout import split_dir
 from shards.manifest import StoreError, load_manifest
 from shards.reader import StoreReader
@@ -100,21 +101,11 @@ def resolve_versions(root: str | os.PathLike, split: str, stage: str, old: str |
 
 
 # ---- per-sample measures -------------------------------------------------------------------------------------
-def _content(meta: Mapping[str, Any] | None, shape: tuple[int, ...]) -> np.ndarray:
-    """Mask of the letterbox content (the image), from meta.json; everything when it says nothing usable."""
-    mask = np.zeros(shape[:2], bool)
-    try:
-        (x0, y0), (w, h) = meta["offset"], meta["resized"]  # type: ignore[index]
-        mask[int(y0):int(y0) + int(h), int(x0):int(x0) + int(w)] = True
-    except (TypeError, KeyError, ValueError):
-        mask[:] = True
-    return mask
-
-
 def _raw_depth(png: np.ndarray, info: Mapping[str, Any] | None) -> np.ndarray:
-    info = info or {}
-    lo, scale = float(info.get("min", 0.0)), float(info.get("scale", 1.0 / 65535))
-    return lo + png.astype(np.float64) * scale
+    """The teacher's raw values of a ``depth.png`` (a depth.json without them: the 16-bit levels over 0..1)."""
+    from pipeline.targets.depth import DEPTH_MAX, recover_depth
+
+    return recover_depth(png, {"min": 0.0, "scale": 1.0 / DEPTH_MAX, **(info or {})})
 
 
 def _normals(depth_png: np.ndarray, meta: Mapping[str, Any] | None) -> np.ndarray:
@@ -134,7 +125,7 @@ def _angle(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def depth_measures(old: Mapping[str, Any], new: Mapping[str, Any], meta: Mapping[str, Any] | None) -> dict:
-    mask = _content(meta, old["depth.png"].shape)
+    mask = content_mask(meta, old["depth.png"].shape)
     a, b = _raw_depth(old["depth.png"], old.get("depth.json"))[mask], _raw_depth(new["depth.png"],
                                                                                  new.get("depth.json"))[mask]
     ok = (a > 0) & (b > 0)  # median scaling needs positive depth (a model's raw values may be tiny, never < 0 here)
@@ -151,14 +142,14 @@ def depth_measures(old: Mapping[str, Any], new: Mapping[str, Any], meta: Mapping
 
 
 def normals_measures(old: Mapping[str, Any], new: Mapping[str, Any], meta: Mapping[str, Any] | None) -> dict:
-    angle = _angle(old["normals.png"], new["normals.png"], _content(meta, old["normals.png"].shape))
+    angle = _angle(old["normals.png"], new["normals.png"], content_mask(meta, old["normals.png"].shape))
     return {"angle_deg": angle, "change": angle / 180.0}
 
 
 def label_measures(key: str, old: Mapping[str, Any], new: Mapping[str, Any], meta: Mapping[str, Any] | None
                    ) -> tuple[dict, np.ndarray]:
     """Pixel agreement of two label maps, and their joint histogram (old x new, 256 x 256) for IoU and flows."""
-    mask = _content(meta, old[key].shape)
+    mask = content_mask(meta, old[key].shape)
     a, b = old[key][mask].astype(np.int64), new[key][mask].astype(np.int64)
     joint = np.bincount(a * 256 + b, minlength=256 * 256).reshape(256, 256)
     agree = float(np.trace(joint) / max(joint.sum(), 1))

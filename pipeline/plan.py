@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from shards.layout import column_dir, split_dir
-from shards.manifest import StoreError, load_manifest
+from shards.manifest import StoreError, is_plain_name, load_manifest
 from shards.schema import MAX_STORE_SIZE, VOCAB_NAME, shard_name
 from shards.writer import ColumnWriter
 
@@ -113,9 +113,9 @@ def check_inputs(config: "BuildConfig") -> Path:
         folder = Path(config.images or config.videos).expanduser()
         if config.images is not None and not folder.is_dir():
             raise BuildError(f"--images {config.images}: not a folder of images")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", config.split) or config.split.endswith("."):
-            raise BuildError(f"--split {config.split!r}: name the folder's split with letters, digits, '_', '-' "
-                             "and '.' (it names a folder of the store)")
+        if not is_plain_name(shard_name(config.split, 0)):  # the store's own rule for the names it holds
+            raise BuildError(f"--split {config.split!r}: name the folder's split with letters, digits, '_' and "
+                             "'-', at most 120 (it names a folder and the shards of the store)")
         return folder
     root = Path(config.coco_root).expanduser()
     if not root.is_dir():
@@ -321,7 +321,8 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
         try:
             listing = (list_images(root) if config.images is not None
                        else list_video_frames(root, int(config.frame_step), float(config.video_fps)))
-            folder = plan_folder(listing, read_id_map(split_dir(Path(config.out), config.split)))
+            id_map = read_id_map(split_dir(Path(config.out), config.split))
+            folder = plan_folder(listing, id_map)
         except OSError as e:
             raise BuildError(f"{flag} {root}: cannot list it ({e.strerror or e})") from None
         records = folder.records
@@ -360,8 +361,10 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
                     for k, name in enumerate(shards)}
     else:
         if hold is not None:  # under the lock: the map as the last build left it (another may have ended since)
-            folder = plan_folder(listing, read_id_map(split_path))
-            records = folder.records
+            latest = read_id_map(split_path)
+            if latest != id_map:
+                folder = plan_folder(listing, latest)
+                records = folder.records
         shards, by_shard = cut_by_id(config.split, records, folder.id_map.next_id, config.shard_size)
         digests = shard_digests(by_shard, folder.signatures)
         changed = {sh for sh in shards if folder.id_map.shards.get(sh) != digests[sh]}

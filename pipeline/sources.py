@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 
 from shards.atomic import atomic_write_json
 from shards.errors import StoreFault, parse_json
-from shards.schema import FINGERPRINT_RE, KEY_DIGITS, SOURCE_IDS_NAME
+from shards.schema import FINGERPRINT_RE, KEY_DIGITS, SOURCE_IDS_NAME, shard_name
 from shards.streams import read_bytes
 
 from pipeline.coco import ImageRecord
@@ -237,8 +237,6 @@ def cut_by_id(split: str, records: Sequence[ImageRecord], next_id: int, shard_si
     """Shard k holds the ids k * shard_size + 1 .. (k + 1) * shard_size: a removed file changes its own shard only
     and new files (the next ids) only the last ones; the number of shards never shrinks, as ids are never given
     back (a shard whose files are all gone is empty)."""
-    from shards.schema import shard_name
-
     count = max(1, -(-(next_id - 1) // shard_size))
     names = [shard_name(split, k) for k in range(count)]
     by_shard: dict[str, list[ImageRecord]] = {name: [] for name in names}

@@ -161,6 +161,18 @@ class Letterbox:
         return out
 
 
+def content_mask(meta: Mapping[str, Any] | None, shape: tuple[int, ...]) -> np.ndarray:
+    """(H, W) bool mask of the image content of a store array of ``shape``, from a ``meta.json``'s ``offset`` and
+    ``resized``; all True when the meta says nothing usable (a tool reading a store then takes the whole square)."""
+    mask = np.zeros(shape[:2], bool)
+    try:
+        (x0, y0), (w, h) = meta["offset"], meta["resized"]  # type: ignore[index]
+        mask[int(y0):int(y0) + int(h), int(x0):int(x0) + int(w)] = True
+    except (TypeError, KeyError, ValueError):
+        mask[:] = True
+    return mask
+
+
 def _points(points: np.ndarray) -> np.ndarray:
     p = np.asarray(points, np.float64)
     return p if p.shape[-1:] == (2,) else p.reshape(-1, 2)

@@ -23,6 +23,7 @@ import numpy as np
 
 from shards.codecs import encode_jpeg
 from shards.errors import parse_json
+from shards.geometry import content_mask
 from shards.layout import split_dir
 from shards.manifest import load_manifest
 from shards.reader import StoreReader, active_column_records
@@ -62,7 +63,7 @@ class Tally:
     def add(self, s: dict[str, Any]) -> None:
         self.samples += 1
         meta = s.get("meta.json") or {}
-        content = _content_mask(meta, next((v.shape[:2] for v in s.values() if isinstance(v, np.ndarray)
+        content = content_mask(meta, next((v.shape[:2] for v in s.values() if isinstance(v, np.ndarray)
                                             and v.ndim >= 2), (1, 1)))
         if "depth.png" in s:
             self.columns.add("depth")
@@ -100,16 +101,6 @@ class Tally:
             self.persons.append(len(people))
             self.visible_joints += [sum(1 for k in np.asarray(p.get("keypoints", []), np.float32).reshape(-1, 3)
                                         if k[2] > 0) for p in people]
-
-
-def _content_mask(meta: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:
-    mask = np.zeros(shape, bool)
-    try:
-        (x0, y0), (w, h) = meta["offset"], meta["resized"]
-        mask[int(y0):int(y0) + int(h), int(x0):int(x0) + int(w)] = True
-    except (TypeError, KeyError, ValueError):
-        mask[:] = True
-    return mask
 
 
 def sample_plan(shards: list[tuple[str, int]], max_samples: int, seed: int) -> list[tuple[str, int]]:

@@ -14,6 +14,7 @@ import numpy as np
 from shards.atomic import out_folder_problem
 from shards.codecs import encode_jpeg, encode_png
 from shards.errors import parse_json
+from shards.geometry import content_mask
 from shards.manifest import StoreError
 from shards.reader import StoreReader
 from shards.schema import KEY_DIGITS, VOCAB_NAME
@@ -199,12 +200,9 @@ def _panoptic_tile(s: dict[str, Any], tile: int) -> np.ndarray:
 
 def _mask_letterbox(img: np.ndarray, meta: dict[str, Any] | None) -> np.ndarray:
     """Black out the letterbox padding (no image there, so its values mean nothing)."""
-    try:
-        (x0, y0), (w, h) = meta["offset"], meta["resized"]
-    except (TypeError, KeyError, ValueError):
-        return img
+    mask = content_mask(meta, img.shape)
     out = np.zeros_like(img)
-    out[y0:y0 + h, x0:x0 + w] = img[y0:y0 + h, x0:x0 + w]
+    out[mask] = img[mask]
     return out
 
 

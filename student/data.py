@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from shards.codecs import CodecError, decode_member
 from shards.manifest import Manifest, StoreError, StoreFault
-from shards.schema import COLUMNS, MANIFEST_NAME
+from shards.schema import COLUMNS, MANIFEST_NAME, VOCAB_NAME
 from shards.reader import StoreReader, load_manifest_at
 from student.augment import AugmentConfig, augment, sample_rng
 from student.targets import PoseError, StoreSample, TargetSizes, allocate_batch, from_store, pack_targets
@@ -367,7 +367,7 @@ def _vocab_bytes(root: str | os.PathLike, split: str) -> bytes | None:
     from shards.streams import join, read_bytes
 
     try:
-        return read_bytes(join(root, split, "vocab.json"))
+        return read_bytes(join(root, split, VOCAB_NAME))
     except OSError:
         return None
 

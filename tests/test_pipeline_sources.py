@@ -122,7 +122,8 @@ def test_bad_folder_and_split_names_are_one_line(tmp_path: Path, capsys) -> None
     (tmp_path / "empty").mkdir()
     for argv in (["--images", str(tmp_path / "missing"), "--split", SPLIT],
                  ["--images", str(tmp_path / "empty"), "--split", SPLIT],
-                 ["--images", str(tmp_path / "empty"), "--split", "../up"]):
+                 ["--images", str(tmp_path / "empty"), "--split", "../up"],
+                 ["--images", str(tmp_path / "empty"), "--split", "a.b"]):  # shard names may hold no dot
         code = pipeline_main(["build-targets", "--executor", "local", "--out", str(tmp_path / "out"),
                               "--no-progress", *argv])
         err = capsys.readouterr().err.strip()
@@ -274,3 +275,23 @@ def test_names_the_id_map_cannot_hold_are_left_out_and_said(config, folder: Path
     report = build_targets(config(out))
     assert report["ok"] and report["samples"] == 10
     assert report["source_notes"][0].startswith("2 file(s) left out: their names are not plain UTF-8 paths")
+
+
+def test_the_map_is_read_again_under_the_build_lock(config, folder: Path, tmp_path: Path, demo_root: Path,
+                                                    fakes) -> None:
+    from pipeline.plan import prepare
+    from pipeline.sources import read_id_map, write_id_map
+
+    out = tmp_path / "store"
+    assert build_targets(config(out))["ok"]
+    shutil.copy(next(p for p in sorted((demo_root / "val2017").glob("*.jpg")) if p.stat().st_size > 1000),
+                folder / "late.jpg")
+
+    def another_build_ended(split_path: Path) -> None:  # between the first read and the lock: it numbered late.jpg
+        m = read_id_map(split_path)
+        m.ids["late.jpg"], m.next_id = 50, 51
+        write_id_map(split_path, m)
+
+    plan = prepare(config(out), hold=another_build_ended)
+    assert {r.file_name: r.image_id for r in plan.records["factory-000012"]} == {"late.jpg": 50}
+    assert _ids(out)["late.jpg"] == 50
