@@ -39,6 +39,8 @@ class ImageRecord:
         crowd: crowd regions, each ``{"bbox": [...], "segmentation": RLE dict or list of polygons}``.
         captions: the human captions.
         panoptic: ``None`` or ``{"file": absolute PNG path, "segments_info": [...]}``.
+        keypoints_annotated: the split has person keypoint annotations (an image without persons then has none);
+            False for images only (unlabeled2017, folders, videos), where no persons says nothing.
     """
 
     image_id: int
@@ -52,6 +54,7 @@ class ImageRecord:
     panoptic: dict[str, Any] | None = None
     frame: int | None = None  # a video source's frame: ``path`` is the video, ``file_name`` "video@frame"
     time: float | None = None  # that frame's time in seconds
+    keypoints_annotated: bool = False
 
     def to_record(self) -> dict[str, Any]:
         """JSON-able dict of the record (what ground-truth teachers receive as ``TeacherInput.record``)."""
@@ -61,6 +64,7 @@ class ImageRecord:
             "persons": [dict(p) for p in self.persons], "crowd": [dict(c) for c in self.crowd],
             "captions": list(self.captions),
             "panoptic": None if self.panoptic is None else dict(self.panoptic),
+            "keypoints_annotated": self.keypoints_annotated,
             **({"frame": self.frame, "time": self.time} if self.frame is not None else {}),
         }
 
@@ -311,7 +315,7 @@ def load_split(coco_root: str | Path, split: str, dropped: list[dict[str, Any]] 
                 image_id=i, file_name=str(images[i]["file_name"]), path=str(image_dir / images[i]["file_name"]),
                 width=int(images[i]["width"]), height=int(images[i]["height"]),
                 persons=persons.get(i, []), crowd=crowd.get(i, []), captions=captions.get(i, []),
-                panoptic=panoptic.get(i),
+                panoptic=panoptic.get(i), keypoints_annotated=True,
             )
             for i in sorted(images)
         ]

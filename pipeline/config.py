@@ -36,6 +36,9 @@ class BuildConfig:
     batch_size: int = 8  # images per teacher call
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"
+    pose_teacher: str = "pose-gt"
+    pose_checkpoint: str | None = None
+    pose_params: Mapping[str, Any] = field(default_factory=dict)
     depth_teacher: str = "depth-anything-v2"
     depth_checkpoint: str | None = None
     depth_params: Mapping[str, Any] = field(default_factory=dict)

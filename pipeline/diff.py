@@ -31,7 +31,7 @@ from shards.schema import COLUMN_RECORD_NAME, COLUMNS, FINGERPRINT_RE
 from shards.taxonomy import GROUPS, PANOPTIC_CLASSES, PANOPTIC_VOID
 
 #: columns ``pipeline diff`` compares, and the members it reads of each
-DIFFABLE = ("depth", "normals", "panoptic", "groups", "text", "caption", "tokens")
+DIFFABLE = ("pose", "depth", "normals", "panoptic", "groups", "text", "caption", "tokens")
 TOP_FLOWS = 8  # confusion flows listed
 EPS = 1e-6
 
@@ -165,6 +165,50 @@ def text_measures(old: Mapping[str, Any], new: Mapping[str, Any], meta: Mapping[
             "polygon_change": count[1] - count[0], "change": 1.0 - iou}
 
 
+#: a joint of one version agrees with the other's when within this fraction of the store size (and seen in both)
+JOINT_TOLERANCE = 0.02
+
+
+def _joints(pose: Mapping[str, Any] | None) -> list[np.ndarray]:
+    return [np.asarray(p["keypoints"], np.float64).reshape(-1, 3) for p in (pose or {}).get("persons", [])]
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of the boxes around two persons' seen joints (0 when either has none)."""
+    sa, sb = a[a[:, 2] > 0, :2], b[b[:, 2] > 0, :2]
+    if not len(sa) or not len(sb):
+        return 0.0
+    lo, hi = np.maximum(sa.min(0), sb.min(0)), np.minimum(sa.max(0), sb.max(0))
+    inter = float(np.prod(np.clip(hi - lo, 0, None)))
+    area = float(np.prod(np.ptp(sa, 0) + 1) + np.prod(np.ptp(sb, 0) + 1)) - inter
+    return inter / max(area, EPS)
+
+
+def pose_measures(old: Mapping[str, Any], new: Mapping[str, Any], meta: Mapping[str, Any] | None) -> dict:
+    """Persons of both versions matched greedily by the overlap of their joints' boxes; a joint agrees when both
+    see it within ``JOINT_TOLERANCE`` of the store size; agreement = agreeing joints / joints seen by either."""
+    a, b = _joints(old.get("pose.json")), _joints(new.get("pose.json"))
+    size = float((meta or {}).get("size") or 256)
+    pairs = sorted(((_box_iou(p, q), i, j) for i, p in enumerate(a) for j, q in enumerate(b)), reverse=True)
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    agree, distances = 0, []
+    for iou, i, j in pairs:
+        if iou <= 0 or i in used_a or j in used_b:
+            continue
+        used_a.add(i)
+        used_b.add(j)
+        both = (a[i][:, 2] > 0) & (b[j][:, 2] > 0)
+        d = np.hypot(*(a[i][both, :2] - b[j][both, :2]).T)
+        distances += d.tolist()
+        agree += int((d <= JOINT_TOLERANCE * size).sum())
+    seen = sum(int(p[:, 2].astype(bool).sum()) for p in a) + sum(int(q[:, 2].astype(bool).sum()) for q in b)
+    union = seen - agree  # a joint both versions agree on is counted once
+    agreement = 1.0 if union == 0 else agree / union
+    return {"persons_old": len(a), "persons_new": len(b), "matched": len(used_a), "joint_agreement": agreement,
+            **({"joint_px": float(np.mean(distances))} if distances else {}), "change": 1.0 - agreement}
+
+
 def _words(captions: Any) -> set[str]:
     return {w for c in captions or [] for w in re.findall(r"[a-z0-9']+", str(c).lower())}
 
@@ -258,7 +302,7 @@ def diff_versions(root: str | os.PathLike, split: str, pair: VersionPair, top: i
     return diff, [(a, b) for change, _, a, b in worst if change > 0]
 
 
-_MEASURES = {"depth": depth_measures, "normals": normals_measures, "text": text_measures,
+_MEASURES = {"pose": pose_measures, "depth": depth_measures, "normals": normals_measures, "text": text_measures,
              "caption": caption_measures, "tokens": tokens_measures}
 
 
@@ -282,6 +326,10 @@ def _overall(stage: str, samples: list[dict[str, Any]], joint: np.ndarray | None
         out.update(mask_iou=_mean(samples, "mask_iou"),
                    polygons_old=sum(s["polygons_old"] for s in samples),
                    polygons_new=sum(s["polygons_new"] for s in samples))
+    elif stage == "pose":
+        out.update(joint_agreement=_mean(samples, "joint_agreement"), joint_px=_mean(samples, "joint_px"),
+                   persons_old=sum(s["persons_old"] for s in samples),
+                   persons_new=sum(s["persons_new"] for s in samples))
     elif stage in ("caption", "tokens"):
         key = "word_jaccard" if stage == "caption" else "token_jaccard"
         out.update({key: _mean(samples, key), "changed": sum(1 for s in samples if s["changed"])})
@@ -351,6 +399,14 @@ def _difference_tile(stage: str, a: dict[str, Any], b: dict[str, Any], size: int
 
     key = {"depth": "depth.png", "normals": "normals.png", "panoptic": "panoptic.png", "groups": "groups.png",
            "text": "text.png"}.get(stage)
+    if stage == "pose":
+        from shards.show import lines_tile
+
+        m = pose_measures(a, b, a.get("meta.json"))
+        return lines_tile([f"persons: {m['persons_old']} -> {m['persons_new']} ({m['matched']} matched)",
+                           f"joints agreeing: {100 * m['joint_agreement']:.0f}%"]
+                          + ([f"mean joint shift: {m['joint_px']:.1f} px"] if "joint_px" in m else []), size,
+                          "persons and joints")
     if key is None:  # captions and tokens: the words that came and went
         wa, wb = (_words((s.get("caption.json") or {}).get("captions")) if stage == "caption"
                   else {str(w) for w in (s.get("tokens.json") or {}).get("words", [])} for s in (a, b))

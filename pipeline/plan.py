@@ -345,10 +345,13 @@ def prepare(config: "BuildConfig", executor: Executor | None = None, reuse_recor
     split_path = split_dir(store_root, config.split)
     derived: dict[str, dict[str, Any]] = {"normals": {"scale": float(config.normals_scale)}, "groups": {}}
     factories = teacher_factories(config, [s for s in TEACHER_STAGES if s in needed])
-    for s, factory in factories.items():  # ground truth the split lacks fails now, not on every image later
+    problems = []  # ground truth the split lacks fails now (every such teacher named), not on every image later
+    for s, factory in factories.items():
         problem = factory.cls.check_records(rec.to_record() for rec in records)
         if problem:
-            raise BuildError(f"{s} teacher {teacher_choice(config, s)[0]!r}: {problem}")
+            problems.append(f"{s} teacher {teacher_choice(config, s)[0]!r}: {problem}")
+    if problems:
+        raise BuildError("; ".join(problems))
     vocab_path = None
     if "tokens" in needed:  # checked before the teachers load: a bad GloVe file or vocabulary fails fast
         derived["tokens"], vocab_path = tokens_params(config, store_root)

@@ -29,7 +29,7 @@ from shards.taxonomy import VOCAB_SIZE
 from shards.vocab import Vocabulary
 
 __all__ = [
-    "RejectedImage", "decode_image", "base_sample", "depth_sample", "normals_sample", "panoptic_sample",
+    "RejectedImage", "decode_image", "base_sample", "pose_sample", "depth_sample", "normals_sample", "panoptic_sample",
     "groups_sample", "text_sample", "caption_sample", "tokens_sample", "build_vocabulary", "load_glove",
 ]
 
@@ -83,7 +83,7 @@ def _image_in_annotation_frame(rec: ImageRecord, max_pixels: int) -> np.ndarray:
 
 def base_sample(record: ImageRecord | Mapping[str, Any], size: int = DEFAULT_STORE_SIZE,
                 max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[dict[str, Any], np.ndarray]:
-    """Decode, letterbox and map the keypoints of one image.
+    """Decode and letterbox one image.
 
     Args:
         record: the COCO record (an ImageRecord or its ``to_record()`` dict).
@@ -91,8 +91,8 @@ def base_sample(record: ImageRecord | Mapping[str, Any], size: int = DEFAULT_STO
         max_pixels: an image with more pixels is rejected as ``too-large`` before it is decoded.
 
     Returns:
-        ``(members, image)``: members ``{"jpg": (S, S, 3) uint8, "meta.json": dict, "pose.json": dict}`` and
-        the full-resolution RGB image the teachers should see.
+        ``(members, image)``: members ``{"jpg": (S, S, 3) uint8, "meta.json": dict}`` and the full-resolution RGB
+        image the teachers should see (the keypoints are the pose stage's, :func:`pose_sample`).
 
     Raises:
         RejectedImage: the image cannot be used; ``.reason`` is the rejected.jsonl reason.
@@ -110,9 +110,15 @@ def base_sample(record: ImageRecord | Mapping[str, Any], size: int = DEFAULT_STO
     meta = {"id": rec.image_id, "file_name": rec.file_name, **box.to_meta()}
     if rec.frame is not None:  # where in which video (file_name is "<video>@<frame>")
         meta.update(video=rec.file_name.rpartition("@")[0], frame=rec.frame, time=rec.time)
-    pose = {"persons": [_person_to_store(p, box) for p in rec.persons],
-            "crowd": [_crowd_to_store(c, box) for c in rec.crowd]}
-    return {"jpg": letterbox_image(image, box), "meta.json": meta, "pose.json": pose}, image
+    return {"jpg": letterbox_image(image, box), "meta.json": meta}, image
+
+
+def pose_sample(pred: Mapping[str, Any], meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Pose teacher output (persons and crowd regions in original pixels) -> ``pose.json`` in store pixels, with
+    the teacher's name as its ``source`` (``shards.pose`` describes the structure)."""
+    box = Letterbox.from_meta(meta)
+    return {"pose.json": {"persons": [_person_to_store(p, box) for p in pred.get("persons", [])],
+                          "crowd": [_crowd_to_store(c, box) for c in pred.get("crowd", [])], "source": source}}
 
 
 def _person_to_store(person: Mapping[str, Any], box: Letterbox) -> dict[str, Any]:
@@ -120,11 +126,18 @@ def _person_to_store(person: Mapping[str, Any], box: Letterbox) -> dict[str, Any
     xy = box.to_store(kps[:, :2])
     keypoints = [[round(float(x), 3), round(float(y), 3), int(v)] if v > 0 else [0.0, 0.0, 0]
                  for (x, y), v in zip(xy, kps[:, 2])]
-    return {"keypoints": keypoints, "bbox": [round(v, 3) for v in box.bbox_to_store(person["bbox"])]}
+    out = {"keypoints": keypoints, "bbox": [round(v, 3) for v in box.bbox_to_store(person["bbox"])]}
+    if "score" in person:  # a model teacher's: the person's detection score and each joint's confidence
+        out["score"] = round(float(person["score"]), 4)
+        out["keypoint_scores"] = [round(float(s), 4) for s in person["keypoint_scores"]]
+    return out
 
 
 def _crowd_to_store(crowd: Mapping[str, Any], box: Letterbox) -> dict[str, Any]:
-    seg = crowd["segmentation"]
+    seg = crowd.get("segmentation")
+    bbox = [round(v, 3) for v in box.bbox_to_store(crowd["bbox"])]
+    if not seg:  # a region known by its box alone
+        return {"bbox": bbox}
     if isinstance(seg, dict):  # RLE at the original size -> RLE at store size
         from pycocotools import mask as mask_utils
 
@@ -142,7 +155,7 @@ def _crowd_to_store(crowd: Mapping[str, Any], box: Letterbox) -> dict[str, Any]:
     else:  # polygons [x0, y0, x1, y1, ...]
         segmentation = [[round(float(v), 3) for v in box.to_store(np.asarray(p, np.float64)).ravel()]
                         for p in seg]
-    return {"bbox": [round(v, 3) for v in box.bbox_to_store(crowd["bbox"])], "segmentation": segmentation}
+    return {"bbox": bbox, "segmentation": segmentation}
 
 
 def depth_sample(pred: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:

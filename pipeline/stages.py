@@ -1,7 +1,7 @@
 """The stage graph of a build (DESIGN 2 and 4): what each stage reads, its parameters, its code version, and
 the fingerprint that names the version of the column it writes.
 
-base; depth -> normals; panoptic -> groups; text; caption -> tokens. A stage's fingerprint is the sha256 of
+base; pose; depth -> normals; panoptic -> groups; text; caption -> tokens. A stage's fingerprint is the sha256 of
 its name, code version, teacher identity (name + the teacher's own fingerprint, which covers model id,
 revision or weights sha256, its parameters and dtype), its parameters, the store size and the fingerprints
 of the stages it reads; so changing the depth teacher changes depth and normals and nothing else.
@@ -40,7 +40,9 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("base", "base", (), "3", doc="decode, letterbox to SxS, keypoints to store pixels"),  # 3: cut JPEGs
+    # 3: cut JPEGs; 4: the keypoints moved to the pose stage
+    Stage("base", "base", (), "4", doc="decode, letterbox to SxS"),
+    Stage("pose", "teacher", ("base",), "1", "pose", "persons' joints and boxes mapped into the letterbox"),
     Stage("depth", "teacher", ("base",), "2", "depth", "teacher depth mapped into the letterbox"),
     Stage("normals", "derived", ("depth",), "1", doc="3x3 Sobel normals of the depth", reads_meta=True),
     Stage("panoptic", "teacher", ("base",), "1", "panoptic", "contiguous panoptic classes"),
@@ -191,13 +193,15 @@ def teacher_members(name: str, pred: Mapping[str, Any], meta: Mapping[str, Any],
         name: a teacher stage.
         pred: the teacher's output dict for one image (teachers/base.py contract).
         meta: the base sample's meta.json (letterbox geometry).
-        source: the teacher's name (recorded by the caption column).
+        source: the teacher's name (recorded by the pose and caption columns).
 
     Returns:
         {ext: value} of the column.
     """
     from pipeline import samples
 
+    if name == "pose":
+        return samples.pose_sample(pred, meta, source)
     if name == "depth":
         return samples.depth_sample(pred, meta)
     if name == "panoptic":

@@ -71,7 +71,8 @@ class Manifest:
                 one line naming ``source``, instead of a TypeError deep in a command.
         """
         if isinstance(d, dict) and isinstance(d.get("format"), str) and d["format"] != STORE_FORMAT:
-            raise StoreError(f"{source}: store format {d['format']!r} is not {STORE_FORMAT!r}")
+            raise StoreError(f"{source}: store format {d['format']!r} is not {STORE_FORMAT!r} (format 2 keeps the "
+                             "keypoints in a pose column of their own); build the split again into a new --out")
         problem = _manifest_problem(d)
         if problem:
             raise StoreFault(f"{source}: not a store manifest ({problem})")

@@ -1,9 +1,10 @@
-"""The structure of a base sample's ``pose.json`` (DESIGN 3): what ``shards verify`` checks and what the student's
-loader relies on, in one place.
+"""The structure of a sample's ``pose.json``, the pose column's one member (DESIGN 3): what ``shards verify`` checks
+and what the student's loader relies on, in one place.
 
-The base stage writes ``{"persons": [{"keypoints": 17 x [x, y, v], "bbox": [x, y, w, h]}, ...], "crowd": [{"bbox":
-[x, y, w, h], "segmentation": RLE dict or list of polygons (optional)}, ...]}`` in store pixels; a person's
-keypoints may also be COCO's flat list of 51 numbers.
+The pose stage writes ``{"persons": [{"keypoints": 17 x [x, y, v], "bbox": [x, y, w, h]}, ...], "crowd": [{"bbox":
+[x, y, w, h], "segmentation": RLE dict or list of polygons (optional)}, ...], "source": teacher}`` in store pixels (a
+model teacher's persons also carry ``score`` and ``keypoint_scores``); a person's keypoints may also be COCO's flat
+list of 51 numbers.
 """
 
 from __future__ import annotations
@@ -44,12 +45,12 @@ def keypoint_problem(keypoints: Any) -> str | None:
 
 
 def pose_problem(pose: Any) -> str | None:
-    """What makes a parsed ``pose.json`` not of the structure the base stage writes, or None."""
+    """What makes a parsed ``pose.json`` not of the structure the pose stage writes, or None."""
     if not isinstance(pose, Mapping):
         return f"holds a JSON {type(pose).__name__}, expected an object with persons and crowd"
     missing = [k for k in ("persons", "crowd") if k not in pose]
     if missing:
-        return f"lacks {' and '.join(repr(k) for k in missing)} (the base stage writes both)"
+        return f"lacks {' and '.join(repr(k) for k in missing)} (the pose stage writes both)"
     if not isinstance(pose["persons"], list) or not isinstance(pose["crowd"], list):
         return "its persons and crowd must be lists"
     for i, person in enumerate(pose["persons"]):

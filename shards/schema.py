@@ -9,7 +9,7 @@ from typing import Mapping
 
 from shards.taxonomy import GLOVE_DIM, NUM_TOKENS
 
-STORE_FORMAT = "ymap-store/1"
+STORE_FORMAT = "ymap-store/2"  # 2: pose.json moved from base to its own pose column
 DEFAULT_STORE_SIZE = 256  # S: side of the square letterbox every image-shaped member has
 MAX_STORE_SIZE = 4096  # the largest S a store may declare: it bounds what decoding one member can allocate
 DEFAULT_SHARD_SIZE = 1000
@@ -64,10 +64,12 @@ def _col(name: str, doc: str, *members: Member) -> Column:
 
 
 COLUMNS: Mapping[str, Column] = MappingProxyType({c.name: c for c in (
-    _col("base", "letterboxed image, its geometry and the COCO keypoints",
+    _col("base", "letterboxed image and its geometry",
          Member("jpg", "jpeg", "uint8", ("S", "S", 3), "RGB letterbox"),
-         Member("meta.json", "json", doc="id, file_name, orig_size [w, h], scale, offset [x, y], size"),
-         Member("pose.json", "json", doc="persons: keypoints 17x(x, y, v) in store pixels, bbox; crowd regions")),
+         Member("meta.json", "json", doc="id, file_name, orig_size [w, h], scale, offset [x, y], size")),
+    _col("pose", "persons from the pose teacher (COCO keypoints or a model) in store pixels",
+         Member("pose.json", "json", doc="persons: keypoints 17x(x, y, v), bbox[, score, keypoint_scores]; crowd "
+                                         "regions; source")),
     _col("depth", "teacher depth, per-image min..max of valid pixels mapped to 0..65535",
          Member("depth.png", "png", "uint16", ("S", "S"), "relative inverse depth (larger = nearer)"),
          Member("depth.json", "json", doc="kind (relative|metric), raw min/max, scale")),

@@ -249,6 +249,8 @@ def column_tile(sample: dict[str, Any], column: str, tile: int, title: str | Non
     s = sample
     if column == "base":
         img = _pose_tile(s, tile) if "jpg" in s else _missing(tile, "image")
+    elif column == "pose":
+        img = _pose_tile(s, tile) if "jpg" in s and "pose.json" in s else _missing(tile, "pose")
     elif column == "depth":
         img = _depth_tile(s, tile) if "depth.png" in s else _missing(tile, "depth")
     elif column == "normals":

@@ -173,7 +173,8 @@ def synthetic_sample(image_id: int, size: int = 256, seed: int = 0) -> dict[str,
     meta = {"id": image_id, "file_name": f"{key_of(image_id)}.jpg", "orig_size": list(orig), "size": size,
             "scale": scale, "offset": list(offset), "resized": [xs.stop - xs.start, ys.stop - ys.start]}
     return {
-        "base": {"jpg": rgb, "meta.json": meta, "pose.json": {"persons": persons, "crowd": crowd}},
+        "base": {"jpg": rgb, "meta.json": meta},
+        "pose": {"pose.json": {"persons": persons, "crowd": crowd, "source": "synthetic"}},
         "depth": {"depth.png": depth, "depth.json": {"kind": "relative", "min": lo, "max": hi,
                                                      "scale": (hi - lo) / 65535.0}},
         "normals": {"normals.png": normals_from_depth(depth, content=(ys, xs))},

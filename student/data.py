@@ -27,7 +27,7 @@ from student.values import device_targets
 
 #: batch buffers each loader process reuses: the DataLoader's 2 prefetched, one being pinned, one in use
 SLOTS_PER_WORKER = 4
-REQUIRED_COLUMNS = ("base", "depth", "normals", "text", "groups", "tokens")  # each made by the stage of its name
+REQUIRED_COLUMNS = ("base", "pose", "depth", "normals", "text", "groups", "tokens")  # each made by the stage of its name
 #: members the student decodes (ext -> schema member); the rest (meta.json, depth.json, text.json) stay bytes
 MEMBERS = {m.ext: m for c in REQUIRED_COLUMNS for m in COLUMNS[c].members
            if m.ext not in ("meta.json", "depth.json", "text.json")}
@@ -79,7 +79,7 @@ class SampleTransform:
                 raise _member_error(raw, ext, e) from None
         try:
             sample = from_store(decoded)
-        except PoseError as e:  # decodes as JSON, but not the structure the base stage writes
+        except PoseError as e:  # decodes as JSON, but not the structure the pose stage writes
             raise _member_error(raw, "pose.json", e) from None
         if self.augment is not None:
             sample = augment(sample, sample_rng(self.seed, self.epoch or 0, sample.key), self.augment)

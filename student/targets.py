@@ -80,7 +80,7 @@ class StoreSample:
 
 
 class PoseError(ValueError):
-    """A ``pose.json`` without the structure the base stage writes; the message says what is wrong in it."""
+    """A ``pose.json`` without the structure the pose stage writes; the message says what is wrong in it."""
 
 
 def from_store(sample: Mapping[str, Any]) -> StoreSample:

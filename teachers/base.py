@@ -11,6 +11,12 @@ dict):
 - ``text``:     ``polygons`` list of float32 (N, 2) arrays (x, y in original pixels), ``scores`` list of
                 float in [0, 1].
 - ``caption``:  ``captions`` list of str (one or more per image).
+- ``pose``:     ``persons`` list of dicts, one per person: ``keypoints`` float32 (17, 3) in COCO-17 order, x and y in
+                original pixels and v the COCO visibility (0 = not there, 1 = occluded, 2 = visible; a model teacher
+                writes 2 where the joint's confidence reaches its keypoint threshold, else 0 with x = y = 0),
+                ``bbox`` [x, y, w, h] (original pixels), and for model teachers ``score`` (the person's detection
+                score) and ``keypoint_scores`` (17 floats); ``crowd`` list of crowd regions (``bbox`` and
+                ``segmentation``, RLE dict or polygons, original pixels; ground truth only, [] from a model).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-TASKS = ("depth", "panoptic", "text", "caption")
+TASKS = ("pose", "depth", "panoptic", "text", "caption")
 
 
 #: Environment variable naming the folder of weights no hub serves (DPText-DETR's, VisionGPT2's); default

@@ -1,71 +1,29 @@
 """Panoptic teacher: detectron2's Panoptic FPN (model-zoo config), batched, as contiguous 0..132 class maps.
 
-Checkpoints load through detectron2's ``DetectionCheckpointer`` (name matching, legacy conversions,
-incompatible-key report) but are READ safely: ``.pth`` files with ``strict_load.safe_torch_load``,
-legacy model-zoo ``.pkl`` pickles with ``numpy_pickle.load_numpy_pickle`` (plain numeric arrays and containers).
+Checkpoints and configs load safely through ``teachers.detectron2_common`` (shared with the keypoint teacher).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Any, Sequence
 
-from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, expand_home, sha256_of_path
-from teachers.loading import integer, load_or_fail, require
-from teachers.numpy_pickle import load_numpy_pickle
+from teachers.base import TeacherError, TeacherInput, TeacherSpec
+from teachers.detectron2_common import FOLDER_CONFIG, FOLDER_WEIGHTS, Detectron2Teacher, read_weights, save_tiny
 from teachers.panoptic_ids import PANOPTIC_OUTPUTS, contiguous_from_detectron2
-from teachers.preprocess import check_image
+
+__all__ = ["DEFAULT_CHECKPOINT", "DEFAULT_CONFIG", "FOLDER_CONFIG", "FOLDER_WEIGHTS", "PanopticFPNTeacher",
+           "read_weights", "save_tiny_checkpoint"]
 
 DEFAULT_CONFIG = "COCO-PanopticSegmentation/panoptic_fpn_R_101_3x.yaml"
 #: The model-zoo weights of DEFAULT_CONFIG (downloaded and cached by detectron2's PathManager).
 DEFAULT_CHECKPOINT = ("https://dl.fbaipublicfiles.com/detectron2/COCO-PanopticSegmentation/"
                       "panoptic_fpn_R_101_3x/139514519/model_final_cafdb1.pkl")
-FOLDER_CONFIG = "config.yaml"
-FOLDER_WEIGHTS = ("model_final.pth", "model_final.pkl")
 
 
-def read_weights(path: str) -> dict[str, Any]:
-    """Read a detectron2 checkpoint file safely into the dict ``DetectionCheckpointer._load_model`` takes."""
-    if path.endswith(".pkl"):
-        with open(path, "rb") as f:
-            data = load_numpy_pickle(f)
-        if "model" in data and "__author__" in data:  # detectron2 model-zoo format
-            return data
-        data = data.get("blobs", data)  # Caffe2 / Detectron1 format
-        return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")},
-                "__author__": "Caffe2", "matching_heuristics": True}
-    from teachers.strict_load import safe_torch_load
-
-    data = safe_torch_load(path)
-    if not isinstance(data, dict):
-        raise TeacherError(f"teacher {PanopticFPNTeacher.name!r}: checkpoint {path} holds a {type(data).__name__}, "
-                           "not a state dict")
-    return data if "model" in data else {"model": data}
-
-
-def _resolve(checkpoint: str, config_file: str) -> tuple[str, str, bool]:
-    """(weights path or URL, config path or model-zoo name, config is a local file) of a checkpoint argument."""
-    if os.path.isdir(checkpoint):
-        found = [w for w in FOLDER_WEIGHTS if os.path.isfile(os.path.join(checkpoint, w))]
-        if not os.path.isfile(os.path.join(checkpoint, FOLDER_CONFIG)) or len(found) != 1:
-            raise TeacherError(f"teacher {PanopticFPNTeacher.name!r}: checkpoint folder {checkpoint!r} must hold "
-                               f"{FOLDER_CONFIG} and one of {', '.join(FOLDER_WEIGHTS)}")
-        return os.path.join(checkpoint, found[0]), os.path.join(checkpoint, FOLDER_CONFIG), True
-    return checkpoint, config_file, os.path.isfile(config_file)
-
-
-class PanopticFPNTeacher(Teacher):
+class PanopticFPNTeacher(Detectron2Teacher):
     """Detectron2 Panoptic FPN; each image's panoptic segments painted with their contiguous class.
 
-    Args:
-        checkpoint: weights file (``.pth`` / model-zoo ``.pkl``) or URL used with ``config_file``, or a
-            folder holding ``config.yaml`` and ``model_final.pth`` (or ``.pkl``), as detectron2 training writes.
-        config_file: model-zoo config name or a yaml path (ignored for a checkpoint folder).
-        opts: extra config overrides, detectron2 style ("KEY", "VALUE", ...).
-        min_size, max_size: the test resize (detectron2's ResizeShortestEdge: shorter side to ``min_size``, longer
-            side at most ``max_size``); default the config's INPUT.MIN_SIZE_TEST and MAX_SIZE_TEST (800, 1333).
-        device, dtype, batch_size: see ``Teacher``; float16/bfloat16 run under CUDA autocast.
+    Args: see ``Detectron2Teacher`` (checkpoint, config_file, opts, min_size, max_size, device, dtype, batch_size).
     """
 
     name = "detectron2-panoptic-fpn"
@@ -82,101 +40,32 @@ class PanopticFPNTeacher(Teacher):
     def __init__(self, *, checkpoint: str = DEFAULT_CHECKPOINT, config_file: str = DEFAULT_CONFIG,
                  opts: Sequence[str] = (), min_size: int | None = None, max_size: int | None = None,
                  device: str = "cpu", dtype: str = "float32", batch_size: int = 4) -> None:
-        super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-        for name, value in (("min_size", min_size), ("max_size", max_size)):
-            if value is not None:
-                integer(name, value, 16)
-        require("detectron2", self.name, "detectron2")
-        from detectron2.checkpoint import DetectionCheckpointer
-        from detectron2.modeling import build_model
-        from detectron2.utils.file_io import PathManager
+        super().__init__(checkpoint=checkpoint, config_file=config_file, opts=opts, min_size=min_size,
+                         max_size=max_size, device=device, dtype=dtype, batch_size=batch_size)
 
-        self.checkpoint = str(self.resolve_checkpoint(checkpoint))
-        weights, config, local_config = _resolve(self.checkpoint, str(expand_home(config_file)))
-        self.cfg = load_or_fail(self.name, self.checkpoint, lambda: self._config(config, local_config, opts))
-        path = load_or_fail(self.name, self.checkpoint, lambda: PathManager.get_local_path(weights))
-        state = load_or_fail(self.name, self.checkpoint, lambda: read_weights(path))
-        self.model = build_model(self.cfg).eval()
-        incompatible = load_or_fail(self.name, self.checkpoint,
-                                    lambda: DetectionCheckpointer(self.model)._load_model(state))
-        bad = list(incompatible.missing_keys) + [k for k, *_ in incompatible.incorrect_shapes]
-        if bad:
-            raise TeacherError(f"teacher {self.name!r}: checkpoint {self.checkpoint!r} does not fit the config "
-                               f"({len(bad)} missing or mis-shaped weights, e.g. {bad[0]})")
-        self.min_size = int(min_size if min_size is not None else self.cfg.INPUT.MIN_SIZE_TEST)
-        self.max_size = int(max_size if max_size is not None else self.cfg.INPUT.MAX_SIZE_TEST)
-        if self.max_size < self.min_size:
-            raise TeacherError(f"teacher {self.name!r}: max_size {self.max_size} is below min_size {self.min_size}")
-        unplaced = self.cfg.clone()  # where it runs changes no output: leave the device out of the fingerprint
-        unplaced.defrost()
-        unplaced.MODEL.DEVICE = ""
-        self._identity = {"weights_sha256": sha256_of_path(path), "min_size": self.min_size, "max_size": self.max_size,
-                          "resize": "shortest edge, padded to the backbone's multiple",
-                          "config_sha256": hashlib.sha256(unplaced.dump().encode()).hexdigest()}
-
-    def _config(self, config: str, local_config: bool, opts: Sequence[str]) -> Any:
-        from detectron2 import model_zoo
-        from detectron2.config import get_cfg
-
-        import yaml
-
-        cfg = get_cfg()
-        path = config if local_config else model_zoo.get_config_file(config)
-        try:  # plain data only: detectron2 would fall back to yaml.unsafe_load, which runs python/object tags
-            cfg.merge_from_file(path, allow_unsafe=False)
-        except yaml.YAMLError as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise TeacherError(f"teacher {self.name!r}: config {path} is not plain YAML data ({first}); a tag that "
-                               "builds a Python object is refused") from None
-        cfg.merge_from_list(list(opts))
-        cfg.MODEL.DEVICE = str(self.device)
-        cfg.MODEL.WEIGHTS = ""
+    def check_config(self, cfg: Any, config: str) -> None:
         if (cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES) != (80, 54):
             raise TeacherError(f"teacher {self.name!r}: config {config!r} is not a COCO panoptic model (needs 80 "
                                f"thing and 54 stuff classes, has {cfg.MODEL.ROI_HEADS.NUM_CLASSES} and "
                                f"{cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES})")
-        cfg.freeze()
-        return cfg
-
-    def identity(self) -> dict[str, Any]:
-        return dict(self._identity)
 
     def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
-        """As detectron2's own inference (``DefaultPredictor`` and the model's ``forward``): each image resized by
-        ResizeShortestEdge (PIL, bilinear), normalised, padded to the backbone's multiple; images of one resized
-        shape run as one batch, so an image's output does not depend on the others of the call. The steps of the
-        model's forward run here one by one so that half precision is cast back before the post-processing."""
-        import contextlib
-
-        import numpy as np
+        """As detectron2's own inference (``DefaultPredictor`` and the model's ``forward``) on the input of
+        ``batches``; the steps of the model's forward run here one by one so that half precision is cast back
+        before the post-processing."""
         import torch
-        from detectron2.data import transforms as T
         from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
         from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
-        from detectron2.structures import ImageList
 
         m = self.model
-        resize = T.ResizeShortestEdge([self.min_size, self.min_size], self.max_size)
-        groups: dict[tuple[int, int], list[tuple[int, Any]]] = {}
-        for i, inp in enumerate(inputs):
-            check_image(inp.image)
-            image = np.ascontiguousarray(inp.image[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else inp.image)
-            resized = resize.get_transform(image).apply_image(image)
-            groups.setdefault(resized.shape[:2], []).append((i, resized))
-        half = self.dtype != "float32"
-        autocast = torch.autocast("cuda", dtype=getattr(torch, self.dtype)) if half else contextlib.nullcontext()
         outs: list[dict[str, Any]] = [{}] * len(inputs)
-        with torch.inference_mode(), autocast:
-            for shape, items in groups.items():
-                pixels = [(torch.as_tensor(np.ascontiguousarray(r.transpose(2, 0, 1)), device=m.device).float()
-                           - m.pixel_mean) / m.pixel_std for _, r in items]
-                images = ImageList.from_tensors(pixels, m.backbone.size_divisibility,
-                                                padding_constraints=m.backbone.padding_constraints)
+        with torch.inference_mode(), self.autocast():
+            for indices, images in self.batches(inputs):
                 features = m.backbone(images.tensor)
                 sem_segs, _ = m.sem_seg_head(features, None)
                 proposals, _ = m.proposal_generator(images, features, None)
                 detections, _ = m.roi_heads(images, features, proposals, None)
-                for (i, _), sem, det in zip(items, sem_segs, detections):
+                for i, shape, sem, det in zip(indices, images.image_sizes, sem_segs, detections):
                     h, w = inputs[i].image.shape[:2]
                     sem = sem_seg_postprocess(sem.float(), shape, h, w)
                     det = detector_postprocess(det, h, w)
@@ -193,27 +82,10 @@ def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
     Writes ``config.yaml`` and ``model_final.pth`` (a ``{"model": state_dict}``, as detectron2 saves);
     returns the folder, a valid ``checkpoint=``.
     """
-    import torch
-    from detectron2 import model_zoo
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
-    cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file(DEFAULT_CONFIG))
-    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-                         "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-                         "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-                         "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
-                         # few detections, all of them painted (random scores never pass the 0.5 default)
-                         "TEST.DETECTIONS_PER_IMAGE", "8",
-                         "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0",
-                         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-                         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192"])
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, FOLDER_CONFIG), "w") as f:
-        f.write(cfg.dump())
-    torch.save({"model": model.state_dict()}, os.path.join(out_dir, FOLDER_WEIGHTS[0]))
-    return str(out_dir)
-
+    return save_tiny(out_dir, DEFAULT_CONFIG, [
+        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
+        "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+        "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
+        # few detections, all of them painted (random scores never pass the 0.5 default)
+        "TEST.DETECTIONS_PER_IMAGE", "8", "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0",
+        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192"], seed)

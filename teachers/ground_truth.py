@@ -1,4 +1,5 @@
-"""Ground-truth teachers: COCO panoptic annotations and COCO human captions, read from the image's record."""
+"""Ground-truth teachers: COCO panoptic annotations, human captions and person keypoints, read from the image's
+record."""
 
 from __future__ import annotations
 
@@ -115,3 +116,37 @@ class CaptionGroundTruth(_GroundTruth):
         # An image without a (non-empty) caption gets none: its caption.json lists no caption and its eight token
         # slots stay empty, as the slots past a short caption are; one such image never fails its shard.
         return [str(c).strip() for c in raw if str(c).strip()]
+
+
+class PoseGroundTruth(_GroundTruth):
+    """COCO person keypoints (record["persons"], record["crowd"], read from person_keypoints_<split>.json): the
+    people with their 17 joints and boxes as annotated, crowd annotations as regions the pose loss ignores."""
+
+    name = "pose-gt"
+    spec = TeacherSpec(
+        task="pose",
+        description="COCO person keypoint ground truth (persons, 17 joints, crowd regions)",
+        input="COCO record with 'persons': [{'keypoints': 51 numbers, 'bbox': [x, y, w, h]}] and 'crowd'",
+        outputs={"persons": "list of {keypoints (17, 3) float32 x, y, v; bbox [x, y, w, h]}",
+                 "crowd": "list of {bbox, segmentation}"},
+        units="pixels of the original image",
+        needs_annotations=True,
+        uses_gpu=False,
+    )
+
+    @classmethod
+    def check_records(cls, records: Iterable[Mapping[str, Any]]) -> str | None:
+        if not any(r.get("keypoints_annotated") for r in records):
+            return ("the split has no person keypoint annotations (annotations/person_keypoints_<split>.json); use a "
+                    "pose model teacher for it (vitpose, detectron2-keypoint-rcnn)")
+        return None
+
+    def predict(self, inputs: list[TeacherInput]) -> list[dict[str, Any]]:
+        return [self._read(inp) for inp in inputs]  # two outputs, persons and crowd
+
+    def _read(self, inp: TeacherInput) -> dict[str, Any]:
+        if not inp.record.get("keypoints_annotated"):
+            raise TeacherError(f"image {inp.image_id} has no keypoint annotations; use a pose model teacher for it")
+        persons = [{"keypoints": np.asarray(p["keypoints"], np.float32).reshape(-1, 3),
+                    "bbox": [float(v) for v in p["bbox"]]} for p in inp.record.get("persons", [])]
+        return {"persons": persons, "crowd": [dict(c) for c in inp.record.get("crowd", [])]}

@@ -19,6 +19,9 @@ _TEACHERS: dict[str, str] = {
     "rapidocr": "teachers.rapidocr_text:RapidOCRTeacher",
     "vit-gpt2": "teachers.vit_gpt2:ViTGPT2Teacher",
     "caption-gt": "teachers.ground_truth:CaptionGroundTruth",
+    "pose-gt": "teachers.ground_truth:PoseGroundTruth",
+    "vitpose": "teachers.vitpose:ViTPoseTeacher",
+    "detectron2-keypoint-rcnn": "teachers.detectron2_keypoint:KeypointRCNNTeacher",
 }
 
 

@@ -85,7 +85,23 @@ class FakeCaption(_Fake):
         return {"captions": captions if self.gain == 1 else captions[:1]}  # gain != 1: the first caption only
 
 
-FAKES = {cls.name: f"{__name__}:{cls.__name__}" for cls in (FakeDepth, FakePanoptic, FakeText, FakeCaption)}
+class FakePose(_Fake):
+    name = "fake-pose"
+    spec = TeacherSpec(task="pose", description="one person filling the image's centre half")
+
+    def one(self, inp: TeacherInput) -> dict[str, Any]:
+        h, w = inp.image.shape[:2]
+        x0, y0, bw, bh = w / 4, h / 4, w / 2 * min(self.gain, 2.0), h / 2  # gain scales the person's width
+        rows = np.linspace(0.1, 0.9, 17, dtype=np.float32)
+        keypoints = np.stack([x0 + bw * (0.4 + 0.2 * (np.arange(17) % 2)), y0 + bh * rows, np.full(17, 2.0)], 1)
+        keypoints[inp.image_id % 17] = 0  # one joint not seen
+        scores = [0.9] * 17
+        return {"persons": [{"keypoints": keypoints.astype(np.float32), "bbox": [x0, y0, bw, bh], "score": 0.8,
+                             "keypoint_scores": scores}], "crowd": []}
+
+
+FAKES = {cls.name: f"{__name__}:{cls.__name__}"
+         for cls in (FakePose, FakeDepth, FakePanoptic, FakeText, FakeCaption)}
 
 
 def teacher_process(teacher: Teacher) -> tuple[str, int]:
@@ -134,7 +150,7 @@ def make_config(demo_root: Path, out: Path, **kw: Any) -> "BuildConfig":
     from pipeline.build import BuildConfig
 
     base = dict(coco_root=str(demo_root), split="train2017", out=str(out), executor="local", size=64, shard_size=4,
-                device="cpu", progress=False, depth_teacher="fake-depth", panoptic_teacher="fake-panoptic",
+                device="cpu", progress=False, pose_teacher="fake-pose", depth_teacher="fake-depth", panoptic_teacher="fake-panoptic",
                 text_teacher="fake-text", caption_teacher="fake-caption",
                 glove=str(demo_root / "glove" / "glove.demo.300d.txt"))
     return BuildConfig(**{**base, **kw})

@@ -40,7 +40,7 @@ def synthetic_store_fixtures(split: str, *, num_samples: int, shard_size: int, s
 
 
 def set_pose(split_path: Path, pose: object) -> list[str]:
-    """Rewrite every pose.json of the split's first base shard with ``pose`` (a valid shard, recorded in its
+    """Rewrite every pose.json of the split's first pose shard with ``pose`` (a valid shard, recorded in its
     column.json, so only what the student makes of the value is tested); returns the shard's keys."""
     import json
 
@@ -49,7 +49,7 @@ def set_pose(split_path: Path, pose: object) -> list[str]:
     from shards.writer import ColumnWriter
 
     manifest = load_manifest(split_path)
-    writer = ColumnWriter(split_path, "base", manifest.columns["base"])
+    writer = ColumnWriter(split_path, "pose", manifest.columns["pose"])
     name = manifest.shard_names[0]
     with open(writer.dir / f"{name}.tar", "rb") as f:
         samples = list(iter_samples(f))

@@ -67,7 +67,7 @@ def test_pipeline_usage_error_is_one_line(capsys: pytest.CaptureFixture) -> None
 def test_pipeline_teachers_unknown_task(capsys: pytest.CaptureFixture) -> None:
     assert pipeline_main(["teachers", "--task", "nosuch"]) == 2
     assert _one_line(capsys) == ("pipeline: error: unknown task 'nosuch' (--task); "
-                                 "tasks are: depth, panoptic, text, caption")
+                                 "tasks are: pose, depth, panoptic, text, caption")
 
 
 def test_pipeline_status_of_a_split_never_built(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -190,7 +190,7 @@ def _config(tmp_path: Path, **values: object) -> Path:
 
 def test_shards_flags_may_follow_the_command(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert shards_main(["verify", "--shards", str(store), "--split", SPLIT, "--no-decode"]) == 0
-    assert capsys.readouterr().out.startswith("OK: 2 shards x 8 columns")
+    assert capsys.readouterr().out.startswith("OK: 2 shards x 9 columns")
 
 
 def test_shards_verify_unknown_column_is_a_usage_error(store: Path, capsys: pytest.CaptureFixture) -> None:

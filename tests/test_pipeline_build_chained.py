@@ -94,5 +94,5 @@ def test_a_failed_teacher_unit_leaves_its_chained_stage_not_run(demo_root: Path,
     [(_, shard)] = [f for f in failed if f[0] == "depth"]
     assert failed == {("depth", shard), ("normals", shard)}
     assert report["stages"]["normals"]["run"] == report["stages"]["depth"]["run"]
-    assert set(load_manifest(tmp_path / "store" / "train2017").columns) == {"base", "panoptic", "groups", "text",
-                                                                           "caption", "tokens"}
+    assert set(load_manifest(tmp_path / "store" / "train2017").columns) == {"base", "pose", "panoptic", "groups",
+                                                                           "text", "caption", "tokens"}

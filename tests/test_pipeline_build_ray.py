@@ -28,7 +28,7 @@ def test_ray_build_matches_local_and_survives_a_dead_actor(demo_root: Path, tmp_
                                        depth_params={"die_once": str(marker)}))
     assert marker.exists(), "the depth actor was killed once"
     assert on_ray["ok"] and on_ray["executor"] == "ray", on_ray["failures"]
-    assert on_ray["teachers"] == {"depth+panoptic+text+caption": "1 CPU actor"}  # no GPU here: one hosts all
+    assert on_ray["teachers"] == {"pose+depth+panoptic+text+caption": "1 CPU actor"}  # no GPU here: one hosts all
     cluster = on_ray["cluster"]  # which cluster ran it, also when joined through RAY_ADDRESS
     assert (cluster["nodes"], cluster["cpus"], cluster["gpus"]) == (1, 2.0, 0.0) and ":" in cluster["address"]
     from pipeline.progress import summary_table
@@ -40,7 +40,7 @@ def test_ray_build_matches_local_and_survives_a_dead_actor(demo_root: Path, tmp_
 
     local = build_targets(make_config(demo_root, tmp_path / "local"))
     assert local["ok"] and local["samples"] == on_ray["samples"] and local["cluster"] is None
-    assert local["teachers"] == dict.fromkeys(("depth", "panoptic", "text", "caption"), "in-process on cpu")
+    assert local["teachers"] == dict.fromkeys(("pose", "depth", "panoptic", "text", "caption"), "in-process on cpu")
     assert tar_files(tmp_path / "ray" / "train2017") == tar_files(tmp_path / "local" / "train2017")
 
 

@@ -9,7 +9,7 @@ import pytest
 from pipeline.stages import STAGES, ancestors, dependants, fingerprint, resolve_specs
 from shards.schema import COLUMNS
 
-TEACHERS = {"depth": ("d", "fp-d"), "panoptic": ("p", "fp-p"), "text": ("t", "fp-t"), "caption": ("c", "fp-c")}
+TEACHERS = {"pose": ("k", "fp-k"), "depth": ("d", "fp-d"), "panoptic": ("p", "fp-p"), "text": ("t", "fp-t"), "caption": ("c", "fp-c")}
 DERIVED = {"normals": {"scale": 240.0}, "groups": {},
            "tokens": {"vocab_size": 2048, "glove": "g", "stopwords": "default"}}
 
@@ -42,6 +42,7 @@ def test_dependants_and_ancestors() -> None:
     ({"teachers": {**TEACHERS, "caption": ("c", "fp-c2")}}, {"caption", "tokens"}),
     ({"teachers": {**TEACHERS, "panoptic": ("p", "x")}}, {"panoptic", "groups"}),
     ({"teachers": {**TEACHERS, "text": ("t", "x")}}, {"text"}),
+    ({"teachers": {**TEACHERS, "pose": ("vitpose", "fp-v")}}, {"pose"}),
     ({"derived": {**DERIVED, "normals": {"scale": 120.0}}}, {"normals"}),
     ({"derived": {**DERIVED, "tokens": {**DERIVED["tokens"], "stopwords": "other"}}}, {"tokens"}),
     ({"size": 128}, {s.name for s in STAGES}),
@@ -62,7 +63,7 @@ def test_fingerprints_are_stable_and_distinct() -> None:
 def test_unresolved_teacher_leaves_out_its_stage_and_dependants() -> None:
     partial = {k: v for k, v in TEACHERS.items() if k != "caption"}
     got = fps(teachers=partial)
-    assert set(got) == {"base", "depth", "normals", "panoptic", "groups", "text"}
+    assert set(got) == {"base", "pose", "depth", "normals", "panoptic", "groups", "text"}
     assert got["depth"] == fps()["depth"]
 
 

@@ -56,7 +56,7 @@ def test_a_folder_builds_a_store_that_verifies(config, folder: Path, tmp_path: P
     assert sorted(ids.values()) == list(range(1, 11))  # numbered in path order from 1
     assert list(ids) == sorted(ids) and ids["line-a/cam1.jpg"] == 1
     m = load_manifest(out / SPLIT)
-    assert set(m.columns) == {"base", "depth", "normals", "panoptic", "groups", "text", "caption", "tokens"}
+    assert set(m.columns) == {"base", "pose", "depth", "normals", "panoptic", "groups", "text", "caption", "tokens"}
 
 
 def test_added_files_keep_every_key_and_rebuild_only_new_or_changed_shards(config, folder: Path, tmp_path: Path,
@@ -114,7 +114,9 @@ def test_ground_truth_teachers_on_a_folder_are_one_line(config, folder: Path, tm
                           "--out", str(out), "--device", "cpu", "--caption-teacher", "caption-gt",
                           "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and "no caption annotations" in err, err
+    assert code == 2 and "\n" not in err and "caption teacher 'caption-gt': the split has no caption annotations" in err
+    # the default pose teacher reads COCO keypoints: named in the same line, with the model teachers to use
+    assert "pose teacher 'pose-gt': the split has no person keypoint annotations" in err and "vitpose" in err, err
     assert not out.exists()
 
 
@@ -185,7 +187,7 @@ def test_coco_unlabeled2017_builds_with_train_s_vocabulary(with_unlabeled: Path,
                           "unlabeled2017", "--out", str(tmp_path / "gt"), "--device", "cpu",
                           "--panoptic-teacher", "panoptic-gt", "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and "no panoptic annotations" in err, err
+    assert code == 2 and "\n" not in err and "no panoptic annotations" in err and "pose-gt" in err, err
 
 
 def _write_video(path: Path, frames: int = 30, fps: float = 10.0) -> None:

@@ -52,7 +52,7 @@ def test_status_after_a_build_loads_no_teacher(store) -> None:
     assert status["teachers"] == {"recorded": list(TEACHER_STAGES), "loaded": [], "unconfirmed": []}
     assert all(r["state"] == "current" for r in status["stages"])
     rechecked = split_status(cfg, recheck=True)  # loading every teacher gives the same versions
-    assert set(pipeline_fakes.BUILT) == {"fake-depth", "fake-panoptic", "fake-text", "fake-caption"}
+    assert set(pipeline_fakes.BUILT) == {"fake-pose", "fake-depth", "fake-panoptic", "fake-text", "fake-caption"}
     assert rechecked["teachers"] == {"recorded": [], "loaded": list(TEACHER_STAGES), "unconfirmed": []}
     assert requested(rechecked) == requested(status)
 
@@ -62,7 +62,7 @@ def test_changed_settings_leave_that_teacher_unconfirmed(store) -> None:
     changed = dataclasses.replace(cfg, depth_params={"gain": 2.0})
     status = split_status(changed)
     assert pipeline_fakes.BUILT == {}  # no teacher is loaded without --recheck
-    assert status["teachers"] == {"recorded": ["panoptic", "text", "caption"], "loaded": [],
+    assert status["teachers"] == {"recorded": ["pose", "panoptic", "text", "caption"], "loaded": [],
                                   "unconfirmed": ["depth"]}
     rows = {r["stage"]: r for r in status["stages"]}
     assert rows["depth"]["state"] == rows["normals"]["state"] == "unconfirmed" and rows["text"]["state"] == "current"
@@ -96,7 +96,7 @@ def test_a_damaged_record_means_unconfirmed(store) -> None:
     status = split_status(cfg)
     assert status["teachers"]["unconfirmed"] == list(TEACHER_STAGES) and pipeline_fakes.BUILT == {}
     assert {r["stage"]: r["state"] for r in status["stages"]} == {
-        "base": "current", **{s: "unconfirmed" for s in ("depth", "normals", "panoptic", "groups", "text", "caption",
+        "base": "current", **{s: "unconfirmed" for s in ("pose", "depth", "normals", "panoptic", "groups", "text", "caption",
                                                           "tokens")}}
     assert all(r["state"] == "current" for r in split_status(cfg, recheck=True)["stages"])
     assert build_targets(cfg)["ok"]  # the next build writes it again
@@ -107,7 +107,7 @@ def test_status_command_says_where_the_versions_come_from(store, tmp_path: Path,
     cfg, _ = store
     settings = config_file(cfg, tmp_path)
     assert main(["status", "--config", settings]) == 0
-    assert "depth, panoptic, text, caption as recorded by a build" in capsys.readouterr().out
+    assert "pose, depth, panoptic, text, caption as recorded by a build" in capsys.readouterr().out
     assert main(["status", "--config", settings, "--depth-param", "gain=2"]) == 0
     out = capsys.readouterr().out
     assert "panoptic, text, caption as recorded by a build" in out
@@ -192,7 +192,7 @@ def test_status_of_a_gpu_build_where_no_gpu_is(store, monkeypatch: pytest.Monkey
     real_build = TeacherFactory.build
     monkeypatch.setattr(TeacherFactory, "build", lambda self: devices.append(self.kwargs["device"]) or real_build(self))
     status = split_status(dataclasses.replace(cfg, device="cuda"), recheck=True)
-    assert status["teachers"]["loaded"] == list(TEACHER_STAGES) and devices == ["cpu"] * 4
+    assert status["teachers"]["loaded"] == list(TEACHER_STAGES) and devices == ["cpu"] * len(TEACHER_STAGES)
     assert all(r["state"] == "current" for r in status["stages"])
 
 

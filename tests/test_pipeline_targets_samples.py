@@ -1,4 +1,5 @@
-"""Stage sample functions: base (pose, crowd, meta), depth, panoptic, text; decoding odd and broken files."""
+"""Stage sample functions: base (meta), pose from the ground-truth teacher (persons, crowd), depth, panoptic, text;
+decoding odd and broken files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.coco import ImageRecord, load_split
-from pipeline.samples import (RejectedImage, base_sample, decode_image, depth_sample, panoptic_sample, text_sample)
+from pipeline.samples import (RejectedImage, base_sample, decode_image, depth_sample, panoptic_sample, pose_sample,
+                              text_sample)
 from pipeline.targets.depth import recover_depth
 from pipeline.targets.text import rasterise_polygons
 from shards.codecs import encode_png
@@ -21,14 +23,25 @@ def _meta(w: int, h: int, size: int) -> dict:
     return {"id": 1, "file_name": "x.jpg", **Letterbox.fit(w, h, size).to_meta()}
 
 
-def test_base_sample_members_and_keypoints(demo_root: Path) -> None:
+def _pose(rec: ImageRecord, size: int) -> dict:
+    """The pose.json the pose-gt teacher's prediction maps to, in the letterbox of the base sample."""
+    from teachers import TeacherInput, create_teacher
+
+    members, image = base_sample(rec, size)
+    (pred,) = create_teacher("pose-gt")([TeacherInput(image, rec.image_id, rec.to_record())])
+    pose = pose_sample(pred, members["meta.json"], "pose-gt")["pose.json"]
+    assert pose["source"] == "pose-gt"
+    return pose
+
+
+def test_base_sample_members_and_pose_gt_keypoints(demo_root: Path) -> None:
     rec = next(r for r in load_split(demo_root, "train2017") if r.image_id == 1000)
     members, image = base_sample(rec.to_record(), 256)
     assert set(members) == set(COLUMNS["base"].exts)
     meta = members["meta.json"]
     assert meta == {"id": 1000, "file_name": "000000001000.jpg", "orig_size": [640, 480], "size": 256,
                     "scale": 0.4, "offset": [0, 32], "resized": [256, 192]}
-    person = members["pose.json"]["persons"][0]
+    person = _pose(rec, 256)["persons"][0]
     x, y, v = rec.persons[0]["keypoints"][0]
     assert person["keypoints"][0] == [pytest.approx(x * 0.4, abs=1e-3), pytest.approx(y * 0.4 + 32, abs=1e-3), 2]
     bx, by, bw, bh = rec.persons[0]["bbox"]
@@ -39,7 +52,7 @@ def test_base_sample_members_and_keypoints(demo_root: Path) -> None:
 
 def test_unlabeled_keypoints_stay_zero(demo_root: Path) -> None:
     rec = next(r for r in load_split(demo_root, "train2017") if r.image_id == 397133)
-    kps = base_sample(rec, 128)[0]["pose.json"]["persons"][0]["keypoints"]
+    kps = _pose(rec, 128)["persons"][0]["keypoints"]
     assert kps[11] == [0.0, 0.0, 0] and kps[3][2] == 1  # hips not labeled; left ear labeled, hidden
 
 
@@ -48,7 +61,7 @@ def test_crowd_rle_is_mapped_to_store_size(demo_root: Path) -> None:
     from pycocotools import mask as mask_utils
 
     rec = next(r for r in load_split(demo_root, "train2017") if r.image_id == 1268)
-    crowd = base_sample(rec, 128)[0]["pose.json"]["crowd"][0]
+    crowd = _pose(rec, 128)["crowd"][0]
     seg = crowd["segmentation"]
     assert seg["size"] == [128, 128] and isinstance(seg["counts"], str)
     mask = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()})
@@ -62,9 +75,9 @@ def test_crowd_rle_is_mapped_to_store_size(demo_root: Path) -> None:
 def test_crowd_polygons_are_mapped(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
     path.write_bytes(encode_png(np.zeros((50, 100, 3), np.uint8)))
-    rec = ImageRecord(5, "a.png", str(path), 100, 50,
+    rec = ImageRecord(5, "a.png", str(path), 100, 50, keypoints_annotated=True,
                       crowd=[{"bbox": [10, 10, 20, 20], "segmentation": [[10, 10, 30, 10, 30, 30]]}])
-    crowd = base_sample(rec, 50)[0]["pose.json"]["crowd"][0]
+    crowd = _pose(rec, 50)["crowd"][0]
     assert crowd["segmentation"] == [[5.0, 17.0, 15.0, 17.0, 15.0, 27.0]]  # scale 0.5, offset (0, 12)
     assert crowd["bbox"] == [5.0, 17.0, 10.0, 10.0]
 

@@ -24,7 +24,7 @@ from shards.schema import BUILD_REPORT_NAME
 
 SPLIT = "train2017"
 EVIL_TEACHER = "detectron2-panoptic-fpn"
-FAKE_FLAGS = ["--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic", "--text-teacher", "fake-text",
+FAKE_FLAGS = ["--pose-teacher", "fake-pose", "--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic", "--text-teacher", "fake-text",
               "--caption-teacher", "fake-caption"]
 
 
@@ -128,7 +128,7 @@ def test_status_takes_no_teacher_config_file_or_checkpoint_from_the_store(attack
     assert pipeline_fakes.BUILT == {}
     assert states(out) == {s.name: "current" for s in STAGES}  # told from the store's data, without loading
     assert "no settings given" in out
-    assert f"the manifest says the last build used: depth fake-depth, panoptic {EVIL_TEACHER}," in out  # shown only
+    assert f"the manifest says the last build used: pose fake-pose, depth fake-depth, panoptic {EVIL_TEACHER}," in out  # shown only
     assert "evil" not in out
 
 
@@ -146,7 +146,7 @@ def test_the_users_flags_and_the_teacher_record_confirm_every_stage(attack, caps
     assert main(["status", *user_flags(cfg)]) == 0
     out = capsys.readouterr().out
     assert states(out) == {s.name: "current" for s in STAGES}
-    assert "teacher versions: depth, panoptic, text, caption as recorded by a build" in out
+    assert "teacher versions: pose, depth, panoptic, text, caption as recorded by a build" in out
     assert calls["created"] == calls["built"] == calls["constructed"] == [] and pipeline_fakes.BUILT == {}
     assert EVIL_TEACHER not in calls["looked_up"] and set(calls["looked_up"]) <= set(pipeline_fakes.FAKES)
     assert not marker.exists()
@@ -168,9 +168,9 @@ def test_an_unrecorded_teacher_is_unconfirmed_and_recheck_loads_the_users_settin
     out = capsys.readouterr().out
     table = states(out)
     assert table["depth"] == table["normals"] == "stale" and table["panoptic"] == "current"
-    assert "depth, panoptic, text, caption loaded now" in out
+    assert "pose, depth, panoptic, text, caption loaded now" in out
     built = dict(calls["built"])
-    assert set(built) == {"fake-depth", "fake-panoptic", "fake-text", "fake-caption"}  # the user's teachers
+    assert set(built) == {"fake-pose", "fake-depth", "fake-panoptic", "fake-text", "fake-caption"}  # the user's
     assert built["fake-depth"]["gain"] == 2  # with the user's parameters
     assert "checkpoint" not in built["fake-panoptic"] and "config_file" not in built["fake-panoptic"]
     assert sorted(calls["constructed"]) == sorted(built) and EVIL_TEACHER not in calls["looked_up"]
@@ -197,7 +197,7 @@ def test_a_user_config_file_is_used_and_the_manifests_is_not(attack, tmp_path: P
     assert main(["status", "--config", str(settings), "--stages", "panoptic"]) == 0
     out = capsys.readouterr().out
     assert states(out) == {"panoptic": "current", "groups": "current"}
-    assert "teacher versions: depth, panoptic, text, caption as recorded by a build" in out
+    assert "teacher versions: pose, depth, panoptic, text, caption as recorded by a build" in out
     assert calls["built"] == calls["constructed"] == [] and EVIL_TEACHER not in calls["looked_up"]
     assert not marker.exists()
 

@@ -20,6 +20,7 @@ from shards.gc import collect_garbage, inactive_versions, is_version_dir
 from shards.layout import column_dir, column_record_path, manifest_path
 from shards.manifest import StoreError, StoreFault, load_manifest
 from shards.reader import StoreReader
+from shards.schema import COLUMNS
 from shards.writer import ColumnWriter
 
 SPLIT = "train2017"
@@ -116,7 +117,7 @@ def test_malformed_manifest_is_one_line_exit_1_everywhere(store: Path, tmp_path:
         assert rc == 1 and out == "" and line.startswith(f"shards: error: {path}: not a store manifest ("), command
         assert needle in line, (command, line)
     assert not (tmp_path / "x").exists()
-    assert sum(1 for _ in (store / SPLIT).rglob("*.tar")) == 8 * 3  # gc removed nothing
+    assert sum(1 for _ in (store / SPLIT).rglob("*.tar")) == len(COLUMNS) * 3  # gc removed nothing
     with pytest.raises(StoreError, match="not a store manifest"):
         load_manifest(store / SPLIT)
     with pytest.raises(StoreError, match="not a store manifest"):  # the reader training uses
@@ -126,7 +127,7 @@ def test_malformed_manifest_is_one_line_exit_1_everywhere(store: Path, tmp_path:
 def test_other_store_format_is_named(store: Path, capsys: pytest.CaptureFixture) -> None:
     _edit_manifest(store, {"format": "ymap-store/9", "whatever": 1})
     rc, _, err = _run(capsys, "--shards", str(store), "info")
-    assert rc == 2 and "store format 'ymap-store/9' is not 'ymap-store/1'" in _one_line(err)
+    assert rc == 2 and "store format 'ymap-store/9' is not 'ymap-store/2'" in _one_line(err)
 
 
 @pytest.mark.parametrize("doc", [[], {"fingerprint": "x"}, "FP-SHARDS"])
@@ -451,7 +452,7 @@ def test_verify_checks_the_structure_of_pose_json(store: Path, capsys: pytest.Ca
 
     keys = set_pose(store / SPLIT, {})
     rc, line = _verify(store, capsys)
-    assert rc == 1 and f"column 'base' key {keys[0]}: member pose.json: is not a pose record: lacks 'persons'" in line
+    assert rc == 1 and f"column 'pose' key {keys[0]}: member pose.json: is not a pose record: lacks 'persons'" in line
 
 
 @pytest.mark.parametrize("cut_after, whole", [("the last member of its last sample", 3),
@@ -462,11 +463,11 @@ def test_a_cut_shard_counts_the_whole_samples_before_the_cut(clean: Path, tmp_pa
 
     store = tmp_path / "cut"
     shutil.copytree(clean, store)
-    tar = _shard(store, "base", f"{SPLIT}-000001")  # 3 samples of 3 members each
+    tar = _shard(store, "base", f"{SPLIT}-000001")  # 3 samples of 2 members each
     with tarfile.open(tar) as t:
         members = t.getmembers()
-    assert len(members) == 9
-    keep = members[8] if "last member" in cut_after else members[6]
+    assert len(members) == 6
+    keep = members[5] if "last member" in cut_after else members[4]
     end = keep.offset_data + -(-keep.size // 512) * 512  # cut at that member's end: no end-of-archive marker
     tar.write_bytes(tar.read_bytes()[:end])
     rc, _, err = _run(capsys, "verify", "--shards", str(store), "--split", SPLIT, "--columns", "base")

@@ -111,10 +111,9 @@ def test_a_misshapen_member_is_one_line_exit_1(tmp_path: Path, capsys) -> None:
 
     root = tmp_path / "s"
     write_synthetic_store(root, "train2017", 4, 4, size=32, seed=0)
-    fp = StoreReader(root, "train2017").versions["base"]
-    writer = ColumnWriter(root / "train2017", "base", fp)
-    samples = [(s["__key__"], {"jpg": s["jpg"], "meta.json": s["meta.json"], "pose.json": {"persons": "many"}})
-               for s in StoreReader(root, "train2017", ["base"])]
+    fp = StoreReader(root, "train2017").versions["pose"]
+    writer = ColumnWriter(root / "train2017", "pose", fp)
+    samples = [(s["__key__"], {"pose.json": {"persons": "many"}}) for s in StoreReader(root, "train2017", ["pose"])]
     writer.write_shard("train2017-000000", samples)  # recorded as written: only its content is wrong
     assert shards_main(["--shards", str(root), "report", "--out", str(tmp_path / "r"), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()

@@ -46,7 +46,7 @@ def _replace_caption_shard(store: Path, shard: str, keys: list[str]) -> None:
 
 def test_clean_store_passes(clean: Path, capsys: pytest.CaptureFixture) -> None:
     report = verify_split(clean, SPLIT)
-    assert report.ok and report.shards == 3 and report.samples == 9 and len(report.columns) == 8
+    assert report.ok and report.shards == 3 and report.samples == 9 and len(report.columns) == 9
     rc, out = _verify_cli(clean, capsys)
     assert rc == 0 and "OK" in out and "3 shards" in out and "9 samples" in out
 

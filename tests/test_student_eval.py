@@ -196,7 +196,7 @@ def test_weights_that_do_not_fit_their_config_name_the_first_mismatch(store: str
 @pytest.mark.parametrize("pose, problem", [
     ({"persons": [{"keypoints": [[1.0, 2.0, 2]], "bbox": [0, 0, 1, 1]}], "crowd": []},
      "persons[0] needs keypoints of 17 [x, y, v] triples, got a list of 1 item(s)"),
-    ({}, "lacks 'persons' and 'crowd' (the base stage writes both)"),
+    ({}, "lacks 'persons' and 'crowd' (the pose stage writes both)"),
     ([], "holds a JSON list, expected an object with persons and crowd"),
     ({"persons": [], "crowd": [{"bbox": [1, 2]}]}, "crowd[0] needs a bbox of 4 numbers when it has no segmentation"),
 ])

@@ -152,7 +152,7 @@ def test_pose_json_structure_is_checked() -> None:
     assert got.shape == (2, len(JOINTS), 3) and np.array_equal(got[0], got[1]) and got[0, 3].tolist() == [3, 6, 2]
     assert T.pose_keypoints({"persons": [], "crowd": []}).shape == (0, len(JOINTS), 3)
     for pose, problem in (
-            ({}, "lacks 'persons' and 'crowd' (the base stage writes both)"),
+            ({}, "lacks 'persons' and 'crowd' (the pose stage writes both)"),
             ({"persons": []}, "lacks 'crowd'"),
             ([], "holds a JSON list, expected an object with persons and crowd"),
             ({"persons": {}, "crowd": []}, "its persons and crowd must be lists"),

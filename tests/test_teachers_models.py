@@ -21,6 +21,9 @@ CASES: dict[str, dict] = {
     "mask2former": {"min_size": 64, "max_size": 128, "score_threshold": 0.0},
     "vit-gpt2": {"num_beams": 2, "max_length": 8},
     "rapidocr": {"input_size": 128},
+    # thresholds 0 keep every random detection and joint, so the mapping of boxes and joints is exercised
+    "vitpose": {"score_threshold": 0.0, "keypoint_threshold": 0.0},
+    "detectron2-keypoint-rcnn": {"min_size": 64, "max_size": 96, "score_threshold": 0.0, "keypoint_threshold": 0.0},
 }
 CASES = {name: kw for name, kw in CASES.items() if name in list_teachers()}
 
@@ -69,6 +72,20 @@ def _check_output(name: str, spec_task: str, out: dict, image: np.ndarray) -> No
     elif spec_task == "caption":
         assert set(out) == {"captions"} and out["captions"]
         assert all(isinstance(c, str) for c in out["captions"])
+    elif spec_task == "pose":
+        assert set(out) == {"persons", "crowd"} and out["crowd"] == []
+        for person in out["persons"]:
+            assert {"keypoints", "bbox", "score", "keypoint_scores"} <= set(person)
+            kps = person["keypoints"]
+            assert kps.dtype == np.float32 and kps.shape == (17, 3) and np.isfinite(kps).all()
+            assert set(np.unique(kps[:, 2])) <= {0.0, 2.0}
+            assert (kps[kps[:, 2] == 0, :2] == 0).all()
+            seen = kps[kps[:, 2] > 0]
+            assert ((seen[:, 0] >= 0) & (seen[:, 0] <= w) & (seen[:, 1] >= 0) & (seen[:, 1] <= h)).all()
+            x, y, bw, bh = person["bbox"]
+            assert bw >= 0 and bh >= 0 and x >= 0 and y >= 0 and x + bw <= w + 1e-3 and y + bh <= h + 1e-3
+            assert 0.0 <= person["score"] <= 1.0 and len(person["keypoint_scores"]) == 17
+            assert all(np.isfinite(person["keypoint_scores"]))
     else:  # pragma: no cover - a new task needs its checks here
         raise AssertionError(f"{name}: no output checks for task {spec_task}")
 
@@ -97,6 +114,12 @@ def test_batched_equals_one_by_one(name, teachers, batched, images) -> None:
                     np.testing.assert_allclose(pb, ps, atol=1e-3)
             elif key == "scores":
                 np.testing.assert_allclose(b[key], s[key], atol=1e-5)
+            elif key == "persons":
+                assert len(b[key]) == len(s[key])
+                for pb, ps in zip(b[key], s[key]):
+                    np.testing.assert_allclose(pb["keypoints"], ps["keypoints"], atol=1e-2)
+                    np.testing.assert_allclose(pb["bbox"], ps["bbox"], atol=1e-2)
+                    np.testing.assert_allclose(pb["score"], ps["score"], atol=1e-4)
             else:
                 assert b[key] == s[key]
 
