@@ -12,7 +12,7 @@ DEPTH_CKPT=$("$BIN/python" -c "from teachers.tiny import save_tiny_checkpoint; \
 print(save_tiny_checkpoint('depth-anything-v2', '$DEMO/checkpoints/depth-anything-v2'))")
 echo "== NOTE: depth comes from a TINY RANDOM Depth Anything V2 ($DEPTH_CKPT): no real weights offline,"
 echo "==       so the depth and normals columns are noise. Text: real RapidOCR (weights ship in its wheel)."
-echo "==       Panoptic and captions: the demo's COCO ground truth (panoptic-gt, caption-gt)."
+echo "==       Pose, panoptic and captions: the demo's COCO ground truth (pose-gt, panoptic-gt, caption-gt)."
 
 for SPLIT in train2017 val2017; do  # val reuses train's vocabulary, so train goes first
   echo "== build-targets $SPLIT on a local Ray cluster"
@@ -24,7 +24,10 @@ for SPLIT in train2017 val2017; do  # val reuses train's vocabulary, so train go
   "$BIN/shards" --shards "$STORE" --split "$SPLIT" verify
 done
 echo "== distil your own images: a folder of photos without annotations and a short video, model teachers only"
-echo "==   (TINY RANDOM Mask2Former and VisionGPT2, so their panoptic and captions are noise; vocabulary: train's)"
+echo "==   (TINY RANDOM ViTPose, Mask2Former and VisionGPT2, so their people, panoptic and captions are noise;"
+echo "==   every detection kept, at most 3 people an image, so that the pose column has some; vocabulary: train's)"
+POSE_CKPT=$("$BIN/python" -c "from teachers.tiny import save_tiny_checkpoint; \
+print(save_tiny_checkpoint('vitpose', '$DEMO/checkpoints/vitpose'))" 2>/dev/null)
 PAN_CKPT=$("$BIN/python" -c "from teachers.tiny import save_tiny_checkpoint; \
 print(save_tiny_checkpoint('mask2former', '$DEMO/checkpoints/mask2former'))" 2>/dev/null)
 CAP_CKPT=$("$BIN/python" -c "from teachers.tiny import save_tiny_checkpoint; \
@@ -33,6 +36,7 @@ for SPLIT in photos robot; do
   if [ "$SPLIT" = photos ]; then SOURCE=(--images "$DEMO/val2017"); else SOURCE=(--videos "$DEMO/videos" --frame-step 4); fi
   "$BIN/pipeline" build-targets --executor local --out "$STORE" "${SOURCE[@]}" --split "$SPLIT" --shard-size 8 \
     --device cpu --batch-size 4 --depth-teacher depth-anything-v2 --depth-checkpoint "$DEPTH_CKPT" \
+    --pose-teacher vitpose --pose-checkpoint "$POSE_CKPT" --pose-param score_threshold=0 --pose-param max_persons=3 \
     --panoptic-teacher mask2former --panoptic-checkpoint "$PAN_CKPT" --text-teacher rapidocr \
     --caption-teacher visiongpt2 --caption-checkpoint "$CAP_CKPT" --glove "$DEMO/glove/glove.demo.300d.txt"
   "$BIN/shards" --shards "$STORE" --split "$SPLIT" verify

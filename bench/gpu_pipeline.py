@@ -29,7 +29,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import numpy as np  # noqa: E402
 
-MODEL_TEACHERS = {"depth": "depth-anything-v2", "text": "dptext-detr", "caption": "visiongpt2"}
+MODEL_TEACHERS = {"pose": "vitpose", "depth": "depth-anything-v2", "text": "dptext-detr", "caption": "visiongpt2"}
 
 
 def where(teacher: Any) -> dict[str, Any]:

@@ -78,6 +78,41 @@ def _full_detectron2(out: str) -> str:
     return out
 
 
+def _full_keypoint_rcnn(out: str) -> str:
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    import torch
+
+    from teachers.detectron2_keypoint import DEFAULT_CONFIG
+
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file(DEFAULT_CONFIG))
+    cfg.MODEL.DEVICE = "cpu"
+    os.makedirs(out, exist_ok=True)
+    Path(out, "config.yaml").write_text(cfg.dump())
+    torch.save({"model": build_model(cfg).state_dict()}, os.path.join(out, "model_final.pth"))
+    return out
+
+
+def _full_vitpose(out: str) -> str:
+    """A bundle as ``save_tiny_checkpoint`` writes it, at the published sizes: ViTPose-B (simple decoder) and
+    RT-DETR R50-vd (transformers' default RT-DETR configuration) with the COCO-80 classes."""
+    from transformers import (RTDetrConfig, RTDetrForObjectDetection, VitPoseBackboneConfig, VitPoseConfig,
+                              VitPoseForPoseEstimation)
+
+    from shards.taxonomy import PANOPTIC_CLASSES
+
+    backbone = VitPoseBackboneConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4,
+                                     image_size=[256, 192], patch_size=[16, 16], out_indices=[12])
+    VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, num_labels=17)).save_pretrained(
+        os.path.join(out, "pose"))
+    names = dict(enumerate(c.name for c in PANOPTIC_CLASSES if c.isthing))
+    RTDetrForObjectDetection(RTDetrConfig(id2label=names, label2id={v: k for k, v in names.items()})).save_pretrained(
+        os.path.join(out, "detector"))
+    return out
+
+
 def _full_vit_gpt2(out: str) -> str:
     from transformers import (AutoTokenizer, GPT2Config, ViTConfig, VisionEncoderDecoderConfig,
                               VisionEncoderDecoderModel)
@@ -124,6 +159,8 @@ class Case:
 
 
 CASES: tuple[Case, ...] = (
+    Case("vitpose", {}, _full_vitpose, {}, "RT-DETR R50: 108 fps on a T4 (TensorRT FP16); plus one crop per person"),
+    Case("detectron2-keypoint-rcnn", {"min_size": 480, "max_size": 640}, _full_keypoint_rcnn, {}, ""),
     Case("depth-anything-v2", {"input_size": 518}, _full_depth_anything, {},
          "Large: 13 ms/image on an A100 (518 px)"),
     Case("detectron2-panoptic-fpn", {"min_size": 480, "max_size": 640}, _full_detectron2, {},

@@ -131,7 +131,7 @@ class Predicted:
 #: own meaning of "nothing here". Depth has none: a refused depth image still fails its shard.
 EMPTY_PREDICTIONS: dict[str, Callable[[Any], dict[str, Any]]] = {
     # no persons, and the whole image a crowd region: the pose loss ignores it (no persons alone would say "nobody")
-    "pose": lambda image: {"persons": [], "crowd": [{"bbox": [0.0, 0.0, float(image.shape[1]), float(image.shape[0])]}]},
+    "pose": lambda image: {"persons": [], "crowd": [{"bbox": [0.0, 0.0, *map(float, image.shape[1::-1])]}]},
     "caption": lambda image: {"captions": []},  # eight empty token slots
     "text": lambda image: {"polygons": [], "scores": []},  # no text
     "panoptic": lambda image: {"classes": np.full(image.shape[:2], 255, np.uint8)},  # void; groups: unlabeled

@@ -27,7 +27,8 @@ from student.values import device_targets
 
 #: batch buffers each loader process reuses: the DataLoader's 2 prefetched, one being pinned, one in use
 SLOTS_PER_WORKER = 4
-REQUIRED_COLUMNS = ("base", "pose", "depth", "normals", "text", "groups", "tokens")  # each made by the stage of its name
+# each made by the stage of its name
+REQUIRED_COLUMNS = ("base", "pose", "depth", "normals", "text", "groups", "tokens")
 #: members the student decodes (ext -> schema member); the rest (meta.json, depth.json, text.json) stay bytes
 MEMBERS = {m.ext: m for c in REQUIRED_COLUMNS for m in COLUMNS[c].members
            if m.ext not in ("meta.json", "depth.json", "text.json")}

@@ -104,6 +104,11 @@ FAKES = {cls.name: f"{__name__}:{cls.__name__}"
          for cls in (FakePose, FakeDepth, FakePanoptic, FakeText, FakeCaption)}
 
 
+#: the fakes as build-targets flags, one per teacher stage
+FLAGS = [flag for cls in (FakePose, FakeDepth, FakePanoptic, FakeText, FakeCaption)
+         for flag in (f"--{cls.spec.task}-teacher", cls.name)]
+
+
 def teacher_process(teacher: Teacher) -> tuple[str, int]:
     """A teacher unit for executor tests: which teacher ran it, in which process."""
     return teacher.name, os.getpid()
@@ -150,8 +155,8 @@ def make_config(demo_root: Path, out: Path, **kw: Any) -> "BuildConfig":
     from pipeline.build import BuildConfig
 
     base = dict(coco_root=str(demo_root), split="train2017", out=str(out), executor="local", size=64, shard_size=4,
-                device="cpu", progress=False, pose_teacher="fake-pose", depth_teacher="fake-depth", panoptic_teacher="fake-panoptic",
-                text_teacher="fake-text", caption_teacher="fake-caption",
+                device="cpu", progress=False, pose_teacher="fake-pose", depth_teacher="fake-depth",
+                panoptic_teacher="fake-panoptic", text_teacher="fake-text", caption_teacher="fake-caption",
                 glove=str(demo_root / "glove" / "glove.demo.300d.txt"))
     return BuildConfig(**{**base, **kw})
 

@@ -12,8 +12,7 @@ from pipeline.cli import build_parser, main, resolve_config
 from shards.manifest import load_manifest
 from teachers.registry import list_teachers
 
-FAKE_FLAGS = ["--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic", "--text-teacher", "fake-text",
-              "--caption-teacher", "fake-caption"]
+FAKE_FLAGS = pipeline_fakes.FLAGS
 
 
 

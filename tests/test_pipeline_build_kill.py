@@ -41,8 +41,7 @@ def test_sigkill_then_resume_is_byte_identical(demo_root: Path, tmp_path: Path,
     args = ["build-targets", "--executor", "local", "--no-progress", "--coco-root", str(demo_root),
             "--out", str(killed),
             "--shard-size", "2", "--size", "64", "--device", "cpu", "--glove", cfg.glove,
-            "--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic", "--text-teacher", "fake-text",
-            "--caption-teacher", "fake-caption", "--depth-param", "delay=0.15"]  # slow enough to be caught halfway
+            *pipeline_fakes.FLAGS, "--depth-param", "delay=0.15"]  # slow enough to be caught halfway
     code = ("import sys, pipeline_fakes; pipeline_fakes.register(); from pipeline.cli import main; "
             f"sys.exit(main({args!r}))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}

@@ -9,7 +9,8 @@ import pytest
 from pipeline.stages import STAGES, ancestors, dependants, fingerprint, resolve_specs
 from shards.schema import COLUMNS
 
-TEACHERS = {"pose": ("k", "fp-k"), "depth": ("d", "fp-d"), "panoptic": ("p", "fp-p"), "text": ("t", "fp-t"), "caption": ("c", "fp-c")}
+TEACHERS = {"pose": ("k", "fp-k"), "depth": ("d", "fp-d"), "panoptic": ("p", "fp-p"), "text": ("t", "fp-t"),
+            "caption": ("c", "fp-c")}
 DERIVED = {"normals": {"scale": 240.0}, "groups": {},
            "tokens": {"vocab_size": 2048, "glove": "g", "stopwords": "default"}}
 

@@ -15,7 +15,7 @@ from pipeline.diff import DiffError, diff_sheet, diff_versions, resolve_versions
 from shards.manifest import load_manifest
 
 CHANGED = {"depth_params": {"gain": 2.0}, "panoptic_params": {"gain": 2.0}, "text_params": {"gain": 2.0},
-           "caption_params": {"gain": 2.0}}
+           "caption_params": {"gain": 2.0}, "pose_params": {"gain": 1.2}}  # a person 1.2 times as wide
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +37,14 @@ def _overall(out: Path, stage: str, old: str | None = None, new: str | None = No
     return diff.overall
 
 
-@pytest.mark.parametrize("stage", ["depth", "normals", "panoptic", "groups", "text", "caption", "tokens"])
+@pytest.mark.parametrize("stage", ["pose", "depth", "normals", "panoptic", "groups", "text", "caption", "tokens"])
 def test_a_version_against_itself_agrees_perfectly(two_builds, stage: str) -> None:
     out, _, second = two_builds
     active = load_manifest(out / "train2017").columns[stage]
     o = _overall(out, stage, active[:10], active)
     assert o["samples"] == second["samples"] and o["unchanged"] == o["samples"]
-    expected = {"depth": {"absrel": 0.0, "delta1": 1.0, "normals_angle_deg": 0.0}, "normals": {"angle_deg": 0.0},
+    expected = {"pose": {"joint_agreement": 1.0, "joint_px": 0.0},
+                "depth": {"absrel": 0.0, "delta1": 1.0, "normals_angle_deg": 0.0}, "normals": {"angle_deg": 0.0},
                 "text": {"mask_iou": 1.0}, "caption": {"word_jaccard": 1.0, "changed": 0},
                 "tokens": {"token_jaccard": 1.0, "changed": 0}}.get(stage, {"pixel_agreement": 1.0, "flows": []})
     assert {k: o[k] for k in expected} == expected
@@ -53,7 +54,7 @@ def test_a_version_against_itself_agrees_perfectly(two_builds, stage: str) -> No
 
 def test_a_changed_teacher_shows_in_the_measures(two_builds, demo_root: Path) -> None:
     out, first, second = two_builds
-    assert set(second["replaced"]) == {"depth", "normals", "panoptic", "groups", "text", "caption", "tokens"}
+    assert set(second["replaced"]) == {"pose", "depth", "normals", "panoptic", "groups", "text", "caption", "tokens"}
     for stage, change in second["replaced"].items():  # the defaults: the version before and the active one
         pair = resolve_versions(out, "train2017", stage)
         assert (pair.old, pair.new) == (change["from"], change["to"]), stage
@@ -66,6 +67,9 @@ def test_a_changed_teacher_shows_in_the_measures(two_builds, demo_root: Path) ->
     text = _overall(out, "text")  # the box is twice as wide: IoU 1/2
     assert text["mask_iou"] == pytest.approx(0.5, abs=0.08)
     assert text["polygons_old"] == text["polygons_new"] == second["samples"]
+    pose = _overall(out, "pose")  # one person per image, found again, its joints moved sideways by 2 to 4 pixels
+    assert pose["persons_old"] == pose["persons_new"] == second["samples"] and pose["unchanged"] == 0
+    assert pose["joint_agreement"] < 0.5 and 1.0 < pose["joint_px"] < 6.0
     caption = _overall(out, "caption")  # the first caption only: fewer words, fewer changed than samples
     assert 0 < caption["word_jaccard"] < 1 and 0 < caption["changed"] <= caption["samples"]
     multi = sum(1 for s in _samples(out, "caption") if len(s) > 1)

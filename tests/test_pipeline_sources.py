@@ -149,8 +149,7 @@ def test_a_damaged_id_map_is_one_line_and_reads_no_file_outside(config, folder: 
     path.write_text(json.dumps(doc))
     code = pipeline_main(["build-targets", "--executor", "local", "--images", str(folder), "--split", SPLIT,
                           "--out", str(out), "--shard-size", "4", "--size", "64", "--device", "cpu",
-                          "--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic",
-                          "--text-teacher", "fake-text", "--caption-teacher", "fake-caption", "--vocab-split", SPLIT,
+                          *pipeline_fakes.FLAGS, "--vocab-split", SPLIT,
                           "--glove", config(out).glove, "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "\n" not in err and "ids.json" in err and "remove it" in err, err

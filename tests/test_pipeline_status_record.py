@@ -96,8 +96,8 @@ def test_a_damaged_record_means_unconfirmed(store) -> None:
     status = split_status(cfg)
     assert status["teachers"]["unconfirmed"] == list(TEACHER_STAGES) and pipeline_fakes.BUILT == {}
     assert {r["stage"]: r["state"] for r in status["stages"]} == {
-        "base": "current", **{s: "unconfirmed" for s in ("pose", "depth", "normals", "panoptic", "groups", "text", "caption",
-                                                          "tokens")}}
+        "base": "current", **{s: "unconfirmed" for s in ("pose", "depth", "normals", "panoptic", "groups", "text",
+                                                          "caption", "tokens")}}
     assert all(r["state"] == "current" for r in split_status(cfg, recheck=True)["stages"])
     assert build_targets(cfg)["ok"]  # the next build writes it again
     assert [e["stage"] for e in json.loads(record.read_text())["teachers"]] == list(TEACHER_STAGES)

@@ -110,8 +110,7 @@ def _build_args(demo_root: Path, out: Path, *extra: str) -> list[str]:
     cfg = pipeline_fakes.make_config(demo_root, out, shard_size=2)
     return ["build-targets", "--executor", "ray", "--coco-root", str(demo_root), "--out", str(out),
             "--shard-size", "2", "--size", str(cfg.size), "--device", "cpu", "--glove", cfg.glove,
-            "--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic", "--text-teacher", "fake-text",
-            "--caption-teacher", "fake-caption", *extra]
+            *pipeline_fakes.FLAGS, *extra]
 
 
 def _submit(head: Head, sid: str, args: list[str], wait: bool) -> subprocess.CompletedProcess:

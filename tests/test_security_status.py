@@ -24,8 +24,7 @@ from shards.schema import BUILD_REPORT_NAME
 
 SPLIT = "train2017"
 EVIL_TEACHER = "detectron2-panoptic-fpn"
-FAKE_FLAGS = ["--pose-teacher", "fake-pose", "--depth-teacher", "fake-depth", "--panoptic-teacher", "fake-panoptic", "--text-teacher", "fake-text",
-              "--caption-teacher", "fake-caption"]
+FAKE_FLAGS = pipeline_fakes.FLAGS
 
 
 def yaml_payload(marker: Path) -> str:
@@ -128,7 +127,8 @@ def test_status_takes_no_teacher_config_file_or_checkpoint_from_the_store(attack
     assert pipeline_fakes.BUILT == {}
     assert states(out) == {s.name: "current" for s in STAGES}  # told from the store's data, without loading
     assert "no settings given" in out
-    assert f"the manifest says the last build used: pose fake-pose, depth fake-depth, panoptic {EVIL_TEACHER}," in out  # shown only
+    # shown only
+    assert f"the manifest says the last build used: pose fake-pose, depth fake-depth, panoptic {EVIL_TEACHER}," in out
     assert "evil" not in out
 
 

@@ -1,4 +1,4 @@
-"""Panoptic id conversions and the ground-truth teachers (COCO panoptic PNG, COCO captions)."""
+"""Panoptic id conversions and the ground-truth teachers (COCO panoptic PNG, COCO captions, COCO keypoints)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,27 @@ def test_caption_gt_teacher() -> None:
     assert teacher.fingerprint() == create_teacher("caption-gt", batch_size=5).fingerprint()
 
 
-@pytest.mark.parametrize("name", ["panoptic-gt", "caption-gt"])
+def test_pose_gt_teacher_reads_persons_and_crowd_and_refuses_a_split_without_keypoints() -> None:
+    teacher = create_teacher("pose-gt", batch_size=2)
+    kps = [float(v) for j in range(17) for v in (10 + j, 20 + j, 2 if j % 3 else 0)]
+    crowd = {"bbox": [1, 2, 3, 4], "segmentation": {"size": [4, 4], "counts": "04"}}
+    record = {"keypoints_annotated": True, "persons": [{"keypoints": kps, "bbox": [5, 6, 7, 8]}], "crowd": [crowd]}
+    (out,) = teacher([TeacherInput(np.zeros((40, 40, 3), np.uint8), 1, record)])
+    assert set(out) == {"persons", "crowd"} and out["crowd"] == [crowd]
+    (person,) = out["persons"]
+    assert person["keypoints"].dtype == np.float32 and person["keypoints"].shape == (17, 3)
+    np.testing.assert_array_equal(person["keypoints"].ravel(), kps)
+    assert person["bbox"] == [5.0, 6.0, 7.0, 8.0] and "score" not in person  # ground truth: no scores
+    nobody = {"keypoints_annotated": True, "persons": [], "crowd": []}
+    assert teacher([TeacherInput(np.zeros((4, 4, 3), np.uint8), 2, nobody)]) == [{"persons": [], "crowd": []}]
+    assert teacher.check_records([nobody, record]) is None  # an annotated split, people or not
+    problem = teacher.check_records([{"persons": [], "crowd": []}])  # images only: no persons says nothing
+    assert "no person keypoint annotations" in problem and "vitpose" in problem
+    with pytest.raises(TeacherError, match="image 3 has no keypoint annotations"):
+        teacher([TeacherInput(np.zeros((4, 4, 3), np.uint8), 3, {})])
+
+
+@pytest.mark.parametrize("name", ["panoptic-gt", "caption-gt", "pose-gt"])
 def test_ground_truth_ignores_device_and_dtype(name: str) -> None:
     """A build's --dtype float16 reaches every teacher; the readers run on any actor (one without a GPU too)
     and keep their fingerprint, so only the model teachers' columns are rebuilt."""
