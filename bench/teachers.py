@@ -61,38 +61,13 @@ def _full_mask2former(out: str) -> str:
     return out
 
 
-def _full_detectron2(out: str) -> str:
-    import torch
-    from detectron2 import model_zoo
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
+def _full_detectron2(config_file: str) -> Callable[[str], str]:
+    """A writer of the model-zoo model ``config_file`` at its published size, random weights."""
+    def write(out: str) -> str:
+        from teachers.detectron2_common import save_random
 
-    from teachers.detectron2_panoptic import DEFAULT_CONFIG
-
-    cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file(DEFAULT_CONFIG))
-    cfg.MODEL.DEVICE = "cpu"
-    os.makedirs(out, exist_ok=True)
-    Path(out, "config.yaml").write_text(cfg.dump())
-    torch.save({"model": build_model(cfg).state_dict()}, os.path.join(out, "model_final.pth"))
-    return out
-
-
-def _full_keypoint_rcnn(out: str) -> str:
-    from detectron2 import model_zoo
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-    import torch
-
-    from teachers.detectron2_keypoint import DEFAULT_CONFIG
-
-    cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file(DEFAULT_CONFIG))
-    cfg.MODEL.DEVICE = "cpu"
-    os.makedirs(out, exist_ok=True)
-    Path(out, "config.yaml").write_text(cfg.dump())
-    torch.save({"model": build_model(cfg).state_dict()}, os.path.join(out, "model_final.pth"))
-    return out
+        return save_random(out, config_file, (), seed=0)
+    return write
 
 
 def _full_vitpose(out: str) -> str:
@@ -160,10 +135,12 @@ class Case:
 
 CASES: tuple[Case, ...] = (
     Case("vitpose", {}, _full_vitpose, {}, "RT-DETR R50: 108 fps on a T4 (TensorRT FP16); plus one crop per person"),
-    Case("detectron2-keypoint-rcnn", {"min_size": 480, "max_size": 640}, _full_keypoint_rcnn, {}, ""),
+    Case("detectron2-keypoint-rcnn", {"min_size": 480, "max_size": 640},
+         _full_detectron2("COCO-Keypoints/keypoint_rcnn_R_101_FPN_3x.yaml"), {}, ""),
     Case("depth-anything-v2", {"input_size": 518}, _full_depth_anything, {},
          "Large: 13 ms/image on an A100 (518 px)"),
-    Case("detectron2-panoptic-fpn", {"min_size": 480, "max_size": 640}, _full_detectron2, {},
+    Case("detectron2-panoptic-fpn", {"min_size": 480, "max_size": 640},
+         _full_detectron2("COCO-PanopticSegmentation/panoptic_fpn_R_101_3x.yaml"), {},
          "R50: 53 ms/image on a V100 (800 px)"),
     Case("mask2former", {"min_size": 480, "max_size": 640}, _full_mask2former, {},
          "Swin-L: about 3 images/s on an A100"),

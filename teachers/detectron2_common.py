@@ -41,7 +41,7 @@ def read_weights(path: str, teacher: str = "detectron2") -> dict[str, Any]:
     return data if "model" in data else {"model": data}
 
 
-def save_tiny(out_dir: str, config_file: str, opts: Sequence[str], seed: int) -> str:
+def save_random(out_dir: str, config_file: str, opts: Sequence[str], seed: int) -> str:
     """Save the model of model-zoo config ``config_file`` with ``opts`` and random weights (torch seed ``seed``) as a
     folder: ``config.yaml`` and ``model_final.pth`` (a ``{"model": state_dict}``, as detectron2 saves); same seed,
     same bytes. Returns the folder, a valid ``checkpoint=``."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from teachers.base import TeacherError, TeacherInput, TeacherSpec
-from teachers.detectron2_common import Detectron2Teacher, save_tiny
+from teachers.detectron2_common import Detectron2Teacher, save_random
 from teachers.loading import integer, unit_interval
 
 DEFAULT_CONFIG = "COCO-Keypoints/keypoint_rcnn_R_101_FPN_3x.yaml"
@@ -127,7 +127,7 @@ def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
     Writes ``config.yaml`` and ``model_final.pth`` (a ``{"model": state_dict}``, as detectron2 saves);
     returns the folder, a valid ``checkpoint=``.
     """
-    return save_tiny(out_dir, DEFAULT_CONFIG, [
+    return save_random(out_dir, DEFAULT_CONFIG, [
         "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
         "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(16, 16)",
         "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from teachers.base import TeacherError, TeacherInput, TeacherSpec
-from teachers.detectron2_common import FOLDER_CONFIG, FOLDER_WEIGHTS, Detectron2Teacher, read_weights, save_tiny
+from teachers.detectron2_common import FOLDER_CONFIG, FOLDER_WEIGHTS, Detectron2Teacher, read_weights, save_random
 from teachers.panoptic_ids import PANOPTIC_OUTPUTS, contiguous_from_detectron2
 
 __all__ = ["DEFAULT_CHECKPOINT", "DEFAULT_CONFIG", "FOLDER_CONFIG", "FOLDER_WEIGHTS", "PanopticFPNTeacher",
@@ -82,7 +82,7 @@ def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
     Writes ``config.yaml`` and ``model_final.pth`` (a ``{"model": state_dict}``, as detectron2 saves);
     returns the folder, a valid ``checkpoint=``.
     """
-    return save_tiny(out_dir, DEFAULT_CONFIG, [
+    return save_random(out_dir, DEFAULT_CONFIG, [
         "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
         "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
         "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
