@@ -72,7 +72,8 @@ class Manifest:
         """
         if isinstance(d, dict) and isinstance(d.get("format"), str) and d["format"] != STORE_FORMAT:
             raise StoreError(f"{source}: store format {d['format']!r} is not {STORE_FORMAT!r} (format 2 keeps the "
-                             "keypoints in a pose column of their own); build the split again into a new --out")
+                             "keypoints in a pose column of their own); build the split again with `pipeline "
+                             "build-targets` (then `shards gc` removes the old columns)")
         problem = _manifest_problem(d)
         if problem:
             raise StoreFault(f"{source}: not a store manifest ({problem})")
