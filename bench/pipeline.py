@@ -24,7 +24,7 @@ each build: in-flight work is bounded, so the last quarter should peak no higher
 
     python bench/pipeline.py [--images 1200] [--shard-size 50] [--rounds 3] [--skip-ray] [--pin-all]
     python bench/pipeline.py --memory [--images 6000]
-    python bench/pipeline.py --teacher-bound [--teacher-ms depth=20,panoptic=12,text=8,caption=4]
+    python bench/pipeline.py --teacher-bound [--teacher-ms pose=10,depth=20,panoptic=12,text=8,caption=4]
 """
 
 from __future__ import annotations
@@ -68,6 +68,18 @@ class _Identity(Teacher):
         return [self.one(inp) for inp in inputs]
 
 
+class BenchPose(_Identity):
+    name = "bench-pose"
+    spec = TeacherSpec(task="pose", description="one standing person in the image's centre")
+
+    def one(self, inp: TeacherInput) -> dict[str, Any]:
+        h, w = inp.image.shape[:2]
+        rows = np.linspace(0.2 * h, 0.8 * h, 17, dtype=np.float32)
+        keypoints = np.stack([np.full(17, w / 2, np.float32), rows, np.full(17, 2.0, np.float32)], 1)
+        return {"persons": [{"keypoints": keypoints, "bbox": [0.4 * w, 0.2 * h, 0.2 * w, 0.6 * h], "score": 0.9,
+                             "keypoint_scores": [0.9] * 17}], "crowd": []}
+
+
 class BenchDepth(_Identity):
     name = "bench-depth"
     spec = TeacherSpec(task="depth", description="green channel as depth")
@@ -105,7 +117,7 @@ class BenchCaption(_Identity):
         return {"captions": list(inp.record.get("captions") or ["a photo"])}
 
 
-BENCH_TEACHERS = (BenchDepth, BenchPanoptic, BenchText, BenchCaption)
+BENCH_TEACHERS = (BenchPose, BenchDepth, BenchPanoptic, BenchText, BenchCaption)
 
 
 def make_bench_root(demo: Path, root: Path, n: int, link: bool = False) -> list[Path]:
@@ -329,7 +341,7 @@ def memory_run(args: argparse.Namespace, base: Any, work: Path) -> None:
     print(json.dumps(result))
 
 
-TEACHER_MS = {"depth": 20.0, "panoptic": 12.0, "text": 8.0, "caption": 4.0}
+TEACHER_MS = {"pose": 10.0, "depth": 20.0, "panoptic": 12.0, "text": 8.0, "caption": 4.0}
 
 
 def teacher_bound_run(args: argparse.Namespace, base: Any, work: Path) -> None:
@@ -436,8 +448,8 @@ def main() -> None:
     files = make_bench_root(demo, root, args.images, link=args.memory)
     base = BuildConfig(coco_root=str(root), split="train2017", size=args.size, shard_size=args.shard_size,
                        device="cpu", progress=False, glove=str(demo / "glove" / "glove.demo.300d.txt"),
-                       depth_teacher="bench-depth", panoptic_teacher="bench-panoptic", text_teacher="bench-text",
-                       caption_teacher="bench-caption")
+                       pose_teacher="bench-pose", depth_teacher="bench-depth", panoptic_teacher="bench-panoptic",
+                       text_teacher="bench-text", caption_teacher="bench-caption")
     n = args.images
     if args.memory:
         memory_run(args, base, work)

@@ -1,9 +1,10 @@
 """CPU cost per image of the base stage and the derived targets (normals, groups, tokens) on 640x480 images.
 
 Baseline, measured in the same run on the same files: a bare JPEG decode + resize to the store size.
-Each stage's sample function (the derived work: decode + letterbox + keypoints, normals, groups, tokens)
+Each stage's sample function (the derived work: decode + letterbox, the keypoints mapped into it, normals, groups,
+tokens)
 is timed apart from encoding its members with the store codecs, which is reported next to it.
-Target: base + normals + groups + tokens <= 1.5 x the bare decode + resize.
+Target: base + pose + normals + groups + tokens <= 1.5 x the bare decode + resize.
 
 Usage: .venv/bin/python bench/targets.py [--rounds 15] [--size 256]
 """
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.coco import ImageRecord, load_split  # noqa: E402
 from pipeline.demo import make_demo  # noqa: E402
 from pipeline.samples import (RejectedImage, base_sample, build_vocabulary, groups_sample, load_glove,  # noqa: E402
-                              normals_sample, panoptic_sample, tokens_sample)
+                              normals_sample, panoptic_sample, pose_sample, tokens_sample)
 from shards.codecs import JPEG_QUALITY, PNG_COMPRESSION, decode_png, encode_sample  # noqa: E402
 from shards.geometry import Letterbox  # noqa: E402
 from shards.schema import COLUMNS  # noqa: E402
@@ -70,6 +71,7 @@ def _prepare(workdir: Path, size: int) -> list[dict]:
                                  interpolation=cv2.INTER_NEAREST)
         panoptic_png = panoptic_sample({"classes": classes}, meta)["panoptic.png"]
         items.append({"record": record, "path": path, "meta": meta, "depth_png": depth_png,
+                      "pose_pred": {"persons": persons, "crowd": []},
                       "panoptic_png": panoptic_png, "caption_json": {"captions": rec.captions, "source": "coco"}})
     return items, vocab
 
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
         stages = {  # name -> (column, sample function)
             "base": ("base", lambda item: base_sample(item["record"], size)[0]),
+            "pose": ("pose", lambda item: pose_sample(item["pose_pred"], item["meta"], "pose-gt")),
             "normals": ("normals", lambda item: normals_sample(item["depth_png"], 240.0, item["meta"])),
             "groups": ("groups", lambda item: groups_sample(item["panoptic_png"])),
             "tokens": ("tokens", lambda item: tokens_sample(item["caption_json"], vocab)),

@@ -169,27 +169,27 @@ def text_measures(old: Mapping[str, Any], new: Mapping[str, Any], meta: Mapping[
 JOINT_TOLERANCE = 0.02
 
 
-def _joints(pose: Mapping[str, Any] | None) -> list[np.ndarray]:
-    return [np.asarray(p["keypoints"], np.float64).reshape(-1, 3) for p in (pose or {}).get("persons", [])]
+def _persons(pose: Mapping[str, Any] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The joints (17, 3) and boxes [x, y, w, h] of a pose.json's persons."""
+    persons = (pose or {}).get("persons", [])
+    return ([np.asarray(p["keypoints"], np.float64).reshape(-1, 3) for p in persons],
+            [np.asarray(p["bbox"], np.float64) for p in persons])
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of the boxes around two persons' seen joints (0 when either has none)."""
-    sa, sb = a[a[:, 2] > 0, :2], b[b[:, 2] > 0, :2]
-    if not len(sa) or not len(sb):
-        return 0.0
-    lo, hi = np.maximum(sa.min(0), sb.min(0)), np.minimum(sa.max(0), sb.max(0))
-    inter = float(np.prod(np.clip(hi - lo, 0, None)))
-    area = float(np.prod(np.ptp(sa, 0) + 1) + np.prod(np.ptp(sb, 0) + 1)) - inter
-    return inter / max(area, EPS)
+    """IoU of two [x, y, w, h] boxes (0 when they do not overlap or have no area)."""
+    inter = np.prod(np.clip(np.minimum(a[:2] + a[2:], b[:2] + b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
+    union = float(np.prod(a[2:]) + np.prod(b[2:]) - inter)
+    return float(inter) / union if union > 0 else 0.0
 
 
 def pose_measures(old: Mapping[str, Any], new: Mapping[str, Any], meta: Mapping[str, Any] | None) -> dict:
-    """Persons of both versions matched greedily by the overlap of their joints' boxes; a joint agrees when both
-    see it within ``JOINT_TOLERANCE`` of the store size; agreement = agreeing joints / joints seen by either."""
-    a, b = _joints(old.get("pose.json")), _joints(new.get("pose.json"))
+    """Persons of both versions matched greedily by the overlap of their boxes; a joint agrees when both see it
+    within ``JOINT_TOLERANCE`` of the store size; agreement = agreeing joints / joints seen by either."""
+    (a, boxes_a), (b, boxes_b) = _persons(old.get("pose.json")), _persons(new.get("pose.json"))
     size = float((meta or {}).get("size") or 256)
-    pairs = sorted(((_box_iou(p, q), i, j) for i, p in enumerate(a) for j, q in enumerate(b)), reverse=True)
+    pairs = sorted(((_box_iou(p, q), i, j) for i, p in enumerate(boxes_a) for j, q in enumerate(boxes_b)),
+                   reverse=True)
     used_a: set[int] = set()
     used_b: set[int] = set()
     agree, distances = 0, []

@@ -115,7 +115,11 @@ def base_sample(record: ImageRecord | Mapping[str, Any], size: int = DEFAULT_STO
 
 def pose_sample(pred: Mapping[str, Any], meta: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Pose teacher output (persons and crowd regions in original pixels) -> ``pose.json`` in store pixels, with
-    the teacher's name as its ``source`` (``shards.pose`` describes the structure)."""
+    the teacher's name as its ``source`` (``shards.pose`` describes the structure).
+
+    Joints come as COCO writes them, in pixel indices (x = 3 is the centre of pixel 3); the store's coordinates
+    are continuous (pixel i covers [i, i + 1), ``shards.geometry``), so a joint moves by half a pixel on the way.
+    Boxes and crowd regions are continuous in COCO already."""
     box = Letterbox.from_meta(meta)
     return {"pose.json": {"persons": [_person_to_store(p, box) for p in pred.get("persons", [])],
                           "crowd": [_crowd_to_store(c, box) for c in pred.get("crowd", [])], "source": source}}
@@ -123,7 +127,7 @@ def pose_sample(pred: Mapping[str, Any], meta: Mapping[str, Any], source: str) -
 
 def _person_to_store(person: Mapping[str, Any], box: Letterbox) -> dict[str, Any]:
     kps = np.asarray(person["keypoints"], np.float64).reshape(-1, 3)
-    xy = box.to_store(kps[:, :2])
+    xy = box.to_store(kps[:, :2] + 0.5)  # pixel index -> continuous
     keypoints = [[round(float(x), 3), round(float(y), 3), int(v)] if v > 0 else [0.0, 0.0, 0]
                  for (x, y), v in zip(xy, kps[:, 2])]
     out = {"keypoints": keypoints, "bbox": [round(v, 3) for v in box.bbox_to_store(person["bbox"])]}

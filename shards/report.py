@@ -97,6 +97,7 @@ class Tally:
             self.token_slots.append(min(len(tok.get("ids", [])), NUM_TOKENS))
             self.token_words.update(str(w) for w in tok.get("words", []))
         if "pose.json" in s:
+            self.columns.add("pose")
             people = (s["pose.json"] or {}).get("persons", [])
             self.persons.append(len(people))
             self.visible_joints += [sum(1 for k in np.asarray(p.get("keypoints", []), np.float32).reshape(-1, 3)
@@ -217,7 +218,7 @@ def _target_figures(t: Tally, vocab: list[str] | None) -> dict[str, Any]:
                    "vocab_words_used": len(t.token_words), "vocab_words": len(vocab) if vocab else None,
                    "top_words": dict(t.token_words.most_common(TOP))} if "tokens" in t.columns else None,
         "pose": {"persons_per_image": _mean(t.persons), "images_with_persons": sum(1 for p in t.persons if p),
-                 "visible_joints_per_person": _mean(t.visible_joints)},
+                 "visible_joints_per_person": _mean(t.visible_joints)} if "pose" in t.columns else None,
     }
 
 

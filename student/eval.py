@@ -90,7 +90,7 @@ def evaluate(model: Callable[[torch.Tensor], dict[str, torch.Tensor]], root: str
 def _score(scores: LearningScores, out: dict[str, torch.Tensor], host: dict[str, Any], keep: int,
            vocab: Vocabulary | None) -> None:
     """Add the first ``keep`` samples of a batch to the learning scores: people grouped from the predicted maps
-    (as ``student predict`` does) against the annotated keypoints, decoded words against the caption's first 8
+    (as ``student predict`` does) against the pose column's keypoints, decoded words against the caption's first 8
     vocabulary words, multi-hot labels against the same ids."""
     maps = out["maps"][:keep].float().cpu().numpy()
     tokens = out["tokens"][:keep].float().cpu().numpy()

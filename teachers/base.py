@@ -12,7 +12,8 @@ dict):
                 float in [0, 1].
 - ``caption``:  ``captions`` list of str (one or more per image).
 - ``pose``:     ``persons`` list of dicts, one per person: ``keypoints`` float32 (17, 3) in COCO-17 order, x and y in
-                original pixels and v the COCO visibility (0 = not there, 1 = occluded, 2 = visible; a model teacher
+                original pixels as COCO's pixel indices (x = 3: the centre of pixel 3; the store adds 0.5), inside
+                the image (a model's joint outside it is not there), and v the COCO visibility (0 = not there, 1 = occluded, 2 = visible; a model teacher
                 writes 2 where the joint's confidence reaches its keypoint threshold, else 0 with x = y = 0),
                 ``bbox`` [x, y, w, h] (original pixels), and for model teachers ``score`` (the person's detection
                 score) and ``keypoint_scores`` (17 floats); ``crowd`` list of crowd regions (``bbox`` and
@@ -195,6 +196,16 @@ class Teacher(ABC):
         that runs a model (``spec.uses_gpu``): the ground-truth readers give the same output at any dtype."""
         ident = {"teacher": self.name, **({"dtype": self.dtype} if self.spec.uses_gpu else {}), **self.identity()}
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def joints_in_image(xy: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where a model's joints (``(..., 2)`` x, y in pixel indices) may be written: ``(inside, clipped)``, whether
+    each lies on the image (within half a pixel of its edge pixels' centres: the image spans -0.5 .. W - 0.5) and
+    the joints clipped into 0 .. W-1, 0 .. H-1. A joint predicted past the frame (a person cut by it, its crop
+    padded beyond) is not there: pinned to the edge it would teach joints on every image border."""
+    x, y = xy[..., 0], xy[..., 1]
+    inside = (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
+    return inside, np.clip(xy, 0, np.array([width - 1, height - 1], np.float32))
 
 
 def _check_device(device: str) -> None:

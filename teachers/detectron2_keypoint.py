@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from teachers.base import TeacherError, TeacherInput, TeacherSpec
+from teachers.base import TeacherError, TeacherInput, TeacherSpec, joints_in_image
 from teachers.detectron2_common import Detectron2Teacher, save_random
-from teachers.loading import integer, unit_interval
+from teachers.loading import integer, non_negative, unit_interval
 
 DEFAULT_CONFIG = "COCO-Keypoints/keypoint_rcnn_R_101_FPN_3x.yaml"
 #: The model-zoo weights of DEFAULT_CONFIG (downloaded and cached by detectron2's PathManager).
@@ -54,7 +54,7 @@ class KeypointRCNNTeacher(Detectron2Teacher):
                  score_threshold: float = 0.5, keypoint_threshold: float = 0.05, max_persons: int = 20,
                  device: str = "cpu", dtype: str = "float32", batch_size: int = 4) -> None:
         self.score_threshold = unit_interval("score_threshold", score_threshold)
-        self.keypoint_threshold = _at_least_zero("keypoint_threshold", keypoint_threshold)
+        self.keypoint_threshold = non_negative("keypoint_threshold", keypoint_threshold)
         self.max_persons = integer("max_persons", max_persons, 1)
         super().__init__(checkpoint=checkpoint, config_file=config_file,
                          opts=(*opts, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", repr(self.score_threshold)),
@@ -101,24 +101,13 @@ class KeypointRCNNTeacher(Detectron2Teacher):
         boxes = det.pred_boxes.tensor.float().cpu().numpy()  # (N, 4) x0, y0, x1, y1, clipped
         found = det.pred_keypoints.float().cpu().numpy()  # (N, 17, 3) x, y, score
         scores = found[:, :, 2]  # (N, 17)
-        xy = np.clip(found[:, :, :2] - PIXEL_CENTRE, 0, np.array([w, h], np.float32))
-        seen = scores[:, :, None] >= self.keypoint_threshold
+        inside, xy = joints_in_image(found[:, :, :2] - PIXEL_CENTRE, h, w)
+        seen = (inside & (scores >= self.keypoint_threshold))[:, :, None]
         keypoints = np.concatenate([np.where(seen, xy, 0), 2 * seen], axis=2).astype(np.float32)
         return {"persons": [{"keypoints": k, "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                              "score": s, "keypoint_scores": p.tolist()}
                             for k, (x0, y0, x1, y1), s, p in zip(keypoints, boxes, det.scores.tolist(), scores)],
                 "crowd": []}
-
-
-def _at_least_zero(name: str, value: Any) -> float:
-    """``value`` as a finite float >= 0; anything else (NaN, a string) is a TeacherError naming the parameter."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not 0.0 <= number < float("inf"):
-        raise TeacherError(f"{name} must be a number >= 0, got {value!r}")
-    return number
 
 
 def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:

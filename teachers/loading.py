@@ -197,12 +197,21 @@ def sized_config(cls: type[T], fields: Any, limits: Mapping[str, tuple[int, ...]
 
 def unit_interval(name: str, value: Any) -> float:
     """``value`` as a float in [0, 1]; anything else (NaN included) is a TeacherError naming the parameter."""
+    return _number_in(name, value, 1.0, "in [0, 1]")
+
+
+def non_negative(name: str, value: Any) -> float:
+    """``value`` as a finite float >= 0; anything else (NaN, a string) is a TeacherError naming the parameter."""
+    return _number_in(name, value, float("inf"), ">= 0")
+
+
+def _number_in(name: str, value: Any, most: float, what: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = float("nan")
-    if not 0.0 <= number <= 1.0:
-        raise TeacherError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not (0.0 <= number <= most and number != float("inf")):
+        raise TeacherError(f"{name} must be a number {what}, got {value!r}")
     return number
 
 

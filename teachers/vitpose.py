@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from shards.taxonomy import PANOPTIC_CLASSES
-from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, expand_home
+from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, expand_home, joints_in_image
 from teachers.loading import (checkpoint_identity, from_pretrained_strict, hub_revision, integer, is_local,
                               load_or_fail, quiet_transformers, torch_dtype, unit_interval)
 from teachers.preprocess import check_image
@@ -124,9 +124,9 @@ class ViTPoseTeacher(Teacher):
             h, w = image.shape[:2]
             persons = []
             for box, score, xy, conf in zip(boxes, scores, joints, joint_scores):
-                # joints in pixel-centre coordinates (the warp's): the image spans 0 .. W-1, 0 .. H-1
-                xy = np.clip(xy, 0, [w - 1, h - 1])
-                seen = (conf >= self.keypoint_threshold) & (conf > 0)  # no positive heatmap value: no place
+                # joints in pixel-centre coordinates (the warp's), as COCO's pixel indices
+                inside, xy = joints_in_image(xy, h, w)
+                seen = inside & (conf >= self.keypoint_threshold) & (conf > 0)  # no positive heatmap value: no place
                 keypoints = np.zeros((NUM_JOINTS, 3), np.float32)
                 keypoints[seen] = np.c_[xy[seen], np.full(seen.sum(), 2.0)]
                 persons.append({"keypoints": keypoints, "bbox": [float(v) for v in box], "score": float(score),
@@ -154,7 +154,8 @@ class ViTPoseTeacher(Teacher):
             boxes = np.c_[xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]].astype(np.float32)
             scores = res["scores"].cpu().numpy()[keep]
             sized = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
-            people.append((boxes[sized][:self.max_persons], scores[sized][:self.max_persons]))
+            best = np.argsort(-scores[sized], kind="stable")[:self.max_persons]  # (not sorted without focal loss)
+            people.append((boxes[sized][best], scores[sized][best]))
         return people
 
     def _pose(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -145,3 +145,24 @@ def test_a_large_split_can_be_compared_on_a_seeded_sample(two_builds) -> None:
     assert 5 <= diff.overall["samples"] == sum(min(2, c) for c in counts) < second["samples"]  # 2 of each shard
     assert diff.overall["sampled"] == {"max_samples": 5, "seed": 3, "shards": len(counts)}
     assert diff.overall["absrel"] > 0
+
+
+def test_pose_measures_match_persons_by_their_boxes() -> None:
+    from pipeline.diff import pose_measures
+
+    def pose(*persons):
+        return {"pose.json": {"persons": [{"keypoints": k, "bbox": b} for k, b in persons], "crowd": []}}
+
+    hidden = [[0.0, 0.0, 0]]
+    one_joint = ([[10.0, 10.0, 2]] + hidden * 16, [5.0, 5.0, 10.0, 20.0])  # COCO has many such people
+    upright = ([[30.0, 10.0 + i, 2] for i in range(17)], [25.0, 8.0, 10.0, 20.0])  # joints on one line
+    both = pose(one_joint, upright)
+    same = pose_measures(both, both, {"size": 64})
+    assert same["matched"] == 2 and same["joint_agreement"] == 1.0 and same["change"] == 0.0
+    moved = pose_measures(both, pose(one_joint, ([[33.0, 10.0 + i, 2] for i in range(17)], upright[1])),
+                          {"size": 64})  # 3 px > 2% of 64: the upright person's joints all moved
+    assert moved["matched"] == 2 and moved["joint_px"] == pytest.approx(3 * 17 / 18)
+    assert moved["joint_agreement"] == pytest.approx(1 / (18 + 17))  # 1 agrees; 35 joints seen by either
+    gone = pose_measures(both, pose(one_joint), {"size": 64})
+    assert (gone["persons_old"], gone["persons_new"], gone["matched"]) == (2, 1, 1)
+    assert gone["joint_agreement"] == pytest.approx(1 / 18)

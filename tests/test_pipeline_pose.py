@@ -74,6 +74,9 @@ def test_changing_the_pose_teacher_reruns_pose_only_and_the_loader_follows_it(de
 @pytest.mark.parametrize("teacher", ["vitpose", "detectron2-keypoint-rcnn"])
 def test_a_model_pose_teacher_builds_a_folder_split_that_verifies(teacher: str, demo_root: Path,
                                                                    tmp_path: Path, fakes) -> None:
+    from pipeline.samples import decode_image
+    from shards.geometry import Letterbox
+    from teachers import TeacherInput, create_teacher
     from teachers.tiny import save_tiny_checkpoint
 
     checkpoint = save_tiny_checkpoint(teacher, tmp_path / "ckpt")
@@ -84,16 +87,28 @@ def test_a_model_pose_teacher_builds_a_folder_split_that_verifies(teacher: str, 
     report = build_targets(cfg)
     assert report["ok"], report["failures"]
     assert not verify_split(out, "photos").faults
-    poses = _poses(out, "photos")
-    size = load_manifest(out / "photos").size
-    persons = [p for pose in poses.values() for p in pose["persons"]]
-    assert all(pose["source"] == teacher and pose["crowd"] == [] for pose in poses.values())
-    assert persons, "the tiny model found nobody in any photo: the mapping went untested"
-    for person in persons:
-        kps = np.asarray(person["keypoints"], np.float32)
-        seen = kps[kps[:, 2] > 0]
-        assert ((seen[:, :2] >= 0) & (seen[:, :2] <= size)).all()
-        assert 0 <= person["score"] <= 1 and len(person["keypoint_scores"]) == len(JOINTS)
+    samples = list(StoreReader(out, "photos", ["base", "pose"]))
+    assert all(s["pose.json"]["source"] == teacher and s["pose.json"]["crowd"] == [] for s in samples)
+    assert sum(len(s["pose.json"]["persons"]) for s in samples) >= 3, "the mapping went untested"
+    model = create_teacher(teacher, checkpoint=checkpoint, score_threshold=0.0)
+    for s in samples:  # each person as the teacher gives it alone, mapped into the letterbox
+        meta = s["meta.json"]
+        (pred,) = model([TeacherInput(decode_image(demo_root / "val2017" / meta["file_name"]), meta["id"])])
+        box = Letterbox.from_meta(meta)
+        x0, y0 = meta["offset"]
+        w, h = meta["resized"]
+        assert len(s["pose.json"]["persons"]) == len(pred["persons"])
+        for stored, raw in zip(s["pose.json"]["persons"], pred["persons"]):
+            kps = np.asarray(stored["keypoints"], np.float32)
+            np.testing.assert_array_equal(kps[:, 2], raw["keypoints"][:, 2])
+            seen = kps[:, 2] > 0
+            expected = box.to_store(raw["keypoints"][seen, :2] + 0.5)  # pixel index -> continuous store pixels
+            np.testing.assert_allclose(kps[seen, :2], expected, atol=0.02)
+            assert ((kps[seen, 0] >= x0) & (kps[seen, 0] <= x0 + w) & (kps[seen, 1] >= y0)
+                    & (kps[seen, 1] <= y0 + h)).all()  # on the picture, not in the letterbox's border
+            np.testing.assert_allclose(stored["bbox"], box.bbox_to_store(raw["bbox"]), atol=0.02)
+            assert stored["score"] == pytest.approx(raw["score"], abs=1e-4)
+            np.testing.assert_allclose(stored["keypoint_scores"], raw["keypoint_scores"], rtol=1e-3, atol=1e-4)
 
 
 def test_an_image_the_pose_teacher_refuses_is_ignored_by_the_pose_loss(demo_root: Path, tmp_path: Path,

@@ -43,10 +43,12 @@ def test_base_sample_members_and_pose_gt_keypoints(demo_root: Path) -> None:
                     "scale": 0.4, "offset": [0, 32], "resized": [256, 192]}
     person = _pose(rec, 256)["persons"][0]
     x, y, v = rec.persons[0]["keypoints"][0]
-    assert person["keypoints"][0] == [pytest.approx(x * 0.4, abs=1e-3), pytest.approx(y * 0.4 + 32, abs=1e-3), 2]
+    # COCO's pixel indices become continuous store pixels: the centre of pixel x is x + 0.5
+    assert person["keypoints"][0] == [pytest.approx((x + 0.5) * 0.4, abs=1e-3),
+                                      pytest.approx((y + 0.5) * 0.4 + 32, abs=1e-3), 2]
     bx, by, bw, bh = rec.persons[0]["bbox"]
     assert person["bbox"] == pytest.approx([bx * 0.4, by * 0.4 + 32, bw * 0.4, bh * 0.4], abs=1e-3)
-    back = Letterbox.from_meta(meta).to_original(np.array([kp[:2] for kp in person["keypoints"]]))
+    back = Letterbox.from_meta(meta).to_original(np.array([kp[:2] for kp in person["keypoints"]])) - 0.5
     assert np.abs(back - np.array([kp[:2] for kp in rec.persons[0]["keypoints"]])).max() < 0.5
 
 
