@@ -13,8 +13,9 @@ dict):
 - ``caption``:  ``captions`` list of str (one or more per image).
 - ``pose``:     ``persons`` list of dicts, one per person: ``keypoints`` float32 (17, 3) in COCO-17 order, x and y in
                 original pixels as COCO's pixel indices (x = 3: the centre of pixel 3; the store adds 0.5), inside
-                the image (a model's joint outside it is not there), and v the COCO visibility (0 = not there, 1 = occluded, 2 = visible; a model teacher
-                writes 2 where the joint's confidence reaches its keypoint threshold, else 0 with x = y = 0),
+                the image (a model's joint outside it is not there), and v the COCO visibility (0 = not there,
+                1 = occluded, 2 = visible; a model teacher writes 2 where the joint's confidence reaches its keypoint
+                threshold, else 0 with x = y = 0),
                 ``bbox`` [x, y, w, h] (original pixels), and for model teachers ``score`` (the person's detection
                 score) and ``keypoint_scores`` (17 floats); ``crowd`` list of crowd regions (``bbox`` and
                 ``segmentation``, RLE dict or polygons, original pixels; ground truth only, [] from a model).
