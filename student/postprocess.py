@@ -90,10 +90,11 @@ class Person:
     score: float
 
     def to_json(self, geometry: Letterbox | None = None) -> dict:
-        """JSON form; coordinates mapped to original-image pixels when ``geometry`` is given."""
+        """JSON form; with ``geometry``, coordinates in original-image pixels as COCO writes keypoints (pixel
+        indices: x = 3 is the centre of pixel 3, half a pixel less than the continuous coordinates of the maps)."""
         kp = self.keypoints.copy()
         if geometry is not None:
-            kp[:, :2] = geometry.to_original(kp[:, :2])
+            kp[:, :2] = geometry.to_original(kp[:, :2]) - 0.5
         return {"score": round(float(self.score), 4),
                 "keypoints": [[None if np.isnan(x) else round(float(x), 2), None if np.isnan(y) else round(float(y), 2),
                                round(float(s), 4)] for x, y, s in kp]}

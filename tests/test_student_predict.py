@@ -146,7 +146,7 @@ def test_json_people_are_in_original_pixels(tiny_checkpoint: str) -> None:
     doc = pred.to_json()
     assert len(doc["people"]) == 1
     got = np.array([k[:2] for k in doc["people"][0]["keypoints"]], float)
-    expected = in_photo
+    expected = in_photo - 0.5  # continuous coordinates -> COCO's pixel indices
     # 1 store pixel is 300 / 64 = 4.7 original pixels
     assert np.abs(got - expected).max() <= 300 / SIZE
 
