@@ -240,33 +240,32 @@ def predict_video(predictor: Predictor, path: Path, target: Path | None, tile: i
     return target, results
 
 
-def find_vocabulary(args: argparse.Namespace, extra: dict) -> Vocabulary | None:
-    """The vocabulary from ``--vocab``, else ``--shards``, else the store the checkpoint was trained on.
+def find_vocabulary(args: argparse.Namespace) -> Vocabulary | None:
+    """The vocabulary of ``--vocab``, else of ``--shards`` (its ``--split``), else None: never a file that the
+    checkpoint names (a checkpoint describes its training; it does not choose what this command reads).
 
     Raises:
-        ValueError: ``--vocab`` names a missing or malformed file (a store's vocabulary that does not load is
-            skipped with a note instead).
+        FileNotFoundError, ValueError: the file named by the flags is missing or malformed.
     """
     if args.vocab:
         return Vocabulary.load(args.vocab)
-    candidates = []
     if args.shards:
         named = Path(args.shards) / args.split / VOCAB_NAME
         if not named.is_file():
             raise FileNotFoundError(f"--shards {args.shards}: no {named}; build the {args.split} split there "
                                     f"or pass --vocab vocab.json")
-        candidates.append(named)
-    train = extra.get("train_cfg") or {}
-    if isinstance(train, dict) and train.get("shards"):
-        first = str(train.get("train_split", "train2017")).split(",")[0].split(":")[0]  # of a mix, the first
-        candidates.append(Path(train["shards"]) / first / VOCAB_NAME)
-    for path in candidates:
-        if path.is_file():
-            try:
-                return Vocabulary.load(path)
-            except ValueError as e:
-                print(f"note: skipping {e}", file=sys.stderr)
+        return Vocabulary.load(named)
     return None
+
+
+def vocabulary_hint(extra: dict) -> str:
+    """Where the checkpoint says its vocabulary was (its training store), as a suggestion to print, or ""."""
+    train = extra.get("train_cfg") or {}
+    if not (isinstance(train, dict) and isinstance(train.get("shards"), str)):
+        return ""
+    split = str(train.get("train_split", "train2017")).split(",")[0].split(":")[0]  # of a mix, the first
+    return (f"; it was trained on the store {train['shards'][:200]!r}, split {split[:64]!r}: pass --shards with "
+            "that store (and --split) if it is yours")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -281,8 +280,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-maps", action="store_true",
                         help="also write <name>.maps.npz: the 44 maps, the refined depth and the 8 tokens "
                              "(videos: one file per frame)")
-    parser.add_argument("--vocab", help="vocab.json for decoding caption tokens (default: from --shards or "
-                                        "the checkpoint's training store)")
+    parser.add_argument("--vocab", help="vocab.json for decoding caption tokens (default: that of --shards; "
+                                        "without either, words are not decoded)")
     parser.add_argument("--shards", help="store whose <split>/vocab.json to use")
     parser.add_argument("--split", default="train2017", help="split of --shards holding vocab.json "
                                                              "(default: train2017)")
@@ -327,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         inputs = expand_inputs(args.inputs)
         model, cfg, extra = load_checkpoint(args.checkpoint, map_location=args.device)
-        vocab = find_vocabulary(args, extra)
+        vocab = find_vocabulary(args)
     except (FileNotFoundError, ValueError, CheckpointError) as e:
         print(f"student predict: error: {e}", file=sys.stderr)
         return 2
@@ -335,7 +334,8 @@ def run(args: argparse.Namespace) -> int:
         print("student predict: error: no images or videos among the inputs", file=sys.stderr)
         return 2
     if vocab is None:
-        print("note: no vocabulary found (use --vocab vocab.json); caption words are not decoded", file=sys.stderr)
+        print("note: no vocabulary given (--vocab vocab.json or --shards STORE); caption words are not decoded"
+              + vocabulary_hint(extra), file=sys.stderr)
     predictor = Predictor(model, cfg.image_size, vocab, args.device, args.refine, args.joint_threshold,
                           args.word_threshold)
     out_dir = Path(args.out)

@@ -194,3 +194,34 @@ def test_gc_removes_nothing_reached_through_a_symlink(tmp_path: Path) -> None:
     collect_garbage(mine, SPLIT)
     assert (other / SPLIT / "depth" / other_fp).is_dir()
     assert (outside / ".x.tmp").read_text() == "keep me"
+
+
+def test_predict_reads_no_vocabulary_a_checkpoint_names(store: Path, tmp_path: Path, capsys) -> None:
+    """A checkpoint says which store it was trained on; predict suggests it, it does not read it."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from student.checkpoint import save_checkpoint
+    from student.config import ModelConfig, TrainConfig
+    from student.model import YMapNet
+
+    cfg = ModelConfig.tiny(32)
+    assert (store / SPLIT / "vocab.json").is_file()  # what older versions read, named by the checkpoint
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
+    out = tmp_path / "out"
+    torch.manual_seed(0)
+    for shards in (str(store), str(store) + "\x1b]0;owned\x07"):
+        ckpt = tmp_path / "named.pt"
+        save_checkpoint(ckpt, YMapNet(cfg), cfg, train_cfg=TrainConfig(shards=shards, model="tiny").to_dict())
+        assert cli.main(["predict", "--checkpoint", str(ckpt), str(image), "--out", str(out), "--json",
+                         "--no-panel"]) == 0
+        err = capsys.readouterr().err
+        assert "no vocabulary given" in err and "pass --shards" in err and str(store) in err
+        assert "\x1b" not in err and "\x07" not in err  # shown escaped: a checkpoint's string drives no terminal
+        assert json.loads((out / "a.json").read_text())["words"] is None  # the file it names was not read
+    assert cli.main(["predict", "--checkpoint", str(ckpt), str(image), "--out", str(out), "--json", "--no-panel",
+                     "--shards", str(store)]) == 0  # the user's flag: its words decoded
+    assert isinstance(json.loads((out / "a.json").read_text())["words"], list)
