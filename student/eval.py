@@ -97,7 +97,8 @@ def _score(scores: LearningScores, out: dict[str, torch.Tensor], host: dict[str,
     hot = out["multihot"][:keep].float().cpu().numpy() if "multihot" in out else None
     for i in range(keep):
         peaks = find_peaks(maps[i, CHANNELS["joints"].slice])
-        scores.add_pose(group_people(peaks, maps[i, CHANNELS["pafs"].slice]), host["keypoints"][i])
+        scores.add_pose(group_people(peaks, maps[i, CHANNELS["pafs"].slice]), host["keypoints"][i],
+                        host["pose_mask"][i].numpy())
         ids = host["token_ids"][i]
         if vocab is not None:
             truth = [vocab.words[j] for j in ids[:NUM_TOKENS] if 0 <= j < len(vocab)]

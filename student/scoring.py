@@ -82,6 +82,17 @@ def label_counts(predicted: set[int], truth: Sequence[int]) -> tuple[int, int, i
     return len(predicted & true), len(predicted), len(true)
 
 
+def _mostly_ignored(person: Person, counted: np.ndarray) -> bool:
+    """Whether most of the person's found joints lie where ``counted`` is 0."""
+    xy = person.keypoints[:, :2]
+    xy = xy[np.isfinite(xy).all(1)]
+    if not len(xy):
+        return False
+    h, w = counted.shape
+    cols, rows = np.clip(xy.astype(int), 0, [w - 1, h - 1]).T  # continuous coordinates: pixel = floor
+    return int((counted[rows, cols] == 0).sum()) * 2 > len(xy)
+
+
 @dataclass
 class LearningScores:
     """Running counts of the figures of this module over samples; :meth:`compute` gives the rates."""
@@ -95,8 +106,12 @@ class LearningScores:
     labels: list[int] = field(default_factory=lambda: [0, 0, 0])
     has_labels: bool = False
 
-    def add_pose(self, people: Sequence[Person], truth: np.ndarray) -> None:
-        """One sample's predicted people against its annotated keypoints (P, 17, 3)."""
+    def add_pose(self, people: Sequence[Person], truth: np.ndarray, counted: np.ndarray | None = None) -> None:
+        """One sample's predicted people against its annotated keypoints (P, 17, 3). With ``counted`` (the (S, S)
+        pose mask: 0 in crowd regions, which the pose loss ignores too), a person found mostly in a crowd region is
+        neither a prediction nor a match, as COCO's evaluation ignores detections in crowd regions."""
+        if counted is not None:
+            people = [p for p in people if not _mostly_ignored(p, counted)]
         correct, labelled, found = match_people(people, truth)
         self.correct_joints += correct
         self.labelled_joints += labelled

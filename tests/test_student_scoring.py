@@ -49,3 +49,17 @@ def test_learning_scores_rates() -> None:
     assert out["word_recall@8"] == pytest.approx(2 / 3) and out["word_precision"] == pytest.approx(2 / 3)
     assert out["label_precision"] == pytest.approx(0.5) and out["label_recall"] == pytest.approx(1 / 3)
     assert "label_recall" not in LearningScores().compute()
+
+
+def test_people_found_in_crowd_regions_are_not_counted() -> None:
+    counted = np.ones((128, 128), np.uint8)
+    counted[:, 90:] = 0  # a crowd region on the right (or a whole image a pose teacher refused)
+    scores = LearningScores()
+    inside = _person(_truth(100))  # its joints at x 100..132: in the crowd region
+    scores.add_pose([_person(_truth(10)), inside], _truth(10)[None], counted)
+    out = scores.compute()
+    assert (out["people_predicted"], out["people_found"], out["pck@0.1"]) == (1, 1, 1.0)
+    scores.add_pose([inside], np.zeros((0, 17, 3)), counted)  # nobody annotated: not a false person either
+    assert scores.compute()["people_predicted"] == 1
+    scores.add_pose([inside], np.zeros((0, 17, 3)))  # without the mask it counts
+    assert scores.compute()["people_predicted"] == 2
