@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.taxonomy import PANOPTIC_CLASSES
+from shards.taxonomy import JOINTS, PANOPTIC_CLASSES
 from teachers.base import Teacher, TeacherError, TeacherInput, TeacherSpec, expand_home, joints_in_image
 from teachers.loading import (checkpoint_identity, from_pretrained_strict, hub_revision, integer, is_local,
                               load_or_fail, quiet_transformers, torch_dtype, unit_interval)
@@ -85,6 +85,7 @@ class ViTPoseTeacher(Teacher):
         if self.model.config.num_labels != NUM_JOINTS:
             raise TeacherError(f"teacher {self.name!r}: checkpoint {self.pose_checkpoint!r} predicts "
                                f"{self.model.config.num_labels} joints, not the {NUM_JOINTS} COCO joints")
+        _check_joint_order(self.name, self.pose_checkpoint, self.model.config.id2label)
         self.detector_model = from_pretrained_strict(RTDetrForObjectDetection, self.name, self.detector,
                                                      detector_revision)
         self.person = _person_label(self.name, self.detector, self.detector_model.config.id2label)
@@ -243,6 +244,29 @@ def _person_label(teacher: str, detector: str, id2label: dict[int, str] | None) 
     return ids[0]
 
 
+def _joint_key(name: str) -> str:
+    """A joint name reduced for comparison: ``L_Eye``, ``left_eye`` and ``LeftEye`` -> ``lefteye``."""
+    key = "".join(ch for ch in str(name).lower() if ch.isalnum() or ch == "_")
+    for short, long in (("l_", "left_"), ("r_", "right_")):
+        if key.startswith(short):
+            key = long + key[len(short):]
+    return key.replace("_", "")
+
+
+def _check_joint_order(teacher: str, checkpoint: str, id2label: dict[int, str] | None) -> None:
+    """TeacherError when the model names its 17 joints otherwise than COCO's order (a Human3.6M or MPII head would
+    put its joints on the wrong channels of the store); default names (``LABEL_3``) say nothing and pass."""
+    names = {int(i): str(n) for i, n in (id2label or {}).items()}
+    if not names or all(n.startswith("LABEL_") for n in names.values()):
+        return
+    differ = [j for j, joint in enumerate(JOINTS) if _joint_key(names.get(j, "")) != _joint_key(joint)]
+    if differ:
+        j = differ[0]
+        raise TeacherError(f"teacher {teacher!r}: checkpoint {checkpoint!r} names its joints otherwise than COCO's "
+                           f"order ({len(differ)} of {NUM_JOINTS} differ; joint {j} is {names.get(j)!r}, not "
+                           f"{JOINTS[j]!r})")
+
+
 def _processor(cls: Any, teacher: str, checkpoint: str, defaults: dict[str, Any]) -> Any:
     """``cls`` from a local checkpoint folder's ``preprocessor_config.json``, else with ``defaults``: never a
     download."""
@@ -264,7 +288,9 @@ def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
     backbone = VitPoseBackboneConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
                                      image_size=[256, 192], patch_size=[16, 16], out_indices=[2])
     pose = os.path.join(out_dir, "pose")
-    config = VitPoseConfig(backbone_config=backbone, num_labels=NUM_JOINTS)
+    names = dict(enumerate(JOINTS))  # COCO's order, named as the published checkpoints name it
+    config = VitPoseConfig(backbone_config=backbone, num_labels=NUM_JOINTS, id2label=names,
+                           label2id={v: k for k, v in names.items()})
     VitPoseForPoseEstimation(config).eval().save_pretrained(pose)
     VitPoseImageProcessor().save_pretrained(pose)
     names = dict(enumerate(c.name for c in PANOPTIC_CLASSES if c.isthing))  # COCO-80, person first

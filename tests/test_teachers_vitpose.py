@@ -204,3 +204,23 @@ def test_heatmap_peaks_map_back_to_original_pixels(teacher, astronaut, monkeypat
         assert inside.sum() >= 10
         np.testing.assert_allclose(person["keypoints"][inside, :2], expected[inside], atol=0.02 * size.max() / 47)
         np.testing.assert_allclose(person["keypoint_scores"], their["scores"].numpy(), atol=1e-6)
+
+
+def test_a_pose_model_of_another_joint_order_is_refused(bundle, tmp_path) -> None:
+    from shards.taxonomy import JOINTS
+
+    folder = tmp_path / "other"
+    shutil.copytree(bundle, folder)
+    config_path = folder / "pose" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert [config["id2label"][str(j)] for j in range(17)] == list(JOINTS)  # the tiny model names COCO's joints
+    hf_style = ["Nose"] + [f"{side}_{part}" for part in ("Eye", "Ear", "Shoulder", "Elbow", "Wrist", "Hip", "Knee",
+                                                          "Ankle") for side in "LR"]
+    config["id2label"] = {str(j): n for j, n in enumerate(hf_style)}  # spelling: accepted
+    config_path.write_text(json.dumps(config))
+    create_teacher("vitpose", checkpoint=str(folder))
+    config["id2label"] = {str(j): n for j, n in enumerate(hf_style[:5] + hf_style[6:7] + hf_style[5:6] + hf_style[7:])}
+    config_path.write_text(json.dumps(config))  # shoulders swapped: the store's channels would be mislabelled
+    with pytest.raises(TeacherError, match=r"names its joints otherwise than COCO's order \(2 of 17 differ; joint 5 "
+                                           r"is 'R_Shoulder', not 'left_shoulder'\)"):
+        create_teacher("vitpose", checkpoint=str(folder))
