@@ -1,23 +1,44 @@
 #!/usr/bin/env bash
 # The GPU checks, in one run on a machine with one CUDA device and the project's dependencies installed:
-# the gpu-marked tests, then bench/student.py (paper network FP32 and bf16 at batch 32, a real training run),
-# bench/gpu_pipeline.py (build-targets on Ray with GPU teacher actors) and bench/teachers.py at published
-# sizes. Logs go to ${OUT:-gpu-check}/.
+#   tests     the gpu-marked tests (FP32/bf16 training, resume, CPU agreement, the speed options' loss curves)
+#   student   bench/student.py: the paper network at batch 32, FP32 and bf16, plain and channels-last, with its
+#             model FLOP utilisation, and a real training run per dtype
+#   compile   the same with channels-last + torch.compile (minutes of compilation)
+#   pipeline  bench/gpu_pipeline.py: build-targets on Ray with GPU teacher actors
+#   teachers  bench/teachers.py at published sizes, float16
+# Device time is scarce: name the sections a check needs (default all; together they may take 20 minutes).
+# Logs go to ${OUT:-gpu-check}/.
 #
-#   bash bench/gpu_check.sh            # python3 on PATH holds torch with CUDA
+#   bash bench/gpu_check.sh [tests] [student] [compile] [pipeline] [teachers]
 set -uo pipefail
 out=${OUT:-gpu-check}
 mkdir -p "$out"
 py=${PYTHON:-python3}
+sections=" ${*:-tests student compile pipeline teachers} "
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 
 status=0
-timeout 240 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_student_gpu.py 2>&1 | tee "$out/tests.log" \
-    || status=1
-timeout 240 "$py" bench/student.py --device cuda 2>&1 | tee "$out/student.log" || status=1
-timeout 240 "$py" bench/gpu_pipeline.py 2>&1 | tee "$out/pipeline.log" || status=1
-timeout 150 "$py" bench/teachers.py --device cuda --dtype float16 --batch-size 32 \
-    --teachers depth-anything-v2,dptext-detr,visiongpt2 2>&1 | tee "$out/teachers.log" || status=1
+want() { [[ $sections == *" $1 "* ]]; }
+if want tests; then
+  timeout 300 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_student_gpu.py 2>&1 | tee "$out/tests.log" \
+      || status=1
+fi
+if want student; then
+  timeout 300 "$py" bench/student.py --device cuda --variants plain,channels_last 2>&1 | tee "$out/student.log" \
+      || status=1
+fi
+if want compile; then
+  timeout 420 "$py" bench/student.py --device cuda --rounds 1 --variants channels_last+compile 2>&1 \
+      | tee "$out/student-compile.log" || status=1
+fi
+if want pipeline; then
+  timeout 240 "$py" bench/gpu_pipeline.py 2>&1 | tee "$out/pipeline.log" || status=1
+fi
+if want teachers; then
+  timeout 180 "$py" bench/teachers.py --device cuda --dtype float16 --batch-size 32 \
+      --teachers vitpose,detectron2-keypoint-rcnn,depth-anything-v2,dptext-detr,visiongpt2 2>&1 \
+      | tee "$out/teachers.log" || status=1
+fi
 exit $status

@@ -137,6 +137,9 @@ class TrainConfig:
     workers: int = 4
     seed: int = 0
     amp: str = "none"  # none | bf16
+    # Speed options (project choices, off by default; results equal to float tolerance, tests/test_student_gpu.py):
+    channels_last: bool = False  # NHWC weights and activations, the layout cuDNN's tensor-core convolutions use
+    compile: bool = False  # torch.compile the training step's network (the first steps pay the compilation)
     device: str = "auto"
     shuffle_buffer: int = 256
     tensorboard: bool = True

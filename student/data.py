@@ -423,8 +423,9 @@ def close_loader(batches: Iterator[Any] | None) -> None:
         shutdown()
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    """Move a host batch to the device (non-blocking) and convert it to float there.
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """Move a host batch to the device (non-blocking) and convert it to float there. ``channels_last``: the images
+    keep the host's HWC order in memory (NCHW shape, channels-last strides), as a channels-last network takes them.
 
     Returns:
         ``images`` (B, 3, S, S) uint8, ``targets`` (B, 44, S, S) float32, ``pose_mask`` (B, S, S) float32,
@@ -433,7 +434,8 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Te
     moved = {k: (v.view(torch.int16) if v.dtype == torch.uint16 else v).to(device, non_blocking=True)
              for k, v in batch.items() if isinstance(v, torch.Tensor)}  # uint16 travels as its int16 bits
     # HWC on the host (as decoded: no per-sample transpose); CHW on the device, a cheap copy there
-    out = {"images": moved["image"].permute(0, 3, 1, 2).contiguous(), "targets": device_targets(moved),
+    images = moved["image"].permute(0, 3, 1, 2)
+    out = {"images": images if channels_last else images.contiguous(), "targets": device_targets(moved),
            "pose_mask": moved["pose_mask"].float(), "glove": moved["glove"].float()}
     if "multihot" in moved:
         out["multihot"] = moved["multihot"].float()

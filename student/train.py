@@ -140,7 +140,7 @@ def evaluate(model: torch.nn.Module, dataset: StudentDataset, cfg: TrainConfig, 
             for i, host in enumerate(batches):
                 if cfg.val_steps and i >= cfg.val_steps:
                     break
-                batch = to_device(host, device)
+                batch = to_device(host, device, cfg.channels_last)
                 with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp == "bf16"):
                     out = model(batch["images"])
                 _, parts = compute_loss(out, batch["targets"], batch["pose_mask"], batch["glove"],
@@ -251,8 +251,10 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
                              f"{model_cfg.image_size}")
     if model_cfg.multihot_vocab:
         train_ds.transform.multihot_vocab = val_ds.transform.multihot_vocab = model_cfg.multihot_vocab
-    model = YMapNet(model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, eps=recipe.adam_eps)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = YMapNet(model_cfg).to(device, memory_format=layout)
+    fused = True if device.type == "cuda" else None  # one kernel for every tensor's Adam step (same arithmetic)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, eps=recipe.adam_eps, fused=fused)
     if resume:
         load_weights(model, payload["model"], resume)
         try:
@@ -260,7 +262,11 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
         except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"{resume}: its optimiser state does not fit the model ({load_problem(e)})") \
                 from None
+        for group in optimizer.param_groups:  # the saved groups carry the saving run's choice: this device's
+            group["fused"] = fused
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if cfg.compile:  # the training steps only; validation and checkpoints use the module itself
+        net = torch.compile(net)
     gains = recipe.gains()
     if cfg.steps_per_epoch:  # draws from the endless resampled stream
         steps_per_epoch = cfg.steps_per_epoch
@@ -353,7 +359,7 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
                         raise KeyboardInterrupt
                     host = next(batches)
                     guard.in_step = True
-                    batch = to_device(host, device)
+                    batch = to_device(host, device, cfg.channels_last)
                     lr = lr_at(recipe, state["step"] / steps_per_epoch)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
@@ -599,6 +605,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=s,
                         help="disable augmentation (recipe)")
     parser.add_argument("--amp", choices=("none", "bf16"), default=s, help="autocast dtype (default none)")
+    parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=s,
+                        help="NHWC memory layout for weights and activations (speed; results to float tolerance)")
+    parser.add_argument("--compile", action="store_true", default=s,
+                        help="torch.compile the network for the training steps (speed; the first steps compile)")
     parser.add_argument("--device", default=s, help="cpu, cuda, cuda:1, ... (default auto)")
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=s,
                         help="do not write TensorBoard logs")

@@ -14,7 +14,7 @@ import torch
 from shards.synthetic import write_synthetic_store
 from shards_stores import set_pose
 from student import cli
-from student.config import TrainConfig
+from student.config import ModelConfig, TrainConfig
 from student.data import SLOTS_PER_WORKER, make_loader, open_split, skip_remainder, to_device
 from student.metrics import MetricSums, hdm, token_cosine
 from student.recipe import Recipe
@@ -765,3 +765,39 @@ def test_student_train_epochs_are_one_pass_by_default(store: Path, tmp_path: Pat
     first = train(_cfg(store, tmp_path / "split", steps_per_epoch=0), stop_at_step=8)  # inside epoch 2
     rest = train(_cfg(store, tmp_path / "split", steps_per_epoch=0), resume=str(tmp_path / "split" / "last.pt"))
     assert np.allclose(first["losses"] + rest["losses"], full["losses"], rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_trains_the_same_steps(store: Path, tmp_path: Path, one_thread) -> None:
+    """The NHWC layout option (speed only): the same loss and gradients from the same weights and batch, to float
+    rounding, and the same loss curve over a short run. (Weights after several Adam steps are no fair comparison:
+    Adam moves a weight whose gradient is near zero, a bias before BatchNorm, by about lr on rounding noise alone.)"""
+    from student.loss import compute_loss
+    from student.model import YMapNet
+
+    dataset = open_split(store, "train2017", train=True, batch_size=4, seed=0)
+    dataset.set_epoch(0)
+    host = next(iter(make_loader(dataset, workers=0)))
+    torch.manual_seed(0)
+    plain = YMapNet(ModelConfig.tiny(SIZE)).train()
+    nhwc = YMapNet(ModelConfig.tiny(SIZE)).to(memory_format=torch.channels_last).train()
+    nhwc.load_state_dict(plain.state_dict())
+    gains = Recipe().gains()
+    losses, grads = [], []
+    for model, channels_last in ((plain, False), (nhwc, True)):
+        batch = to_device(host, torch.device("cpu"), channels_last)
+        assert batch["images"].is_contiguous(memory_format=torch.channels_last) == channels_last
+        torch.manual_seed(1)  # the same dropout masks
+        loss, _ = compute_loss(model(batch["images"]), batch["targets"], batch["pose_mask"], batch["glove"], None,
+                               gains, 1.0)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.contiguous() for n, p in model.named_parameters()})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    # each gradient against its own scale; those near zero (a bias before BatchNorm: ~1e-7) are rounding alone
+    worst = max(((grads[1][n] - g).abs().max() / g.abs().max()).item() for n, g in grads[0].items()
+                if g.abs().max() > 1e-4)
+    assert worst < 1e-3, worst
+    a = train(_cfg(store, tmp_path / "plain", {"epochs": 1}))
+    b = train(_cfg(store, tmp_path / "nhwc", {"epochs": 1}, channels_last=True))
+    assert len(a["losses"]) == 3 and a["losses"][0] != a["losses"][2]  # a curve that moves
+    np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-4)
