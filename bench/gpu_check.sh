@@ -3,9 +3,9 @@
 #   tests     the gpu-marked tests (FP32/bf16 training, resume, CPU agreement, the speed options' loss curves)
 #   student   bench/student.py: the paper network at batch 32, FP32 and bf16, plain and channels-last, with its
 #             model FLOP utilisation, and a real training run per dtype
-#   compile   the same with channels-last + torch.compile (minutes of compilation)
+#   compile   bf16 with channels-last + torch.compile (minutes of compilation)
 #   pipeline  bench/gpu_pipeline.py: build-targets on Ray with GPU teacher actors
-#   teachers  bench/teachers.py at published sizes, float16
+#   teachers  bench/teachers.py at published sizes, float16, the model teachers (detectron2 must be installed)
 # Device time is scarce: name the sections a check needs (default all; together they may take 20 minutes).
 # Logs go to ${OUT:-gpu-check}/.
 #
@@ -30,7 +30,7 @@ if want student; then
       || status=1
 fi
 if want compile; then
-  timeout 420 "$py" bench/student.py --device cuda --rounds 1 --variants channels_last+compile 2>&1 \
+  timeout 420 "$py" bench/student.py --device cuda --rounds 1 --amp bf16 --variants channels_last+compile 2>&1 \
       | tee "$out/student-compile.log" || status=1
 fi
 if want pipeline; then

@@ -38,7 +38,8 @@ from student.train import train  # noqa: E402
 LOADER_TARGET = 250.0
 BF16_TARGET = 600.0  # samples/s of paper-network training at batch 32 on one H100-class GPU
 #: dense peak TFLOP/s (FP32 without tensor cores, BF16 tensor cores) by a substring of the device name
-PEAK_TFLOPS = {"H200": {"fp32": 67.0, "bf16": 989.0}, "H100 PCIe": {"fp32": 51.0, "bf16": 756.0},
+PEAK_TFLOPS = {"H200 NVL": {"fp32": 60.0, "bf16": 835.0}, "H100 NVL": {"fp32": 60.0, "bf16": 835.0},
+               "H200": {"fp32": 67.0, "bf16": 989.0}, "H100 PCIe": {"fp32": 51.0, "bf16": 756.0},
                "H100": {"fp32": 67.0, "bf16": 989.0}, "A100": {"fp32": 19.5, "bf16": 312.0},
                "L40S": {"fp32": 91.6, "bf16": 362.0}, "RTX 4090": {"fp32": 82.6, "bf16": 165.0}}
 VARIANTS = ("plain", "channels_last", "channels_last+compile")
@@ -127,6 +128,10 @@ def step_times(cfg: ModelConfig, batch: int, iters: int, device: torch.device, a
     torch.manual_seed(0)
     layout = torch.channels_last if "channels_last" in variant else torch.contiguous_format
     model = YMapNet(cfg).to(device, memory_format=layout)
+    if "compile" in variant:
+        from torch._inductor import config as inductor
+
+        inductor.fallback_random = True  # as student train: eager's random numbers
     net = torch.compile(model) if "compile" in variant else model
     images = torch.randint(0, 256, (batch, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
     images = images.contiguous(memory_format=layout)
@@ -188,7 +193,7 @@ def main() -> int:
                    help="paper-network dtype(s) (default both on a GPU, none on the CPU)")
     p.add_argument("--variants", default=None,
                    help=f"comma-separated speed options of the paper network, of {', '.join(VARIANTS)} (default all "
-                        "on a GPU, plain on the CPU); the trainer runs take the last")
+                        "on a GPU, plain on the CPU); the trainer runs take the first and the last")
     args = p.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -263,20 +268,23 @@ def main() -> int:
                 result[f"{key}_peak_gib"] = round(paper["fwdbwd_peak_gib"], 2)
     if train_steps:
         write_synthetic_store(tmp, "val2017", 32, 32, size=256, seed=1)
-        variant = variants[-1]
-        for amp in amps:
-            tag = "fp32" if amp == "none" else "bf16"
-            rate = trainer_rate(tmp, tmp / f"run_{tag}", train_steps, paper_batch, args.workers, device, amp,
-                                variant)
-            mfu = utilisation(rate, tag)
-            print(f"  student train, paper {tag} {variant}, batch {paper_batch}, {args.workers} loader workers, "
-                  f"{train_steps} steps: {rate:.1f} samples/s" + (f", MFU {100 * mfu:.1f}%" if mfu is not None else ""))
-            result[f"train_paper_{tag}_samples_per_s"] = round(rate, 1)
-            result[f"train_paper_{tag}_mfu"] = mfu
-        result.update(train_variant=variant, train_workers=args.workers,
-                      target_train_paper_bf16_samples_per_s=BF16_TARGET)
-        if "train_paper_bf16_samples_per_s" in result:
-            result["train_paper_bf16_vs_target"] = round(result["train_paper_bf16_samples_per_s"] / BF16_TARGET, 3)
+        for variant in dict.fromkeys((variants[0], variants[-1])):
+            for amp in amps:
+                tag = "fp32" if amp == "none" else "bf16"
+                rate = trainer_rate(tmp, tmp / f"run_{tag}_{variant}", train_steps, paper_batch, args.workers, device,
+                                    amp, variant)
+                mfu = utilisation(rate, tag)
+                print(f"  student train, paper {tag} {variant}, batch {paper_batch}, {args.workers} loader workers, "
+                      f"{train_steps} steps: {rate:.1f} samples/s" + (f", MFU {100 * mfu:.1f}%" if mfu is not None
+                                                                       else ""))
+                key = f"train_paper_{tag}" if variant == "plain" else f"train_paper_{tag}_{variant.replace('+', '_')}"
+                result[f"{key}_samples_per_s"] = round(rate, 1)
+                result[f"{key}_mfu"] = mfu
+        result.update(train_workers=args.workers, target_train_paper_bf16_samples_per_s=BF16_TARGET)
+        best = max((v for k, v in result.items() if k.startswith("train_paper_bf16") and k.endswith("samples_per_s")),
+                   default=None)
+        if best is not None:
+            result["train_paper_bf16_best_vs_target"] = round(best / BF16_TARGET, 3)
     tmp_dir.cleanup()
     print(json.dumps(result))
     return 0

@@ -264,8 +264,15 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
                 from None
         for group in optimizer.param_groups:  # the saved groups carry the saving run's choice: this device's
             group["fused"] = fused
+        for param, st in optimizer.state.items():  # the moments in the parameter's memory layout (a fused step
+            for key, value in st.items():          # refuses, or on the CPU misreads, moments of another layout)
+                if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    st[key] = torch.empty_like(param).copy_(value)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if cfg.compile:  # the training steps only; validation and checkpoints use the module itself
+        from torch._inductor import config as inductor
+
+        inductor.fallback_random = True  # dropout masks from eager's generator: the same curve
         net = torch.compile(net)
     gains = recipe.gains()
     if cfg.steps_per_epoch:  # draws from the endless resampled stream
@@ -678,7 +685,9 @@ def run(args: argparse.Namespace) -> int:
             if "model" in flags and flags["model"] != base.model:
                 raise ValueError(f"--model {flags['model']}: {args.resume} is a {base.model} model; a resumed run "
                                  "keeps its network (start a new run for another)")
-            base = replace(base, max_steps=0, max_minutes=0.0)  # limits of an earlier invocation: give them again
+            # limits and speed options of an earlier invocation: give them again (a checkpoint never turns on a
+            # code generator, torch.compile, for the run that resumes it)
+            base = replace(base, max_steps=0, max_minutes=0.0, compile=False, channels_last=False)
             if "shards" not in flags and is_url(base.shards):  # data never picks a command or a remote store
                 raise ValueError(f"{args.resume} was trained on the store {base.shards[:80]!r}, a pipe: command or "
                                  "URL, which is taken from the command line only: pass --shards")

@@ -801,3 +801,28 @@ def test_channels_last_trains_the_same_steps(store: Path, tmp_path: Path, one_th
     b = train(_cfg(store, tmp_path / "nhwc", {"epochs": 1}, channels_last=True))
     assert len(a["losses"]) == 3 and a["losses"][0] != a["losses"][2]  # a curve that moves
     np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-4)
+
+
+def test_channels_last_reaches_the_model_and_a_resume_takes_the_layout_it_is_given(store: Path, tmp_path: Path,
+                                                                                     monkeypatch, one_thread) -> None:
+    out = tmp_path / "run"
+    assert train(_cfg(store, out, {"epochs": 1}))["epochs"] == 1
+    payload = torch.load(out / "last.pt", weights_only=True)
+    conv = next(k for k, v in payload["model"].items() if v.dim() == 4 and v.shape[1] > 1 and v.shape[2] > 1)
+    assert payload["model"][conv].is_contiguous()  # plain
+    payload["train_cfg"]["compile"] = True  # as a compiled run saves it: the resume must not compile on its word
+    torch.save(payload, out / "last.pt")
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("torch.compile was not asked for by the command")
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    assert cli.main(["train", "--resume", str(out / "last.pt"), "--epochs", "2", "--channels-last", "--no-progress",
+                     "--no-tensorboard"]) == 0
+    payload = torch.load(out / "last.pt", weights_only=True)
+    assert payload["epoch"] == 2 and payload["train_cfg"]["channels_last"] and not payload["train_cfg"]["compile"]
+    assert payload["model"][conv].is_contiguous(memory_format=torch.channels_last)  # the option reached the model
+    index = list(payload["model"]).index(conv)  # and Adam's moments follow the new layout
+    moments = payload["optimizer"]["state"][index]
+    assert moments["exp_avg"].is_contiguous(memory_format=torch.channels_last)
+    assert moments["exp_avg_sq"].is_contiguous(memory_format=torch.channels_last)
