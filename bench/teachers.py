@@ -71,21 +71,15 @@ def _full_detectron2(config_file: str) -> Callable[[str], str]:
 
 
 def _full_vitpose(out: str) -> str:
-    """A bundle as ``save_tiny_checkpoint`` writes it, at the published sizes: ViTPose-B (simple decoder) and
-    RT-DETR R50-vd (transformers' default RT-DETR configuration) with the COCO-80 classes."""
-    from transformers import (RTDetrConfig, RTDetrForObjectDetection, VitPoseBackboneConfig, VitPoseConfig,
-                              VitPoseForPoseEstimation)
+    """A bundle at the published sizes: ViTPose-B (simple decoder) and RT-DETR R50-vd (transformers' default
+    RT-DETR configuration)."""
+    from transformers import VitPoseBackboneConfig
 
-    from shards.taxonomy import PANOPTIC_CLASSES
+    from teachers.vitpose import save_random_checkpoint
 
     backbone = VitPoseBackboneConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4,
                                      image_size=[256, 192], patch_size=[16, 16], out_indices=[12])
-    VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, num_labels=17)).save_pretrained(
-        os.path.join(out, "pose"))
-    names = dict(enumerate(c.name for c in PANOPTIC_CLASSES if c.isthing))
-    RTDetrForObjectDetection(RTDetrConfig(id2label=names, label2id={v: k for k, v in names.items()})).save_pretrained(
-        os.path.join(out, "detector"))
-    return out
+    return save_random_checkpoint(out, backbone, {})
 
 
 def _full_vit_gpt2(out: str) -> str:

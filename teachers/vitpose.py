@@ -277,36 +277,48 @@ def _processor(cls: Any, teacher: str, checkpoint: str, defaults: dict[str, Any]
     return cls(**defaults)
 
 
-def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
-    """Save a bundle of a tiny random ViTPose (``pose/``) and RT-DETR with the COCO-80 classes (``detector/``), each
-    with ``save_pretrained`` and its image processor config; returns the bundle folder."""
+def save_random_checkpoint(out_dir: str, backbone: Any, detector: dict[str, Any], seed: int = 0,
+                           person_bias: float = 0.0) -> str:
+    """Save a bundle with random weights: a ViTPose on ``backbone`` (a ``VitPoseBackboneConfig``) naming COCO's 17
+    joints (``pose/``) and an RT-DETR of the ``detector`` config fields with the COCO-80 classes, person first
+    (``detector/``), each with ``save_pretrained`` and its image processor config; ``person_bias`` is added to the
+    person logit of the detector's class heads. Returns the bundle folder, a valid ``checkpoint=``."""
     import torch
-    from transformers import (RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor, RTDetrResNetConfig,
-                              VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor)
+    from transformers import (RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor, VitPoseConfig,
+                              VitPoseForPoseEstimation, VitPoseImageProcessor)
 
-    torch.manual_seed(seed)
-    backbone = VitPoseBackboneConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                                     image_size=[256, 192], patch_size=[16, 16], out_indices=[2])
     pose = os.path.join(out_dir, "pose")
     names = dict(enumerate(JOINTS))  # COCO's order, named as the published checkpoints name it
+    torch.manual_seed(seed)
     config = VitPoseConfig(backbone_config=backbone, num_labels=NUM_JOINTS, id2label=names,
                            label2id={v: k for k, v in names.items()})
     VitPoseForPoseEstimation(config).eval().save_pretrained(pose)
     VitPoseImageProcessor().save_pretrained(pose)
     names = dict(enumerate(c.name for c in PANOPTIC_CLASSES if c.isthing))  # COCO-80, person first
-    resnet = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-                                layer_type="basic", out_indices=[2, 3, 4])
-    config = RTDetrConfig(backbone_config=resnet, encoder_in_channels=[16, 32, 64], encoder_hidden_dim=16,
-                          encoder_ffn_dim=32, encoder_attention_heads=2, d_model=16, decoder_in_channels=[16] * 3,
-                          decoder_ffn_dim=32, decoder_layers=1, decoder_attention_heads=2, num_queries=30,
-                          num_denoising=0, initializer_range=0.3,  # the default 0.01 makes every query alike
-                          id2label=names, label2id={v: k for k, v in names.items()})
+    config = RTDetrConfig(**detector, id2label=names, label2id={v: k for k, v in names.items()})
     torch.manual_seed(seed)
     model = RTDetrForObjectDetection(config).eval()
-    with torch.no_grad():  # people likelier than the other classes, so that most test images have some
-        for layer in model.model.decoder.class_embed:
-            layer.bias[0] += 1.0
-    detector = os.path.join(out_dir, "detector")
-    model.save_pretrained(detector)
-    RTDetrImageProcessor().save_pretrained(detector)
+    if person_bias:
+        with torch.no_grad():
+            for layer in model.model.decoder.class_embed:
+                layer.bias[0] += person_bias
+    path = os.path.join(out_dir, "detector")
+    model.save_pretrained(path)
+    RTDetrImageProcessor().save_pretrained(path)
     return str(out_dir)
+
+
+def save_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
+    """Save a bundle of a tiny random ViTPose and RT-DETR (``save_random_checkpoint``); returns the bundle folder."""
+    from transformers import RTDetrResNetConfig, VitPoseBackboneConfig
+
+    backbone = VitPoseBackboneConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                                     image_size=[256, 192], patch_size=[16, 16], out_indices=[2])
+    resnet = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                                layer_type="basic", out_indices=[2, 3, 4])
+    detector = dict(backbone_config=resnet, encoder_in_channels=[16, 32, 64], encoder_hidden_dim=16,
+                    encoder_ffn_dim=32, encoder_attention_heads=2, d_model=16, decoder_in_channels=[16] * 3,
+                    decoder_ffn_dim=32, decoder_layers=1, decoder_attention_heads=2, num_queries=30, num_denoising=0,
+                    initializer_range=0.3)  # the default 0.01 makes every query alike
+    # people likelier than the other classes, so that most test images have some
+    return save_random_checkpoint(out_dir, backbone, detector, seed, person_bias=1.0)
