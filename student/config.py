@@ -140,6 +140,7 @@ class TrainConfig:
     # Speed options (project choices, off by default; results equal to float tolerance, tests/test_student_gpu.py):
     channels_last: bool = False  # NHWC weights and activations, the layout cuDNN's tensor-core convolutions use
     compile: bool = False  # torch.compile the training step's network (the first steps pay the compilation)
+    prefetch: bool = True  # CUDA: the next batch's copy runs on a side stream during the current step
     device: str = "auto"
     shuffle_buffer: int = 256
     tensorboard: bool = True

@@ -440,3 +440,33 @@ def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool =
     if "multihot" in moved:
         out["multihot"] = moved["multihot"].float()
     return out
+
+
+class DeviceFeed:
+    """Host batches to the device (:func:`to_device`). On CUDA with ``overlap``, a batch's copy and float
+    conversion run on a side stream, so that the next batch can travel while the current step computes: ``send``
+    it early, ``receive`` it when its step begins. Elsewhere ``send`` is ``to_device`` and ``receive`` returns
+    its argument."""
+
+    def __init__(self, device: torch.device, channels_last: bool = False, overlap: bool = True) -> None:
+        self.device = device
+        self.channels_last = channels_last
+        self.stream = torch.cuda.Stream(device) if overlap and device.type == "cuda" else None
+
+    def send(self, host: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Start moving ``host`` to the device (pinned host memory makes the copy asynchronous)."""
+        if self.stream is None:
+            return to_device(host, self.device, self.channels_last)
+        with torch.cuda.stream(self.stream):
+            return to_device(host, self.device, self.channels_last)
+
+    def receive(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch ``send`` gave, safe to use on the current stream."""
+        if self.stream is None:
+            return batch
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.stream)
+        for tensor in batch.values():
+            tensor.record_stream(current)  # its memory (allocated on the side stream) is in use on this one
+        return batch
+

@@ -9,6 +9,7 @@ sign is -1), with background -1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -53,17 +54,26 @@ def find_peaks(heatmaps: np.ndarray, threshold: float = 0.5, radius: int = 4,
         local_max = (score >= cv2.dilate(score, kernel)) & (score >= threshold)
         if valid is not None:
             local_max &= valid  # also at threshold 0
-        ys, xs = np.nonzero(local_max)
+        ys, xs = np.nonzero(local_max)  # raster order
         order = np.argsort(-score[ys, xs], kind="stable")
-        kept: list[tuple[int, int]] = []
-        for y, x in zip(ys[order], xs[order]):  # plateaus leave several equal maxima: keep one
-            if all((x - kx) ** 2 + (y - ky) ** 2 >= radius * radius for kx, ky in kept):
-                kept.append((int(x), int(y)))
-                if len(kept) == max_peaks:
-                    break
-        rows = [(*_centroid(score, x, y), float(score[y, x])) for x, y in kept]
+        xs, ys = xs[order], ys[order]
+        rows = [(*_centroid(score, xs[i], ys[i]), float(score[ys[i], xs[i]]))
+                for i in keep_apart(xs, ys, radius, max_peaks)]
         out.append(np.asarray(rows, np.float64).reshape(-1, 3))
     return out
+
+
+def keep_apart(xs: np.ndarray, ys: np.ndarray, radius: int, max_peaks: int) -> list[int]:
+    """Positions of the maxima kept from candidates sorted strongest first: a plateau leaves several equal
+    maxima, of which one (the first) stays; at most ``max_peaks``."""
+    kept: list[int] = []
+    xl, yl = np.asarray(xs).tolist(), np.asarray(ys).tolist()
+    for i, (x, y) in enumerate(zip(xl, yl)):
+        if all((x - xl[k]) ** 2 + (y - yl[k]) ** 2 >= radius * radius for k in kept):
+            kept.append(i)
+            if len(kept) == max_peaks:
+                break
+    return kept
 
 
 def _centroid(score: np.ndarray, x: int, y: int) -> tuple[float, float]:
@@ -156,13 +166,31 @@ def group_people(peaks: list[np.ndarray], pafs: np.ndarray, *, min_agreement: fl
     Returns:
         People sorted by descending score.
     """
+    def support(li: int) -> tuple[np.ndarray, np.ndarray]:
+        limb = LIMBS[li]
+        return paf_scores(pafs[li], limb, peaks[limb.child][:, :2], peaks[limb.parent][:, :2])
+
+    return group_with_support(peaks, support, max(pafs.shape[1:]), min_agreement=min_agreement,
+                              min_joints=min_joints, head_distance=head_distance)
+
+
+def group_with_support(peaks: list[np.ndarray], support: Callable[[int], tuple[np.ndarray, np.ndarray]],
+                       size: int, *, min_agreement: float = 0.8, min_joints: int = 3,
+                       head_distance: float = 0.15) -> list[Person]:
+    """:func:`group_people` with the PAF support computed elsewhere (``student.fastpath`` does it on the device).
+
+    Args:
+        peaks: per joint (K, 3) arrays of (x, y, score).
+        support: ``support(li)`` gives the (score, agreement) of :func:`paf_scores` for limb ``LIMBS[li]``, each
+            (C, P) over the child's and the parent's peaks; called only for limbs with peaks at both ends.
+        size: the larger side of the maps (``head_distance`` is a fraction of it).
+    """
     num = len(JOINTS)
     people: list[np.ndarray] = []  # each (17,) int array of peak indices, -1 = missing
     for li, limb in enumerate(LIMBS):
-        child, parent = peaks[limb.child], peaks[limb.parent]
-        if not len(child) or not len(parent):
+        if not len(peaks[limb.child]) or not len(peaks[limb.parent]):
             continue
-        score, agree = paf_scores(pafs[li], limb, child[:, :2], parent[:, :2])
+        score, agree = support(li)
         cands = [(score[ci, pi], ci, pi) for ci, pi in zip(*np.nonzero(agree >= min_agreement))]
         used_c, used_p = set(), set()
         for _, ci, pi in sorted(cands, key=lambda c: -c[0]):
@@ -171,7 +199,6 @@ def group_people(peaks: list[np.ndarray], pafs: np.ndarray, *, min_agreement: fl
             used_c.add(ci)
             used_p.add(pi)
             _connect(people, num, (limb.child, ci), (limb.parent, pi))
-    size = max(pafs.shape[1:])
     _attach_head(people, peaks, head_distance * size)
     out = []
     for idx in people:
@@ -265,8 +292,8 @@ def refine_depth_paper(depth: np.ndarray, normals: np.ndarray, *, iterations: in
     ``valid`` are masked: they stay as they are (and still feed their neighbours' gradients).
 
     Note that the update of a pixel depends on its neighbours' values only (Sobel weighs the centre 0) and is
-    never positive for unit normals (delta . (G, 1) = M (N . n - 1)), so it does not remove independent noise; :func:`refine_depth`
-    is a descent on the normal-consistency error instead.
+    never positive for unit normals (delta . (G, 1) = M (N . n - 1)), so it does not remove independent noise;
+    :func:`refine_depth` is a descent on the normal-consistency error instead.
 
     Args:
         depth: (H, W) depth in [0, 1], larger = nearer.

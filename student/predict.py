@@ -34,7 +34,7 @@ class Prediction:
 
     image: np.ndarray  # (S, S, 3) uint8 letterboxed input
     geometry: Letterbox
-    maps: np.ndarray  # (44, S, S) float32 in [-1, 1]
+    maps: np.ndarray | None  # (44, S, S) float32 in [-1, 1]; None: not copied back (FastPredictor(keep_maps=False))
     depth: np.ndarray  # (S, S) float32 in [0, 1], refined when refinement is on
     people: list[Person]
     words: list[tuple[str, float] | None] | None  # best word of each slot (None: empty slot); None: no vocabulary
@@ -63,6 +63,8 @@ class Prediction:
 
     def panel(self, tile: int = 256) -> np.ndarray:
         """The (2 * tile, 4 * tile, 3) uint8 RGB panel of this prediction."""
+        if self.maps is None:
+            raise ValueError("this prediction kept no maps to draw (FastPredictor(keep_maps=False))")
         return panels.render_panel(self.image, self.maps, self.depth, self.people, self.kept_words(), tile,
                                    valid=self.geometry.valid_mask(), labels=self.labels)
 
@@ -101,14 +103,18 @@ class Predictor:
     @torch.no_grad()
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
         """Predict a list of (h, w, 3) uint8 RGB images of any sizes."""
-        boxes = [Letterbox.fit(im.shape[1], im.shape[0], self.size) for im in images]
-        boxed = np.stack([letterbox_image(im, box) for box, im in zip(boxes, images)])  # (B, S, S, 3)
+        boxes, boxed = self._letterbox(images)
         batch = torch.from_numpy(boxed).permute(0, 3, 1, 2).contiguous().to(self.device)
         out = self.model(batch)
         maps = out["maps"].float().cpu().numpy()  # (B, 44, S, S)
         tokens = out["tokens"].float().cpu().numpy()  # (B, 8, 300)
         hot = out["multihot"].float().cpu().numpy() if "multihot" in out else [None] * len(images)  # (B, V)
         return [self._post(im, box, m, t, h) for im, box, m, t, h in zip(boxed, boxes, maps, tokens, hot)]
+
+    def _letterbox(self, images: list[np.ndarray]) -> tuple[list[Letterbox], np.ndarray]:
+        """Each image's letterbox and the (B, S, S, 3) uint8 batch of letterboxed images."""
+        boxes = [Letterbox.fit(im.shape[1], im.shape[0], self.size) for im in images]
+        return boxes, np.stack([letterbox_image(im, box) for box, im in zip(boxes, images)])
 
     def _labels(self, probabilities: np.ndarray | None) -> list[tuple[str, float]] | None:
         """The multi-hot words above the paper's 0.25, most confident first (ids named ``#i`` without a vocabulary
@@ -291,6 +297,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "steps of 0.01, far areas masked), a descent on the normal error, or none")
     parser.add_argument("--no-refine", dest="refine", action="store_const", const="none",
                         help="skip the depth refinement (--refine none)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the fast path (student.fastpath): post-processing on the model's device in one "
+                             "fixed-shape step, the network channels-last, on CUDA replayed as a CUDA graph; the "
+                             "same results to float tolerance (--refine paper or none)")
+    parser.add_argument("--amp", choices=("none", "bf16"), default="none",
+                        help="bf16: autocast the network (implies --fast; default none: FP32, the paper's precision)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the fast path's step (implies --fast; minutes for the paper network)")
     parser.add_argument("--tile", type=int, default=256,
                         help=f"side of each panel tile in pixels, 16..{MAX_TILE} (default: 256)")
     parser.add_argument("--joint-threshold", type=float, default=0.5,
@@ -323,6 +337,11 @@ def run(args: argparse.Namespace) -> int:
         if not low <= value <= 1.0:  # also refuses NaN
             print(f"student predict: error: {flag} must be in {low:g}..1, got {value}", file=sys.stderr)
             return 2
+    fast = args.fast or args.amp != "none" or args.compile
+    if fast and args.refine == "descent":
+        print("student predict: error: the fast path (--fast, --amp, --compile) refines depth with --refine paper "
+              "or none, not descent", file=sys.stderr)
+        return 2
     try:
         inputs = expand_inputs(args.inputs)
         model, cfg, extra = load_checkpoint(args.checkpoint, map_location=args.device)
@@ -336,8 +355,16 @@ def run(args: argparse.Namespace) -> int:
     if vocab is None:
         print("note: no vocabulary given (--vocab vocab.json or --shards STORE); caption words are not decoded"
               + vocabulary_hint(extra), file=sys.stderr)
-    predictor = Predictor(model, cfg.image_size, vocab, args.device, args.refine, args.joint_threshold,
-                          args.word_threshold)
+    if fast:
+        from student.fastpath import FastPredictor
+
+        predictor: Predictor = FastPredictor(
+            model, cfg.image_size, vocab, args.device, args.refine, args.joint_threshold, args.word_threshold,
+            amp=args.amp, channels_last=True, compile=args.compile,
+            cuda_graph=torch.device(args.device).type == "cuda", keep_maps=args.save_maps or not args.no_panel)
+    else:
+        predictor = Predictor(model, cfg.image_size, vocab, args.device, args.refine, args.joint_threshold,
+                              args.word_threshold)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed, used = 0, set()

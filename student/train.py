@@ -33,8 +33,8 @@ from student.checkpoint import (CheckpointError, check_fits, load_problem, load_
                                 save_checkpoint, saved_model_config)
 from student.cli import resolve_device
 from student.config import MODELS, ModelConfig, TrainConfig
-from student.data import (StudentDataset, close_loader, error_line, exit_code, make_loader, open_mixed, open_split,
-                          parse_mix, skip_remainder, to_device)
+from student.data import (DeviceFeed, StudentDataset, close_loader, error_line, exit_code, make_loader, open_mixed,
+                          open_split, parse_mix, skip_remainder, to_device)
 from student.loss import compute_loss, paper_loss
 from student.metrics import MetricSums, image_panel
 from student.model import YMapNet
@@ -274,6 +274,7 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
 
         inductor.fallback_random = True  # dropout masks from eager's generator: the same curve
         net = torch.compile(net)
+    feed = DeviceFeed(device, cfg.channels_last, cfg.prefetch)
     gains = recipe.gains()
     if cfg.steps_per_epoch:  # draws from the endless resampled stream
         steps_per_epoch = cfg.steps_per_epoch
@@ -357,6 +358,7 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
             for _ in range(skip_remainder(skip, cfg.workers)):
                 train_ds.release(next(batches))
         net.train()
+        ahead = None  # (host batch, its device copy in flight) of the next step
         bar = _progress(cfg, main, steps_per_epoch, skip, epoch)
         tick = time.perf_counter()
         try:
@@ -364,9 +366,13 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
                 for b in range(skip, steps_per_epoch):
                     if stop_at_step is not None and state["step"] >= stop_at_step:
                         raise KeyboardInterrupt
-                    host = next(batches)
+                    if ahead is None:
+                        host = next(batches)
+                        sent = feed.send(host)
+                    else:
+                        (host, sent), ahead = ahead, None
                     guard.in_step = True
-                    batch = to_device(host, device, cfg.channels_last)
+                    batch = feed.receive(sent)
                     lr = lr_at(recipe, state["step"] / steps_per_epoch)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
@@ -386,6 +392,9 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
                     if recipe.clip_value > 0:  # as Keras's clipvalue: each gradient value into [-c, c]
                         torch.nn.utils.clip_grad_value_(model.parameters(), recipe.clip_value)
                     optimizer.step()
+                    if feed.stream is not None and b + 1 < steps_per_epoch:  # the next batch travels meanwhile
+                        upcoming = next(batches, None)  # (none left: the next step's own next() says so)
+                        ahead = None if upcoming is None else (upcoming, feed.send(upcoming))
                     train_ds.release(host)  # its buffers are refilled from now on
                     state["step"] += 1
                     state["position"] = {"epoch": epoch, "batch": b + 1}
@@ -616,6 +625,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NHWC memory layout for weights and activations (speed; results to float tolerance)")
     parser.add_argument("--compile", action="store_true", default=s,
                         help="torch.compile the network for the training steps (speed; the first steps compile)")
+    parser.add_argument("--no-prefetch", dest="prefetch", action="store_false", default=s,
+                        help="copy each batch to the GPU when its step begins (default: the next batch travels on a "
+                             "side stream while the current step computes)")
     parser.add_argument("--device", default=s, help="cpu, cuda, cuda:1, ... (default auto)")
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=s,
                         help="do not write TensorBoard logs")
@@ -687,7 +699,7 @@ def run(args: argparse.Namespace) -> int:
                                  "keeps its network (start a new run for another)")
             # limits and speed options of an earlier invocation: give them again (a checkpoint never turns on a
             # code generator, torch.compile, for the run that resumes it)
-            base = replace(base, max_steps=0, max_minutes=0.0, compile=False, channels_last=False)
+            base = replace(base, max_steps=0, max_minutes=0.0, compile=False, channels_last=False, prefetch=True)
             if "shards" not in flags and is_url(base.shards):  # data never picks a command or a remote store
                 raise ValueError(f"{args.resume} was trained on the store {base.shards[:80]!r}, a pipe: command or "
                                  "URL, which is taken from the command line only: pass --shards")

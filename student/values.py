@@ -82,3 +82,23 @@ def device_targets(batch: Mapping[str, Any]) -> Any:
     out[:, CHANNELS["groups"].slice] = torch.where(batch["groups"][:, None] == values[None, :, None, None],
                                                    1.0, -1.0)
     return out
+
+
+def perfect_outputs(sample: Any, base_radius: float, paf_width: float) -> tuple[np.ndarray, np.ndarray]:
+    """What a perfect student outputs for a store sample: its training targets.
+
+    Args:
+        sample: a ``student.targets.StoreSample``.
+        base_radius, paf_width: target sizes (``TargetSizes.at``).
+
+    Returns:
+        (44, S, S) float32 maps in [-1, 1] (``pack_targets`` then :func:`device_targets`, as training renders
+        them) and the (8, 300) float32 tokens.
+    """
+    import torch
+
+    from student.targets import pack_targets
+
+    packed = pack_targets(sample, base_radius, paf_width)
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)[None]) for k, v in packed.items()}
+    return device_targets(batch)[0].numpy(), np.asarray(sample.glove, np.float32)

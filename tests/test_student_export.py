@@ -93,3 +93,26 @@ def test_a_model_with_the_multihot_head_exports_its_labels(tmp_path) -> None:
     path = export_onnx(model, 32, tmp_path / "head.onnx")
     diffs = compare_onnx(model, path, 32, batch=2)
     assert set(diffs) == {"maps", "tokens", "multihot"} and max(diffs.values()) < 1e-4
+
+
+def test_the_fast_paths_model_exports_what_the_eager_model_computes(tiny_checkpoint: str, tmp_path) -> None:
+    """The model after ``FastPredictor`` ran it (channels-last, bf16 autocast) exports the eager model's outputs."""
+    from skimage import data
+
+    from student.checkpoint import load_checkpoint
+    from student.export import export_onnx
+    from student.fastpath import FastPredictor
+
+    eager, cfg, _ = load_checkpoint(tiny_checkpoint)
+    model, _, _ = load_checkpoint(tiny_checkpoint)
+    fast = FastPredictor(model, cfg.image_size, amp="bf16", channels_last=True)
+    fast(data.astronaut())
+    assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    path = export_onnx(fast.model, cfg.image_size, tmp_path / "fast.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(4).integers(0, 256, (2, 3, cfg.image_size, cfg.image_size), dtype=np.uint8)
+    maps, tokens = session.run(["maps", "tokens"], {"images": images})
+    with torch.no_grad():
+        expected = eager.eval()(torch.from_numpy(images))
+    assert np.abs(maps - expected["maps"].numpy()).max() <= 1e-4
+    assert np.abs(tokens - expected["tokens"].numpy()).max() <= 1e-4

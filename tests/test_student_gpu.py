@@ -111,16 +111,55 @@ def test_paper_network_fp32_on_gpu_matches_cpu_and_bf16_stays_close() -> None:
 
 
 @pytest.mark.parametrize("amp, rtol", [("none", 1e-3), ("bf16", 3e-2)])
-@pytest.mark.parametrize("option", ["channels_last", "compile"])
+@pytest.mark.parametrize("option", ["channels_last", "compile", "prefetch"])
 def test_speed_options_follow_the_same_loss_curve(store: Path, tmp_path: Path, monkeypatch, amp: str, rtol: float,
                                                   option: str) -> None:
-    """channels-last and torch.compile (fused Adam is on for every CUDA run) change speed, not the curve. FP32
-    without TF32, so that the two runs' convolutions round alike."""
+    """channels-last, torch.compile and the side-stream copies of the next batch (on by default: compared with
+    --no-prefetch here; fused Adam is on for every CUDA run) change speed, not the curve. FP32 without TF32, so
+    that the two runs' convolutions round alike."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     plain = train(_cfg(store, tmp_path / "plain", amp=amp, workers=0))
-    fast = train(_cfg(store, tmp_path / "fast", amp=amp, workers=0, **{option: True}))
+    fast = train(_cfg(store, tmp_path / "fast", amp=amp, workers=0, **{option: option != "prefetch"}))
     assert plain["losses"][0] != plain["losses"][-1]
     np.testing.assert_allclose(fast["losses"], plain["losses"], rtol=rtol)
     model, _, _ = load_checkpoint(tmp_path / "fast" / "last.pt")  # saved from the module, not the compiled wrapper
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_fast_path_graph_on_the_gpu_gives_the_host_results_frame_by_frame(monkeypatch) -> None:
+    """The captured CUDA graph reads each new frame (and batch size) and post-processes like the host."""
+    from student.fastpath import FastPredictor
+    from student_scenes import SIZE as SCENE, Fixed, photo, scene
+
+    maps, tokens = scene()
+    frames = [photo(), np.zeros((80, 200, 3), np.uint8), photo()[::-1].copy()]
+    host = Predictor(Fixed(maps, tokens), SCENE, refine="paper", peak_threshold=0.3).predict_batch(frames)
+    fast = FastPredictor(Fixed(maps, tokens), SCENE, device="cuda", refine="paper", peak_threshold=0.3,
+                         channels_last=True, cuda_graph=True)
+    got = [fast(frame) for frame in frames] + fast.predict_batch(frames[:2])  # batch 1 graph, then batch 2
+    for a, b in zip(host + host[:2], got):
+        assert len(a.people) == len(b.people)
+        for p, q in zip(a.people, b.people):
+            np.testing.assert_allclose(q.keypoints, p.keypoints, atol=1e-4, equal_nan=True)
+        np.testing.assert_allclose(b.depth, a.depth, atol=1e-4)
+    assert sorted(fast._graphs) == [1, 2]
+
+    # a real network, FP32 without TF32: the graph's maps are the eager ones, per frame
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    model = YMapNet(ModelConfig.tiny(image_size=SIZE)).cuda().eval()
+    eager = Predictor(model, SIZE, device="cuda", refine="paper")
+    expected = [eager(frame) for frame in frames]
+    twin = YMapNet(ModelConfig.tiny(image_size=SIZE)).cuda().eval()
+    twin.load_state_dict(model.state_dict())
+    graph = FastPredictor(twin, SIZE, device="cuda", refine="paper", channels_last=True, cuda_graph=True)
+    for frame, e in zip(frames, expected):
+        g = graph(frame)
+        np.testing.assert_allclose(g.maps, e.maps, atol=1e-4)
+        np.testing.assert_allclose(g.depth, e.depth, atol=1e-3)
+    bf16 = FastPredictor(YMapNet(ModelConfig.tiny(image_size=SIZE)).cuda().eval(), SIZE, device="cuda",
+                         refine="none", amp="bf16", channels_last=True, cuda_graph=True)
+    bf16.model.load_state_dict(model.state_dict())
+    b = bf16(frames[0])
+    assert 0 < np.abs(b.maps - expected[0].maps).max() < 0.05
