@@ -4,17 +4,22 @@
 #   student   bench/student.py: the paper network at batch 32, FP32 and bf16, plain and channels-last, with its
 #             model FLOP utilisation, and a real training run per dtype
 #   compile   bf16 with channels-last + torch.compile (minutes of compilation)
+#   predict   bench/predict.py: the paper's batch-1 FP32 experiment (frames/s, peak memory, convolution share),
+#             then predict end to end, eager against the fast path (CUDA graph, FP32 and bf16)
+#   predict-compile  the same with the fast path also under torch.compile (minutes of compilation)
 #   pipeline  bench/gpu_pipeline.py: build-targets on Ray with GPU teacher actors
+#   busy      bench/gpu_pipeline.py --busy: 1000 photos with the five teachers at published sizes (float16), the
+#             GPU's busy fraction during the build and the build against the teachers' standalone times
 #   teachers  bench/teachers.py at published sizes, float16, the model teachers (detectron2 must be installed)
 # Device time is scarce: name the sections a check needs (default all; together they may take 20 minutes).
 # Logs go to ${OUT:-gpu-check}/.
 #
-#   bash bench/gpu_check.sh [tests] [student] [compile] [pipeline] [teachers]
+#   bash bench/gpu_check.sh [tests] [student] [compile] [predict] [predict-compile] [pipeline] [busy] [teachers]
 set -uo pipefail
 out=${OUT:-gpu-check}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-sections=" ${*:-tests student compile pipeline teachers} "
+sections=" ${*:-tests student compile predict predict-compile pipeline busy teachers} "
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
@@ -33,8 +38,18 @@ if want compile; then
   timeout 420 "$py" bench/student.py --device cuda --rounds 1 --amp bf16 --variants channels_last+compile 2>&1 \
       | tee "$out/student-compile.log" || status=1
 fi
+if want predict; then
+  timeout 240 "$py" bench/predict.py --device cuda 2>&1 | tee "$out/predict.log" || status=1
+fi
+if want predict-compile; then
+  timeout 480 "$py" bench/predict.py --device cuda --compile --frames 5 --paper-frames 100 2>&1 \
+      | tee "$out/predict-compile.log" || status=1
+fi
 if want pipeline; then
   timeout 240 "$py" bench/gpu_pipeline.py 2>&1 | tee "$out/pipeline.log" || status=1
+fi
+if want busy; then
+  timeout 540 "$py" bench/gpu_pipeline.py --busy --dtype float16 2>&1 | tee "$out/busy.log" || status=1
 fi
 if want teachers; then
   timeout 180 "$py" bench/teachers.py --device cuda --dtype float16 --batch-size 32 \

@@ -9,17 +9,30 @@ per member of the store, how many samples differ between the GPU and the CPU bui
 kernels differ between devices and thread counts, so depth may move by a few 16-bit levels and scores in the
 JSON members by rounding). Exit 1 when a build fails or the store does not verify. One JSON line at the end.
 
+With ``--busy`` it measures instead how busy the GPU keeps during a teacher-bound build (issue 23): ``--images``
+(default 1000) 640x480 photos (bench/pipeline.py's bench split) built on Ray with all five model teachers at their
+published sizes, random weights (ViTPose-B + RT-DETR R50, Depth Anything V2 Large, Detectron2 panoptic FPN R101,
+DPText-DETR R50, VisionGPT2), every GPU's utilisation sampled by ``nvidia-smi`` every 100 ms (the fraction of
+time a kernel ran). Then each teacher alone on the same GPU over ``--standalone-images`` of the photos. Figures:
+GPU busy over the build after its fixed start-up (planning, teacher actors loading; reported on its own), build
+images/s, and the build's time after start-up over the sum of the teachers' standalone times. Target: GPU busy
+>= 90%. Without a GPU it reports "no GPU"; ``--dry-run`` then runs the same steps on CPU with tiny teachers.
+
     python bench/gpu_pipeline.py [--actors-per-teacher 2] [--gpus-per-teacher F] [--dtype float16]
+    python bench/gpu_pipeline.py --busy [--images 1000] [--batch-size 16] [--dtype float16] [--dry-run]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,13 +87,185 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b
 
 
+#: teacher of each stage in the --busy build, with the bench/teachers.py case that writes its full-size checkpoint
+BUSY_TEACHERS = {"pose": "vitpose", "depth": "depth-anything-v2", "panoptic": "detectron2-panoptic-fpn",
+                 "text": "dptext-detr", "caption": "visiongpt2"}
+BUSY_TARGET = 0.90
+
+
+def _bench_module(name: str) -> Any:
+    """Another bench script of this folder, loaded by path (its name would hide a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+class GpuSampler(threading.Thread):
+    """``nvidia-smi``'s utilisation of every GPU every ``period_ms``: (monotonic time, GPU index, percent)."""
+
+    def __init__(self, period_ms: int = 100) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, int, float]] = []
+        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu",
+                                      "--format=csv,noheader,nounits", f"-lms={period_ms}"],
+                                     stdout=subprocess.PIPE, text=True)
+
+    def run(self) -> None:
+        for line in self.proc.stdout:
+            index, _, util = line.partition(",")
+            try:
+                self.samples.append((time.monotonic(), int(index), float(util)))
+            except ValueError:
+                continue  # "[N/A]" or a partial line
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.join(timeout=10)
+
+    def busy(self, start: float, end: float) -> dict[int, float]:
+        """Mean utilisation (0..1) of each GPU over the samples taken in [start, end]."""
+        per: dict[int, list[float]] = {}
+        for t, index, util in self.samples:
+            if start <= t <= end:
+                per.setdefault(index, []).append(util / 100.0)
+        return {index: float(np.mean(v)) for index, v in sorted(per.items())}
+
+
+def busy_run(args: argparse.Namespace) -> int:
+    """``--busy``: the GPU's busy fraction during a build with the published teacher sizes, and the build against
+    the sum of the teachers' standalone times."""
+    import ray
+    import torch
+
+    from pipeline.build import BuildConfig, build_targets
+    from pipeline.coco import load_split
+    from pipeline.demo import make_demo
+    from pipeline.samples import decode_image
+    from teachers import TeacherInput, create_teacher
+    from teachers.tiny import save_tiny_checkpoint
+
+    gpu = torch.cuda.is_available()
+    if not gpu and not args.dry_run:
+        print("no GPU: --busy measures a GPU (--dry-run runs its steps on CPU with tiny teachers)")
+        print(json.dumps({"bench": "gpu_pipeline_busy", "gpu": None}))
+        return 0
+    device = "cuda" if gpu and not args.dry_run else "cpu"
+    cases = {c.name: c for c in _bench_module("teachers").CASES}
+    work = Path(tempfile.mkdtemp(prefix="gpu-busy-"))
+    try:
+        demo = make_demo(work / "demo")
+        root = work / "coco"
+        files = _bench_module("pipeline").make_bench_root(demo, root, args.images, link=True)
+        teachers: dict[str, Any] = {}
+        for stage, name in BUSY_TEACHERS.items():
+            folder = str(work / "checkpoints" / name)
+            if args.dry_run:
+                checkpoint, params = save_tiny_checkpoint(name, folder), dict(cases[name].tiny_kwargs)
+            else:
+                checkpoint, params = cases[name].full(folder), dict(cases[name].full_kwargs)
+            teachers.update({f"{stage}_teacher": name, f"{stage}_checkpoint": checkpoint, f"{stage}_params": params})
+        config = BuildConfig(coco_root=str(root), split="train2017", out=str(work / "store"), executor="ray",
+                             shard_size=args.shard_size, batch_size=args.batch_size, device=device, dtype=args.dtype,
+                             progress=False, glove=str(demo / "glove" / "glove.demo.300d.txt"),
+                             actors_per_teacher=args.actors_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
+                             **teachers)
+        sampler = GpuSampler() if gpu else None
+        if sampler is not None:
+            sampler.start()
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            t0 = time.monotonic()
+            report = build_targets(config)
+            t1 = time.monotonic()
+        finally:
+            ray.shutdown()
+            if sampler is not None:
+                sampler.stop()
+        if not report["ok"]:
+            print(f"the build failed: {report['failures'][:1]}", file=sys.stderr)
+            return 1
+        wall, setup = t1 - t0, float(report["setup_seconds"])
+        busy = sampler.busy(t0 + setup, t1) if sampler is not None else {}
+        busy_whole = sampler.busy(t0, t1) if sampler is not None else {}
+
+        # each teacher alone on the same device, over photos of the split
+        records = list(load_split(root, "train2017"))[:args.standalone_images]
+        inputs = [TeacherInput(decode_image(rec.path), rec.image_id, rec.to_record()) for rec in records]
+        standalone: dict[str, float] = {}
+        for stage, name in BUSY_TEACHERS.items():
+            teacher = create_teacher(name, device=device, dtype=args.dtype, batch_size=args.batch_size,
+                                     checkpoint=teachers[f"{stage}_checkpoint"], **teachers[f"{stage}_params"])
+            batches = [inputs[i:i + args.batch_size] for i in range(0, len(inputs), args.batch_size)]
+            teacher(batches[0])  # warm-up
+            if gpu:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for batch in batches:
+                teacher(batch)
+            if gpu:
+                torch.cuda.synchronize()
+            standalone[name] = len(inputs) / (time.perf_counter() - start)
+            del teacher
+            if gpu:
+                torch.cuda.empty_cache()
+        n = len(files)
+        floor = sum(n / rate for rate in standalone.values())  # the teachers one after another on one device
+        after = wall - setup
+        name_of = torch.cuda.get_device_name(0) if gpu else "cpu (dry run, tiny teachers)"
+        print(f"build of {n} photos on {name_of}, {report['samples']} samples, batch {args.batch_size}, "
+              f"{args.dtype}, {args.actors_per_teacher} actor(s) per teacher")
+        print(f"{'teacher':<26}{'alone images/s':>16}")
+        for name, rate in standalone.items():
+            print(f"{name:<26}{rate:>16.2f}")
+        print(f"{'sum of the standalone times':<26}{floor:>15.1f}s")
+        print(f"{'build, whole':<26}{wall:>15.1f}s")
+        print(f"{'  of which start-up':<26}{setup:>15.1f}s")
+        print(f"{'  after start-up':<26}{after:>15.1f}s  ({n / after:.2f} images/s, {after / floor:.3f} x the sum)")
+        for index, value in busy.items():
+            print(f"GPU {index} busy after start-up {value:.1%} (whole build {busy_whole[index]:.1%}), "
+                  f"target {BUSY_TARGET:.0%}")
+        if not busy:
+            print("no GPU: utilisation not sampled")
+        print(json.dumps({"bench": "gpu_pipeline_busy", "gpu": name_of if gpu else None, "images": n,
+                          "batch_size": args.batch_size, "dtype": args.dtype,
+                          "actors_per_teacher": args.actors_per_teacher,
+                          "standalone_images_per_s": {k: round(v, 3) for k, v in standalone.items()},
+                          "standalone_sum_s": round(floor, 2), "build_s": round(wall, 2),
+                          "startup_s": round(setup, 2), "build_images_per_s": round(n / after, 3),
+                          "build_over_standalone_sum": round(after / floor, 4),
+                          "gpu_busy": {str(k): round(v, 4) for k, v in busy.items()},
+                          "gpu_busy_whole_build": {str(k): round(v, 4) for k, v in busy_whole.items()},
+                          "min_gpu_busy": round(min(busy.values()), 4) if busy else None,
+                          "target_min_gpu_busy": BUSY_TARGET}))
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--actors-per-teacher", type=int, default=2)
+    parser.add_argument("--actors-per-teacher", type=int, default=None,
+                        help="actors per model teacher (default 2; 1 with --busy)")
     parser.add_argument("--dtype", default="float32", help="dtype of the model teachers on the GPU (float16, bfloat16)")
     parser.add_argument("--gpus-per-teacher", type=float, default=None,
                         help="GPU share per model-teacher actor (default: the build's, an even share; 0: all on CPU)")
+    parser.add_argument("--busy", action="store_true",
+                        help="instead: GPU busy fraction of a build with the published teacher sizes")
+    parser.add_argument("--images", type=int, default=1000, help="with --busy: photos in the split")
+    parser.add_argument("--batch-size", type=int, default=16, help="with --busy: images per teacher call")
+    parser.add_argument("--shard-size", type=int, default=100, help="with --busy: samples per shard")
+    parser.add_argument("--standalone-images", type=int, default=64,
+                        help="with --busy: photos each teacher runs alone on")
+    parser.add_argument("--dry-run", action="store_true", help="with --busy and no GPU: tiny teachers on CPU")
     args = parser.parse_args()
+    if args.busy:
+        args.actors_per_teacher = args.actors_per_teacher or 1
+        return busy_run(args)
+    args.actors_per_teacher = args.actors_per_teacher or 2
 
     import ray
     import torch

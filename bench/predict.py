@@ -1,33 +1,51 @@
-"""Benchmark of `student predict`: frames/s of model + post-processing, depth refinement on and off.
+"""Benchmark of `student predict`: the paper's inference experiment, then frames/s end to end, eager and fast path.
 
-Runs the tiny and the paper configuration (random weights) on a real photo on the current device and
-times the post-processing stages alone; every figure is 1 / the median frame time of interleaved runs.
-Prints a table, then one JSON line. Options: --device, --frames,
---paper-frames, --skip-paper.
+1. The paper's experiment (its section IV: 25.4 Hz and 4.71 GB at batch 1, FP32, on a consumer GPU): the paper
+   network's batch-1 FP32 forward rate with random weights, its peak device memory (CUDA) and the share of the
+   device time spent in convolutions (torch.profiler).
+2. End to end on a real photo (letterbox, network, joint peaks, skeleton grouping, depth refinement, word
+   decoding): ``Predictor`` (post-processing on the host, numpy/OpenCV) against ``FastPredictor``
+   (``student.fastpath``: post-processing on the device in one fixed-shape step, channels-last; on CUDA replayed
+   as a CUDA graph, FP32 and bf16; with --compile also torch.compile). Each variant's results are compared with
+   the eager FP32 ones (depth, people).
+3. The post-processing alone on a perfect student's maps: the targets of synthetic scenes with people
+   (``shards.synthetic``), host against device, so that grouping costs what it costs on a real scene (a random
+   network's maps have almost no joints).
+
+Every rate is 1 / the median frame time of interleaved runs. Prints tables, then one JSON line with the targets
+beside the figures (issue 23: >= 200 frames/s end to end, bf16 fast path, on one H100-class GPU).
+Options: --device, --frames, --paper-frames, --skip-paper, --compile, --profile-frames.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from skimage import data
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's own progress lines
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from skimage import data  # noqa: E402
 
 # the repository root first: bench/student.py would otherwise shadow the student package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shards.taxonomy import CHANNELS  # noqa: E402
+from shards.synthetic import synthetic_sample  # noqa: E402
 from student.config import ModelConfig  # noqa: E402
+from student.fastpath import FastPredictor  # noqa: E402
 from student.model import YMapNet  # noqa: E402
-from student.postprocess import find_peaks, group_people, refine_depth_paper  # noqa: E402
 from student.predict import Predictor  # noqa: E402
+from student.targets import TargetSizes, from_store  # noqa: E402
+from student.values import perfect_outputs  # noqa: E402
 
 PAPER_GPU_HZ = 25.4  # the paper's FP32 inference rate on a consumer GPU (network only)
+PAPER_GPU_GB = 4.71  # and its memory
+FAST_TARGET_FPS = 200.0  # end to end, bf16 fast path, one H100-class GPU (8x the paper)
 
 
 def _sync(device: str) -> None:
@@ -35,40 +53,136 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, device: str) -> tuple[float, object]:
+def _timed(fn, device: str) -> float:
     _sync(device)
     start = time.perf_counter()
-    out = fn()
+    fn()
     _sync(device)
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start
 
 
-def measure(model: torch.nn.Module, size: int, image: np.ndarray, frames: int, device: str) -> dict[str, float]:
-    """Frames/s of the bare network, of predict without and with refinement, and post-processing times.
-
-    The three are timed interleaved frame by frame and reported as 1 / median frame time, so that load from
-    other processes hits all of them alike.
-    """
-    x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, device=device)
-    plain = Predictor(model, size, device=device, refine="none")
-    refined = Predictor(model, size, device=device, refine="paper")
+def paper_experiment(cfg: ModelConfig, device: str, frames: int, profile_frames: int) -> dict[str, float | None]:
+    """Batch-1 FP32 forward frames/s of a random network, its peak device memory and its convolutions' share."""
+    model = YMapNet(cfg).to(device).eval()
+    x = torch.randint(0, 256, (1, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
+    cuda = device.startswith("cuda")
     with torch.no_grad():
-        model(x)  # warm-up
-    times: dict[str, list[float]] = {"model": [], "no_refine": [], "refine": [], "pose": [], "depth": []}
+        model(x)  # warm-up (cuDNN's algorithm choice)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times = [_timed(lambda: model(x), device) for _ in range(frames)]
+        peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+        reserved = torch.cuda.max_memory_reserved() / 1e9 if cuda else None
+        share = conv_share(model, x, device, profile_frames)
+    return {"fps": 1 / float(np.median(times)), "peak_gb": peak, "reserved_gb": reserved, "conv_share": share}
+
+
+def conv_share(model: torch.nn.Module, x: torch.Tensor, device: str, frames: int) -> float:
+    """Share of the forward's device time (CPU time on the CPU) in convolution operators (transposed ones too).
+
+    Each kernel's time is the self time of the operator that launched it, so summing the operators' self times
+    counts every kernel once."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(frames):
+            model(x)
+        _sync(device)
+    total = conv = 0.0
+    for event in prof.key_averages():
+        if cuda:
+            if event.device_type != torch.autograd.DeviceType.CPU:
+                continue  # the kernels themselves: already counted as their operator's self device time
+            spent = float(getattr(event, "self_device_time_total", 0.0))
+        else:
+            spent = float(event.self_cpu_time_total)
+        total += spent
+        conv += spent if "conv" in event.key.lower() else 0.0
+    return conv / total if total else 0.0
+
+
+def variants(device: str, compile_too: bool) -> list[tuple[str, dict]]:
+    """(name, FastPredictor options) of the fast path to time on ``device``."""
+    if not device.startswith("cuda"):
+        out = [("fast fp32", {"channels_last": True}), ("fast bf16", {"channels_last": True, "amp": "bf16"})]
+    else:
+        graph = {"channels_last": True, "cuda_graph": True}
+        out = [("fast fp32 graph", graph), ("fast bf16 graph", {**graph, "amp": "bf16"})]
+    if compile_too:
+        out.append(("fast bf16 compile", {**out[-1][1], "compile": True}))
+    return out
+
+
+def end_to_end(cfg: ModelConfig, photo: np.ndarray, device: str, frames: int, compile_too: bool) -> list[dict]:
+    """Frames/s of Predictor and of each fast variant on ``photo``, interleaved frame by frame, with how far each
+    variant's depth and people are from the eager FP32 results."""
+    torch.manual_seed(0)
+    model = YMapNet(cfg).to(device).eval()
+    eager = Predictor(model, cfg.image_size, device=device, refine="paper")
+    reference = eager(photo)
+    runners = [("eager fp32 (host post)", eager)]
+    for name, options in variants(device, compile_too):
+        fresh = YMapNet(cfg).to(device).eval()
+        fresh.load_state_dict(model.state_dict())  # FastPredictor converts its model's layout in place
+        runners.append((name, FastPredictor(fresh, cfg.image_size, device=device, refine="paper", keep_maps=False,
+                                            **options)))
+    rows = []
+    for name, runner in runners:
+        start = time.perf_counter()
+        pred = runner(photo)  # warm-up: graph capture, compilation
+        rows.append({"variant": name, "setup_s": time.perf_counter() - start,
+                     "depth_diff": float(np.abs(pred.depth - reference.depth).max()),
+                     "people": len(pred.people), "times": []})
     for _ in range(frames):
-        with torch.no_grad():
-            times["model"].append(_timed(lambda: model(x), device)[0])
-        times["no_refine"].append(_timed(lambda: plain(image), device)[0])
-        elapsed, pred = _timed(lambda: refined(image), device)
-        times["refine"].append(elapsed)
-        maps = pred.maps
-        times["pose"].append(_timed(lambda: group_people(find_peaks(maps[CHANNELS["joints"].slice]),
-                                                         maps[CHANNELS["pafs"].slice]), "cpu")[0])
-        depth = (maps[CHANNELS["depth"].start] + 1) / 2
-        times["depth"].append(_timed(lambda: refine_depth_paper(depth, maps[CHANNELS["normals"].slice]), "cpu")[0])
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"model_fps": 1 / med["model"], "fps_no_refine": 1 / med["no_refine"], "fps_refine": 1 / med["refine"],
-            "pose_ms": med["pose"] * 1e3, "refine_ms": med["depth"] * 1e3}
+        for row, (_, runner) in zip(rows, runners):
+            row["times"].append(_timed(lambda: runner(photo), device))
+    for row, (_, runner) in zip(rows, runners):
+        row["fps"] = 1 / float(np.median(row.pop("times")))
+        row["fallbacks"] = getattr(runner, "fallbacks", 0)
+    return rows
+
+
+class SceneMaps(torch.nn.Module):
+    """A perfect student for one synthetic scene with at least 3 people: its maps are the scene's targets."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        super().__init__()
+        image_id = 0
+        while True:
+            members = synthetic_sample(image_id, size, seed)
+            sample = from_store({"__key__": str(image_id), **{k: v for m in members.values() for k, v in m.items()}})
+            if len(sample.keypoints) >= 3:
+                break
+            image_id += 1
+        maps, tokens = perfect_outputs(sample, *TargetSizes().at(None))
+        self.people = len(sample.keypoints)
+        self.register_buffer("maps", torch.from_numpy(maps))
+        self.register_buffer("tokens", torch.from_numpy(tokens))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        b = images.shape[0]
+        return {"maps": self.maps.expand(b, -1, -1, -1), "tokens": self.tokens.expand(b, -1, -1)}
+
+
+def post_on_a_scene(size: int, device: str, frames: int) -> dict[str, float]:
+    """Post-processing milliseconds on a perfect student's maps: host (Predictor) against device (fast path)."""
+    scene = SceneMaps(size).to(device)
+    image = np.zeros((size, size, 3), np.uint8)
+    host = Predictor(scene, size, device=device, refine="paper")
+    fast = FastPredictor(scene, size, device=device, refine="paper", keep_maps=False,
+                         cuda_graph=device.startswith("cuda"))
+    a, b = host(image), fast(image)
+    times: dict[str, list[float]] = {"host": [], "device": []}
+    for _ in range(frames):
+        times["host"].append(_timed(lambda: host(image), device))
+        times["device"].append(_timed(lambda: fast(image), device))
+    same = len(a.people) == len(b.people) and all(
+        np.allclose(p.keypoints, q.keypoints, atol=1e-3, equal_nan=True) for p, q in zip(a.people, b.people))
+    return {"people": scene.people, "found_host": len(a.people), "found_device": len(b.people),
+            "same_people": same, "host_ms": float(np.median(times["host"])) * 1e3,
+            "device_ms": float(np.median(times["device"])) * 1e3}
 
 
 def main() -> None:
@@ -76,36 +190,57 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--frames", type=int, default=10, help="timed frames of the tiny configuration")
     parser.add_argument("--paper-frames", type=int, default=0,
-                        help="timed frames of the paper configuration (default: 2 on CPU, 50 on GPU)")
+                        help="timed frames of the paper configuration (default: 2 on CPU, 100 on GPU)")
+    parser.add_argument("--profile-frames", type=int, default=0, help="profiled frames (default: 1 on CPU, 20 on GPU)")
     parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile "
+                                                                 "(minutes of compilation for the paper network)")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    photo = data.astronaut()
     device = args.device
-    paper_frames = args.paper_frames or (50 if device.startswith("cuda") else 2)
+    cuda = device.startswith("cuda")
+    paper_frames = args.paper_frames or (100 if cuda else 2)
+    profile_frames = args.profile_frames or (20 if cuda else 1)
+    photo = data.astronaut()
     configs = [("tiny", ModelConfig.tiny(), args.frames)]
     if not args.skip_paper:
         configs.append(("paper", ModelConfig.paper(), paper_frames))
-    rows = {}
+    name_of = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"student predict on {name_of}, photo 512x512, random weights")
+    figures: dict[str, object] = {"bench": "predict", "device": name_of}
+
+    if not args.skip_paper:
+        paper = paper_experiment(ModelConfig.paper(), device, paper_frames, profile_frames)
+        mem = "n/a" if paper["peak_gb"] is None else f"{paper['peak_gb']:.2f} GB ({paper['reserved_gb']:.2f} reserved)"
+        print(f"\nthe paper's experiment: batch 1, FP32, {ModelConfig.paper().image_size} px (paper: {PAPER_GPU_HZ} Hz,"
+              f" {PAPER_GPU_GB} GB)")
+        print(f"  network {paper['fps']:.2f} frames/s, peak memory {mem}, convolutions {paper['conv_share']:.1%} "
+              "of the time")
+        figures.update(paper_fp32_fps=round(paper["fps"], 3),
+                       paper_fp32_vs_paper_gpu_hz=round(paper["fps"] / PAPER_GPU_HZ, 4),
+                       paper_fp32_peak_gb=None if paper["peak_gb"] is None else round(paper["peak_gb"], 3),
+                       paper_conv_share=round(paper["conv_share"], 4))
+
+    print(f"\n{'config':<7}{'variant':<26}{'frames/s':>10}{'ms':>9}{'setup s':>9}{'depth diff':>12}{'people':>8}"
+          f"{'fallbacks':>11}")
     for name, cfg, frames in configs:
-        model = YMapNet(cfg).to(device).eval()
-        row = {"image_size": cfg.image_size, "frames": frames, **measure(model, cfg.image_size, photo, frames, device)}
-        rows[name] = row
-        del model
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    print(f"student predict on {device} ({torch.get_num_threads()} threads), photo 512x512, random weights")
-    print(f"{'config':<7}{'size':>6}{'model fps':>11}{'predict fps':>13}{'+refine fps':>13}{'pose ms':>9}"
-          f"{'refine ms':>11}")
-    for name, r in rows.items():
-        print(f"{name:<7}{r['image_size']:>6}{r['model_fps']:>11.2f}{r['fps_no_refine']:>13.2f}"
-              f"{r['fps_refine']:>13.2f}{r['pose_ms']:>9.1f}{r['refine_ms']:>11.1f}")
-    figures = {"bench": "predict", "device": device}
-    for name, r in rows.items():
-        figures.update({f"{name}_{k}": round(v, 3) if isinstance(v, float) else v for k, v in r.items()})
-        figures[f"{name}_refine_cost_ratio"] = round(r["fps_no_refine"] / r["fps_refine"], 3)
-    if "paper" in rows:
-        figures["paper_fps_refine_vs_paper_gpu_hz"] = round(rows["paper"]["fps_refine"] / PAPER_GPU_HZ, 4)
+        for row in end_to_end(cfg, photo, device, frames, args.compile):
+            print(f"{name:<7}{row['variant']:<26}{row['fps']:>10.2f}{1e3 / row['fps']:>9.2f}{row['setup_s']:>9.1f}"
+                  f"{row['depth_diff']:>12.1e}{row['people']:>8}{row['fallbacks']:>11}")
+            key = f"{name}_{row['variant'].split(' (')[0].replace(' ', '_')}"
+            figures[f"{key}_fps"] = round(row["fps"], 2)
+            figures[f"{key}_depth_diff"] = float(f"{row['depth_diff']:.2e}")
+    scene = post_on_a_scene(256, device, args.frames)
+    print(f"\npost-processing of a perfect student's maps (synthetic scene, 256 px, {scene['people']} people): "
+          f"host {scene['host_ms']:.2f} ms, device {scene['device_ms']:.2f} ms; people found "
+          f"{scene['found_host']} / {scene['found_device']}, the same: {scene['same_people']}")
+    figures.update(scene_host_post_ms=round(scene["host_ms"], 3), scene_device_post_ms=round(scene["device_ms"], 3),
+                   scene_same_people=scene["same_people"])
+    if not args.skip_paper:  # the target is set for one H100-class GPU
+        best = max(v for k, v in figures.items() if k.startswith("paper_fast_bf16") and k.endswith("_fps"))
+        figures.update(paper_fast_bf16_fps=best, target_paper_fast_bf16_fps=FAST_TARGET_FPS,
+                       paper_fast_bf16_vs_target=round(best / FAST_TARGET_FPS, 4) if cuda else None)
+        if not cuda:
+            print(f"no GPU: the {FAST_TARGET_FPS:g} frames/s target is for one H100-class GPU")
     print(json.dumps(figures))
 
 

@@ -139,7 +139,8 @@ class Recipe:
                 known = {f.name for f in fields(AugmentConfig)}
                 bad = sorted(set(value) - known)
                 if bad:
-                    raise ValueError(f"unknown augmentation setting(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+                    raise ValueError(f"unknown augmentation setting(s) {', '.join(bad)}; "
+                                     f"known: {', '.join(sorted(known))}")
                 value = replace(base.augmentation, **value)
             elif isinstance(value, list):
                 value = tuple(value)
