@@ -445,8 +445,8 @@ def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool =
 class DeviceFeed:
     """Host batches to the device (:func:`to_device`). On CUDA with ``overlap``, a batch's copy and float
     conversion run on a side stream, so that the next batch can travel while the current step computes: ``send``
-    it early, ``receive`` it when its step begins. Elsewhere ``send`` is ``to_device`` and ``receive`` returns
-    its argument."""
+    it early, ``receive`` it when its step begins, before sending the one after it (the current stream then waits
+    for everything sent so far). Elsewhere ``send`` is ``to_device`` and ``receive`` returns its argument."""
 
     def __init__(self, device: torch.device, channels_last: bool = False, overlap: bool = True) -> None:
         self.device = device

@@ -150,8 +150,9 @@ class DevicePost(torch.nn.Module):
         child = xy[:, self.child][:, :, :, None, None, :]  # (B, L, K, 1, 1, 2)
         parent = xy[:, self.parent][:, :, None, :, None, :]  # (B, L, 1, K, 1, 2)
         pts = child + self.t[:, None] * (parent - child)  # (B, L, K, K, T, 2)
-        scale = torch.tensor([2.0 / w, 2.0 / h], device=xy.device)
-        grid = (pts * scale - 1.0).reshape(b * limbs, k, k * len(self.t), 2)
+        # Python scalars, not a tensor made from a list: that would be a blocking copy, not allowed in a CUDA graph
+        grid = torch.stack([pts[..., 0] * (2.0 / w), pts[..., 1] * (2.0 / h)], dim=-1) - 1.0
+        grid = grid.reshape(b * limbs, k, k * len(self.t), 2)
         # pixel centres at i + 0.5 (align_corners=False); "border" clamps to [0, S - 1] as _bilinear does
         values = F.grid_sample(pafs.reshape(b * limbs, 1, h, w), grid, mode="bilinear", padding_mode="border",
                                align_corners=False).view(b, limbs, k, k, len(self.t))
@@ -249,7 +250,10 @@ class FastPredictor(Predictor):
         self._graphs: dict[int, tuple] = {}
         self._valid: dict[tuple[Letterbox, ...], torch.Tensor] = {}
 
-    def _step(self, images: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _step(self, nhwc: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Network and post-processing of a (B, S, S, 3) uint8 batch: everything a captured graph replays."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = nhwc.permute(0, 3, 1, 2).contiguous(memory_format=fmt)  # NHWC memory is channels-last already
         # a captured graph must not reuse autocast's cached casts of the weights (torch.cuda.graph's rule)
         with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None,
                             cache_enabled=not self.cuda_graph):
@@ -273,35 +277,35 @@ class FastPredictor(Predictor):
     def _graph(self, batch: int) -> tuple:
         """The captured step for ``batch`` images: (graph, pinned host input, device input, valid, outputs)."""
         if batch not in self._graphs:
-            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-            images = torch.zeros((batch, 3, self.size, self.size), dtype=torch.uint8,
-                                 device=self.device).contiguous(memory_format=fmt)
-            valid = torch.ones((batch, self.size, self.size), dtype=torch.bool, device=self.device)
-            host = torch.zeros((batch, self.size, self.size, 3), dtype=torch.uint8).pin_memory()
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(3):  # warm-up: cuDNN's choices, the compiler, autocast
-                    self.step(images, valid)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                outputs = self.step(images, valid)
-            self._graphs[batch] = (graph, host, images, valid, outputs)
+            with torch.cuda.device(self.device):  # the graph, its stream and its memory on the model's GPU
+                nhwc = torch.zeros((batch, self.size, self.size, 3), dtype=torch.uint8, device=self.device)
+                valid = torch.ones((batch, self.size, self.size), dtype=torch.bool, device=self.device)
+                host = torch.zeros((batch, self.size, self.size, 3), dtype=torch.uint8).pin_memory()
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(3):  # warm-up: cuDNN's choices, the compiler, autocast
+                        self.step(nhwc, valid)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    outputs = self.step(nhwc, valid)
+            self._graphs[batch] = (graph, host, nhwc, valid, outputs)
         return self._graphs[batch]
 
     def _run(self, boxed: np.ndarray, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        nhwc = torch.from_numpy(boxed)  # (B, S, S, 3): its NCHW view is already channels-last in memory
-        if self.cuda_graph:
-            graph, host, images, static_valid, outputs = self._graph(len(boxed))
+        """The step's device outputs for a (B, S, S, 3) uint8 batch. With a graph they are its static outputs:
+        read them (``.cpu()`` waits for the replay) before the next call overwrites them and the pinned input."""
+        nhwc = torch.from_numpy(boxed)
+        if not self.cuda_graph:
+            return self.step(nhwc.to(self.device), valid)
+        graph, host, static_nhwc, static_valid, outputs = self._graph(len(boxed))
+        with torch.cuda.device(self.device):
             host.copy_(nhwc)
-            images.copy_(host.permute(0, 3, 1, 2), non_blocking=True)
+            static_nhwc.copy_(host, non_blocking=True)
             static_valid.copy_(valid)
             graph.replay()
-            return outputs
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        images = nhwc.permute(0, 3, 1, 2).to(self.device).contiguous(memory_format=fmt)
-        return self.step(images, valid)
+        return outputs
 
     @torch.no_grad()
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:

@@ -371,8 +371,11 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
                         sent = feed.send(host)
                     else:
                         (host, sent), ahead = ahead, None
-                    guard.in_step = True
                     batch = feed.receive(sent)
+                    if feed.stream is not None and b + 1 < steps_per_epoch:  # the next batch travels during this
+                        upcoming = next(batches, None)  # step (none left: the next step's own next() says so)
+                        ahead = None if upcoming is None else (upcoming, feed.send(upcoming))
+                    guard.in_step = True  # (waits for the loader stay outside the step: a signal stops at once)
                     lr = lr_at(recipe, state["step"] / steps_per_epoch)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
@@ -392,9 +395,6 @@ def _train(cfg: TrainConfig, resume: str | None, stop_at_step: int | None, overw
                     if recipe.clip_value > 0:  # as Keras's clipvalue: each gradient value into [-c, c]
                         torch.nn.utils.clip_grad_value_(model.parameters(), recipe.clip_value)
                     optimizer.step()
-                    if feed.stream is not None and b + 1 < steps_per_epoch:  # the next batch travels meanwhile
-                        upcoming = next(batches, None)  # (none left: the next step's own next() says so)
-                        ahead = None if upcoming is None else (upcoming, feed.send(upcoming))
                     train_ds.release(host)  # its buffers are refilled from now on
                     state["step"] += 1
                     state["position"] = {"epoch": epoch, "batch": b + 1}
