@@ -103,20 +103,24 @@ def _bench_module(name: str) -> Any:
 
 
 class GpuSampler(threading.Thread):
-    """``nvidia-smi``'s utilisation of every GPU every ``period_ms``: (monotonic time, GPU index, percent)."""
+    """``nvidia-smi``'s utilisation of every GPU every ``period_ms``: (wall time of the sample, GPU index, percent),
+    timed by nvidia-smi's own timestamps (its output may reach the pipe in bursts)."""
 
     def __init__(self, period_ms: int = 100) -> None:
         super().__init__(daemon=True)
         self.samples: list[tuple[float, int, float]] = []
-        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu",
-                                      "--format=csv,noheader,nounits", f"-lms={period_ms}"],
+        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,index,utilization.gpu",
+                                      "--format=csv,noheader,nounits", "-lms", str(period_ms)],
                                      stdout=subprocess.PIPE, text=True)
 
     def run(self) -> None:
+        from datetime import datetime
+
         for line in self.proc.stdout:
-            index, _, util = line.partition(",")
             try:
-                self.samples.append((time.monotonic(), int(index), float(util)))
+                stamp, index, util = (field.strip() for field in line.split(","))
+                when = datetime.strptime(stamp, "%Y/%m/%d %H:%M:%S.%f").timestamp()  # local time, as time.time()
+                self.samples.append((when, int(index), float(util)))
             except ValueError:
                 continue  # "[N/A]" or a partial line
 
@@ -126,12 +130,18 @@ class GpuSampler(threading.Thread):
         self.join(timeout=10)
 
     def busy(self, start: float, end: float) -> dict[int, float]:
-        """Mean utilisation (0..1) of each GPU over the samples taken in [start, end]."""
+        """Mean utilisation (0..1) of each GPU over the samples taken in [start, end] (``time.time()``)."""
         per: dict[int, list[float]] = {}
         for t, index, util in self.samples:
             if start <= t <= end:
                 per.setdefault(index, []).append(util / 100.0)
         return {index: float(np.mean(v)) for index, v in sorted(per.items())}
+
+    def active(self, start: float, end: float) -> tuple[float, float]:
+        """From the first to the last sample in [start, end] in which some GPU was busy: the teachers' part of the
+        build, without the CPU-only work before and after it."""
+        busy = [t for t, _, util in self.samples if start <= t <= end and util > 0]
+        return (min(busy), max(busy)) if busy else (start, end)
 
 
 def busy_run(args: argparse.Namespace) -> int:
@@ -178,9 +188,9 @@ def busy_run(args: argparse.Namespace) -> int:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
         try:
-            t0 = time.monotonic()
+            t0 = time.time()  # wall clock, as nvidia-smi's timestamps
             report = build_targets(config)
-            t1 = time.monotonic()
+            t1 = time.time()
         finally:
             ray.shutdown()
             if sampler is not None:
@@ -191,6 +201,8 @@ def busy_run(args: argparse.Namespace) -> int:
         wall, setup = t1 - t0, float(report["setup_seconds"])
         busy = sampler.busy(t0 + setup, t1) if sampler is not None else {}
         busy_whole = sampler.busy(t0, t1) if sampler is not None else {}
+        window = sampler.active(t0 + setup, t1) if sampler is not None else (t0 + setup, t1)
+        busy_active = sampler.busy(*window) if sampler is not None else {}
 
         # each teacher alone on the same device, over photos of the split
         records = list(load_split(root, "train2017"))[:args.standalone_images]
@@ -226,8 +238,9 @@ def busy_run(args: argparse.Namespace) -> int:
         print(f"{'  of which start-up':<26}{setup:>15.1f}s")
         print(f"{'  after start-up':<26}{after:>15.1f}s  ({n / after:.2f} images/s, {after / floor:.3f} x the sum)")
         for index, value in busy.items():
-            print(f"GPU {index} busy after start-up {value:.1%} (whole build {busy_whole[index]:.1%}), "
-                  f"target {BUSY_TARGET:.0%}")
+            print(f"GPU {index} busy after start-up {value:.1%} (whole build {busy_whole[index]:.1%}; from the "
+                  f"first to the last busy sample, {window[1] - window[0]:.1f} s: "
+                  f"{busy_active.get(index, 0.0):.1%}), target {BUSY_TARGET:.0%}")
         if not busy:
             print("no GPU: utilisation not sampled")
         print(json.dumps({"bench": "gpu_pipeline_busy", "gpu": name_of if gpu else None, "images": n,
@@ -239,6 +252,8 @@ def busy_run(args: argparse.Namespace) -> int:
                           "build_over_standalone_sum": round(after / floor, 4),
                           "gpu_busy": {str(k): round(v, 4) for k, v in busy.items()},
                           "gpu_busy_whole_build": {str(k): round(v, 4) for k, v in busy_whole.items()},
+                          "gpu_busy_active": {str(k): round(v, 4) for k, v in busy_active.items()},
+                          "active_s": round(window[1] - window[0], 2),
                           "min_gpu_busy": round(min(busy.values()), 4) if busy else None,
                           "target_min_gpu_busy": BUSY_TARGET}))
         return 0

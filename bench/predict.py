@@ -1,20 +1,22 @@
 """Benchmark of `student predict`: the paper's inference experiment, then frames/s end to end, eager and fast path.
 
 1. The paper's experiment (its section IV: 25.4 Hz and 4.71 GB at batch 1, FP32, on a consumer GPU): the paper
-   network's batch-1 FP32 forward rate with random weights, its peak device memory (CUDA) and the share of the
-   device time spent in convolutions (torch.profiler).
+   network's batch-1 forward rate with random weights in FP32 (on CUDA also with TF32 convolutions, PyTorch's
+   default), its peak device memory (CUDA: allocated by tensors, reserved, and the device's memory in use with
+   the CUDA context) and the share of the time spent in convolutions (torch.profiler).
 2. End to end on a real photo (letterbox, network, joint peaks, skeleton grouping, depth refinement, word
    decoding): ``Predictor`` (post-processing on the host, numpy/OpenCV) against ``FastPredictor``
-   (``student.fastpath``: post-processing on the device in one fixed-shape step, channels-last; on CUDA replayed
-   as a CUDA graph, FP32 and bf16; with --compile also torch.compile). Each variant's results are compared with
-   the eager FP32 ones (depth, people).
-3. The post-processing alone on a perfect student's maps: the targets of synthetic scenes with people
-   (``shards.synthetic``), host against device, so that grouping costs what it costs on a real scene (a random
-   network's maps have almost no joints).
+   (``student.fastpath``: post-processing on the device in fixed-shape steps, channels-last; on CUDA replayed
+   as CUDA graphs, FP32 and bf16, without and with the maps copied back; with --compile also torch.compile).
+   Each variant's results are compared with the eager FP32 ones (depth, people).
+3. The post-processing (with letterboxing and the copies back) on a perfect student's maps: the targets of a
+   synthetic scene with people (``shards.synthetic``), host against device, so that grouping costs what it costs
+   on a real scene (a random network's maps have almost no joints).
 
-Every rate is 1 / the median frame time of interleaved runs. Prints tables, then one JSON line with the targets
-beside the figures (issue 23: >= 200 frames/s end to end, bf16 fast path, on one H100-class GPU).
-Options: --device, --frames, --paper-frames, --skip-paper, --compile, --profile-frames.
+Every rate is 1 / the median frame time (the end-to-end variants run interleaved, frame by frame). Prints tables,
+then one JSON line with the targets beside the figures (issue 23: >= 200 frames/s end to end, bf16 fast path, on
+one H100-class GPU). Options: --device, --frames, --paper-frames, --skip-paper, --skip-experiment, --compile,
+--profile-frames.
 """
 
 from __future__ import annotations
@@ -62,26 +64,37 @@ def _timed(fn, device: str) -> float:
 
 
 def paper_experiment(cfg: ModelConfig, device: str, frames: int, profile_frames: int) -> dict[str, float | None]:
-    """Batch-1 FP32 forward frames/s of a random network, its peak device memory and its convolutions' share."""
+    """Batch-1 forward frames/s of a random network in FP32 (on CUDA also with cuDNN's TF32 convolutions, PyTorch's
+    default and TensorFlow's on recent GPUs), its peak device memory and its convolutions' share of the time."""
     model = YMapNet(cfg).to(device).eval()
     x = torch.randint(0, 256, (1, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, device=device)
     cuda = device.startswith("cuda")
-    with torch.no_grad():
-        model(x)  # warm-up (cuDNN's algorithm choice)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        times = [_timed(lambda: model(x), device) for _ in range(frames)]
-        peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
-        reserved = torch.cuda.max_memory_reserved() / 1e9 if cuda else None
-        share = conv_share(model, x, device, profile_frames)
-    return {"fps": 1 / float(np.median(times)), "peak_gb": peak, "reserved_gb": reserved, "conv_share": share}
+    out: dict[str, float | None] = {}
+    tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        with torch.no_grad():
+            for name, allow in (("fp32", False), ("tf32", True)) if cuda else (("fp32", False),):
+                torch.backends.cudnn.allow_tf32 = allow
+                model(x)  # warm-up (cuDNN's algorithm choice)
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                out[f"{name}_fps"] = 1 / float(np.median([_timed(lambda: model(x), device) for _ in range(frames)]))
+                if name == "fp32":
+                    out["conv_share"] = conv_share(model, x, device, profile_frames)
+                    if cuda:
+                        free, total = torch.cuda.mem_get_info()
+                        out.update(peak_gb=torch.cuda.max_memory_allocated() / 1e9,
+                                   reserved_gb=torch.cuda.max_memory_reserved() / 1e9,
+                                   device_used_gb=(total - free) / 1e9)  # with the CUDA context and cuDNN's own
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    return out
 
 
 def conv_share(model: torch.nn.Module, x: torch.Tensor, device: str, frames: int) -> float:
-    """Share of the forward's device time (CPU time on the CPU) in convolution operators (transposed ones too).
-
-    Each kernel's time is the self time of the operator that launched it, so summing the operators' self times
-    counts every kernel once."""
+    """Share of the forward's device time (CPU time on the CPU) in convolutions, transposed ones too, with what
+    they call (a bias add, a layout copy): each outermost convolution operator's total time over the total time
+    of the outermost operators."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.startswith("cuda")
@@ -90,28 +103,31 @@ def conv_share(model: torch.nn.Module, x: torch.Tensor, device: str, frames: int
         for _ in range(frames):
             model(x)
         _sync(device)
-    total = conv = 0.0
-    for event in prof.key_averages():
-        if cuda:
-            if event.device_type != torch.autograd.DeviceType.CPU:
-                continue  # the kernels themselves: already counted as their operator's self device time
-            spent = float(getattr(event, "self_device_time_total", 0.0))
-        else:
-            spent = float(event.self_cpu_time_total)
-        total += spent
-        conv += spent if "conv" in event.key.lower() else 0.0
+    field = "device_time_total" if cuda else "cpu_time_total"
+
+    def inside_conv(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if "conv" in parent.name.lower():
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    ops = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
+    total = sum(float(getattr(e, field)) for e in ops if e.cpu_parent is None)
+    conv = sum(float(getattr(e, field)) for e in ops if "conv" in e.name.lower() and not inside_conv(e))
     return conv / total if total else 0.0
 
 
 def variants(device: str, compile_too: bool) -> list[tuple[str, dict]]:
-    """(name, FastPredictor options) of the fast path to time on ``device``."""
-    if not device.startswith("cuda"):
-        out = [("fast fp32", {"channels_last": True}), ("fast bf16", {"channels_last": True, "amp": "bf16"})]
-    else:
-        graph = {"channels_last": True, "cuda_graph": True}
-        out = [("fast fp32 graph", graph), ("fast bf16 graph", {**graph, "amp": "bf16"})]
+    """(name, FastPredictor options) of the fast path to time on ``device``: without the maps (what a robot
+    uses: people, depth, words), and once with them (what ``student predict --fast`` copies back for its panels)."""
+    base = {"channels_last": True, "cuda_graph": device.startswith("cuda"), "keep_maps": False}
+    tag = " graph" if base["cuda_graph"] else ""
+    out = [(f"fast fp32{tag}", base), (f"fast bf16{tag}", {**base, "amp": "bf16"}),
+           (f"fast bf16{tag} + maps", {**base, "amp": "bf16", "keep_maps": True})]
     if compile_too:
-        out.append(("fast bf16 compile", {**out[-1][1], "compile": True}))
+        out.append((f"fast bf16{tag} compile", {**base, "amp": "bf16", "compile": True}))
     return out
 
 
@@ -126,8 +142,7 @@ def end_to_end(cfg: ModelConfig, photo: np.ndarray, device: str, frames: int, co
     for name, options in variants(device, compile_too):
         fresh = YMapNet(cfg).to(device).eval()
         fresh.load_state_dict(model.state_dict())  # FastPredictor converts its model's layout in place
-        runners.append((name, FastPredictor(fresh, cfg.image_size, device=device, refine="paper", keep_maps=False,
-                                            **options)))
+        runners.append((name, FastPredictor(fresh, cfg.image_size, device=device, refine="paper", **options)))
     rows = []
     for name, runner in runners:
         start = time.perf_counter()
@@ -192,7 +207,9 @@ def main() -> None:
     parser.add_argument("--paper-frames", type=int, default=0,
                         help="timed frames of the paper configuration (default: 2 on CPU, 100 on GPU)")
     parser.add_argument("--profile-frames", type=int, default=0, help="profiled frames (default: 1 on CPU, 20 on GPU)")
-    parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--skip-paper", action="store_true", help="the tiny configuration only")
+    parser.add_argument("--skip-experiment", action="store_true",
+                        help="skip the paper's batch-1 experiment (network speed, memory, profile)")
     parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile "
                                                                  "(minutes of compilation for the paper network)")
     args = parser.parse_args()
@@ -208,17 +225,17 @@ def main() -> None:
     print(f"student predict on {name_of}, photo 512x512, random weights")
     figures: dict[str, object] = {"bench": "predict", "device": name_of}
 
-    if not args.skip_paper:
+    if not (args.skip_paper or args.skip_experiment):
         paper = paper_experiment(ModelConfig.paper(), device, paper_frames, profile_frames)
-        mem = "n/a" if paper["peak_gb"] is None else f"{paper['peak_gb']:.2f} GB ({paper['reserved_gb']:.2f} reserved)"
-        print(f"\nthe paper's experiment: batch 1, FP32, {ModelConfig.paper().image_size} px (paper: {PAPER_GPU_HZ} Hz,"
-              f" {PAPER_GPU_GB} GB)")
-        print(f"  network {paper['fps']:.2f} frames/s, peak memory {mem}, convolutions {paper['conv_share']:.1%} "
-              "of the time")
-        figures.update(paper_fp32_fps=round(paper["fps"], 3),
-                       paper_fp32_vs_paper_gpu_hz=round(paper["fps"] / PAPER_GPU_HZ, 4),
-                       paper_fp32_peak_gb=None if paper["peak_gb"] is None else round(paper["peak_gb"], 3),
-                       paper_conv_share=round(paper["conv_share"], 4))
+        print(f"\nthe paper's experiment: batch 1, {ModelConfig.paper().image_size} px, network only (paper: "
+              f"{PAPER_GPU_HZ} Hz and {PAPER_GPU_GB} GB, FP32, on a consumer GPU)")
+        rates = f"FP32 {paper['fp32_fps']:.2f} frames/s" + (f", TF32 convolutions {paper['tf32_fps']:.2f}"
+                                                            if "tf32_fps" in paper else "")
+        memory = ("" if "peak_gb" not in paper else f"; memory: peak allocated {paper['peak_gb']:.2f} GB, reserved "
+                  f"{paper['reserved_gb']:.2f} GB, device in use {paper['device_used_gb']:.2f} GB")
+        print(f"  {rates}{memory}; convolutions {paper['conv_share']:.1%} of the FP32 time")
+        figures.update({f"paper_{k}": round(v, 4) for k, v in paper.items()})
+        figures["paper_fp32_vs_paper_gpu_hz"] = round(paper["fp32_fps"] / PAPER_GPU_HZ, 4)
 
     print(f"\n{'config':<7}{'variant':<26}{'frames/s':>10}{'ms':>9}{'setup s':>9}{'depth diff':>12}{'people':>8}"
           f"{'fallbacks':>11}")
@@ -226,7 +243,7 @@ def main() -> None:
         for row in end_to_end(cfg, photo, device, frames, args.compile):
             print(f"{name:<7}{row['variant']:<26}{row['fps']:>10.2f}{1e3 / row['fps']:>9.2f}{row['setup_s']:>9.1f}"
                   f"{row['depth_diff']:>12.1e}{row['people']:>8}{row['fallbacks']:>11}")
-            key = f"{name}_{row['variant'].split(' (')[0].replace(' ', '_')}"
+            key = f"{name}_{row['variant'].split(' (')[0].replace(' + ', '_').replace(' ', '_')}"
             figures[f"{key}_fps"] = round(row["fps"], 2)
             figures[f"{key}_depth_diff"] = float(f"{row['depth_diff']:.2e}")
     scene = post_on_a_scene(256, device, args.frames)
@@ -235,8 +252,9 @@ def main() -> None:
           f"{scene['found_host']} / {scene['found_device']}, the same: {scene['same_people']}")
     figures.update(scene_host_post_ms=round(scene["host_ms"], 3), scene_device_post_ms=round(scene["device_ms"], 3),
                    scene_same_people=scene["same_people"])
-    if not args.skip_paper:  # the target is set for one H100-class GPU
-        best = max(v for k, v in figures.items() if k.startswith("paper_fast_bf16") and k.endswith("_fps"))
+    if not args.skip_paper:  # the target is set for one H100-class GPU; people, depth and words, not the maps
+        best = max(v for k, v in figures.items()
+                   if k.startswith("paper_fast_bf16") and k.endswith("_fps") and "maps" not in k)
         figures.update(paper_fast_bf16_fps=best, target_paper_fast_bf16_fps=FAST_TARGET_FPS,
                        paper_fast_bf16_vs_target=round(best / FAST_TARGET_FPS, 4) if cuda else None)
         if not cuda:

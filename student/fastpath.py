@@ -1,19 +1,21 @@
-"""The fast inference path: post-processing on the network's device, in one fixed-shape step.
+"""The fast inference path: post-processing on the network's device, in fixed-shape steps.
 
 ``FastPredictor`` gives :class:`student.predict.Predictor`'s results (to float tolerance) for robots and
-benchmarks. One device step takes the letterboxed uint8 batch and returns a few kilobytes per image:
+benchmarks. A first device step takes the letterboxed uint8 batch through the network and returns, per image:
 
-- each joint's strongest local maxima (the ellipse dilation of ``find_peaks``, as row-wise max pools) with their
-  3x3 sub-pixel centres, and how many maxima there were;
-- the PAF support (``paf_scores``) of every pair of those candidates along each limb, by bilinear sampling;
+- each joint's 256 first local maxima in ``find_peaks``' order (score, then raster order: the elliptic dilation
+  as row-wise max pools, one integer key per pixel for the order) with their 3x3 sub-pixel centres, and how many
+  maxima there were;
 - the depth after the paper's refinement (35 Sobel steps) or unrefined;
-- each caption slot's nearest vocabulary word and its cosine similarity.
+- each caption slot's nearest vocabulary word and its cosine similarity;
 
-Every shape is fixed, so the step compiles (``torch.compile``) and runs as one captured CUDA graph. The host does
-only what is sequential and small: the plateau filter over each joint's candidates and the greedy grouping of at
-most 20 peaks per joint into people (``postprocess.group_with_support``). When a joint has more maxima than the
-step kept and the kept ones do not decide its peaks, that frame's pose is post-processed on the host from the maps
-instead (exact, slower; counted in ``FastPredictor.fallbacks``).
+about 0.1 MB plus the depth map (0.26 MB at 256 pixels) instead of the 44 maps (11.5 MB). The host filters
+plateaus (``keep_apart``: at most 20 peaks per joint) and sends the kept peaks back; a second step samples the
+PAFs between every pair of them along each limb (``paf_scores``), and the host groups people greedily
+(``postprocess.group_with_support``). Every shape is fixed, so both steps compile (``torch.compile``) and run as
+captured CUDA graphs. When a joint has more maxima than the candidates and fewer than 20 peaks come out of them,
+that frame's pose is post-processed on the host from the maps instead (exact, slower; counted in
+``FastPredictor.fallbacks``).
 """
 
 from __future__ import annotations
@@ -23,16 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from shards.geometry import Letterbox
-from shards.taxonomy import CHANNELS, LIMBS
+from shards.taxonomy import CHANNELS, JOINTS, LIMBS
 from shards.vocab import DEFAULT_DECODE_THRESHOLD, NEAR_ZERO_MEAN_SQUARE, Vocabulary
-from student.postprocess import PAPER_FAR, find_peaks, group_people, group_with_support, keep_apart
+from student.postprocess import (DEPTH_SCALE, MAX_PEAKS, PAF_SAMPLES, PAF_TOLERANCE, PAPER_ALPHA, PAPER_FAR,
+                                 PAPER_ITERATIONS, PEAK_RADIUS, find_peaks, group_people, group_with_support,
+                                 keep_apart)
 from student.predict import Prediction, Predictor
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
-CANDIDATES = 64  # local maxima per joint the device step keeps (find_peaks keeps at most 20 after the plateau filter)
-MAX_PEAKS = 20  # find_peaks' default
-RADIUS = 4  # find_peaks' default suppression radius
-PAF_SAMPLES = 10  # paf_scores' default
+CANDIDATES = 256  # local maxima per joint the device step keeps, in find_peaks' order
 
 
 class DevicePost(torch.nn.Module):
@@ -47,7 +48,7 @@ class DevicePost(torch.nn.Module):
     """
 
     def __init__(self, peak_threshold: float = 0.5, candidates: int = CANDIDATES, refine: str = "paper",
-                 vocab: Vocabulary | None = None, radius: int = RADIUS) -> None:
+                 vocab: Vocabulary | None = None, radius: int = PEAK_RADIUS) -> None:
         import cv2
 
         super().__init__()
@@ -57,7 +58,9 @@ class DevicePost(torch.nn.Module):
         self.candidates = int(candidates)
         self.refine = refine
         element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        self.half_widths = tuple(int(row.sum()) // 2 for row in element)  # each row: centred, contiguous ones
+        self.half_widths = tuple(int(row.sum()) // 2 for row in element)
+        for row, half in zip(element, self.half_widths):  # each row's ones are centred and contiguous
+            assert row[radius - half:radius + half + 1].all() and row.sum() == 2 * half + 1, element
         self.register_buffer("child", torch.tensor([limb.child for limb in LIMBS]), persistent=False)
         self.register_buffer("parent", torch.tensor([limb.parent for limb in LIMBS]), persistent=False)
         t = (torch.arange(PAF_SAMPLES, dtype=torch.float64) + 0.5) / PAF_SAMPLES
@@ -71,7 +74,7 @@ class DevicePost(torch.nn.Module):
         self.register_buffer("table", table, persistent=False)
 
     def forward(self, maps: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Post-process a batch.
+        """Joint candidates, depth and words of a batch.
 
         Args:
             maps: (B, 44, S, S) student maps in [-1, 1].
@@ -79,25 +82,32 @@ class DevicePost(torch.nn.Module):
             valid: (B, S, S) bool, the image content of each letterbox.
 
         Returns:
-            ``peak_score`` (B, J, K) scores of each joint's strongest maxima (-1 past the last), ``peak_pixel``
-            (B, J, K) their flat pixel index, ``peak_xy`` (B, J, K, 2) their sub-pixel centres, ``peak_count``
-            (B, J) how many maxima there were; ``limb_score`` (B, L, K, K) and ``limb_agree`` (B, L, K, K, the
-            number of agreeing samples) for each limb's child -> parent candidate pairs; ``depth`` (B, S, S);
-            with a vocabulary ``word_id`` (B, 8), ``word_sim`` (B, 8) and ``slot_filled`` (B, 8).
+            ``peak_score`` (B, J, K) and ``peak_pixel`` (B, J, K): each joint's first K local maxima in
+            ``find_peaks``' order (score descending, then raster order; score -1 past the last), ``peak_xy``
+            (B, J, K, 2) their sub-pixel centres, ``peak_count`` (B, J) how many maxima there were; ``depth``
+            (B, S, S); with a vocabulary ``word_id`` (B, 8), ``word_sim`` (B, 8) and ``slot_filled`` (B, 8).
         """
         maps = maps.float()
         h, w = maps.shape[-2:]
         score = (maps[:, CHANNELS["joints"].slice] + 1.0) * 0.5
         inside = valid[:, None]
         score = torch.where(inside, score, torch.zeros((), dtype=score.dtype, device=score.device))
-        local = (score >= self._dilate(score)) & (score >= self.threshold) & inside
-        flat = torch.where(local, score, torch.full((), -1.0, dtype=score.dtype, device=score.device)).flatten(2)
-        top, pixel = flat.topk(min(self.candidates, h * w), dim=-1)  # sorted, strongest first
-        xy = self._centres(score, pixel)
-        limb_score, limb_agree = self._support(maps[:, CHANNELS["pafs"].slice], xy)
-        out = {"peak_score": top, "peak_pixel": pixel, "peak_xy": xy, "peak_count": local.flatten(2).sum(-1),
-               "limb_score": limb_score, "limb_agree": limb_agree,
-               "depth": self._depth(maps, valid)}
+        local = ((score >= self._dilate(score)) & (score >= self.threshold) & inside).flatten(2)
+        # one int64 key per pixel orders like find_peaks: a non-negative float's bits order as the float, and
+        # the raster index (reversed) breaks ties, so the top K are exactly its first K
+        bits = max(1, (h * w - 1).bit_length())
+        last = h * w - 1
+        rank = last - torch.arange(h * w, device=score.device)
+        key = (score.flatten(2).contiguous().view(torch.int32).to(torch.int64) << bits) | rank
+        key = torch.where(local, key, torch.full((), -1, dtype=torch.int64, device=key.device))
+        top = key.topk(min(self.candidates, h * w), dim=-1).values
+        pixel = last - (top & ((1 << bits) - 1))
+        found = top >= 0
+        pixel = torch.where(found, pixel, torch.zeros((), dtype=pixel.dtype, device=pixel.device))
+        peak = torch.where(found, (top >> bits).to(torch.int32).view(torch.float32),
+                           torch.full((), -1.0, device=top.device))
+        out = {"peak_score": peak, "peak_pixel": pixel, "peak_xy": self._centres(score, pixel),
+               "peak_count": local.sum(-1), "depth": self._depth(maps, valid)}
         if self.table is not None:
             t = tokens.float()
             filled = (t * t).mean(-1) > NEAR_ZERO_MEAN_SQUARE
@@ -105,6 +115,33 @@ class DevicePost(torch.nn.Module):
             sim, word = (unit @ self.table.T).max(-1)
             out.update(word_id=word, word_sim=sim, slot_filled=filled)
         return out
+
+    def support(self, maps: torch.Tensor, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``paf_scores`` of every child -> parent pair of peaks of every limb.
+
+        Args:
+            maps: (B, 44, S, S) student maps (the PAFs are read).
+            xy: (B, J, P, 2) each joint's peaks (continuous coordinates; rows past a joint's last peak are ignored
+                by the caller).
+
+        Returns:
+            (B, L, P, P) mean score and (B, L, P, P) uint8 number of agreeing samples of ``PAF_SAMPLES``.
+        """
+        pafs = maps[:, CHANNELS["pafs"].slice].float()
+        b, limbs, h, w = pafs.shape
+        k = xy.shape[2]
+        xy = xy.float()
+        child = xy[:, self.child][:, :, :, None, None, :]  # (B, L, P, 1, 1, 2)
+        parent = xy[:, self.parent][:, :, None, :, None, :]  # (B, L, 1, P, 1, 2)
+        pts = child + self.t[:, None] * (parent - child)  # (B, L, P, P, T, 2)
+        # Python scalars, not a tensor made from a list: that would be a blocking copy, not allowed in a CUDA graph
+        grid = torch.stack([pts[..., 0] * (2.0 / w), pts[..., 1] * (2.0 / h)], dim=-1) - 1.0
+        grid = grid.reshape(b * limbs, k, k * len(self.t), 2)
+        # pixel centres at i + 0.5 (align_corners=False); "border" clamps to [0, S - 1] as _bilinear does
+        values = F.grid_sample(pafs.reshape(b * limbs, 1, h, w), grid, mode="bilinear", padding_mode="border",
+                               align_corners=False).view(b, limbs, k, k, len(self.t))
+        err = (values - self.expected[None, :, None, None, :]).abs()
+        return (1.0 - err / 2.0).mean(-1), (err <= PAF_TOLERANCE).sum(-1).to(torch.uint8)
 
     def _dilate(self, score: torch.Tensor) -> torch.Tensor:
         """``cv2.dilate`` with the elliptic element (border ignored): the max over each element row, shifted."""
@@ -141,34 +178,16 @@ class DevicePost(torch.nn.Module):
         cy = torch.where(total > 0, cy, y.to(dtype)) + 0.5
         return torch.stack([cx, cy], dim=-1)
 
-    def _support(self, pafs: torch.Tensor, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``paf_scores`` of every child -> parent candidate pair of every limb: (B, L, K, K) mean score and number
-        of agreeing samples."""
-        b, limbs, h, w = pafs.shape
-        k = xy.shape[2]
-        xy = xy.float()
-        child = xy[:, self.child][:, :, :, None, None, :]  # (B, L, K, 1, 1, 2)
-        parent = xy[:, self.parent][:, :, None, :, None, :]  # (B, L, 1, K, 1, 2)
-        pts = child + self.t[:, None] * (parent - child)  # (B, L, K, K, T, 2)
-        # Python scalars, not a tensor made from a list: that would be a blocking copy, not allowed in a CUDA graph
-        grid = torch.stack([pts[..., 0] * (2.0 / w), pts[..., 1] * (2.0 / h)], dim=-1) - 1.0
-        grid = grid.reshape(b * limbs, k, k * len(self.t), 2)
-        # pixel centres at i + 0.5 (align_corners=False); "border" clamps to [0, S - 1] as _bilinear does
-        values = F.grid_sample(pafs.reshape(b * limbs, 1, h, w), grid, mode="bilinear", padding_mode="border",
-                               align_corners=False).view(b, limbs, k, k, len(self.t))
-        err = (values - self.expected[None, :, None, None, :]).abs()
-        return (1.0 - err / 2.0).mean(-1), (err <= 0.5).sum(-1).to(torch.uint8)
-
     def _depth(self, maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Depth in [0, 1] after ``refine_depth_paper`` (or as predicted with ``refine="none"``)."""
         original = (maps[:, CHANNELS["depth"].start] + 1.0) * 0.5
         if self.refine == "none":
             return original
-        scale, alpha = 240.0, 0.01
+        scale, alpha = DEPTH_SCALE, PAPER_ALPHA
         mask = (original >= PAPER_FAR) & valid
         normals = maps[:, CHANNELS["normals"].slice]
         d = original * scale
-        for _ in range(35):
+        for _ in range(PAPER_ITERATIONS):
             gx, gy = _sobel(d)
             m = torch.sqrt(gx * gx + gy * gy + 1.0)
             step = alpha * ((normals[:, 0] - gx / m) * gx + (normals[:, 1] - gy / m) * gy + (normals[:, 2] - 1.0 / m))
@@ -187,42 +206,39 @@ def _sobel(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def host_peaks(score: np.ndarray, pixel: np.ndarray, xy: np.ndarray, count: np.ndarray, width: int,
-               radius: int = RADIUS, max_peaks: int = MAX_PEAKS) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+               radius: int = PEAK_RADIUS, max_peaks: int = MAX_PEAKS) -> list[np.ndarray] | None:
     """``find_peaks``' result from one image's device candidates, or None when they do not decide it.
 
     Args:
-        score, pixel: (J, K) candidate scores and flat pixel indices, strongest first.
-        xy: (J, K, 2) candidate centres.
+        score, pixel: (J, K) the candidates in ``find_peaks``' order (``DevicePost.forward``).
+        xy: (J, K, 2) their centres.
         count: (J,) number of local maxima of each joint.
         width: map width.
 
     Returns:
-        Per joint the (P, 3) peaks (x, y, score) and the (P,) candidate indices they came from; None when a joint
-        had more maxima than candidates and the kept ones may depend on those left out (ties at the cut, or fewer
-        than ``max_peaks`` kept).
+        Per joint the (P, 3) peaks (x, y, score); None when a joint had more maxima than candidates and fewer than
+        ``max_peaks`` peaks came out of them (``find_peaks`` would go on to the maxima left out).
     """
-    peaks, chosen = [], []
+    peaks = []
     for j in range(score.shape[0]):
         n = int(min(count[j], score.shape[1]))
-        s, p = score[j, :n], pixel[j, :n]
-        order = np.lexsort((p, -s))  # strongest first, raster order among equals (find_peaks' stable sort)
-        kept = keep_apart(p[order] % width, p[order] // width, radius, max_peaks)
-        if count[j] > n and not (len(kept) == max_peaks and s[order[kept[-1]]] > s[order[-1]]):
+        p = pixel[j, :n]
+        kept = keep_apart(p % width, p // width, radius, max_peaks)
+        if count[j] > n and len(kept) < max_peaks:
             return None
-        idx = order[kept]
-        peaks.append(np.column_stack([xy[j, idx].astype(np.float64), s[idx].astype(np.float64)]).reshape(-1, 3))
-        chosen.append(idx)
-    return peaks, chosen
+        peaks.append(np.column_stack([xy[j, kept].astype(np.float64), score[j, kept].astype(np.float64)])
+                     .reshape(-1, 3))
+    return peaks
 
 
 class FastPredictor(Predictor):
-    """:class:`Predictor` with its post-processing on the model's device (``DevicePost``), one fixed-shape step.
+    """:class:`Predictor` with its post-processing on the model's device (``DevicePost``) in fixed-shape steps.
 
     Args (besides Predictor's; ``refine`` is ``paper`` or ``none``):
-        amp: ``none`` (FP32, the paper's precision) or ``bf16`` (autocast).
+        amp: ``none`` (FP32) or ``bf16`` (autocast).
         channels_last: run the network in channels-last memory format (converts ``model`` in place).
-        compile: ``torch.compile`` the step (network and post-processing; minutes for the paper network).
-        cuda_graph: capture the step as a CUDA graph per batch size and replay it (CUDA only).
+        compile: ``torch.compile`` the steps (network and post-processing; minutes for the paper network).
+        cuda_graph: capture the steps as CUDA graphs per batch size and replay them (CUDA only).
         keep_maps: copy the 44 maps back into each Prediction (panels and ``--save-maps`` need them).
         candidates: local maxima kept per joint on the device.
     """
@@ -245,21 +261,34 @@ class FastPredictor(Predictor):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.post = DevicePost(peak_threshold, candidates, refine, vocab).to(device)
-        self.step = torch.compile(self._step, dynamic=False) if compile else self._step
+        compiled = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)
+        self.step, self.support_step = compiled(self._step), compiled(self.post.support)
         self.fallbacks = 0  # frames whose pose was post-processed on the host
         self._graphs: dict[int, tuple] = {}
         self._valid: dict[tuple[Letterbox, ...], torch.Tensor] = {}
 
+    @property
+    def peak_threshold(self) -> float:
+        return self._peak_threshold
+
+    @peak_threshold.setter
+    def peak_threshold(self, value: float) -> None:  # the device step and the host fallback use the same one
+        self._peak_threshold = float(value)
+        if hasattr(self, "post"):
+            self.post.threshold = float(value)
+            self._graphs.clear()  # captured with the old threshold
+
     def _step(self, nhwc: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Network and post-processing of a (B, S, S, 3) uint8 batch: everything a captured graph replays."""
+        """Network, joint candidates, depth and words of a (B, S, S, 3) uint8 batch: the first captured graph."""
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         images = nhwc.permute(0, 3, 1, 2).contiguous(memory_format=fmt)  # NHWC memory is channels-last already
         # a captured graph must not reuse autocast's cached casts of the weights (torch.cuda.graph's rule)
         with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None,
                             cache_enabled=not self.cuda_graph):
             out = self.model(images)
-        result = self.post(out["maps"], out["tokens"], valid)
-        result.update(maps=out["maps"].float(), tokens=out["tokens"].float())
+        maps = out["maps"].float()
+        result = self.post(maps, out["tokens"], valid)
+        result.update(maps=maps, tokens=out["tokens"].float())
         if "multihot" in out:
             result["multihot"] = out["multihot"].float()
         return result
@@ -275,59 +304,85 @@ class FastPredictor(Predictor):
         return self._valid[key]
 
     def _graph(self, batch: int) -> tuple:
-        """The captured step for ``batch`` images: (graph, pinned host input, device input, valid, outputs)."""
+        """The captured steps for ``batch`` images: (first graph, its pinned host input, its device input, valid,
+        its outputs, second graph, its pinned host input, its device input, its outputs)."""
         if batch not in self._graphs:
-            with torch.cuda.device(self.device):  # the graph, its stream and its memory on the model's GPU
+            with torch.cuda.device(self.device):  # the graphs, their stream and memory on the model's GPU
                 nhwc = torch.zeros((batch, self.size, self.size, 3), dtype=torch.uint8, device=self.device)
                 valid = torch.ones((batch, self.size, self.size), dtype=torch.bool, device=self.device)
                 host = torch.zeros((batch, self.size, self.size, 3), dtype=torch.uint8).pin_memory()
+                xy_host = torch.zeros((batch, len(JOINTS), MAX_PEAKS, 2)).pin_memory()
+                xy = xy_host.to(self.device)
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream):
                     for _ in range(3):  # warm-up: cuDNN's choices, the compiler, autocast
-                        self.step(nhwc, valid)
+                        self.support_step(self.step(nhwc, valid)["maps"], xy)
                 torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
+                first, second = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+                with torch.cuda.graph(first):
                     outputs = self.step(nhwc, valid)
-            self._graphs[batch] = (graph, host, nhwc, valid, outputs)
+                with torch.cuda.graph(second):  # reads the first graph's maps, which stay where they are
+                    support = self.support_step(outputs["maps"], xy)
+            self._graphs[batch] = (first, host, nhwc, valid, outputs, second, xy_host, xy, support)
         return self._graphs[batch]
 
     def _run(self, boxed: np.ndarray, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The step's device outputs for a (B, S, S, 3) uint8 batch. With a graph they are its static outputs:
-        read them (``.cpu()`` waits for the replay) before the next call overwrites them and the pinned input."""
+        """The first step's device outputs for a (B, S, S, 3) uint8 batch. With a graph they are its static
+        outputs: read them (``.cpu()`` waits for the replay) before the next call overwrites them."""
         nhwc = torch.from_numpy(boxed)
         if not self.cuda_graph:
             return self.step(nhwc.to(self.device), valid)
-        graph, host, static_nhwc, static_valid, outputs = self._graph(len(boxed))
+        first, host, static_nhwc, static_valid, outputs = self._graph(len(boxed))[:5]
         with torch.cuda.device(self.device):
             host.copy_(nhwc)
             static_nhwc.copy_(host, non_blocking=True)
             static_valid.copy_(valid)
-            graph.replay()
+            first.replay()
         return outputs
+
+    def _run_support(self, maps: torch.Tensor, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The second step on the host: (B, L, P, P) limb scores and agreeing samples for peaks ``xy``
+        (B, J, P, 2); ``maps`` are the first step's."""
+        if not self.cuda_graph:
+            score, agree = self.support_step(maps, torch.from_numpy(xy).to(self.device))
+        else:
+            _, _, _, _, _, second, xy_host, static_xy, (score, agree) = self._graph(len(xy))
+            with torch.cuda.device(self.device):
+                xy_host.copy_(torch.from_numpy(xy))
+                static_xy.copy_(xy_host, non_blocking=True)
+                second.replay()
+        return score.cpu().numpy(), agree.cpu().numpy()
 
     @torch.no_grad()
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
         """Predict a list of (h, w, 3) uint8 RGB images of any sizes."""
         boxes, boxed = self._letterbox(images)
         out = self._run(boxed, self._valid_masks(boxes))
-        wanted = [k for k in out if k != "maps" or self.keep_maps]
-        host = {k: out[k].cpu().numpy() for k in wanted}
+        host = {k: out[k].cpu().numpy() for k in out if k != "maps" or self.keep_maps}
+        found = [host_peaks(host["peak_score"][i], host["peak_pixel"][i], host["peak_xy"][i],
+                            host["peak_count"][i], self.size) for i in range(len(boxes))]
+        xy = np.zeros((len(boxes), len(JOINTS), MAX_PEAKS, 2), np.float32)
+        for i, peaks in enumerate(found):
+            for j, p in enumerate(peaks or []):
+                xy[i, j, :len(p)] = p[:, :2]
+        limb_score, limb_agree = self._run_support(out["maps"], xy)
         results = []
-        for i, (box, image) in enumerate(zip(boxes, boxed)):
-            found = host_peaks(host["peak_score"][i], host["peak_pixel"][i], host["peak_xy"][i],
-                               host["peak_count"][i], self.size)
+        for i, (box, image, peaks) in enumerate(zip(boxes, boxed, found)):
             maps = host["maps"][i] if self.keep_maps else None
-            if found is None:  # more maxima than candidates: this frame's pose on the host, from its maps
+            if peaks is None:  # more maxima than candidates: this frame's pose on the host, from its maps
                 self.fallbacks += 1
                 pose = maps if maps is not None else out["maps"][i].cpu().numpy()
                 peaks = find_peaks(pose[CHANNELS["joints"].slice], threshold=self.peak_threshold,
                                    valid=box.valid_mask())
                 people = group_people(peaks, pose[CHANNELS["pafs"].slice])
             else:
-                peaks, chosen = found
-                people = group_with_support(peaks, self._support(host, i, chosen), self.size)
+                def support(li: int, i: int = i, peaks: list[np.ndarray] = peaks) -> tuple[np.ndarray, np.ndarray]:
+                    c, p = len(peaks[LIMBS[li].child]), len(peaks[LIMBS[li].parent])
+                    return (limb_score[i, li, :c, :p].astype(np.float64),
+                            limb_agree[i, li, :c, :p].astype(np.float64) / PAF_SAMPLES)
+
+                people = group_with_support(peaks, support, self.size)
             words = None
             if self.vocab is not None:
                 words = [None] * len(host["tokens"][i]) if "word_id" not in host else [
@@ -337,14 +392,3 @@ class FastPredictor(Predictor):
             results.append(Prediction(image, box, maps, host["depth"][i], people, words, host["tokens"][i],
                                       self._labels(hot), self.word_threshold))
         return results
-
-    @staticmethod
-    def _support(host: dict[str, np.ndarray], i: int, chosen: list[np.ndarray]):
-        """``support(li)`` for ``group_with_support`` from the device's candidate-pair tables of image ``i``."""
-        def support(li: int) -> tuple[np.ndarray, np.ndarray]:
-            limb = LIMBS[li]
-            pairs = np.ix_(chosen[limb.child], chosen[limb.parent])
-            return (host["limb_score"][i, li][pairs].astype(np.float64),
-                    host["limb_agree"][i, li][pairs].astype(np.float64) / PAF_SAMPLES)
-
-        return support

@@ -21,11 +21,19 @@ _HEAD_JOINTS: tuple[int, ...] = tuple(
     j for j in range(len(JOINTS)) if all(j not in (limb.child, limb.parent) for limb in LIMBS))
 _NOSE = JOINTS.index("nose")
 
+# defaults shared with the device post-processing of student.fastpath
+PEAK_RADIUS = 4  # suppression radius of find_peaks (an elliptic neighbourhood)
+MAX_PEAKS = 20  # peaks kept per joint
+PAF_SAMPLES = 10  # PAF samples along a candidate connection
+PAF_TOLERANCE = 0.5  # a sample agrees within this of the expected ramp
+DEPTH_SCALE = 240.0  # the normals stage's depth scale (DESIGN 5.2)
+PAPER_ITERATIONS, PAPER_ALPHA = 35, 0.01  # the paper's depth refinement
+
 
 # --- joints -------------------------------------------------------------------------------------------------
 
-def find_peaks(heatmaps: np.ndarray, threshold: float = 0.5, radius: int = 4,
-               max_peaks: int = 20, valid: np.ndarray | None = None) -> list[np.ndarray]:
+def find_peaks(heatmaps: np.ndarray, threshold: float = 0.5, radius: int = PEAK_RADIUS,
+               max_peaks: int = MAX_PEAKS, valid: np.ndarray | None = None) -> list[np.ndarray]:
     """Local maxima of each joint heatmap after non-maximum suppression.
 
     Args:
@@ -110,8 +118,8 @@ class Person:
                                round(float(s), 4)] for x, y, s in kp]}
 
 
-def paf_scores(paf: np.ndarray, limb: Limb, child: np.ndarray, parent: np.ndarray, samples: int = 10,
-               tolerance: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def paf_scores(paf: np.ndarray, limb: Limb, child: np.ndarray, parent: np.ndarray, samples: int = PAF_SAMPLES,
+               tolerance: float = PAF_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
     """How well the PAF band of ``limb`` supports each child -> parent connection.
 
     Samples the PAF along each candidate segment and compares it with the expected ramp
@@ -282,8 +290,9 @@ def normal_error(depth: np.ndarray, normals: np.ndarray, mask: np.ndarray | None
 PAPER_FAR = 20.0 / 240.0
 
 
-def refine_depth_paper(depth: np.ndarray, normals: np.ndarray, *, iterations: int = 35, alpha: float = 0.01,
-                       far: float = PAPER_FAR, scale: float = 240.0, valid: np.ndarray | None = None) -> np.ndarray:
+def refine_depth_paper(depth: np.ndarray, normals: np.ndarray, *, iterations: int = PAPER_ITERATIONS,
+                       alpha: float = PAPER_ALPHA, far: float = PAPER_FAR, scale: float = DEPTH_SCALE,
+                       valid: np.ndarray | None = None) -> np.ndarray:
     """The paper's iterative depth refinement (its section III; the authors' ``improve_depthmap``), as written.
 
     With D the depth scaled to [0, scale] (the normals stage's scale, so that the gradients' normals compare

@@ -15,7 +15,7 @@ SIZE = 96
 
 def scene(min_people: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """A perfect student's maps and tokens for the first synthetic scene with ``min_people`` people, with smooth
-    noise on the joint and PAF maps (so that every joint has about 100 local maxima above 0.1)."""
+    noise on the joint and PAF maps (so that every joint has about 70 local maxima above 0.1)."""
     import cv2
 
     for image_id in range(100):

@@ -133,7 +133,7 @@ def test_fast_path_graph_on_the_gpu_gives_the_host_results_frame_by_frame(monkey
     from student_scenes import SIZE as SCENE, Fixed, photo, scene
 
     maps, tokens = scene()
-    frames = [photo(), np.zeros((80, 200, 3), np.uint8), photo()[::-1].copy()]
+    frames = [photo(), np.zeros((80, 200, 3), np.uint8), photo()[::-1, :200].copy()]  # three letterboxes
     host = Predictor(Fixed(maps, tokens), SCENE, refine="paper", peak_threshold=0.3).predict_batch(frames)
     fast = FastPredictor(Fixed(maps, tokens), SCENE, device="cuda", refine="paper", peak_threshold=0.3,
                          channels_last=True, cuda_graph=True)

@@ -182,6 +182,40 @@ def test_stopped_and_resumed_run_follows_the_uninterrupted_loss_curve(store: Pat
     assert set(payload["optimizer"]) == {"state", "param_groups"}
 
 
+def test_holding_the_next_batch_ahead_keeps_the_curve_and_the_resume_position(store: Path, tmp_path: Path,
+                                                                               monkeypatch, one_thread) -> None:
+    """The CUDA prefetch's bookkeeping on the CPU: a feed that sends each next batch one step early (as the side
+    stream does) gives the plain curve, and a run stopped while holding a batch resumes at the right one."""
+    import student.train as train_module
+    from student.data import DeviceFeed, to_device
+
+    calls = {"send": 0, "receive": 0}
+
+    class AheadFeed(DeviceFeed):
+        def __init__(self, device: torch.device, channels_last: bool = False, overlap: bool = True) -> None:
+            super().__init__(device, channels_last, overlap)
+            self.stream = object() if overlap else None  # the train loop holds a batch ahead when there is one
+
+        def send(self, host):
+            calls["send"] += 1
+            return to_device(host, self.device, self.channels_last)
+
+        def receive(self, batch):
+            calls["receive"] += 1
+            return batch
+
+    plain = train(_cfg(store, tmp_path / "plain", prefetch=False))
+    monkeypatch.setattr(train_module, "DeviceFeed", AheadFeed)
+    full = train(_cfg(store, tmp_path / "full"))
+    assert calls == {"send": 6, "receive": 6}  # two epochs of 3 steps: nothing sent twice or lost
+    np.testing.assert_array_equal(full["losses"], plain["losses"])
+    calls.update(send=0, receive=0)
+    first = train(_cfg(store, tmp_path / "split"), stop_at_step=4)  # stops holding step 5's batch
+    assert calls == {"send": 5, "receive": 4}
+    rest = train(_cfg(store, tmp_path / "split"), resume=str(tmp_path / "split" / "last.pt"))
+    np.testing.assert_allclose(first["losses"] + rest["losses"], plain["losses"], rtol=1e-5, atol=1e-6)
+
+
 def test_cli_trains_writes_tensorboard_and_resumes(store: Path, tmp_path: Path, capsys, one_thread) -> None:
     out = tmp_path / "run"
     argv = ["train", "--shards", str(store), "--model", "tiny", "--epochs", "1", "--steps-per-epoch", "2",
