@@ -261,7 +261,8 @@ class FastPredictor(Predictor):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.post = DevicePost(peak_threshold, candidates, refine, vocab).to(device)
-        compiled = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)
+        # fullgraph: a break (a host sync, a data-dependent shape) is an error, as it would be for graph capture
+        compiled = (lambda f: torch.compile(f, dynamic=False, fullgraph=True)) if compile else (lambda f: f)
         self.step, self.support_step = compiled(self._step), compiled(self.post.support)
         self.fallbacks = 0  # frames whose pose was post-processed on the host
         self._graphs: dict[int, tuple] = {}

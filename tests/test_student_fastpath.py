@@ -201,6 +201,23 @@ def test_predict_fast_refuses_the_descent_refinement(tiny_checkpoint: str, tmp_p
     assert "--refine paper or none" in capsys.readouterr().err
 
 
+def test_the_steps_trace_as_single_graphs(tiny_checkpoint: str, vocab: Vocabulary) -> None:
+    """No host synchronisation or data-dependent shape in either step (network included): torch.compile's tracer
+    finds no graph break, which a CUDA graph capture needs as well."""
+    from student.checkpoint import load_checkpoint
+
+    model, cfg, _ = load_checkpoint(tiny_checkpoint)
+    fast = FastPredictor(model, cfg.image_size, vocab, refine="paper", channels_last=True, amp="bf16")
+    nhwc = torch.zeros((2, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8)
+    valid = torch.ones((2, cfg.image_size, cfg.image_size), dtype=torch.bool)
+    with torch.no_grad():
+        first = torch._dynamo.explain(fast._step)(nhwc, valid)
+        maps = fast._step(nhwc, valid)["maps"]
+        second = torch._dynamo.explain(fast.post.support)(maps, torch.zeros((2, len(JOINTS), 20, 2)))
+    assert first.graph_count == 1 and first.graph_break_count == 0, first.break_reasons
+    assert second.graph_count == 1 and second.graph_break_count == 0, second.break_reasons
+
+
 @pytest.mark.slow
 def test_compiled_step_gives_the_eager_results(tiny_checkpoint: str) -> None:
     from student.checkpoint import load_checkpoint
