@@ -11,7 +11,9 @@
 #   busy      bench/gpu_pipeline.py --busy: 1000 photos with the five teachers at published sizes (float16), the
 #             GPU's busy fraction during the build and the build against the teachers' standalone times
 #   teachers  bench/teachers.py at published sizes, float16, the model teachers (detectron2 must be installed)
-# Device time is scarce: name the sections a check needs (default all; together they may take 20 minutes).
+# Device time is scarce: name the sections a check needs (default all; together they may take 30 minutes). In a
+# 15-minute budget, `tests predict busy` first (the fast path's GPU test and frames/s, the build's GPU busy share),
+# then `student compile predict-compile` in another.
 # Logs go to ${OUT:-gpu-check}/.
 #
 #   bash bench/gpu_check.sh [tests] [student] [compile] [predict] [predict-compile] [pipeline] [busy] [teachers]
