@@ -469,4 +469,3 @@ class DeviceFeed:
         for tensor in batch.values():
             tensor.record_stream(current)  # its memory (allocated on the side stream) is in use on this one
         return batch
-

@@ -298,8 +298,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refine", dest="refine", action="store_const", const="none",
                         help="skip the depth refinement (--refine none)")
     parser.add_argument("--fast", action="store_true",
-                        help="the fast path (student.fastpath): post-processing on the model's device in one "
-                             "fixed-shape step, the network channels-last, on CUDA replayed as a CUDA graph; the "
+                        help="the fast path (student.fastpath): post-processing on the model's device in "
+                             "fixed-shape steps, the network channels-last, on CUDA replayed as CUDA graphs; the "
                              "same results to float tolerance (--refine paper or none)")
     parser.add_argument("--amp", choices=("none", "bf16"), default="none",
                         help="bf16: autocast the network (implies --fast; default none: FP32, the paper's precision)")
