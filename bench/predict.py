@@ -37,13 +37,12 @@ from skimage import data  # noqa: E402
 # the repository root first: bench/student.py would otherwise shadow the student package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shards.synthetic import synthetic_sample  # noqa: E402
 from student.config import ModelConfig  # noqa: E402
 from student.fastpath import FastPredictor  # noqa: E402
 from student.model import YMapNet  # noqa: E402
 from student.predict import Predictor  # noqa: E402
-from student.targets import TargetSizes, from_store  # noqa: E402
-from student.values import perfect_outputs  # noqa: E402
+from student.targets import TargetSizes  # noqa: E402
+from student.values import perfect_outputs, synthetic_scene  # noqa: E402
 
 PAPER_GPU_HZ = 25.4  # the paper's FP32 inference rate on a consumer GPU (network only)
 PAPER_GPU_GB = 4.71  # and its memory
@@ -164,13 +163,7 @@ class SceneMaps(torch.nn.Module):
 
     def __init__(self, size: int, seed: int = 0) -> None:
         super().__init__()
-        image_id = 0
-        while True:
-            members = synthetic_sample(image_id, size, seed)
-            sample = from_store({"__key__": str(image_id), **{k: v for m in members.values() for k, v in m.items()}})
-            if len(sample.keypoints) >= 3:
-                break
-            image_id += 1
+        sample = synthetic_scene(3, size, seed)
         maps, tokens = perfect_outputs(sample, *TargetSizes().at(None))
         self.people = len(sample.keypoints)
         self.register_buffer("maps", torch.from_numpy(maps))

@@ -102,3 +102,19 @@ def perfect_outputs(sample: Any, base_radius: float, paf_width: float) -> tuple[
     packed = pack_targets(sample, base_radius, paf_width)
     batch = {k: torch.from_numpy(np.ascontiguousarray(v)[None]) for k, v in packed.items()}
     return device_targets(batch)[0].numpy(), np.asarray(sample.glove, np.float32)
+
+
+def synthetic_scene(min_people: int, size: int, seed: int = 0, limit: int = 1000) -> Any:
+    """The first sample of ``shards.synthetic`` (by id, below ``limit``) with at least ``min_people`` people, as a
+    ``student.targets.StoreSample`` (its members decoded as the loader has them): a scene for
+    :func:`perfect_outputs`."""
+    from shards.synthetic import synthetic_sample
+    from student.targets import from_store
+
+    for image_id in range(limit):
+        members = synthetic_sample(image_id, size, seed)
+        sample = from_store({"__key__": str(image_id), **{k: v for m in members.values() for k, v in m.items()}})
+        if len(sample.keypoints) >= min_people:
+            return sample
+    raise ValueError(f"no synthetic sample below id {limit} has {min_people} people")
+

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shards.synthetic import synthetic_sample
 from shards.taxonomy import CHANNELS, GLOVE_DIM
-from student.targets import TargetSizes, from_store
-from student.values import perfect_outputs
+from student.targets import TargetSizes
+from student.values import perfect_outputs, synthetic_scene
 
 SIZE = 96
 
@@ -18,12 +17,7 @@ def scene(min_people: int = 2) -> tuple[np.ndarray, np.ndarray]:
     noise on the joint and PAF maps (so that every joint has about 70 local maxima above 0.1)."""
     import cv2
 
-    for image_id in range(100):
-        members = synthetic_sample(image_id, SIZE, 0)
-        sample = from_store({"__key__": str(image_id), **{k: v for m in members.values() for k, v in m.items()}})
-        if len(sample.keypoints) >= min_people:
-            break
-    maps, tokens = perfect_outputs(sample, *TargetSizes().at(None))
+    maps, tokens = perfect_outputs(synthetic_scene(min_people, SIZE), *TargetSizes().at(None))
     pose = CHANNELS["joints"].start, CHANNELS["pafs"].stop
     noise = np.random.default_rng(0).normal(size=(SIZE, SIZE, pose[1] - pose[0])).astype(np.float32)
     maps[pose[0]:pose[1]] = np.clip(maps[pose[0]:pose[1]] + 1.5 * cv2.GaussianBlur(noise, (0, 0), 1.5)
