@@ -20,6 +20,8 @@ that frame's pose is post-processed on the host from the maps instead (exact, sl
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -231,6 +233,21 @@ def host_peaks(score: np.ndarray, pixel: np.ndarray, xy: np.ndarray, count: np.n
     return peaks
 
 
+class _Captured(NamedTuple):
+    """The two captured steps of one batch size, with their static inputs (device, and pinned host copies) and
+    outputs."""
+
+    first: Any  # torch.cuda.CUDAGraph of FastPredictor._step
+    host: torch.Tensor  # (B, S, S, 3) uint8, pinned
+    nhwc: torch.Tensor
+    valid: torch.Tensor
+    outputs: dict[str, torch.Tensor]
+    second: Any  # torch.cuda.CUDAGraph of DevicePost.support
+    xy_host: torch.Tensor  # (B, J, P, 2) float32, pinned
+    xy: torch.Tensor
+    support: tuple[torch.Tensor, torch.Tensor]
+
+
 class FastPredictor(Predictor):
     """:class:`Predictor` with its post-processing on the model's device (``DevicePost``) in fixed-shape steps.
 
@@ -265,7 +282,7 @@ class FastPredictor(Predictor):
         compiled = (lambda f: torch.compile(f, dynamic=False, fullgraph=True)) if compile else (lambda f: f)
         self.step, self.support_step = compiled(self._step), compiled(self.post.support)
         self.fallbacks = 0  # frames whose pose was post-processed on the host
-        self._graphs: dict[int, tuple] = {}
+        self._graphs: dict[int, _Captured] = {}
         self._valid: dict[tuple[Letterbox, ...], torch.Tensor] = {}
 
     @property
@@ -304,9 +321,8 @@ class FastPredictor(Predictor):
             self._valid[key] = torch.from_numpy(masks).to(self.device)
         return self._valid[key]
 
-    def _graph(self, batch: int) -> tuple:
-        """The captured steps for ``batch`` images: (first graph, its pinned host input, its device input, valid,
-        its outputs, second graph, its pinned host input, its device input, its outputs)."""
+    def _graph(self, batch: int) -> _Captured:
+        """The captured steps for ``batch`` images."""
         if batch not in self._graphs:
             with torch.cuda.device(self.device):  # the graphs, their stream and memory on the model's GPU
                 nhwc = torch.zeros((batch, self.size, self.size, 3), dtype=torch.uint8, device=self.device)
@@ -325,7 +341,7 @@ class FastPredictor(Predictor):
                     outputs = self.step(nhwc, valid)
                 with torch.cuda.graph(second):  # reads the first graph's maps, which stay where they are
                     support = self.support_step(outputs["maps"], xy)
-            self._graphs[batch] = (first, host, nhwc, valid, outputs, second, xy_host, xy, support)
+            self._graphs[batch] = _Captured(first, host, nhwc, valid, outputs, second, xy_host, xy, support)
         return self._graphs[batch]
 
     def _run(self, boxed: np.ndarray, valid: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -334,13 +350,13 @@ class FastPredictor(Predictor):
         nhwc = torch.from_numpy(boxed)
         if not self.cuda_graph:
             return self.step(nhwc.to(self.device), valid)
-        first, host, static_nhwc, static_valid, outputs = self._graph(len(boxed))[:5]
+        g = self._graph(len(boxed))
         with torch.cuda.device(self.device):
-            host.copy_(nhwc)
-            static_nhwc.copy_(host, non_blocking=True)
-            static_valid.copy_(valid)
-            first.replay()
-        return outputs
+            g.host.copy_(nhwc)
+            g.nhwc.copy_(g.host, non_blocking=True)
+            g.valid.copy_(valid)
+            g.first.replay()
+        return g.outputs
 
     def _run_support(self, maps: torch.Tensor, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The second step on the host: (B, L, P, P) limb scores and agreeing samples for peaks ``xy``
@@ -348,11 +364,12 @@ class FastPredictor(Predictor):
         if not self.cuda_graph:
             score, agree = self.support_step(maps, torch.from_numpy(xy).to(self.device))
         else:
-            _, _, _, _, _, second, xy_host, static_xy, (score, agree) = self._graph(len(xy))
+            g = self._graph(len(xy))
             with torch.cuda.device(self.device):
-                xy_host.copy_(torch.from_numpy(xy))
-                static_xy.copy_(xy_host, non_blocking=True)
-                second.replay()
+                g.xy_host.copy_(torch.from_numpy(xy))
+                g.xy.copy_(g.xy_host, non_blocking=True)
+                g.second.replay()
+            score, agree = g.support
         return score.cpu().numpy(), agree.cpu().numpy()
 
     @torch.no_grad()
